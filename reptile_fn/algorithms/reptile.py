@@ -1,0 +1,81 @@
+"""Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
+
+    θ̃_i = adapt(θ, support_i)                      (k inner steps on task i)
+    θ  ←  θ + β_t · (mean_i θ̃_i − θ)               (β_t annealed linearly from outer_lr to outer_lr_final)
+
+With ``outer_optimizer="adam"`` the direction g = θ − mean_i θ̃_i is fed to Adam as a pseudo-gradient.
+Only the trainable subset moves; frozen leaves are never updated.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from reptile_fn import optim
+from reptile_fn import tree as T
+from reptile_fn.algorithms.base import MetaStep, over_tasks
+from reptile_fn.inner import Apply, Loss, adapt
+from reptile_fn.tree import PathPredicate, Tree
+
+
+def make_step(
+    apply: Apply,
+    loss: Loss,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    outer_lr: float,
+    outer_lr_final: float | None = None,
+    meta_iterations: int | None = None,
+    inner_optimizer: str = "sgd",
+    inner_batch_size: int | None = None,
+    inner_adam_betas: tuple[float, float] = (0.9, 0.999),
+    outer_optimizer: str = "sgd",
+    trainable: PathPredicate | None = None,
+    batched: bool = True,
+    compiled: bool = True,
+) -> MetaStep:
+    """Build Reptile's meta-step.
+
+    Args:
+      outer_lr: β, the meta step size (Nichol et al. use 1.0 annealed to 0 for Omniglot).
+      outer_lr_final / meta_iterations: anneal β linearly to this value over that many steps.
+      batched / compiled: ``mx.vmap`` over tasks and ``mx.compile`` the step; ``batched=False,
+        compiled=False`` is the serial reference implementation.
+    """
+    outer = optim.make(outer_optimizer)
+    schedule = optim.linear_schedule(outer_lr, outer_lr_final, meta_iterations)
+
+    def init(params: Tree) -> Tree:
+        fast, _ = T.partition(params, trainable)
+        return {"iteration": mx.array(0, dtype=mx.int32), "outer": outer.init(fast)}
+
+    def adapt_one(params, support_x, support_y, key):
+        adapted, losses = adapt(
+            apply, loss, params, (support_x, support_y), lr=inner_lr, steps=inner_steps,
+            optimizer=inner_optimizer, trainable=trainable, inner_batch_size=inner_batch_size,
+            key=key, adam_betas=inner_adam_betas,
+        )
+        if inner_steps == 0:
+            losses = loss(apply(params, support_x), support_y)[None]
+        return T.partition(adapted, trainable)[0], losses
+
+    def step(params: Tree, state: Tree, batch, key: mx.array):
+        n_tasks = batch.support_x.shape[0]
+        keys = mx.random.split(key, n_tasks)
+        adapted, losses = over_tasks(adapt_one, params, (batch.support_x, batch.support_y, keys), batched=batched)
+        fast, frozen = T.partition(params, trainable)
+        # mean_i (θ − θ̃_i): the pseudo-gradient; differences first, so zero inner steps give exactly 0
+        direction = T.mean(T.sub(fast, adapted))
+        lr = schedule(state["iteration"])
+        updates, outer_state = outer.update(direction, state["outer"], lr)
+        new_params = T.combine(T.sub(fast, updates), frozen)
+        metrics = {
+            "support_loss": mx.mean(losses[:, 0]),
+            "adapted_loss": mx.mean(losses[:, -1]),
+            "outer_lr": lr,
+            "update_norm": T.global_norm(updates),
+        }
+        return new_params, {"iteration": state["iteration"] + 1, "outer": outer_state}, metrics
+
+    return MetaStep(init, mx.compile(step) if compiled else step)

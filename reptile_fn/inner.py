@@ -1,0 +1,114 @@
+"""The inner loop: adapt parameters to one task's support set. Every algorithm uses it.
+
+SGD:  θ_{t+1} = θ_t − α ⊙ ∇L_support(θ_t)          (α a scalar, or a tree for Meta-SGD)
+Adam: θ_{t+1} = θ_t − α · m̂_t / (√v̂_t + ε)         (state starts at zero for every task)
+
+Only the *trainable subset* of the tree (a predicate over dotted paths, see ``tree.match``)
+moves; the rest is held fixed and gets no gradient. The loop is unrolled in Python, so it is
+differentiable (second-order MAML) and traces into ``mx.vmap`` and ``mx.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import mlx.core as mx
+from mlx.utils import tree_map
+
+from reptile_fn import tree as T
+from reptile_fn.tree import PathPredicate, Tree
+
+Apply = Callable[[Tree, mx.array], mx.array]
+Loss = Callable[[mx.array, mx.array], mx.array]
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+def batch_indices(key: mx.array, n: int, batch_size: int, steps: int) -> mx.array:
+    """(steps, batch_size) indices into n examples: epochs of fresh permutations, cut in order.
+
+    As in supervised-reptile's ``_mini_batches``: every example is seen once per epoch.
+    """
+    epochs = math.ceil(steps * batch_size / n)
+    keys = mx.random.split(key, epochs)
+    order = mx.concatenate([mx.argsort(mx.random.uniform(shape=(n,), key=keys[e])) for e in range(epochs)])
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+def adapt(
+    apply: Apply,
+    loss: Loss,
+    params: Tree,
+    support: tuple[mx.array, mx.array],
+    *,
+    lr: float | Tree,
+    steps: int,
+    optimizer: str = "sgd",
+    trainable: PathPredicate | None = None,
+    inner_batch_size: int | None = None,
+    key: mx.array | None = None,
+    first_order: bool = False,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+    observe: Callable[[Tree], object] | None = None,
+):
+    """Run ``steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set.
+
+    Args:
+      lr: inner learning rate α; a tree shaped like the trainable subset gives per-parameter rates.
+      trainable: which leaves adapt (``None``: all). Frozen leaves are returned unchanged.
+      inner_batch_size: examples per step (``None``: the whole support set); needs ``key``.
+      first_order: treat inner gradients as constants (FOMAML); the result is then not
+        differentiated through the gradient computation.
+      observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
+
+    Returns:
+      ``(params, losses)``: adapted tree and the support loss before each step, shape (steps,);
+      with ``observe``, ``(params, losses, observed)`` where observed stacks the t = 0..steps values.
+    """
+    x, y = support
+    fast, frozen = T.partition(params, trainable)
+    n = x.shape[0]
+    idx = None
+    if inner_batch_size is not None and inner_batch_size < n and steps > 0:
+        if key is None:
+            raise ValueError("adapt: inner_batch_size needs a PRNG key")
+        idx = batch_indices(key, n, inner_batch_size, steps)
+
+    def objective(fast_params, xb, yb):
+        return loss(apply(T.combine(fast_params, frozen), xb), yb)
+
+    value_and_grad = mx.value_and_grad(objective)
+    scalar_lr = not isinstance(lr, dict)
+    b1, b2 = adam_betas
+    m = v = None
+    if optimizer == "adam":
+        m, v = T.zeros_like(fast), T.zeros_like(fast)
+
+    losses, observed = [], []
+    for t in range(steps):
+        if observe is not None:
+            observed.append(observe(T.combine(fast, frozen)))
+        xb, yb = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
+        value, grads = value_and_grad(fast, xb, yb)
+        if first_order:
+            grads = tree_map(mx.stop_gradient, grads)
+        losses.append(value)
+        if optimizer == "adam":
+            m = tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, m, grads)
+            v = tree_map(lambda v_, g: b2 * v_ + (1 - b2) * mx.square(g), v, grads)
+            c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
+            grads = tree_map(lambda m_, v_: (m_ / c1) / (mx.sqrt(v_ / c2) + adam_eps), m, v)
+        elif optimizer != "sgd":
+            raise ValueError(f"unknown inner optimizer {optimizer!r}; use one of {INNER_OPTIMIZERS}")
+        if scalar_lr:
+            fast = tree_map(lambda p, g: p - lr * g, fast, grads)
+        else:
+            fast = tree_map(lambda p, g, a: p - a * g, fast, grads, lr)
+
+    out = T.combine(fast, frozen)
+    loss_trace = mx.stack(losses) if losses else mx.zeros((0,))
+    if observe is None:
+        return out, loss_trace
+    observed.append(observe(out))
+    return out, loss_trace, tree_map(lambda *xs: mx.stack(xs), observed[0], *observed[1:])
