@@ -1,0 +1,284 @@
+"""Run configuration: frozen dataclasses loaded from YAML, validated at the edge.
+
+The dataclass defaults *are* the built-in default config (``configs/default.yaml`` mirrors them).
+Every error is a ``ConfigError`` whose one-line message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from reptile_fn.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    families: tuple[str, ...] = ("linear", "xor", "circles", "spiral")
+    k_shot: int = 5  # support examples per class (regression: support points)
+    query_size: int = 15  # query examples per class (regression: query points)
+    num_train_tasks: int = 10000  # size of the fixed training pool; 0 = a fresh task every time
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "mlp"
+    hidden: int = 64
+    depth: int = 2
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes: int = 500  # held-out episodes for the final few-shot evaluation
+    inner_steps: int = 10  # adaptation steps at evaluation: results for 0..inner_steps
+    inner_lr: float | None = None  # None: the training inner_lr
+    every: int = 500  # held-out evaluation during training, every this many meta-iterations
+    during_training_episodes: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    algorithm: str = "reptile"
+    seed: int = 0
+    meta_iterations: int = 4000
+    meta_batch_size: int = 8
+    inner_lr: float = 0.02
+    inner_steps: int = 5
+    inner_optimizer: str = "sgd"
+    inner_batch_size: int | None = None  # None: the whole support set each inner step
+    outer_lr: float = 1.0  # β, the meta step size
+    outer_lr_final: float | None = 0.0  # anneal β linearly to this; None: constant
+    outer_optimizer: str = "sgd"
+    trainable: tuple[str, ...] = ("*",)  # glob patterns over parameter paths that adapt
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    "inner_optimizer": ("sgd", "adam"),
+    "outer_optimizer": ("sgd", "adam"),
+    "model.kind": ("mlp",),
+    "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
+}
+POSITIVE = {"meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
+            "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
+            "eval.during_training_episodes", "eval.inner_lr", "inner_batch_size"}
+NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
+
+
+def leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every settable dotted key, e.g. ``inner_lr``, ``tasks.k_shot``."""
+    out = []
+    for f in fields(cls):
+        t = _hint(cls, f.name)
+        if is_dataclass(t):
+            out += leaf_keys(t, prefix + f.name + ".")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def from_dict(data: dict, *, source: str = "config") -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    cfg = _build(Config, data, "", source)
+    validate(cfg, source=source)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (``None``: the built-in default) and apply ``key=value`` overrides."""
+    data: dict = {}
+    source = "built-in default config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass an existing YAML file (e.g. configs/default.yaml)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
+    for item in overrides:
+        data = apply_override(data, item)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return from_dict(data, source=source)
+
+
+def apply_override(data: dict, item: str) -> dict:
+    """Set one ``key=value`` (value parsed as YAML) in a nested dict; a bare unique leaf name works too."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set inner_lr=0.02")
+    key, raw = item.split("=", 1)
+    key = resolve_key(key.strip())
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    out = _deep_copy(data)
+    node = out
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+    node[last] = value
+    return out
+
+
+def resolve_key(key: str) -> str:
+    """Map a dotted key or a unique leaf name (``k_shot`` → ``tasks.k_shot``) to its dotted key."""
+    keys = leaf_keys()
+    if key in keys:
+        return key
+    by_leaf = [k for k in keys if k.split(".")[-1] == key]
+    if len(by_leaf) == 1:
+        return by_leaf[0]
+    if len(by_leaf) > 1:
+        raise ConfigError(f"key {key!r} is ambiguous; use one of {', '.join(by_leaf)}")
+    raise ConfigError(f"unknown config key {key!r}{_suggest(key, keys)}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain nested dict (tuples as lists) suitable for YAML or JSON."""
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if is_dataclass(v) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: Config, *, source: str = "config") -> None:
+    """Check value ranges and cross-field constraints; raise ConfigError naming the key."""
+    from reptile_fn.algorithms import ALGORITHMS
+    from reptile_fn.tasks import make_distribution  # the registries live with the code they name
+
+    choices = dict(CHOICES, algorithm=tuple(ALGORITHMS))
+    for key in leaf_keys():
+        v = get(cfg, key)
+        if key in choices and v not in choices[key]:
+            raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(choices[key])}"
+                              f"{_suggest(str(v), choices[key])}")
+        if v is None:
+            continue
+        if key in POSITIVE and v <= 0:
+            raise ConfigError(f"{source}: {key} must be > 0, got {v}")
+        if key in NON_NEGATIVE and v < 0:
+            raise ConfigError(f"{source}: {key} must be >= 0, got {v}")
+    try:  # the samplers own the family checks (unknown names, mixed kinds, duplicates)
+        make_distribution(cfg.tasks.families, k_shot=cfg.tasks.k_shot, query_size=cfg.tasks.query_size,
+                          num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: tasks.families: {e}") from None
+    if not cfg.trainable:
+        raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
+
+
+def get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    data = to_dict(cfg)
+    for item in overrides:
+        data = apply_override(data, item)
+    return from_dict(data)
+
+
+# --- building dataclasses from dicts, with type checks ---------------------------------------
+
+def _build(cls: type, data: dict, prefix: str, source: str):
+    names = {f.name for f in fields(cls)}
+    for k in data:
+        if k not in names:
+            full = prefix + str(k)
+            raise ConfigError(f"{source}: unknown key {full!r}{_suggest(full, leaf_keys() + _sections())}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        t = _hint(cls, f.name)
+        v = data[f.name]
+        key = prefix + f.name
+        if is_dataclass(t):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: {key} must be a section (a mapping), got {v!r}")
+            kwargs[f.name] = _build(t, v, key + ".", source)
+        else:
+            kwargs[f.name] = _coerce(v, t, key, source)
+    return cls(**kwargs)
+
+
+def _coerce(v: Any, t: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(v, inner, key, source)
+    if origin is tuple:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {v!r}")
+        return tuple(_coerce(x, args[0], key, source) for x in v)
+    if t is bool:
+        if isinstance(v, bool):
+            return v
+    elif t is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    elif t is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    elif t is str:
+        if isinstance(v, str):
+            return v
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+    raise ConfigError(f"{source}: {key} must be {name}, got {v!r}")
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _sections() -> list[str]:
+    return [f.name for f in fields(Config) if is_dataclass(_hint(Config, f.name))]
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    # Compare leaf names too, so that 'tasks.kshot' suggests 'tasks.k_shot'.
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    if not close:
+        leaf = word.split(".")[-1]
+        leaves = {o.split(".")[-1]: o for o in options}
+        close = [leaves[c] for c in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+

@@ -1,0 +1,314 @@
+"""The meta-training loop: sampling, meta-steps, logging, held-out evaluation, checkpoints, resume.
+
+A run directory holds ``config.yaml``, ``checkpoint.safetensors`` (latest good parameters and
+algorithm state), ``metrics.jsonl`` (one JSON object per log or eval event) and, at the end,
+``summary.json`` (few-shot results of the meta-learned init against a random init).
+
+Randomness: ``seed`` fixes the initialization, the training-task pool, one key per meta-iteration
+and the evaluation episodes, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import mlx.core as mx
+
+from reptile_fn import checkpoint
+from reptile_fn import config as C
+from reptile_fn import tree as T
+from reptile_fn.algorithms import ALGORITHMS, MetaStep
+from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
+from reptile_fn.evaluate import few_shot_curve
+from reptile_fn.losses import accuracy, cross_entropy, mse
+from reptile_fn.models import Model, mlp
+from reptile_fn.tasks import TaskDistribution, make_distribution
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+class Setup(NamedTuple):
+    """Everything a run is built from, derived from a Config alone."""
+
+    cfg: C.Config
+    tasks: TaskDistribution
+    model: Model
+    loss: Callable
+    metric: Callable | None  # accuracy for classification, None for regression
+    meta: MetaStep
+    inner_kwargs: dict  # how the inner loop adapts at evaluation
+
+
+class Keys(NamedTuple):
+    init: mx.array
+    train: mx.array
+    eval_during: mx.array
+    eval_final: mx.array
+    random_init: mx.array
+
+
+def run_keys(seed: int) -> Keys:
+    return Keys(*mx.random.split(mx.random.key(seed), 5))
+
+
+def trainable_predicate(patterns: tuple[str, ...]):
+    return None if tuple(patterns) == ("*",) else T.match(patterns)
+
+
+def setup(cfg: C.Config) -> Setup:
+    """Build tasks, model, loss and the compiled meta-step for a config."""
+    tasks = make_distribution(cfg.tasks.families, k_shot=cfg.tasks.k_shot, query_size=cfg.tasks.query_size,
+                              num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
+    model = mlp(tasks.in_dim, tasks.out_dim, hidden=cfg.model.hidden, depth=cfg.model.depth,
+                activation=cfg.model.activation)
+    classification = tasks.kind == "classification"
+    loss = cross_entropy if classification else mse
+    trainable = trainable_predicate(cfg.trainable)
+    inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size)
+    meta = ALGORITHMS[cfg.algorithm](
+        model.apply, loss, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, outer_lr=cfg.outer_lr,
+        outer_lr_final=cfg.outer_lr_final, meta_iterations=cfg.meta_iterations,
+        inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size,
+        outer_optimizer=cfg.outer_optimizer, trainable=trainable,
+    )
+    return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner)
+
+
+def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None) -> dict:
+    """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``."""
+    cfg = s.cfg
+    sample_key, adapt_key = mx.random.split(key)
+    batch = s.tasks.sample_test(sample_key, episodes)
+    return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=cfg.eval.inner_lr or cfg.inner_lr,
+                          steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
+                          key=adapt_key, **s.inner_kwargs)
+
+
+def final_evaluation(s: Setup, params, episodes: int | None = None, steps: int | None = None) -> dict:
+    """Meta-learned init vs a random init on the same held-out episodes (deterministic given the seed)."""
+    keys = run_keys(s.cfg.seed)
+    n = episodes or s.cfg.eval.episodes
+    random_params = s.model.init(keys.random_init)
+    return {
+        "kind": s.tasks.kind,
+        "metric": "accuracy" if s.metric is not None else "mse",
+        "k_shot": s.cfg.tasks.k_shot,
+        "inner_lr": s.cfg.eval.inner_lr or s.cfg.inner_lr,
+        "inits": {
+            "meta": evaluate_init(s, params, keys.eval_final, n, steps),
+            "random": evaluate_init(s, random_params, keys.eval_final, n, steps),
+        },
+    }
+
+
+def train(
+    cfg: C.Config | None,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Meta-train (or resume) into ``out_dir``; returns the summary dict (also written as JSON).
+
+    ``stop_at`` ends early after that meta-iteration (with a checkpoint), as an interruption would.
+    """
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        cfg, params, state, start = _resume(cfg, ckpt_path)
+        s = setup(cfg)
+        params = checkpoint.restore(params, "params", s.model.init(run_keys(cfg.seed).init), source=str(ckpt_path))
+        state = checkpoint.restore(state, "state", s.meta.init(params), source=str(ckpt_path))
+        _truncate_metrics(out / METRICS, start)
+        log(f"resuming {out} at meta-iteration {start}/{cfg.meta_iterations}")
+    else:
+        if cfg is None:
+            cfg = C.Config()
+        if ckpt_path.exists():
+            raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
+                              "or choose another --out")
+        s = setup(cfg)
+        params = s.model.init(run_keys(cfg.seed).init)
+        state = s.meta.init(params)
+        start = 0
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "config.yaml", C.dump(cfg))
+        (out / METRICS).unlink(missing_ok=True)
+
+    keys = run_keys(cfg.seed)
+    iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
+    end = min(cfg.meta_iterations, stop_at) if stop_at is not None else cfg.meta_iterations
+
+    @mx.compile
+    def iteration(params, state, key):
+        sample_key, step_key = mx.random.split(key)
+        return s.meta.step(params, state, s.tasks.sample_train(sample_key, cfg.meta_batch_size), step_key)
+
+    def save(params, state, it):
+        checkpoint.save(ckpt_path, params, state, {"config": C.to_dict(cfg), "iteration": it})
+
+    metrics_file = open(out / METRICS, "a")
+    last_good = start
+    t0, done = time.perf_counter(), 0
+    bar = _progress(progress, start, cfg.meta_iterations)
+    try:
+        window: dict = {}  # metric sums since the last log record, kept lazy on the device
+        n_window = 0
+        for i in range(start, end):
+            params, state, metrics = iteration(params, state, iteration_keys[i])
+            window = metrics if not window else {k: window[k] + metrics[k] for k in metrics}
+            mx.async_eval(params, state, window)
+            done += 1
+            n_window += 1
+            it = i + 1
+            if it % cfg.log_every == 0 or it == end:
+                record = {"iteration": it, **{k: float(v) / n_window for k, v in window.items()}}
+                window, n_window = {}, 0
+                if not bool(T.all_finite(params)) or not all(math.isfinite(v) for v in record.values()):
+                    raise TrainingDivergedError(
+                        f"parameters or losses became NaN/Inf by meta-iteration {it}; the last good checkpoint "
+                        f"({ckpt_path}, iteration {last_good}) is kept. Lower inner_lr ({cfg.inner_lr}) or "
+                        f"outer_lr ({cfg.outer_lr}) and train again")
+                metrics_file.write(json.dumps(record) + "\n")
+                bar.update(it, record)
+            if it % cfg.eval.every == 0 and it != end:
+                curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes)
+                metrics_file.write(json.dumps({"iteration": it, "eval": _final_point(curve)}) + "\n")
+            if it % cfg.checkpoint_every == 0 or it == end:
+                metrics_file.flush()
+                _save_if_finite(save, params, state, it, ckpt_path, last_good)
+                last_good = it
+    except KeyboardInterrupt:
+        metrics_file.flush()
+        if done and bool(T.all_finite(params)):
+            save(params, state, start + done)
+            log(f"\ninterrupted: checkpoint saved at meta-iteration {start + done}; continue with --resume")
+        raise
+    finally:
+        bar.close()
+        metrics_file.close()
+    seconds = time.perf_counter() - t0
+
+    summary = {
+        "run": str(out),
+        "iteration": end,
+        "meta_iterations": cfg.meta_iterations,
+        "seconds": round(seconds, 3),
+        "meta_steps_per_s": round(done / seconds, 1) if done else None,
+        "config": C.to_dict(cfg),
+    }
+    if end == cfg.meta_iterations:
+        summary["eval"] = final_evaluation(s, params)
+        _atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
+    return summary
+
+
+def load_run(checkpoint_path: str | Path) -> tuple[Setup, dict, int]:
+    """Rebuild the setup and parameters of a saved run: (setup, params, iteration)."""
+    arrays, meta = checkpoint.load(checkpoint_path)
+    if "config" not in meta:
+        raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by `reptile-fn train`")
+    cfg = C.from_dict(meta["config"], source=str(checkpoint_path))
+    s = setup(cfg)
+    params = checkpoint.restore(arrays, "params", s.model.init(run_keys(cfg.seed).init), source=str(checkpoint_path))
+    return s, params, int(meta.get("iteration", 0))
+
+
+def format_results(ev: dict, show_steps: tuple[int, ...] | None = None) -> str:
+    """A plain-text table: one row per initialization, one column per inner-step count."""
+    metric = "metric" if ev["metric"] == "accuracy" else "loss"
+    label = "query accuracy (%)" if metric == "metric" else "query MSE"
+    scale = 100.0 if metric == "metric" else 1.0
+    first = next(iter(ev["inits"].values()))
+    steps = first["steps"]
+    cols = [k for k in (show_steps or sorted({0, 1, 5, steps[-1]})) if k in steps]
+    head = f"{'init':<10}" + "".join(f"{f'{k} steps':>18}" for k in cols)
+    lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, mean ± 95% CI", head]
+    for name, curve in ev["inits"].items():
+        cells = [f"{scale * curve[metric]['mean'][k]:.2f} ± {scale * curve[metric]['ci95'][k]:.2f}" for k in cols]
+        lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _resume(cfg: C.Config | None, ckpt_path: Path):
+    if not ckpt_path.exists():
+        raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist; start a run without --resume")
+    arrays, meta = checkpoint.load(ckpt_path)
+    stored = C.from_dict(meta.get("config", {}), source=str(ckpt_path))
+    if cfg is not None and cfg != stored:
+        a, b = C.to_dict(stored), C.to_dict(cfg)
+        diff = [k for k in C.leaf_keys() if _get(a, k) != _get(b, k)]
+        raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diff)}; "
+                          "resume without --config/--set, or start a new run in another --out")
+    return stored, arrays, arrays, int(meta["iteration"])
+
+
+def _get(d: dict, key: str):
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
+def _save_if_finite(save, params, state, it, ckpt_path, last_good):
+    if not bool(T.all_finite(params)):
+        raise TrainingDivergedError(f"parameters became NaN/Inf by meta-iteration {it}; the last good checkpoint "
+                                    f"({ckpt_path}, iteration {last_good}) is kept. Lower inner_lr or outer_lr")
+    save(params, state, it)
+
+
+def _final_point(curve: dict) -> dict:
+    return {name: curve[name]["mean"][-1] for name in ("loss", "metric") if name in curve}
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop records past the checkpoint, so a resumed run's log equals an uninterrupted one."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    _atomic_write(path, "".join(line + "\n" for line in keep))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _NoBar:
+    def update(self, it, record):
+        pass
+
+    def close(self):
+        pass
+
+
+class _RichBar:
+    def __init__(self, start: int, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                          TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        self.task = self.p.add_task("train", total=total, completed=start, info="")
+        self.p.start()
+
+    def update(self, it, record):
+        info = " ".join(f"{k}={v:.3g}" for k, v in record.items() if k in ("support_loss", "adapted_loss"))
+        self.p.update(self.task, completed=it, info=info)
+
+    def close(self):
+        self.p.stop()
+
+
+def _progress(enabled: bool, start: int, total: int):
+    return _RichBar(start, total) if enabled else _NoBar()
