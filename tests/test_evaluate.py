@@ -1,0 +1,45 @@
+"""Few-shot evaluation: confidence intervals and curves."""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from helpers import regression_batch
+from reptile_fn.evaluate import few_shot_curve, mean_ci, per_episode_curves
+from reptile_fn.losses import mse
+from reptile_fn.models import mlp
+
+
+def test_mean_ci_known_answers():
+    m, ci = mean_ci(np.full((10, 3), 0.7))
+    np.testing.assert_allclose(m, 0.7) and np.testing.assert_allclose(ci, 0.0)
+    m, ci = mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    # s = sqrt(5/3), half-width = 1.96 s / 2
+    assert m == pytest.approx(2.5) and ci == pytest.approx(1.96 * math.sqrt(5 / 3) / 2)
+    m, ci = mean_ci(np.array([[5.0, 6.0]]))
+    np.testing.assert_allclose(ci, 0.0)
+
+
+def test_curves_have_steps_plus_one_points_and_match_direct_computation():
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(0))
+    episodes = regression_batch(0, 6)
+    curves = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=4, chunk_size=4)
+    assert curves["loss"].shape == (6, 5)
+    direct = [float(mse(model.apply(params, episodes.query_x[i]), episodes.query_y[i])) for i in range(6)]
+    np.testing.assert_allclose(curves["loss"][:, 0], direct, rtol=1e-5)
+    summary = few_shot_curve(model.apply, mse, params, episodes, inner_lr=0.05, steps=4)
+    assert summary["steps"] == [0, 1, 2, 3, 4] and summary["episodes"] == 6
+    np.testing.assert_allclose(summary["loss"]["mean"], curves["loss"].mean(0), rtol=1e-5)
+
+
+def test_evaluation_is_deterministic_given_the_key():
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(1))
+    episodes = regression_batch(1, 5)
+    kw = dict(inner_lr=0.05, steps=3, inner_batch_size=4, key=mx.random.key(3))
+    a = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    b = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    np.testing.assert_array_equal(a, b)

@@ -1,0 +1,46 @@
+"""Models as (init, apply) pairs and the losses."""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import same
+from reptile_fn import tree as T
+from reptile_fn.losses import accuracy, cross_entropy, mse
+from reptile_fn.models import ACTIVATIONS, mlp
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(1, 32), st.integers(0, 3),
+       st.sampled_from(sorted(ACTIVATIONS)), st.integers(0, 1000))
+def test_mlp_shapes_and_param_count(d_in, d_out, hidden, depth, act, seed):
+    model = mlp(d_in, d_out, hidden=hidden, depth=depth, activation=act)
+    params = model.init(mx.random.key(seed))
+    y = model.apply(params, mx.zeros((7, d_in)))
+    assert y.shape == (7, d_out)
+    dims = [d_in] + [hidden] * depth + [d_out]
+    assert T.param_count(params) == sum(a * b + b for a, b in zip(dims, dims[1:]))
+    assert sorted(params) == sorted([f"layer{i}" for i in range(depth)] + ["head"])
+
+
+def test_init_is_deterministic_in_the_key_and_bounded():
+    model = mlp(3, 2, hidden=50)
+    a, b, c = (model.init(mx.random.key(k)) for k in (1, 1, 2))
+    assert same(a, b) and not same(a, c)
+    w = np.array(a["layer1"]["w"])
+    assert np.abs(w).max() <= 1 / math.sqrt(50) and w.std() > 0.5 / math.sqrt(3 * 50)
+
+
+def test_losses_on_hand_computed_values():
+    assert float(mse(mx.array([1.0, 2.0]), mx.array([0.0, 0.0]))) == pytest.approx(2.5)
+    logits = mx.array([[0.0, math.log(3.0)], [2.0, 0.0]])
+    labels = mx.array([1, 1])
+    # row 0: p(1) = 3/4; row 1: p(1) = 1/(1+e²)
+    expected = -(math.log(0.75) + math.log(1 / (1 + math.exp(2)))) / 2
+    assert float(cross_entropy(logits, labels)) == pytest.approx(expected, rel=1e-6)
+    assert float(accuracy(logits, labels)) == pytest.approx(0.5)
+    assert float(accuracy(logits, mx.array([1, 0]))) == pytest.approx(1.0)
