@@ -28,8 +28,11 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
     arrays.update({f"state.{k}": v for k, v in tree_flatten(state or {})})
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), arrays, metadata=meta)
-    os.replace(tmp, path)
+    try:
+        mx.save_safetensors(str(tmp), arrays, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

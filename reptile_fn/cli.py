@@ -96,15 +96,19 @@ def train(
 ) -> None:
     """Meta-train, then print held-out few-shot results of the meta-learned init vs a random init."""
     from reptile_fn import config as C
-    from reptile_fn.train import format_results
+    from reptile_fn.train import format_results, stored_config
     from reptile_fn.train import train as run_train
 
     name = config.stem if config else "default"
     out = out or Path("runs") / name
-    cfg = C.load(config, set_) if (config or set_ or not resume) else None
+    if resume and not config:
+        # --set on a resumed run is compared against the run's own config, not the defaults
+        cfg = C.with_overrides(stored_config(out), set_) if set_ else None
+    else:
+        cfg = C.load(config, set_)
     summary = run_train(cfg, out, resume=resume, progress=progress and sys.stderr.isatty(), log=typer.echo)
-    typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s "
-               f"({summary['meta_steps_per_s']} meta-steps/s); run in {out}")
+    rate = f" ({summary['meta_steps_per_s']} meta-steps/s)" if summary["meta_steps_per_s"] else ""
+    typer.echo(f"trained to meta-iteration {summary['iteration']} in {summary['seconds']:.1f} s{rate}; run in {out}")
     if "eval" in summary:
         typer.echo(format_results(summary["eval"]))
 

@@ -253,6 +253,11 @@ def _coerce(v: Any, t: Any, key: str, source: str) -> Any:
     elif t is float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
+        if isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            try:
+                return float(v)
+            except ValueError:
+                pass
     elif t is str:
         if isinstance(v, str):
             return v

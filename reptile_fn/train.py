@@ -124,7 +124,7 @@ def train(
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
     if resume:
-        cfg, params, state, start = _resume(cfg, ckpt_path)
+        cfg, params, state, start, window, n_window = _resume(cfg, ckpt_path)
         s = setup(cfg)
         params = checkpoint.restore(params, "params", s.model.init(run_keys(cfg.seed).init), source=str(ckpt_path))
         state = checkpoint.restore(state, "state", s.meta.init(params), source=str(ckpt_path))
@@ -139,7 +139,7 @@ def train(
         s = setup(cfg)
         params = s.model.init(run_keys(cfg.seed).init)
         state = s.meta.init(params)
-        start = 0
+        start, window, n_window = 0, {}, 0
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "config.yaml", C.dump(cfg))
         (out / METRICS).unlink(missing_ok=True)
@@ -153,49 +153,50 @@ def train(
         sample_key, step_key = mx.random.split(key)
         return s.meta.step(params, state, s.tasks.sample_train(sample_key, cfg.meta_batch_size), step_key)
 
-    def save(params, state, it):
-        checkpoint.save(ckpt_path, params, state, {"config": C.to_dict(cfg), "iteration": it})
+    def save(run: _Progress):
+        if not bool(T.all_finite(run.params)):
+            raise _diverged(cfg, run.iteration, ckpt_path if last_good is not None else None, last_good)
+        # The open log window travels with the checkpoint, so a resumed run logs the same means.
+        window = {"count": run.n_window, "sums": {k: float(v) for k, v in run.window.items()}}
+        checkpoint.save(ckpt_path, run.params, run.state,
+                        {"config": C.to_dict(cfg), "iteration": run.iteration, "log_window": window})
 
+    run = _Progress(params, state, start, window, n_window)
+    last_good = start if resume else None
     metrics_file = open(out / METRICS, "a")
-    last_good = start
-    t0, done = time.perf_counter(), 0
+    t0 = time.perf_counter()
     bar = _progress(progress, start, cfg.meta_iterations)
     try:
-        window: dict = {}  # metric sums since the last log record, kept lazy on the device
-        n_window = 0
         for i in range(start, end):
-            params, state, metrics = iteration(params, state, iteration_keys[i])
-            window = metrics if not window else {k: window[k] + metrics[k] for k in metrics}
+            params, state, metrics = iteration(run.params, run.state, iteration_keys[i])
+            window = metrics if not run.window else {k: run.window[k] + metrics[k] for k in metrics}
             mx.async_eval(params, state, window)
-            done += 1
-            n_window += 1
-            it = i + 1
-            if it % cfg.log_every == 0 or it == end:
-                record = {"iteration": it, **{k: float(v) / n_window for k, v in window.items()}}
-                window, n_window = {}, 0
+            run = _Progress(params, state, i + 1, window, run.n_window + 1)  # one assignment: Ctrl-C safe
+            it = run.iteration
+            if it % cfg.log_every == 0 or it == cfg.meta_iterations:
+                record = {"iteration": it, **{k: float(v) / run.n_window for k, v in run.window.items()}}
+                run = run._replace(window={}, n_window=0)
                 if not bool(T.all_finite(params)) or not all(math.isfinite(v) for v in record.values()):
-                    raise TrainingDivergedError(
-                        f"parameters or losses became NaN/Inf by meta-iteration {it}; the last good checkpoint "
-                        f"({ckpt_path}, iteration {last_good}) is kept. Lower inner_lr ({cfg.inner_lr}) or "
-                        f"outer_lr ({cfg.outer_lr}) and train again")
+                    raise _diverged(cfg, it, ckpt_path if last_good is not None else None, last_good)
                 metrics_file.write(json.dumps(record) + "\n")
                 bar.update(it, record)
-            if it % cfg.eval.every == 0 and it != end:
+            if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
                 curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes)
                 metrics_file.write(json.dumps({"iteration": it, "eval": _final_point(curve)}) + "\n")
             if it % cfg.checkpoint_every == 0 or it == end:
                 metrics_file.flush()
-                _save_if_finite(save, params, state, it, ckpt_path, last_good)
+                save(run)
                 last_good = it
     except KeyboardInterrupt:
         metrics_file.flush()
-        if done and bool(T.all_finite(params)):
-            save(params, state, start + done)
-            log(f"\ninterrupted: checkpoint saved at meta-iteration {start + done}; continue with --resume")
+        if run.iteration > start and bool(T.all_finite(run.params)):
+            save(run)
+            log(f"\ninterrupted: checkpoint saved at meta-iteration {run.iteration}; continue with --resume")
         raise
     finally:
         bar.close()
         metrics_file.close()
+    done = end - start
     seconds = time.perf_counter() - t0
 
     summary = {
@@ -210,6 +211,11 @@ def train(
         summary["eval"] = final_evaluation(s, params)
         _atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
     return summary
+
+
+def stored_config(out_dir: str | Path) -> C.Config:
+    """The config of the run in ``out_dir``, from its checkpoint's metadata."""
+    return _resume(None, Path(out_dir) / CHECKPOINT)[0]
 
 
 def load_run(checkpoint_path: str | Path) -> tuple[Setup, dict, int]:
@@ -245,13 +251,18 @@ def _resume(cfg: C.Config | None, ckpt_path: Path):
     if not ckpt_path.exists():
         raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist; start a run without --resume")
     arrays, meta = checkpoint.load(ckpt_path)
-    stored = C.from_dict(meta.get("config", {}), source=str(ckpt_path))
+    if "config" not in meta or "iteration" not in meta:
+        raise CheckpointError(f"{ckpt_path} has no run config/iteration in its metadata, so it cannot be resumed; "
+                              "it was not written by `reptile-fn train`")
+    stored = C.from_dict(meta["config"], source=str(ckpt_path))
     if cfg is not None and cfg != stored:
         a, b = C.to_dict(stored), C.to_dict(cfg)
         diff = [k for k in C.leaf_keys() if _get(a, k) != _get(b, k)]
         raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diff)}; "
                           "resume without --config/--set, or start a new run in another --out")
-    return stored, arrays, arrays, int(meta["iteration"])
+    lw = meta.get("log_window") or {"count": 0, "sums": {}}
+    window = {k: mx.array(v, dtype=mx.float32) for k, v in lw["sums"].items()}
+    return stored, arrays, arrays, int(meta["iteration"]), window, int(lw["count"])
 
 
 def _get(d: dict, key: str):
@@ -260,11 +271,21 @@ def _get(d: dict, key: str):
     return d
 
 
-def _save_if_finite(save, params, state, it, ckpt_path, last_good):
-    if not bool(T.all_finite(params)):
-        raise TrainingDivergedError(f"parameters became NaN/Inf by meta-iteration {it}; the last good checkpoint "
-                                    f"({ckpt_path}, iteration {last_good}) is kept. Lower inner_lr or outer_lr")
-    save(params, state, it)
+def _diverged(cfg: C.Config, it: int, ckpt: Path | None, last_good: int | None) -> TrainingDivergedError:
+    kept = (f"the last good checkpoint ({ckpt}, meta-iteration {last_good}) is kept" if ckpt is not None
+            else "no checkpoint had been written yet")
+    return TrainingDivergedError(f"parameters or losses became NaN/Inf by meta-iteration {it}; {kept}. "
+                                 f"Lower inner_lr ({cfg.inner_lr}) or outer_lr ({cfg.outer_lr}) and train again")
+
+
+class _Progress(NamedTuple):
+    """Where the loop stands: replaced as a whole each iteration, so an interrupt sees a consistent state."""
+
+    params: dict
+    state: dict
+    iteration: int
+    window: dict  # metric sums since the last log record (lazy device arrays)
+    n_window: int
 
 
 def _final_point(curve: dict) -> dict:
@@ -295,7 +316,14 @@ class _NoBar:
 
 class _RichBar:
     def __init__(self, start: int, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.p = Progress(TextColumn("meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                           TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())

@@ -6,10 +6,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from helpers import regression_batch
 from reptile_fn.evaluate import few_shot_curve, mean_ci, per_episode_curves
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
+
+from helpers import regression_batch
 
 
 def test_mean_ci_known_answers():

@@ -7,11 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlx.utils import tree_map
 
-from helpers import max_abs_diff, regression_batch, same
 from reptile_fn import tree as T
 from reptile_fn.inner import adapt, batch_indices
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
+
+from helpers import max_abs_diff, regression_batch, same
 
 MODEL = mlp(1, 1, hidden=8, depth=2)
 

@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import same
 from reptile_fn import tree as T
 from reptile_fn.losses import accuracy, cross_entropy, mse
 from reptile_fn.models import ACTIVATIONS, mlp
+
+from helpers import same
 
 
 @settings(max_examples=20, deadline=None)

@@ -5,13 +5,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import max_abs_diff, regression_batch, same, to_np
 from reptile_fn import tree as T
 from reptile_fn.algorithms import reptile
 from reptile_fn.inner import adapt
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 from reptile_fn.tasks.base import Episode
+
+from helpers import max_abs_diff, regression_batch, same, to_np
 
 MODEL = mlp(1, 1, hidden=8, depth=1)
 KEY = mx.random.key(42)

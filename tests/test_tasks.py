@@ -18,9 +18,10 @@ from reptile_fn.tasks import (
     TaskFamily,
     Tasks,
     make_distribution,
+    sine,
     sine_curve,
+    toy2d,
 )
-from reptile_fn.tasks import sine, toy2d
 
 CLASSIFICATION = ("linear", "xor", "circles", "spiral")
 FAMILY_SETS = [("sine",), *((name,) for name in CLASSIFICATION), CLASSIFICATION]

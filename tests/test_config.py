@@ -1,0 +1,501 @@
+"""Config: defaults, YAML files, --set overrides, and one clear ConfigError per mistake."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reptile_fn import config as C
+from reptile_fn.algorithms import ALGORITHMS
+from reptile_fn.errors import ConfigError, ReptileFnError
+from reptile_fn.tasks import FAMILIES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _leaf_fields(cls=C.Config, prefix="") -> list[str]:
+    """Independent enumeration of settable keys, straight from the dataclass fields."""
+    out = []
+    for f in dataclasses.fields(cls):
+        default = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(default):
+            out += _leaf_fields(type(default), prefix + f.name + ".")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _yaml_value(v) -> str:
+    """A --set value that YAML parses back to ``v`` (JSON is a YAML subset for these values)."""
+    return json.dumps(list(v) if isinstance(v, tuple) else v)
+
+
+def _write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# --- defaults and files --------------------------------------------------------------------------
+
+def test_builtin_default_is_config_dataclass_defaults():
+    cfg = C.load()
+    assert cfg == C.Config()
+    assert cfg.algorithm in ALGORITHMS
+    assert all(f in FAMILIES for f in cfg.tasks.families)
+    C.validate(cfg)  # the built-in default must itself be valid
+
+
+def test_default_yaml_equals_builtin_defaults():
+    path = REPO / "configs" / "default.yaml"
+    if not path.exists():
+        pytest.skip("configs/default.yaml does not exist (yet)")
+    assert C.load(path) == C.Config()
+    # Not just equal after defaults are filled in: the file spells out every key.
+    assert set(_flatten(yaml.safe_load(path.read_text()))) == set(C.leaf_keys())
+
+
+@pytest.mark.parametrize("name", ["sine.yaml"])
+def test_shipped_example_configs_load(name):
+    path = REPO / "configs" / name
+    if not path.exists():
+        pytest.skip(f"configs/{name} does not exist (yet)")
+    cfg = C.load(path)
+    assert cfg.tasks.families == tuple(yaml.safe_load(path.read_text())["tasks"]["families"])
+
+
+def test_yaml_file_partial_overrides_keep_other_defaults(tmp_path):
+    p = _write(tmp_path, "inner_lr: 0.5\ntasks:\n  families: [sine]\n  k_shot: 10\nmodel: {hidden: 8}\n")
+    cfg = C.load(p)
+    assert cfg.inner_lr == 0.5 and isinstance(cfg.inner_lr, float)
+    assert cfg.tasks.families == ("sine",)
+    assert cfg.tasks.k_shot == 10
+    assert cfg.model.hidden == 8
+    # everything not mentioned keeps the built-in default
+    assert cfg.tasks.query_size == C.Config().tasks.query_size
+    assert cfg.outer_lr == C.Config().outer_lr
+    assert cfg.eval == C.Config().eval
+
+
+def test_empty_yaml_file_is_the_default(tmp_path):
+    assert C.load(_write(tmp_path, "# nothing set\n")) == C.Config()
+
+
+def test_set_overrides_apply_on_top_of_a_file(tmp_path):
+    p = _write(tmp_path, "tasks: {k_shot: 3}\ninner_lr: 0.5\n")
+    cfg = C.load(p, ["k_shot=7"])
+    assert cfg.tasks.k_shot == 7
+    assert cfg.inner_lr == 0.5
+
+
+def test_family_given_as_a_plain_string_becomes_a_tuple(tmp_path):
+    assert C.load(None, ["tasks.families=sine"]).tasks.families == ("sine",)
+
+
+# --- --set overrides -----------------------------------------------------------------------------
+
+def test_set_by_dotted_key_and_by_unique_leaf_name_agree():
+    by_dotted = C.load(None, ["tasks.k_shot=10"])
+    by_leaf = C.load(None, ["k_shot=10"])
+    assert by_dotted.tasks.k_shot == 10
+    assert by_dotted == by_leaf
+    assert by_leaf == dataclasses.replace(C.Config(), tasks=dataclasses.replace(C.Config().tasks, k_shot=10))
+
+
+@pytest.mark.parametrize(
+    "item, key, expected",
+    [
+        ("meta_iterations=123", "meta_iterations", 123),
+        ("inner_lr=0.5", "inner_lr", 0.5),
+        ("inner_lr=1", "inner_lr", 1.0),  # an int where a float goes is fine
+        ("outer_lr_final=null", "outer_lr_final", None),
+        ("eval.inner_lr=~", "eval.inner_lr", None),
+        ("eval.inner_lr=0.25", "eval.inner_lr", 0.25),
+        ("inner_batch_size=4", "inner_batch_size", 4),
+        ("families=[xor, spiral]", "tasks.families", ("xor", "spiral")),
+        ("trainable=['layer0.*', 'out.*']", "trainable", ("layer0.*", "out.*")),
+        ("activation=tanh", "model.activation", "tanh"),
+        ("every=7", "eval.every", 7),
+        ("during_training_episodes=3", "eval.during_training_episodes", 3),
+        ("inner_optimizer=adam", "inner_optimizer", "adam"),
+    ],
+)
+def test_set_values_are_parsed_as_yaml(item, key, expected):
+    cfg = C.load(None, [item])
+    got = C.get(cfg, key)
+    assert got == expected
+    assert type(got) is type(expected)
+    # only that key changed
+    rest = {k: v for k, v in _flatten(C.to_dict(cfg)).items() if k != key}
+    assert rest == {k: v for k, v in _flatten(C.to_dict(C.Config())).items() if k != key}
+
+
+def test_set_exact_key_wins_over_leaf_name_of_a_section():
+    # 'inner_lr' is both a top-level key and eval.inner_lr's leaf name: the exact key wins.
+    cfg = C.load(None, ["inner_lr=0.3"])
+    assert cfg.inner_lr == 0.3
+    assert cfg.eval.inner_lr is None
+
+
+def test_later_set_wins():
+    assert C.load(None, ["k_shot=3", "tasks.k_shot=4"]).tasks.k_shot == 4
+
+
+@pytest.mark.parametrize("key", C.leaf_keys())
+def test_every_key_can_be_set_to_its_default(key):
+    value = C.get(C.Config(), key)
+    assert C.load(None, [f"{key}={_yaml_value(value)}"]) == C.Config()
+
+
+def test_unique_leaf_names_resolve_to_their_dotted_key():
+    keys = C.leaf_keys()
+    leaves = [k.split(".")[-1] for k in keys]
+    for key in keys:
+        leaf = key.split(".")[-1]
+        if "." in key and leaves.count(leaf) == 1:
+            assert C.resolve_key(leaf) == key
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=1, max_value=10**9))
+def test_any_positive_k_shot_round_trips_through_set(n):
+    assert C.load(None, [f"k_shot={n}"]).tasks.k_shot == n
+    assert C.load(None, [f"tasks.k_shot={n}"]).tasks.k_shot == n
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(min_value=1e-4, max_value=1e4, allow_nan=False, allow_infinity=False))
+def test_positive_decimal_lr_round_trips_through_set(x):
+    text = f"{x:.6f}"  # plain decimal notation
+    assert C.load(None, [f"inner_lr={text}"]).inner_lr == float(text)
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("3E-4", 3e-4), ("1e6", 1e6), ("1.0e3", 1e3)])
+def test_scientific_notation_is_a_number(text, value):
+    assert C.load(None, [f"inner_lr={text}"]).inner_lr == value
+
+
+def test_scientific_notation_in_yaml_file_is_a_number(tmp_path):
+    assert C.load(_write(tmp_path, "inner_lr: 1e-3\n")).inner_lr == 1e-3
+
+
+# --- errors: every one a ConfigError naming the key ------------------------------------------------
+
+def _error(overrides=(), path=None) -> str:
+    """The ConfigError message, with any echo of the --set items themselves removed.
+
+    (A message may quote the offending ``--set`` item as its source; the tests check that the
+    rest of the message names the key, so the echo must not count.)
+    """
+    with pytest.raises(ConfigError) as info:
+        C.load(path, list(overrides))
+    assert isinstance(info.value, ReptileFnError)
+    message = str(info.value)
+    assert "\n" not in message, "one-line messages"
+    for item in overrides:
+        if item:
+            message = message.replace(item, "<item>")
+    return message
+
+
+@pytest.mark.parametrize(
+    "item, names, suggestion",
+    [
+        ("inner_lrr=0.1", "inner_lrr", "inner_lr"),
+        ("tasks.kshot=3", "tasks.kshot", "tasks.k_shot"),
+        ("kshot=3", "kshot", "tasks.k_shot"),
+        ("model.hiden=3", "model.hiden", "model.hidden"),
+        ("meta_iteration=3", "meta_iteration", "meta_iterations"),
+    ],
+)
+def test_unknown_set_key_names_it_and_suggests_closest(item, names, suggestion):
+    message = _error([item])
+    assert repr(names) in message
+    assert f"did you mean {suggestion!r}" in message
+
+
+@pytest.mark.parametrize(
+    "text, names, suggestion",
+    [
+        ("inner_lrr: 0.1\n", "inner_lrr", "inner_lr"),
+        ("tasks: {kshot: 3}\n", "tasks.kshot", "tasks.k_shot"),
+        ("tasks:\n  familes: [sine]\n", "tasks.familes", "tasks.families"),
+        ("modle: {hidden: 3}\n", "modle", "model"),
+        ("eval:\n  episode: 3\n", "eval.episode", "eval.episodes"),
+    ],
+)
+def test_unknown_file_key_names_it_and_suggests_closest(tmp_path, text, names, suggestion):
+    p = _write(tmp_path, text)
+    message = _error(path=p)
+    assert repr(names) in message
+    assert f"did you mean {suggestion!r}" in message
+    assert str(p) in message  # says which file
+
+
+def test_leaf_name_of_a_section_key_is_not_valid_at_top_level_of_a_file(tmp_path):
+    message = _error(path=_write(tmp_path, "k_shot: 3\n"))
+    assert "'k_shot'" in message and "tasks.k_shot" in message
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("k_shot=abc", "tasks.k_shot"),
+        ("k_shot=true", "tasks.k_shot"),  # a bool is not an int
+        ("meta_iterations=yes", "meta_iterations"),
+        ("k_shot=[1, 2]", "tasks.k_shot"),
+        ("inner_lr=[0.1]", "inner_lr"),  # a list where a number goes
+        ("inner_lr=fast", "inner_lr"),
+        ("inner_lr=false", "inner_lr"),
+        ("inner_steps=1.5", "inner_steps"),  # a float where an int goes
+        ("seed=2.0", "seed"),
+        ("model.activation=1", "model.activation"),
+        ("families=[1, 2]", "tasks.families"),
+        ("families=3", "tasks.families"),
+        ("trainable={a: 1}", "trainable"),
+        ("meta_iterations=null", "meta_iterations"),  # not optional
+    ],
+)
+def test_wrong_type_names_key(item, key):
+    message = _error([item])
+    assert key in message
+    assert "must be" in message
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("tasks:\n  k_shot: five\n", "tasks.k_shot"),
+        ("tasks: 3\n", "tasks"),
+        ("model: [mlp]\n", "model"),
+        ("inner_lr: [0.1, 0.2]\n", "inner_lr"),
+    ],
+)
+def test_wrong_type_in_file_names_key(tmp_path, text, key):
+    message = _error(path=_write(tmp_path, text))
+    assert key in message
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("meta_iterations=0", "meta_iterations"),
+        ("meta_iterations=-5", "meta_iterations"),
+        ("k_shot=0", "tasks.k_shot"),
+        ("query_size=0", "tasks.query_size"),
+        ("inner_steps=-1", "inner_steps"),
+        ("eval.inner_steps=-1", "eval.inner_steps"),
+        ("meta_batch_size=0", "meta_batch_size"),
+        ("model.hidden=0", "model.hidden"),
+        ("model.depth=-2", "model.depth"),
+        ("eval.episodes=0", "eval.episodes"),
+        ("log_every=0", "log_every"),
+        ("checkpoint_every=0", "checkpoint_every"),
+        ("seed=-1", "seed"),
+        ("num_train_tasks=-1", "tasks.num_train_tasks"),
+        ("inner_batch_size=0", "inner_batch_size"),
+    ],
+)
+def test_non_positive_counts_are_refused(item, key):
+    message = _error([item])
+    assert key in message
+    value = item.split("=", 1)[1]
+    if value.startswith("-"):
+        assert value in message  # shows the bad value
+
+
+@pytest.mark.parametrize("item", ["inner_steps=0", "num_train_tasks=0", "seed=0", "outer_lr_final=0"])
+def test_zero_is_allowed_where_it_means_something(item):
+    key = C.resolve_key(item.split("=")[0])
+    assert C.get(C.load(None, [item]), key) == 0
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("inner_lr=0", "inner_lr"),
+        ("inner_lr=-0.1", "inner_lr"),
+        ("outer_lr=0", "outer_lr"),
+        ("outer_lr=-1", "outer_lr"),
+        ("eval.inner_lr=0", "eval.inner_lr"),
+        ("outer_lr_final=-0.5", "outer_lr_final"),
+    ],
+)
+def test_non_positive_learning_rates_are_refused(item, key):
+    message = _error([item])
+    assert key in message
+
+
+@pytest.mark.parametrize("bad, suggestion", [("sin", "sine"), ("circle", "circles"), ("spirals", "spiral")])
+def test_unknown_task_family_suggests_closest(bad, suggestion):
+    message = _error([f"families=[{bad}]"])
+    assert repr(bad) in message
+    assert "tasks.families" in message
+    assert f"did you mean {suggestion!r}" in message
+
+
+def test_unknown_task_family_lists_the_available_ones(tmp_path):
+    message = _error(path=_write(tmp_path, "tasks:\n  families: [linear, zigzag]\n"))
+    assert "'zigzag'" in message
+    for name in FAMILIES:
+        assert name in message
+
+
+@pytest.mark.parametrize("families", ["[sine, xor]", "[linear, sine]", "[sine, linear, xor, circles, spiral]"])
+def test_mixing_sine_with_2d_families_is_refused(families):
+    message = _error([f"families={families}"])
+    assert "tasks.families" in message
+    assert "sine" in message
+
+
+def test_mixing_2d_families_is_fine():
+    cfg = C.load(None, ["families=[linear, xor, circles, spiral]"])
+    assert cfg.tasks.families == ("linear", "xor", "circles", "spiral")
+
+
+def test_empty_families_is_refused():
+    assert "tasks.families" in _error(["families=[]"])
+
+
+@pytest.mark.parametrize(
+    "item, key, suggestion",
+    [
+        ("algorithm=reptil", "algorithm", "reptile"),
+        ("algorithm=foo", "algorithm", None),
+        ("inner_optimizer=adamw", "inner_optimizer", "adam"),
+        ("outer_optimizer=rmsprop", "outer_optimizer", None),
+        ("model.activation=rellu", "model.activation", "relu"),
+        ("model.kind=cnn", "model.kind", None),
+    ],
+)
+def test_unknown_choices_name_key_and_options(item, key, suggestion):
+    message = _error([item])
+    assert key in message
+    assert repr(item.split("=", 1)[1]) in message
+    if key == "algorithm":
+        for name in ALGORITHMS:
+            assert name in message
+    if suggestion:
+        assert f"did you mean {suggestion!r}" in message
+
+
+@pytest.mark.parametrize("text", ["inner_lr: [0.1, 0.2\n", "tasks:\n  k_shot: 3\n kshot: 2\n", "a: b: c\n", "\tinner_lr: 1\n"])
+def test_invalid_yaml_syntax(tmp_path, text):
+    p = _write(tmp_path, text)
+    message = _error(path=p)
+    assert str(p) in message
+    assert "YAML" in message
+
+
+@pytest.mark.parametrize("text", ["- 1\n- 2\n", "just a string\n", "42\n"])
+def test_yaml_top_level_must_be_a_mapping(tmp_path, text):
+    p = _write(tmp_path, text)
+    message = _error(path=p)
+    assert str(p) in message
+    assert "mapping" in message
+
+
+def test_missing_file(tmp_path):
+    p = tmp_path / "nope.yaml"
+    message = _error(path=p)
+    assert str(p) in message
+    assert "does not exist" in message
+
+
+def test_directory_is_not_a_config_file(tmp_path):
+    assert str(tmp_path) in _error(path=tmp_path)
+
+
+@pytest.mark.parametrize("item", ["k_shot", "", "=3"])
+def test_malformed_set_item(item):
+    message = _error([item])
+    assert "KEY=VALUE" in message or "unknown config key" in message
+
+
+def test_set_into_a_non_section_is_refused(tmp_path):
+    p = _write(tmp_path, "tasks: 3\n")
+    message = _error(["k_shot=4"], path=p)
+    assert "tasks" in message
+
+
+def test_from_dict_rejects_a_non_mapping():
+    with pytest.raises(ConfigError, match="mapping"):
+        C.from_dict([1, 2])
+
+
+def test_from_dict_none_is_the_default():
+    assert C.from_dict(None) == C.Config()
+
+
+def test_from_dict_names_its_source():
+    with pytest.raises(ConfigError, match=r"^my-run: unknown key 'inner_lrr'"):
+        C.from_dict({"inner_lrr": 1}, source="my-run")
+
+
+def test_with_overrides_starts_from_the_given_config():
+    base = C.load(None, ["k_shot=3", "model.hidden=8"])
+    cfg = C.with_overrides(base, ["inner_lr=0.5"])
+    assert (cfg.tasks.k_shot, cfg.model.hidden, cfg.inner_lr) == (3, 8, 0.5)
+    with pytest.raises(ConfigError, match="inner_lr"):
+        C.with_overrides(base, ["inner_lr=-1"])
+
+
+# --- dicts and keys ------------------------------------------------------------------------------
+
+def test_to_dict_from_dict_round_trip_default():
+    d = C.to_dict(C.Config())
+    assert C.from_dict(d) == C.Config()
+    # plain containers only, so it can go to YAML and JSON
+    assert json.loads(json.dumps(d)) == d
+    assert yaml.safe_load(C.dump(C.Config())) == d
+    assert isinstance(d["tasks"]["families"], list)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    k_shot=st.integers(1, 50),
+    hidden=st.integers(1, 512),
+    inner_lr=st.floats(1e-6, 10.0, allow_nan=False),
+    outer_lr_final=st.none() | st.floats(0.0, 1.0),
+    families=st.sampled_from([("sine",), ("linear",), ("xor", "spiral"), ("linear", "xor", "circles", "spiral")]),
+    activation=st.sampled_from(["relu", "tanh", "gelu"]),
+    eval_lr=st.none() | st.floats(1e-4, 1.0),
+)
+def test_to_dict_from_dict_round_trip(k_shot, hidden, inner_lr, outer_lr_final, families, activation, eval_lr):
+    cfg = C.from_dict({
+        "inner_lr": inner_lr, "outer_lr_final": outer_lr_final,
+        "tasks": {"k_shot": k_shot, "families": list(families)},
+        "model": {"hidden": hidden, "activation": activation},
+        "eval": {"inner_lr": eval_lr},
+    })
+    assert C.from_dict(C.to_dict(cfg)) == cfg
+    # the YAML dump written into run directories reads back to the same config
+    assert C.from_dict(yaml.safe_load(C.dump(cfg))) == cfg
+
+
+def test_leaf_keys_contents():
+    keys = C.leaf_keys()
+    assert len(keys) == len(set(keys))
+    assert keys == _leaf_fields()
+    assert set(keys) == set(_flatten(C.to_dict(C.Config())))
+    for key in ("algorithm", "inner_lr", "outer_lr", "tasks.k_shot", "tasks.families", "model.hidden",
+                "eval.inner_lr", "eval.every"):
+        assert key in keys
+    for section in ("tasks", "model", "eval"):
+        assert section not in keys
+    for key in keys:
+        assert not dataclasses.is_dataclass(C.get(C.Config(), key))
