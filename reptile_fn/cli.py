@@ -108,7 +108,7 @@ def train(
         cfg = C.load(config, set_)
     summary = run_train(cfg, out, resume=resume, progress=progress and sys.stderr.isatty(), log=typer.echo)
     rate = f" ({summary['meta_steps_per_s']} meta-steps/s)" if summary["meta_steps_per_s"] else ""
-    typer.echo(f"trained to meta-iteration {summary['iteration']} in {summary['seconds']:.1f} s{rate}; run in {out}")
+    typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s{rate}; run in {out}")
     if "eval" in summary:
         typer.echo(format_results(summary["eval"]))
 
