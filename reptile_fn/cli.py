@@ -132,5 +132,23 @@ def eval_(
         json_out.write_text(json.dumps(ev, indent=2))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_errors_to_exit
+def bench(ctx: typer.Context) -> None:
+    """Meta-step throughput tables (runs benchmarks/throughput.py; pass its options, e.g. --peers --json F)."""
+    import runpy
+
+    script = Path(reptile_fn.__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    if not script.is_file():
+        raise ReptileFnError(f"{script} not found: `reptile-fn bench` runs from a source checkout of reptile_fn "
+                             "(git clone, then `uv run reptile-fn bench`)")
+    sys.argv = [str(script), *ctx.args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise typer.Exit(e.code if isinstance(e.code, int) else 1) from None
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -45,3 +45,41 @@ def test_losses_on_hand_computed_values():
     assert float(cross_entropy(logits, labels)) == pytest.approx(expected, rel=1e-6)
     assert float(accuracy(logits, labels)) == pytest.approx(0.5)
     assert float(accuracy(logits, mx.array([1, 0]))) == pytest.approx(1.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 4), st.integers(1, 5),
+       st.sampled_from([1, 2]), st.integers(0, 1000))
+def test_im2col_conv_equals_mx_conv2d_values_and_gradients(n, h, w, c, f, stride, seed):
+    from reptile_fn.models import conv3x3
+
+    k = mx.random.split(mx.random.key(seed), 4)
+    x = mx.random.normal((n, h, w, c), key=k[0])
+    wt = mx.random.normal((f, 3, 3, c), key=k[1])
+    b = mx.random.normal((f,), key=k[2])
+    native = conv3x3(x, wt, b, stride=stride, impl="native")
+    ours = conv3x3(x, wt, b, stride=stride, impl="im2col")
+    assert ours.shape == native.shape
+    np.testing.assert_allclose(np.array(ours), np.array(native), atol=1e-4, rtol=1e-4)
+    cot = mx.random.normal(native.shape, key=k[3])
+
+    def grads(impl):
+        return mx.grad(lambda x, wt, b: mx.sum(conv3x3(x, wt, b, stride=stride, impl=impl) * cot), argnums=(0, 1, 2))(x, wt, b)
+
+    for g_ours, g_native in zip(grads("im2col"), grads("native")):
+        np.testing.assert_allclose(np.array(g_ours), np.array(g_native), atol=1e-3, rtol=1e-4)
+
+
+def test_conv4_shapes_and_vmapped_gradient():
+    from reptile_fn.models import conv4
+
+    model = conv4((28, 28, 1), 5)
+    params = model.init(mx.random.key(0))
+    x = mx.random.normal((3, 4, 28, 28, 1))  # 3 tasks of 4 images
+    y = mx.zeros((3, 4), dtype=mx.int32)
+    assert model.apply(params, x[0]).shape == (4, 5)
+    assert T.param_count(params) == (9 * 1 * 64 + 64) + 3 * (9 * 64 * 64 + 64) + (2 * 2 * 64 * 5 + 5)
+    grads = mx.vmap(mx.grad(lambda p, xb, yb: cross_entropy(model.apply(p, xb), yb)), in_axes=(None, 0, 0))(params, x, y)
+    assert grads["conv0"]["w"].shape == (3, 64, 3, 3, 1) and bool(T.all_finite(grads))
+    with pytest.raises(ValueError, match="conv_impl"):
+        conv4(conv_impl="winograd")

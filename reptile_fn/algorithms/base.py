@@ -32,3 +32,34 @@ def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):
     n = per_task[0].shape[0]
     outs = [fn(shared, *(a[i] for a in per_task)) for i in range(n)]
     return T.stack(outs)
+
+
+def fuse(step: Callable, n: int, sample: Callable | None = None) -> Callable:
+    """Run ``n`` meta-iterations in one compiled call, to amortise per-call dispatch overhead.
+
+    Without ``sample``: ``run(params, state, batches, keys)`` with ``batches`` an Episode whose
+    leaves have a leading axis of n (pre-sampled) and ``keys`` (n, 2). With ``sample(key) ->
+    Episode``: ``run(params, state, keys)`` samples each batch on the device from ``keys[i]``
+    (split into a sampling and a step key). Returns ``(params, state, metric_sums)``: metrics
+    summed over the n iterations.
+    """
+
+    def loop(params, state, keys, batch_at):
+        sums = None
+        for i in range(n):
+            batch, key = batch_at(i)
+            params, state, metrics = step(params, state, batch, key)
+            sums = metrics if sums is None else {k: sums[k] + v for k, v in metrics.items()}
+        return params, state, sums
+
+    if sample is None:
+        def run(params, state, batches, keys):
+            return loop(params, state, keys, lambda i: (type(batches)(*(b[i] for b in batches)), keys[i]))
+    else:
+        def run(params, state, keys):
+            def at(i):
+                sample_key, step_key = mx.random.split(keys[i])
+                return sample(sample_key), step_key
+            return loop(params, state, keys, at)
+
+    return mx.compile(run)

@@ -74,7 +74,6 @@ def make_step(
             "support_loss": mx.mean(losses[:, 0]),
             "adapted_loss": mx.mean(losses[:, -1]),
             "outer_lr": lr,
-            "update_norm": T.global_norm(updates),
         }
         return new_params, {"iteration": state["iteration"] + 1, "outer": outer_state}, metrics
 

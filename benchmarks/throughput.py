@@ -1,0 +1,236 @@
+"""Meta-step throughput of reptile_fn against JAX and PyTorch on the same math.
+
+Workloads (float32, identical in every framework; see benchmarks/README.md):
+  W1  sine: Reptile, MLP 1-40-40-1 ReLU, K=10, 5 inner SGD steps (lr 0.02) on the full support
+      set, meta-batch 8, outer step 0.1.
+  W2  Omniglot-shaped: Reptile on 5-way tasks, 28x28x1 inputs, conv4 with stride-2 3x3 convs
+      (no norm), 50 support images, inner batch 10, 5 inner SGD steps, meta-batch 5.
+
+Variants of reptile_fn's step: serial reference (Python loop over tasks, eager), vmap (eager),
+vmap+compile (the training path), fused (N meta-iterations per compiled call). Figures are the
+median meta-steps/s over repeated timed blocks after warm-up; peak memory is MLX's allocator peak.
+
+    python benchmarks/throughput.py [--peers] [--device cpu|gpu] [--json FILE] [--quick]
+    reptile-fn bench [same options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+import reptile_fn  # noqa: E402  (loads OpenBLAS before mlx.core on Linux)
+from reptile_fn import _blas  # noqa: E402
+from reptile_fn.algorithms import reptile  # noqa: E402
+from reptile_fn.algorithms.base import fuse  # noqa: E402
+from reptile_fn.losses import cross_entropy, mse  # noqa: E402
+from reptile_fn.models import conv4, mlp  # noqa: E402
+from reptile_fn.tasks import Episode, make_distribution  # noqa: E402
+
+POOL = 8  # pre-sampled meta-batches cycled through, so sampling is not timed (as in the peers)
+WORKLOADS = {
+    "W1": dict(meta_batch_size=8, scaling=(1, 2, 4, 8, 16, 32, 64)),
+    "W2": dict(meta_batch_size=5, scaling=(1, 2, 5, 10, 20, 32)),
+}
+
+
+def workload(name: str, meta_batch_size: int, conv_impl: str = "auto"):
+    """(model, loss, Reptile hyperparameters, list of pre-sampled meta-batches)."""
+    if name == "W1":
+        tasks = make_distribution("sine", k_shot=10, query_size=10, num_train_tasks=0, seed=0)
+        batches = [tasks.sample_train(mx.random.key(i), meta_batch_size) for i in range(POOL)]
+        hyper = dict(inner_lr=0.02, inner_steps=5, outer_lr=0.1)
+        return mlp(1, 1, hidden=40, depth=2), mse, hyper, batches
+    if name == "W2":
+        rng = np.random.default_rng(0)
+        batches = []
+        for _ in range(POOL):
+            x = mx.array(rng.uniform(size=(meta_batch_size, 50, 28, 28, 1)).astype(np.float32))
+            y = mx.array(rng.integers(0, 5, size=(meta_batch_size, 50)).astype(np.int32))
+            batches.append(Episode(x, y, x[:, :5], y[:, :5]))
+        hyper = dict(inner_lr=1e-3, inner_steps=5, outer_lr=1.0, inner_batch_size=10)
+        return conv4((28, 28, 1), 5, conv_impl=conv_impl), cross_entropy, hyper, batches
+    raise SystemExit(f"unknown workload {name!r}; use W1 or W2")
+
+
+def time_blocks(call: Callable[[int], object], steps_per_call: int, *, repeats: int, min_block_s: float,
+                warmup: int) -> list[float]:
+    """meta-steps/s of repeated blocks; each block lasts at least min_block_s and ends with a sync."""
+    for i in range(warmup):
+        mx.eval(call(i))
+    t = time.perf_counter()
+    mx.eval(call(warmup))
+    per_call = max(time.perf_counter() - t, 1e-6)
+    calls = max(1, int(min_block_s / per_call))
+    rates = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        out = None
+        for i in range(calls):
+            out = call(i)
+            mx.async_eval(out)
+        mx.eval(out)
+        rates.append(calls * steps_per_call / (time.perf_counter() - t))
+    return rates
+
+
+def run_variant(name: str, variant: str, meta_batch_size: int, *, repeats: int, min_block_s: float,
+                fuse_n: int = 10, conv_impl: str = "auto") -> dict:
+    model, loss, hyper, batches = workload(name, meta_batch_size, conv_impl)
+    params = model.init(mx.random.key(0))
+    keys = [mx.random.key(i) for i in range(POOL)]
+    mx.eval(batches, keys, params)
+    batched, compiled = {"serial": (False, False), "vmap": (True, False)}.get(variant, (True, True))
+    meta = reptile.make_step(model.apply, loss, batched=batched, compiled=compiled, **hyper)
+    box = {"params": params, "state": meta.init(params)}
+    steps_per_call = 1
+
+    if variant.startswith("fused"):
+        run = fuse(meta.step, fuse_n)
+        stacked = Episode(*(mx.stack([b[j] for b in (batches * fuse_n)[:fuse_n]]) for j in range(4)))
+        stacked_keys = mx.stack((keys * fuse_n)[:fuse_n])
+        mx.eval(stacked, stacked_keys)
+        steps_per_call = fuse_n
+
+        def call(i):
+            box["params"], box["state"], m = run(box["params"], box["state"], stacked, stacked_keys)
+            return box["params"], box["state"]
+    else:
+        def call(i):
+            box["params"], box["state"], m = meta.step(box["params"], box["state"], batches[i % POOL], keys[i % POOL])
+            return box["params"], box["state"]
+
+    slow = variant in ("serial", "vmap")
+    mx.reset_peak_memory()
+    rates = time_blocks(call, steps_per_call, repeats=max(2, repeats // 2) if slow else repeats,
+                        min_block_s=min_block_s, warmup=1 if slow else 3)
+    return {
+        "framework": "reptile_fn", "version": reptile_fn.__version__, "variant": variant,
+        "workload": name, "meta_batch_size": meta_batch_size, "device": str(mx.default_device()),
+        "meta_steps_per_s": statistics.median(rates), "samples": rates,
+        "peak_memory_mb": mx.get_peak_memory() / 2**20,
+    }
+
+
+def run_peers(name: str, meta_batch_size: int, device: str, *, repeats: int, min_block_s: float) -> list[dict]:
+    results = []
+    for module in ("jax_peer", "torch_peer"):
+        try:
+            peer = __import__(f"benchmarks.peers.{module}", fromlist=["run", "available"])
+        except ImportError as e:
+            print(f"  (skipping {module}: {e})", file=sys.stderr)
+            continue
+        if not peer.available():
+            print(f"  (skipping {module}: framework not importable)", file=sys.stderr)
+            continue
+        try:
+            results += peer.run(name, meta_batch_size, device=device, repeats=repeats, min_block_s=min_block_s)
+        except Exception as e:  # a peer failing must not lose the other figures
+            print(f"  ({module} failed on {name}: {type(e).__name__}: {e})", file=sys.stderr)
+    return results
+
+
+def environment(device: str) -> dict:
+    return {
+        "machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "mlx": mx.__version__,
+        "numpy": np.__version__, "device": str(mx.default_device()), "requested_device": device,
+        "blas": _blas.status(), "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def table(rows: list[dict], best_peer: dict[str, float]) -> str:
+    head = f"{'workload':<9}{'M':>4}  {'framework / variant':<38}{'meta-steps/s':>13}{'peak MB':>9}{'vs best peer':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        peer = best_peer.get((r["workload"], r["meta_batch_size"]))
+        ratio = f"{r['meta_steps_per_s'] / peer:.2f}x" if peer and r["framework"] == "reptile_fn" else ""
+        mem = f"{r['peak_memory_mb']:.1f}" if "peak_memory_mb" in r else ""
+        lines.append(f"{r['workload']:<9}{r['meta_batch_size']:>4}  {r['framework'] + ' ' + r['variant']:<38}"
+                     f"{r['meta_steps_per_s']:>13.1f}{mem:>9}{ratio:>14}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", default="W1,W2")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
+    ap.add_argument("--variants", default="serial,vmap,vmap+compile,fused")
+    ap.add_argument("--fuse", type=int, default=10, help="meta-iterations per call in the fused variant")
+    ap.add_argument("--meta-batch", type=str, default=None, help="comma list overriding each workload's meta-batch")
+    ap.add_argument("--scaling", action="store_true", help="meta-batch scaling table of the vmap+compile step")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--min-block", type=float, default=0.3, help="seconds per timed block")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter blocks (smoke test)")
+    ap.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.min_block = 2, 0.05
+
+    if args.device == "gpu":
+        if not mx.is_available(mx.gpu):
+            raise SystemExit("--device gpu: MLX has no GPU here (install the cuda extra on an NVIDIA machine)")
+        mx.set_default_device(mx.gpu)
+    else:
+        mx.set_default_device(mx.cpu)
+    env = environment(args.device)
+    print(f"reptile_fn {reptile_fn.__version__} · mlx {env['mlx']} · {env['device']} · blas: {env['blas']} · "
+          f"{env['cpu_count']} cores {env['machine']}")
+
+    rows, scaling = [], []
+    variants = args.variants.split(",")
+    for name in args.workloads.split(","):
+        sizes = [int(s) for s in args.meta_batch.split(",")] if args.meta_batch else [WORKLOADS[name]["meta_batch_size"]]
+        for m in sizes:
+            for v in variants:
+                print(f"  {name} M={m} reptile_fn {v} ...", file=sys.stderr, flush=True)
+                rows.append(run_variant(name, v, m, repeats=args.repeats, min_block_s=args.min_block, fuse_n=args.fuse))
+            if args.peers:
+                rows += run_peers(name, m, args.device, repeats=args.repeats, min_block_s=args.min_block)
+        if args.scaling:
+            for m in WORKLOADS[name]["scaling"]:
+                print(f"  {name} scaling M={m} ...", file=sys.stderr, flush=True)
+                r = run_variant(name, "vmap+compile", m, repeats=args.repeats, min_block_s=args.min_block)
+                r["ms_per_task"] = 1000.0 / (r["meta_steps_per_s"] * m)
+                scaling.append(r)
+
+    best_peer: dict = {}
+    for r in rows:
+        if r["framework"] != "reptile_fn":
+            key = (r["workload"], r["meta_batch_size"])
+            best_peer[key] = max(best_peer.get(key, 0.0), r["meta_steps_per_s"])
+    print()
+    print(table(rows, best_peer))
+    if scaling:
+        print("\nmeta-batch scaling (reptile_fn vmap+compile): cost per task should stay flat or fall")
+        print(f"{'workload':<9}{'M':>4}{'meta-steps/s':>14}{'ms per task':>13}{'ms per step':>13}")
+        for r in scaling:
+            print(f"{r['workload']:<9}{r['meta_batch_size']:>4}{r['meta_steps_per_s']:>14.1f}{r['ms_per_task']:>13.3f}"
+                  f"{1000.0 / r['meta_steps_per_s']:>13.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        out = {"environment": env, "argv": sys.argv, "results": rows, "scaling": scaling,
+               "best_peer": [{"workload": w, "meta_batch_size": m, "meta_steps_per_s": v} for (w, m), v in best_peer.items()]}
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        os.replace(tmp, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
