@@ -7,7 +7,8 @@ Workloads (float32, identical in every framework; see benchmarks/README.md):
       (no norm), 50 support images, inner batch 10, 5 inner SGD steps, meta-batch 5.
 
 Variants of reptile_fn's step: serial reference (Python loop over tasks, eager), vmap (eager),
-vmap+compile (the training path), fused (N meta-iterations per compiled call). Figures are the
+vmap+compile (the training path), unrolled+compile (Python loop over tasks inside one compiled
+step), fused (N meta-iterations per compiled call). Figures are the
 median meta-steps/s over repeated timed blocks after warm-up; peak memory is MLX's allocator peak.
 
     python benchmarks/throughput.py [--peers] [--device cpu|gpu] [--json FILE] [--quick]
@@ -29,10 +30,12 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import reptile_fn  # noqa: E402  (first: it loads OpenBLAS before mlx.core on Linux)
+
+# isort: split
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-import reptile_fn  # noqa: E402  (loads OpenBLAS before mlx.core on Linux)
 from reptile_fn import _blas  # noqa: E402
 from reptile_fn.algorithms import reptile  # noqa: E402
 from reptile_fn.algorithms.base import fuse  # noqa: E402
@@ -93,7 +96,8 @@ def run_variant(name: str, variant: str, meta_batch_size: int, *, repeats: int, 
     params = model.init(mx.random.key(0))
     keys = [mx.random.key(i) for i in range(POOL)]
     mx.eval(batches, keys, params)
-    batched, compiled = {"serial": (False, False), "vmap": (True, False)}.get(variant, (True, True))
+    batched, compiled = {"serial": (False, False), "vmap": (True, False),
+                         "unrolled+compile": (False, True)}.get(variant, (True, True))
     meta = reptile.make_step(model.apply, loss, batched=batched, compiled=compiled, **hyper)
     box = {"params": params, "state": meta.init(params)}
     steps_per_call = 1
@@ -143,8 +147,19 @@ def run_peers(name: str, meta_batch_size: int, device: str, *, repeats: int, min
     return results
 
 
+def gpu_name() -> str | None:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def environment(device: str) -> dict:
     return {
+        "gpu": gpu_name() if device == "gpu" else None,
         "machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "mlx": mx.__version__,
         "numpy": np.__version__, "device": str(mx.default_device()), "requested_device": device,
@@ -171,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
     ap.add_argument("--variants", default="serial,vmap,vmap+compile,fused")
     ap.add_argument("--fuse", type=int, default=10, help="meta-iterations per call in the fused variant")
-    ap.add_argument("--meta-batch", type=str, default=None, help="comma list overriding each workload's meta-batch")
+    ap.add_argument("--sizes", type=str, default=None,
+                    help="meta-batch sizes per workload, e.g. 'W1:8,64;W2:5,32' (default: W1:8;W2:5)")
     ap.add_argument("--scaling", action="store_true", help="meta-batch scaling table of the vmap+compile step")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--min-block", type=float, default=0.3, help="seconds per timed block")
@@ -193,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, scaling = [], []
     variants = args.variants.split(",")
+    custom = {}
+    for part in filter(None, (args.sizes or "").split(";")):
+        w, _, sizes = part.partition(":")
+        custom[w.strip()] = [int(v) for v in sizes.split(",")]
     for name in args.workloads.split(","):
-        sizes = [int(s) for s in args.meta_batch.split(",")] if args.meta_batch else [WORKLOADS[name]["meta_batch_size"]]
+        sizes = custom.get(name, [WORKLOADS[name]["meta_batch_size"]])
         for m in sizes:
             for v in variants:
                 print(f"  {name} M={m} reptile_fn {v} ...", file=sys.stderr, flush=True)

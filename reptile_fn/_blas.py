@@ -42,7 +42,8 @@ def status() -> str:
     """A one-line description of the BLAS that MLX's CPU matmuls run on."""
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
-    mapped = _mapped_libraries()
+    # numpy ships its own OpenBLAS (libscipy_openblas64_, suffixed symbols) that MLX never calls
+    mapped = [m for m in _mapped_libraries() if "scipy_openblas" not in m]
     if any("openblas" in m for m in mapped):
         return f"OpenBLAS ({_state['loaded'] or 'loaded by the process'})"
     if any("libblas" in m for m in mapped):

@@ -83,7 +83,9 @@ def conv3x3(x: mx.array, w: mx.array, b: mx.array, *, stride: int = 1, impl: str
     span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
     cols = mx.concatenate([xp[:, i:i + span_h:stride, j:j + span_w:stride, :] for i in range(3) for j in range(3)],
                           axis=-1)  # (n, ho, wo, 9c), channel index (3i + j)·c + ci
-    return cols @ mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, -1) + b
+    # one 2-D matmul: MLX's CPU matmul on a 4-D left operand is ~30% slower for these shapes
+    out = cols.reshape(n * ho * wo, 9 * c) @ mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, -1)
+    return out.reshape(n, ho, wo, -1) + b
 
 
 def resolve_conv_impl(impl: str) -> str:
