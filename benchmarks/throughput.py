@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="W1,W2")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
-    ap.add_argument("--variants", default="serial,vmap,vmap+compile,fused")
+    ap.add_argument("--variants", default="serial,vmap,vmap+compile,unrolled+compile,fused")
     ap.add_argument("--fuse", type=int, default=10, help="meta-iterations per call in the fused variant")
     ap.add_argument("--sizes", type=str, default=None,
                     help="meta-batch sizes per workload, e.g. 'W1:8,64;W2:5,32' (default: W1:8;W2:5)")
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-block", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter blocks (smoke test)")
     ap.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    ap.add_argument("--report", action="store_true",
+                    help="then regenerate the performance section of research/results.md from research/perf/*.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.min_block = 2, 0.05
@@ -249,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(out, indent=2))
         os.replace(tmp, args.json)
         print(f"\nwrote {args.json}")
+    if args.report:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import report
+
+        report.write()
+        print(f"updated {report.RESULTS.relative_to(ROOT)}")
     return 0
 
 

@@ -124,8 +124,8 @@ def eval_(
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned vs random init, with 95% CIs."""
     from reptile_fn.train import final_evaluation, format_results, load_run
 
-    s, params, iteration = load_run(checkpoint)
-    ev = final_evaluation(s, params, episodes=episodes, steps=steps)
+    s, params, state, iteration = load_run(checkpoint)
+    ev = final_evaluation(s, params, state, episodes=episodes, steps=steps)
     typer.echo(f"{checkpoint} (meta-iteration {iteration})")
     typer.echo(format_results(ev))
     if json_out:

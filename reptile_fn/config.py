@@ -53,9 +53,9 @@ class Config:
     inner_steps: int = 5
     inner_optimizer: str = "sgd"
     inner_batch_size: int | None = None  # None: the whole support set each inner step
-    outer_lr: float = 1.0  # β, the meta step size
-    outer_lr_final: float | None = 0.0  # anneal β linearly to this; None: constant
-    outer_optimizer: str = "sgd"
+    outer_lr: float | None = None  # β / the outer learning rate; None: the algorithm's default
+    outer_lr_final: float | None = 0.0  # anneal it linearly to this; None: constant
+    outer_optimizer: str | None = None  # sgd | adam; None: the algorithm's default
     trainable: tuple[str, ...] = ("*",)  # glob patterns over parameter paths that adapt
     log_every: int = 100
     checkpoint_every: int = 1000
@@ -176,11 +176,11 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     choices = dict(CHOICES, algorithm=tuple(ALGORITHMS))
     for key in leaf_keys():
         v = get(cfg, key)
+        if v is None:
+            continue
         if key in choices and v not in choices[key]:
             raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(choices[key])}"
                               f"{_suggest(str(v), choices[key])}")
-        if v is None:
-            continue
         if key in POSITIVE and v <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {v}")
         if key in NON_NEGATIVE and v < 0:

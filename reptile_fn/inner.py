@@ -75,8 +75,8 @@ def adapt(
             raise ValueError("adapt: inner_batch_size needs a PRNG key")
         idx = batch_indices(key, n, inner_batch_size, steps)
 
-    def objective(fast_params, xb, yb):
-        return loss(apply(T.combine(fast_params, frozen), xb), yb)
+    def objective(fast_params, frozen_params, xb, yb):
+        return loss(apply(T.combine(fast_params, frozen_params), xb), yb)
 
     value_and_grad = mx.value_and_grad(objective)
     scalar_lr = not isinstance(lr, dict)
@@ -90,7 +90,7 @@ def adapt(
         if observe is not None:
             observed.append(observe(T.combine(fast, frozen)))
         xb, yb = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
-        value, grads = value_and_grad(fast, xb, yb)
+        value, grads = value_and_grad(fast, frozen, xb, yb)
         if first_order:
             grads = tree_map(mx.stop_gradient, grads)
         losses.append(value)
@@ -98,7 +98,9 @@ def adapt(
             m = tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, m, grads)
             v = tree_map(lambda v_, g: b2 * v_ + (1 - b2) * mx.square(g), v, grads)
             c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
-            grads = tree_map(lambda m_, v_: (m_ / c1) / (mx.sqrt(v_ / c2) + adam_eps), m, v)
+            # max(v, 1e-30): the same value, but a zero second moment (a dead unit) has a finite
+            # derivative, so second-order MAML through Adam gives no NaN (d√v/dv = ∞ at 0)
+            grads = tree_map(lambda m_, v_: (m_ / c1) / (mx.sqrt(mx.maximum(v_ / c2, 1e-30)) + adam_eps), m, v)
         elif optimizer != "sgd":
             raise ValueError(f"unknown inner optimizer {optimizer!r}; use one of {INNER_OPTIMIZERS}")
         if scalar_lr:

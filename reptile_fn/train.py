@@ -22,7 +22,8 @@ import mlx.core as mx
 from reptile_fn import checkpoint
 from reptile_fn import config as C
 from reptile_fn import tree as T
-from reptile_fn.algorithms import ALGORITHMS, MetaStep
+from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, MetaStep
+from reptile_fn.algorithms.maml import ANIL_TRAINABLE
 from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reptile_fn.evaluate import few_shot_curve
 from reptile_fn.losses import accuracy, cross_entropy, mse
@@ -70,39 +71,49 @@ def setup(cfg: C.Config) -> Setup:
                 activation=cfg.model.activation)
     classification = tasks.kind == "classification"
     loss = cross_entropy if classification else mse
-    trainable = trainable_predicate(cfg.trainable)
+    patterns = ANIL_TRAINABLE if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
+    trainable = trainable_predicate(patterns)
+    defaults = DEFAULTS[cfg.algorithm]
     inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size)
     meta = ALGORITHMS[cfg.algorithm](
-        model.apply, loss, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, outer_lr=cfg.outer_lr,
+        model.apply, loss, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
+        outer_lr=defaults["outer_lr"] if cfg.outer_lr is None else cfg.outer_lr,
         outer_lr_final=cfg.outer_lr_final, meta_iterations=cfg.meta_iterations,
         inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size,
-        outer_optimizer=cfg.outer_optimizer, trainable=trainable,
+        outer_optimizer=cfg.outer_optimizer or defaults["outer_optimizer"], trainable=trainable,
     )
     return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner)
 
 
-def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None) -> dict:
+def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None) -> dict:
     """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``."""
     cfg = s.cfg
     sample_key, adapt_key = mx.random.split(key)
     batch = s.tasks.sample_test(sample_key, episodes)
-    return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=cfg.eval.inner_lr or cfg.inner_lr,
+    lr = cfg.eval.inner_lr or (cfg.inner_lr if inner_lr is None else inner_lr)
+    return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
                           key=adapt_key, **s.inner_kwargs)
 
 
-def final_evaluation(s: Setup, params, episodes: int | None = None, steps: int | None = None) -> dict:
-    """Meta-learned init vs a random init on the same held-out episodes (deterministic given the seed)."""
+def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps: int | None = None) -> dict:
+    """Meta-learned init vs a random init on the same held-out episodes (deterministic given the seed).
+
+    Both adapt with the same inner loop; the meta-learned init uses the algorithm's inner learning
+    rate (Meta-SGD: its learned per-parameter rates), the random init ``inner_lr`` (or ``eval.inner_lr``).
+    """
     keys = run_keys(s.cfg.seed)
     n = episodes or s.cfg.eval.episodes
     random_params = s.model.init(keys.random_init)
+    learned_lr = s.meta.inner_lr(state)
     return {
         "kind": s.tasks.kind,
         "metric": "accuracy" if s.metric is not None else "mse",
         "k_shot": s.cfg.tasks.k_shot,
         "inner_lr": s.cfg.eval.inner_lr or s.cfg.inner_lr,
+        "inner_lr_learned": isinstance(learned_lr, dict),
         "inits": {
-            "meta": evaluate_init(s, params, keys.eval_final, n, steps),
+            "meta": evaluate_init(s, params, keys.eval_final, n, steps, inner_lr=learned_lr),
             "random": evaluate_init(s, random_params, keys.eval_final, n, steps),
         },
     }
@@ -181,7 +192,8 @@ def train(
                 metrics_file.write(json.dumps(record) + "\n")
                 bar.update(it, record)
             if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
-                curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes)
+                curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes,
+                                      inner_lr=s.meta.inner_lr(state))
                 metrics_file.write(json.dumps({"iteration": it, "eval": _final_point(curve)}) + "\n")
             if it % cfg.checkpoint_every == 0 or it == end:
                 metrics_file.flush()
@@ -208,7 +220,7 @@ def train(
         "config": C.to_dict(cfg),
     }
     if end == cfg.meta_iterations:
-        summary["eval"] = final_evaluation(s, params)
+        summary["eval"] = final_evaluation(s, run.params, run.state)
         _atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
     return summary
 
@@ -218,15 +230,16 @@ def stored_config(out_dir: str | Path) -> C.Config:
     return _resume(None, Path(out_dir) / CHECKPOINT)[0]
 
 
-def load_run(checkpoint_path: str | Path) -> tuple[Setup, dict, int]:
-    """Rebuild the setup and parameters of a saved run: (setup, params, iteration)."""
+def load_run(checkpoint_path: str | Path) -> tuple[Setup, dict, dict, int]:
+    """Rebuild the setup, parameters and algorithm state of a saved run: (setup, params, state, iteration)."""
     arrays, meta = checkpoint.load(checkpoint_path)
     if "config" not in meta:
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by `reptile-fn train`")
     cfg = C.from_dict(meta["config"], source=str(checkpoint_path))
     s = setup(cfg)
     params = checkpoint.restore(arrays, "params", s.model.init(run_keys(cfg.seed).init), source=str(checkpoint_path))
-    return s, params, int(meta.get("iteration", 0))
+    state = checkpoint.restore(arrays, "state", s.meta.init(params), source=str(checkpoint_path))
+    return s, params, state, int(meta.get("iteration", 0))
 
 
 def format_results(ev: dict, show_steps: tuple[int, ...] | None = None) -> str:

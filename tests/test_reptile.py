@@ -113,7 +113,8 @@ def test_vmapped_compiled_step_equals_serial_reference(seed, n_tasks, steps, inn
         p_fast, s_fast, m_fast = fast.step(p_fast, s_fast, batch, mx.random.key(i))
         p_ref, s_ref, m_ref = ref.step(p_ref, s_ref, batch, mx.random.key(i))
     assert max_abs_diff(p_fast, p_ref) < 1e-5
-    assert max_abs_diff(m_fast, m_ref) < 1e-5
+    for k in m_fast:  # metrics can be large (losses): compare relatively
+        np.testing.assert_allclose(np.array(m_fast[k]), np.array(m_ref[k]), rtol=1e-5, atol=1e-6)
 
 
 def test_fast_path_equals_serial_after_100_meta_steps():

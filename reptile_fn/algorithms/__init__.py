@@ -1,8 +1,16 @@
-"""Meta-learning algorithms. Each ``make_step(...)`` returns a ``MetaStep(init, step)``."""
+"""Meta-learning algorithms. Each ``make_step(...)`` returns a ``MetaStep(init, step, inner_lr)``."""
 
-from reptile_fn.algorithms import reptile
+from reptile_fn.algorithms import maml, reptile
 from reptile_fn.algorithms.base import MetaStep
 
-ALGORITHMS = {"reptile": reptile.make_step}
+ALGORITHMS = {
+    "reptile": reptile.make_step,
+    "maml": maml.make_step,
+    "fomaml": maml.fomaml,
+    "metasgd": maml.metasgd,
+    "anil": maml.anil,
+}
+# What `outer_lr: null` / `outer_optimizer: null` in a config resolve to.
+DEFAULTS = {"reptile": reptile.DEFAULTS, **{name: maml.DEFAULTS for name in ("maml", "fomaml", "metasgd", "anil")}}
 
-__all__ = ["ALGORITHMS", "MetaStep", "reptile"]
+__all__ = ["ALGORITHMS", "DEFAULTS", "MetaStep", "maml", "reptile"]

@@ -14,11 +14,13 @@ class MetaStep(NamedTuple):
     """``init(params) -> state``; ``step(params, state, batch, key) -> (params, state, metrics)``.
 
     ``batch`` is an ``Episode`` stacked on a leading task axis; ``state`` and ``metrics`` are trees
-    of arrays (nothing is pulled to the host).
+    of arrays (nothing is pulled to the host). ``inner_lr(state)`` is the inner learning rate to
+    adapt with at evaluation (a scalar, or Meta-SGD's learned tree).
     """
 
     init: Callable[[Tree], Tree]
     step: Callable
+    inner_lr: Callable[[Tree], object]
 
 
 def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):

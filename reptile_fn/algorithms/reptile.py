@@ -17,6 +17,8 @@ from reptile_fn.algorithms.base import MetaStep, over_tasks
 from reptile_fn.inner import Apply, Loss, adapt
 from reptile_fn.tree import PathPredicate, Tree
 
+DEFAULTS = {"outer_optimizer": "sgd", "outer_lr": 1.0}
+
 
 def make_step(
     apply: Apply,
@@ -77,4 +79,4 @@ def make_step(
         }
         return new_params, {"iteration": state["iteration"] + 1, "outer": outer_state}, metrics
 
-    return MetaStep(init, mx.compile(step) if compiled else step)
+    return MetaStep(init, mx.compile(step) if compiled else step, lambda state: inner_lr)
