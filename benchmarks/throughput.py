@@ -37,7 +37,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reptile_fn import _blas  # noqa: E402
-from reptile_fn.algorithms import reptile  # noqa: E402
+from reptile_fn.algorithms import ALGORITHMS  # noqa: E402
 from reptile_fn.algorithms.base import fuse  # noqa: E402
 from reptile_fn.losses import cross_entropy, mse  # noqa: E402
 from reptile_fn.models import conv4, mlp  # noqa: E402
@@ -63,7 +63,7 @@ def workload(name: str, meta_batch_size: int, conv_impl: str = "auto"):
         for _ in range(POOL):
             x = mx.array(rng.uniform(size=(meta_batch_size, 50, 28, 28, 1)).astype(np.float32))
             y = mx.array(rng.integers(0, 5, size=(meta_batch_size, 50)).astype(np.int32))
-            batches.append(Episode(x, y, x[:, :5], y[:, :5]))
+            batches.append(Episode(x, y, x[:, :10], y[:, :10]))  # a query of 10 images for the MAML family
         hyper = dict(inner_lr=1e-3, inner_steps=5, outer_lr=1.0, inner_batch_size=10)
         return conv4((28, 28, 1), 5, conv_impl=conv_impl), cross_entropy, hyper, batches
     raise SystemExit(f"unknown workload {name!r}; use W1 or W2")
@@ -91,14 +91,16 @@ def time_blocks(call: Callable[[int], object], steps_per_call: int, *, repeats: 
 
 
 def run_variant(name: str, variant: str, meta_batch_size: int, *, repeats: int, min_block_s: float,
-                fuse_n: int = 10, conv_impl: str = "auto") -> dict:
+                fuse_n: int = 10, conv_impl: str = "auto", algorithm: str = "reptile") -> dict:
     model, loss, hyper, batches = workload(name, meta_batch_size, conv_impl)
     params = model.init(mx.random.key(0))
     keys = [mx.random.key(i) for i in range(POOL)]
     mx.eval(batches, keys, params)
     batched, compiled = {"serial": (False, False), "vmap": (True, False),
                          "unrolled+compile": (False, True)}.get(variant, (True, True))
-    meta = reptile.make_step(model.apply, loss, batched=batched, compiled=compiled, **hyper)
+    if algorithm != "reptile":  # the same inner loop; the MAML family's outer step is Adam at 1e-3
+        hyper = {**hyper, "outer_lr": 1e-3}
+    meta = ALGORITHMS[algorithm](model.apply, loss, batched=batched, compiled=compiled, **hyper)
     box = {"params": params, "state": meta.init(params)}
     steps_per_call = 1
 
@@ -122,7 +124,8 @@ def run_variant(name: str, variant: str, meta_batch_size: int, *, repeats: int, 
     rates = time_blocks(call, steps_per_call, repeats=max(2, repeats // 2) if slow else repeats,
                         min_block_s=min_block_s, warmup=1 if slow else 3)
     return {
-        "framework": "reptile_fn", "version": reptile_fn.__version__, "variant": variant,
+        "framework": "reptile_fn", "version": reptile_fn.__version__,
+        "variant": variant if algorithm == "reptile" else f"{algorithm} {variant}",
         "workload": name, "meta_batch_size": meta_batch_size, "device": str(mx.default_device()),
         "meta_steps_per_s": statistics.median(rates), "samples": rates,
         "peak_memory_mb": mx.get_peak_memory() / 2**20,
@@ -185,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
     ap.add_argument("--variants", default="serial,vmap,vmap+compile,unrolled+compile,fused")
+    ap.add_argument("--algorithms", default="reptile,fomaml,maml",
+                    help="reptile gets every variant; the others the serial reference and vmap+compile (W1) "
+                         "or vmap+compile only (W2)")
     ap.add_argument("--fuse", type=int, default=10, help="meta-iterations per call in the fused variant")
     ap.add_argument("--sizes", type=str, default=None,
                     help="meta-batch sizes per workload, e.g. 'W1:8,64;W2:5,32' (default: W1:8;W2:5)")
@@ -218,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.workloads.split(","):
         sizes = custom.get(name, [WORKLOADS[name]["meta_batch_size"]])
         for m in sizes:
-            for v in variants:
-                print(f"  {name} M={m} reptile_fn {v} ...", file=sys.stderr, flush=True)
-                rows.append(run_variant(name, v, m, repeats=args.repeats, min_block_s=args.min_block, fuse_n=args.fuse))
+            for algorithm in args.algorithms.split(","):
+                keep = {"W1": ("serial", "vmap+compile")}.get(name, ("vmap+compile",))
+                for v in variants if algorithm == "reptile" else [v for v in variants if v in keep]:
+                    print(f"  {name} M={m} reptile_fn {algorithm} {v} ...", file=sys.stderr, flush=True)
+                    rows.append(run_variant(name, v, m, repeats=args.repeats, min_block_s=args.min_block,
+                                            fuse_n=args.fuse, algorithm=algorithm))
             if args.peers:
                 rows += run_peers(name, m, args.device, repeats=args.repeats, min_block_s=args.min_block)
         if args.scaling:
