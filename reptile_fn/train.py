@@ -253,12 +253,16 @@ def format_results(ev: dict, show_steps: tuple[int, ...] | None = None) -> str:
     head = f"{'init':<10}" + "".join(f"{f'{k} steps':>18}" for k in cols)
     lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, mean ± 95% CI", head]
     for name, curve in ev["inits"].items():
-        cells = [f"{scale * curve[metric]['mean'][k]:.2f} ± {scale * curve[metric]['ci95'][k]:.2f}" for k in cols]
+        cells = [f"{_num(scale * curve[metric]['mean'][k])} ± {_num(scale * curve[metric]['ci95'][k])}" for k in cols]
         lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _num(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.1e}"
+
 
 def _resume(cfg: C.Config | None, ckpt_path: Path):
     if not ckpt_path.exists():
