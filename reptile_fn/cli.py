@@ -117,19 +117,45 @@ def train(
 @_errors_to_exit
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train."),
+    baselines: str = typer.Option("random,transfer,head", "--baselines",
+                                  help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only)."),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="Held-out episodes (default: the config's)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps (default: the config's)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps K (default: the config's)."),
+    speed_steps: int = typer.Option(100, "--speed-steps", min=0,
+                                    help="Horizon for the adaptation-speed analysis (0: skip it)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where results.json and the PNGs go (default: <run>/eval)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
 ) -> None:
-    """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned vs random init, with 95% CIs."""
-    from reptile_fn.train import final_evaluation, format_results, load_run
+    """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
+    from reptile_fn.train import final_evaluation, format_results, format_speed, load_run, write_figures
 
+    names = tuple(b.strip() for b in baselines.split(",") if b.strip())
     s, params, state, iteration = load_run(checkpoint)
-    ev = final_evaluation(s, params, state, episodes=episodes, steps=steps)
+    ev = final_evaluation(s, params, state, episodes=episodes, steps=steps, baselines=names,
+                          speed_steps=speed_steps or None)
+    k = s.cfg.eval.inner_steps if steps is None else steps
     typer.echo(f"{checkpoint} (meta-iteration {iteration})")
-    typer.echo(format_results(ev))
-    if json_out:
-        json_out.write_text(json.dumps(ev, indent=2))
+    typer.echo(format_results(ev, max_step=k))
+    if "speed" in ev:
+        typer.echo(format_speed(ev["speed"]))
+    out_dir = out or checkpoint.parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"checkpoint": str(checkpoint), "iteration": iteration, **ev}, indent=2)
+    for target in filter(None, (out_dir / "results.json", json_out)):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(payload)
+        tmp.replace(target)
+    figures = write_figures(s, params, state, ev, out_dir, checkpoint.parent / "metrics.jsonl")
+    typer.echo(f"wrote {out_dir / 'results.json'} and {', '.join(p.name for p in figures)}")
+
+
+@app.command()
+@_errors_to_exit
+def compare(runs: List[Path] = typer.Argument(..., help="Run directories written by train (and eval).")) -> None:
+    """A markdown table of several runs side by side (final few-shot results of each init)."""
+    from reptile_fn.train import compare_runs
+
+    typer.echo(compare_runs(runs))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import mlx.core as mx
+import numpy as np
 
 from reptile_fn import checkpoint
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, MetaStep
 from reptile_fn.algorithms.maml import ANIL_TRAINABLE
+from reptile_fn.baselines import make_baselines, steps_to_reach
 from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reptile_fn.evaluate import few_shot_curve
+from reptile_fn.inner import adapt
 from reptile_fn.losses import accuracy, cross_entropy, mse
 from reptile_fn.models import Model, mlp
 from reptile_fn.tasks import TaskDistribution, make_distribution
@@ -85,38 +88,129 @@ def setup(cfg: C.Config) -> Setup:
     return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner)
 
 
-def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None) -> dict:
-    """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``."""
+def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None,
+                  trainable=None) -> dict:
+    """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``.
+
+    ``trainable`` overrides which leaves adapt (default: as the run's inner loop adapts).
+    """
     cfg = s.cfg
     sample_key, adapt_key = mx.random.split(key)
     batch = s.tasks.sample_test(sample_key, episodes)
     lr = cfg.eval.inner_lr or (cfg.inner_lr if inner_lr is None else inner_lr)
+    inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable is not None else {}))
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
-                          key=adapt_key, **s.inner_kwargs)
+                          key=adapt_key, **inner)
 
 
-def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps: int | None = None) -> dict:
-    """Meta-learned init vs a random init on the same held-out episodes (deterministic given the seed).
+def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps: int | None = None,
+                     baselines: tuple[str, ...] = ("random",), speed_steps: int | None = None) -> dict:
+    """The meta-learned init vs baselines on the same held-out episodes (deterministic given the seed).
 
-    Both adapt with the same inner loop; the meta-learned init uses the algorithm's inner learning
-    rate (Meta-SGD: its learned per-parameter rates), the random init ``inner_lr`` (or ``eval.inner_lr``).
+    Every init adapts with the same inner loop; the meta-learned one at the algorithm's inner learning
+    rate (Meta-SGD: its learned per-parameter rates), the baselines at ``inner_lr`` (or ``eval.inner_lr``).
+    With ``speed_steps``, curves run that long and ``speed`` says how many steps each init needs to reach
+    the meta-learned init's result after ``steps`` (see ``adaptation_speed``).
     """
     keys = run_keys(s.cfg.seed)
     n = episodes or s.cfg.eval.episodes
-    random_params = s.model.init(keys.random_init)
+    k = s.cfg.eval.inner_steps if steps is None else steps
+    horizon = max(k, speed_steps or 0)
     learned_lr = s.meta.inner_lr(state)
-    return {
+    inits = {"meta": evaluate_init(s, params, keys.eval_final, n, horizon, inner_lr=learned_lr)}
+    base = make_baselines(baselines, s.model, s.loss, s.tasks, random_key=keys.random_init,
+                          transfer_key=mx.random.split(keys.eval_final, 4)[3])
+    for name, b in base.items():
+        inits[name] = evaluate_init(s, b.params, keys.eval_final, n, horizon, trainable=b.trainable)
+    out = {
         "kind": s.tasks.kind,
         "metric": "accuracy" if s.metric is not None else "mse",
         "k_shot": s.cfg.tasks.k_shot,
         "inner_lr": s.cfg.eval.inner_lr or s.cfg.inner_lr,
         "inner_lr_learned": isinstance(learned_lr, dict),
-        "inits": {
-            "meta": evaluate_init(s, params, keys.eval_final, n, steps, inner_lr=learned_lr),
-            "random": evaluate_init(s, random_params, keys.eval_final, n, steps),
-        },
+        "inits": inits,
     }
+    if speed_steps:
+        out["speed"] = adaptation_speed(out, k)
+    return out
+
+
+def adaptation_speed(ev: dict, k: int) -> dict:
+    """Inner steps each init needs to reach the meta-learned init's mean after ``k`` steps, and the ratio to meta's.
+
+    All inits run the same inner loop on the same model, so the wall-clock ratio equals the step ratio
+    (head-only steps are somewhat cheaper; ``seconds_per_step`` is not measured here). A baseline that
+    never reaches the target within the horizon gives a lower bound (``reached: false``).
+    """
+    accuracy = ev["metric"] == "accuracy"
+    key = "metric" if accuracy else "loss"
+    meta_curve = ev["inits"]["meta"][key]["mean"]
+    target = meta_curve[k]
+    t_meta = max(steps_to_reach(meta_curve, target, higher_is_better=accuracy) or 0, 1)
+    horizon = len(meta_curve) - 1
+    rows = {}
+    for name, curve in ev["inits"].items():
+        t = steps_to_reach(curve[key]["mean"], target, higher_is_better=accuracy)
+        rows[name] = {"steps": t if t is not None else horizon, "reached": t is not None,
+                      "ratio": (t if t is not None else horizon) / t_meta}
+    return {"target": target, "target_from": f"meta after {k} steps", "metric": "accuracy" if accuracy else "mse",
+            "horizon": horizon, "meta_steps": t_meta, "inits": rows}
+
+
+def sine_predictions(s: Setup, inits: dict, key: mx.array, steps=(0, 1, 10)) -> dict:
+    """One held-out sine task: the true curve, its support points, and each init's fit after t steps.
+
+    ``inits[name] = (params, inner_lr, trainable)``. Returns arrays ready for ``plots.sine_fit``.
+    """
+    from reptile_fn.tasks import sine_curve
+
+    task_key, data_key = mx.random.split(key)
+    tasks = s.tasks.sample_test_tasks(task_key, 1)
+    episode = s.tasks.episodes(tasks, data_key)
+    params_sine = {k: v[0] for k, v in s.tasks.task_params(tasks)["sine"].items()}
+    x_plot = mx.linspace(-5, 5, 200)[:, None]
+    support = (episode.support_x[0], episode.support_y[0])
+    preds = {}
+    for name, (params, lr, trainable) in inits.items():
+        _, _, seen = adapt(s.model.apply, s.loss, params, support, lr=lr, steps=max(steps),
+                           optimizer=s.cfg.inner_optimizer, trainable=trainable,
+                           observe=lambda p: s.model.apply(p, x_plot)[:, 0])
+        preds[name] = {t: np.array(seen[t]) for t in steps}
+    return {"x_plot": np.array(x_plot[:, 0]), "y_true": np.array(sine_curve(params_sine, x_plot)[:, 0]),
+            "support": (np.array(support[0][:, 0]), np.array(support[1][:, 0])), "predictions": preds}
+
+
+def write_figures(s: Setup, params, state, ev: dict, out_dir: Path, metrics_path: Path | None = None) -> list[Path]:
+    """curves.png (every init), training.png (if a metrics.jsonl is given) and, for sine, sine.png."""
+    from reptile_fn import plots
+
+    out = [plots.adaptation_curves(ev, out_dir / "curves.png")]
+    if metrics_path is not None and metrics_path.exists():
+        out.append(plots.training_curve(metrics_path, out_dir / "training.png"))
+    if s.cfg.tasks.families == ("sine",):
+        keys = run_keys(s.cfg.seed)
+        inits = {"meta-learned": (params, s.meta.inner_lr(state), s.inner_kwargs["trainable"])}
+        if "transfer" in ev["inits"]:
+            base = make_baselines(("transfer",), s.model, s.loss, s.tasks, random_key=keys.random_init,
+                                  transfer_key=mx.random.split(keys.eval_final, 4)[3])
+            inits["pretrained (transfer)"] = (base["transfer"].params, s.cfg.eval.inner_lr or s.cfg.inner_lr, None)
+        fit = sine_predictions(s, inits, mx.random.split(keys.eval_final, 4)[2])
+        out.append(plots.sine_fit(fit["x_plot"], fit["y_true"], fit["support"], fit["predictions"], out_dir / "sine.png"))
+    return out
+
+
+def format_speed(speed: dict) -> str:
+    """Steps (and the ratio to the meta-learned init) to reach the meta-learned init's K-step result."""
+    unit = "% accuracy" if speed["metric"] == "accuracy" else " MSE"
+    value = 100 * speed["target"] if speed["metric"] == "accuracy" else speed["target"]
+    lines = [f"adaptation speed: inner steps to reach {value:.2f}{unit} ({speed['target_from']}), "
+             f"horizon {speed['horizon']} steps"]
+    for name, row in speed["inits"].items():
+        steps = f"{row['steps']}" if row["reached"] else f">{row['steps']}"
+        ratio = f"{row['ratio']:.1f}x" if row["reached"] else f">{row['ratio']:.1f}x"
+        lines.append(f"  {name:<10}{steps:>6} steps   {ratio:>7} the meta-learned init's")
+    return "\n".join(lines)
 
 
 def train(
@@ -242,20 +336,50 @@ def load_run(checkpoint_path: str | Path) -> tuple[Setup, dict, dict, int]:
     return s, params, state, int(meta.get("iteration", 0))
 
 
-def format_results(ev: dict, show_steps: tuple[int, ...] | None = None) -> str:
-    """A plain-text table: one row per initialization, one column per inner-step count."""
+def format_results(ev: dict, show_steps: tuple[int, ...] | None = None, max_step: int | None = None) -> str:
+    """A plain-text table: one row per initialization, one column per inner-step count.
+
+    Columns: 0, 1, 5 and ``max_step`` (default: the last) steps, plus the last step if the curves run longer.
+    """
     metric = "metric" if ev["metric"] == "accuracy" else "loss"
     label = "query accuracy (%)" if metric == "metric" else "query MSE"
     scale = 100.0 if metric == "metric" else 1.0
     first = next(iter(ev["inits"].values()))
     steps = first["steps"]
-    cols = [k for k in (show_steps or sorted({0, 1, 5, steps[-1]})) if k in steps]
+    k_max = steps[-1] if max_step is None else max_step
+    cols = [k for k in (show_steps or sorted({0, 1, 5, k_max, steps[-1]})) if k in steps]
     head = f"{'init':<10}" + "".join(f"{f'{k} steps':>18}" for k in cols)
     lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, mean ± 95% CI", head]
     for name, curve in ev["inits"].items():
         cells = [f"{_num(scale * curve[metric]['mean'][k])} ± {_num(scale * curve[metric]['ci95'][k])}" for k in cols]
         lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
+
+
+def compare_runs(runs: list[Path]) -> str:
+    """Markdown: one row per (run, init) with the final few-shot results (eval/results.json if present)."""
+    rows, header = [], None
+    for run in runs:
+        run = Path(run)
+        source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / SUMMARY
+        if not source.exists():
+            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
+        data = json.loads(source.read_text())
+        ev = data.get("eval", data)
+        cfg = data.get("config") or json.loads(json.dumps(C.to_dict(stored_config(run))))
+        accuracy = ev["metric"] == "accuracy"
+        key, scale = ("metric", 100.0) if accuracy else ("loss", 1.0)
+        k = cfg["eval"]["inner_steps"]
+        cols = [0, 1, 5, k]
+        header = header or ("| run | algorithm | families | k_shot | init | " + " | ".join(f"{c} steps" for c in cols)
+                            + " |\n|" + "---|" * (5 + len(cols)))
+        for name, curve in ev["inits"].items():
+            cells = [f"{_num(scale * curve[key]['mean'][c])} ± {_num(scale * curve[key]['ci95'][c])}"
+                     if c < len(curve[key]["mean"]) else "" for c in cols]
+            rows.append(f"| {run.name} | {cfg['algorithm']} | {', '.join(cfg['tasks']['families'])} | "
+                        f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + " |")
+    unit = "query accuracy (%) or MSE, mean ± 95% CI over held-out episodes"
+    return f"{unit}\n\n{header}\n" + "\n".join(rows)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -211,18 +211,29 @@ def test_train_prints_results_table(cli_run):
 def test_eval_prints_the_same_numbers_as_train(cli_run, tmp_path):
     out, train_result = cli_run
     json_path = tmp_path / "eval.json"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(out / CHECKPOINT), "--json", str(json_path)])
+    result = runner.invoke(app, ["eval", "--checkpoint", str(out / CHECKPOINT), "--json", str(json_path),
+                                 "--baselines", "random", "--speed-steps", "0", "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, (result.output, result.exception)
     assert _table(result.stdout) == _table(train_result.stdout)
     assert "meta-iteration 20" in result.stdout
-    assert json.loads(json_path.read_text()) == json.loads((out / SUMMARY).read_text())["eval"]
+    stored = json.loads(json_path.read_text())
+    assert {k: v for k, v in stored.items() if k not in ("checkpoint", "iteration")} == \
+        json.loads((out / SUMMARY).read_text())["eval"]
+    # the default eval (more baselines, a longer horizon) repeats the same meta and random cells
+    default = runner.invoke(app, ["eval", "--checkpoint", str(out / CHECKPOINT), "--out", str(tmp_path / "ev2"),
+                                  "--speed-steps", "20"])
+    assert default.exit_code == 0, (default.output, default.exception)
+    trained_rows = {line.split()[0]: line for line in _table(train_result.stdout)[2:]}
+    for line in _table(default.stdout)[2:]:
+        if line.split()[0] in trained_rows:
+            assert line.startswith(trained_rows[line.split()[0]])
 
 
 def test_eval_with_fewer_episodes_and_steps(cli_run, tmp_path):
     out, _ = cli_run
     json_path = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval", "--checkpoint", str(out / CHECKPOINT), "--episodes", "7", "--steps", "3",
-                                 "--json", str(json_path)])
+                                 "--json", str(json_path), "--speed-steps", "0", "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, (result.output, result.exception)
     ev = json.loads(json_path.read_text())
     for curve in ev["inits"].values():
@@ -249,10 +260,10 @@ def test_train_into_an_existing_run_without_resume_fails_and_keeps_it(cli_run, t
     src, _ = cli_run
     out = tmp_path / "run"
     shutil.copytree(src, out)
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()}
     result = runner.invoke(app, ["train", "--out", str(out), "--no-progress", *_set_args(TINY), "--set", "seed=1"])
     _assert_user_error(result, str(out), "--resume")
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir() if p.is_file()} == before
 
 
 def test_train_resume_of_a_finished_run_keeps_its_results(cli_run, tmp_path):

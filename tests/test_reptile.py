@@ -3,7 +3,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from reptile_fn import tree as T
@@ -101,6 +101,9 @@ def test_frozen_parameters_never_change(seed, patterns, outer):
        batch_size=st.sampled_from([None, 3]), hidden=st.integers(2, 16))
 def test_vmapped_compiled_step_equals_serial_reference(seed, n_tasks, steps, inner_lr, beta, inner_opt, outer_opt,
                                                        batch_size, hidden):
+    # Adam's first inner step moves every leaf by exactly ±lr, so task directions can cancel exactly;
+    # the float rounding of that zero then decides the sign of outer Adam's first ±β step: ill-posed.
+    assume(not (inner_opt == "adam" and outer_opt == "adam"))
     model = mlp(1, 1, hidden=hidden, depth=2)
     kw = dict(inner_lr=inner_lr, inner_steps=steps, outer_lr=beta, inner_optimizer=inner_opt,
               outer_optimizer=outer_opt, inner_batch_size=batch_size)

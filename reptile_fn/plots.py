@@ -1,0 +1,92 @@
+"""PNG figures (matplotlib, Agg backend): adaptation curves, meta-training curves, sine fits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def adaptation_curves(ev: dict, path: str | Path, title: str | None = None) -> Path:
+    """Query metric (accuracy, %) or MSE against inner steps, one line per init, with 95% CI bands."""
+    accuracy = ev["metric"] == "accuracy"
+    key, scale = ("metric", 100.0) if accuracy else ("loss", 1.0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in ev["inits"].items():
+        steps = np.array(curve["steps"])
+        m, ci = scale * np.array(curve[key]["mean"]), scale * np.array(curve[key]["ci95"])
+        ax.plot(steps, m, label=name, marker="o" if len(steps) <= 12 else None, markersize=3)
+        ax.fill_between(steps, m - ci, m + ci, alpha=0.2)
+    ax.set_xlabel("inner steps on the support set")
+    ax.set_ylabel("query accuracy (%)" if accuracy else "query MSE")
+    if not accuracy:
+        ax.set_yscale("log")
+    ax.set_title(title or f"held-out tasks, k_shot={ev['k_shot']} ({next(iter(ev['inits'].values()))['episodes']} episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def training_curve(metrics_jsonl: str | Path, path: str | Path, title: str | None = None) -> Path:
+    """Held-out metric and training support loss against meta-iterations, from a run's metrics.jsonl."""
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    logs = [r for r in records if "eval" not in r]
+    evals = [r for r in records if "eval" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    its = [r["iteration"] for r in logs]
+    ax.plot(its, [r.get("support_loss", np.nan) for r in logs], label="support loss before adaptation")
+    if any("adapted_loss" in r for r in logs):
+        ax.plot(its, [r.get("adapted_loss", np.nan) for r in logs], label="support loss at the last inner step")
+    if any("query_loss" in r for r in logs):
+        ax.plot(its, [r.get("query_loss", np.nan) for r in logs], label="query loss after adaptation")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("loss")
+    if evals:
+        key = "metric" if "metric" in evals[0]["eval"] else "loss"
+        ax2 = ax.twinx() if key == "metric" else ax
+        ax2.plot([r["iteration"] for r in evals], [r["eval"][key] for r in evals], color="C1", marker="o",
+                 markersize=3, label="held-out accuracy after adaptation" if key == "metric" else "held-out query loss")
+        if key == "metric":
+            ax2.set_ylabel("held-out query accuracy")
+            ax2.legend(loc="lower right")
+    ax.legend(loc="upper right")
+    ax.set_title(title or "meta-training")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def sine_fit(x_plot: np.ndarray, y_true: np.ndarray, support: tuple[np.ndarray, np.ndarray],
+             predictions: dict[str, dict[int, np.ndarray]], path: str | Path, title: str | None = None) -> Path:
+    """The MAML-paper figure: true curve, K support points, and each init's prediction after t steps.
+
+    ``predictions[init][t]`` is the prediction on ``x_plot`` after t inner steps.
+    """
+    names = list(predictions)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.plot(x_plot, y_true, color="k", lw=2, label="ground truth")
+        ax.scatter(support[0], support[1], color="k", marker="^", zorder=5, label=f"{len(support[0])} support points")
+        for i, (t, pred) in enumerate(sorted(predictions[name].items())):
+            ax.plot(x_plot, pred, ls="--" if t == 0 else "-", color=f"C{i}", label=f"after {t} steps")
+        ax.set_title(name)
+        ax.set_ylim(-6, 6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(title or "sine regression: few-shot adaptation")
+    return _save(fig, path)
