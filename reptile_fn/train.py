@@ -89,16 +89,16 @@ def setup(cfg: C.Config) -> Setup:
 
 
 def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None,
-                  trainable=None) -> dict:
+                  trainable="run") -> dict:
     """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``.
 
-    ``trainable`` overrides which leaves adapt (default: as the run's inner loop adapts).
+    ``trainable``: which leaves adapt: ``"run"`` as the run's inner loop (ANIL: the head), ``None`` all.
     """
     cfg = s.cfg
     sample_key, adapt_key = mx.random.split(key)
     batch = s.tasks.sample_test(sample_key, episodes)
     lr = cfg.eval.inner_lr or (cfg.inner_lr if inner_lr is None else inner_lr)
-    inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable is not None else {}))
+    inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
                           key=adapt_key, **inner)
@@ -119,6 +119,7 @@ def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps
     horizon = max(k, speed_steps or 0)
     learned_lr = s.meta.inner_lr(state)
     inits = {"meta": evaluate_init(s, params, keys.eval_final, n, horizon, inner_lr=learned_lr)}
+    # Baselines adapt every leaf (random, transfer) or the head (head), whatever the run adapts.
     base = make_baselines(baselines, s.model, s.loss, s.tasks, random_key=keys.random_init,
                           transfer_key=mx.random.split(keys.eval_final, 4)[3])
     for name, b in base.items():
