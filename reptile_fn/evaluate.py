@@ -13,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from reptile_fn.inner import Apply, Loss, adapt
+from reptile_fn.models import nontransductive
 from reptile_fn.tasks.base import Episode
 from reptile_fn.tree import Tree
 
@@ -40,18 +41,22 @@ def per_episode_curves(
     metric: Callable[[mx.array, mx.array], mx.array] | None = None,
     key: mx.array | None = None,
     chunk_size: int = 250,
+    transductive: bool = True,
     **inner_kwargs,
 ) -> dict[str, np.ndarray]:
     """Query loss (and metric) of every episode after 0..steps inner steps: arrays (n_episodes, steps+1).
 
     ``inner_kwargs`` go to ``inner.adapt`` (optimizer, trainable, inner_batch_size, adam_betas).
+    ``transductive=False`` scores each query example on its own batch (support ∪ {x}), so batch-norm
+    statistics never mix query examples (``models.nontransductive``).
     """
+    score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
     n = episodes.support_x.shape[0]
     keys = mx.random.split(key if key is not None else mx.random.key(0), n)
 
     def one(p, sx, sy, qx, qy, k):
         def observe(q):
-            out = apply(q, qx)
+            out = score(q, sx, qx)
             return (loss(out, qy), metric(out, qy)) if metric is not None else (loss(out, qy),)
 
         _, _, observed = adapt(apply, loss, p, (sx, sy), lr=inner_lr, steps=steps, key=k, observe=observe,

@@ -105,13 +105,26 @@ def conv_init(key: mx.array, in_ch: int, out_ch: int) -> Tree:
     }
 
 
-def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *, filters: int = 64,
-          stride: int = 2, conv_impl: str = "auto") -> Model:
-    """The 4-layer convnet of the MAML and Reptile papers' Omniglot experiments (without normalization).
+def batch_norm(x: mx.array, scale: mx.array, offset: mx.array, eps: float = 1e-5) -> mx.array:
+    """Normalise each channel with the statistics of the batch at hand (no running averages)."""
+    mean = mx.mean(x, axis=(0, 1, 2), keepdims=True)
+    var = mx.var(x, axis=(0, 1, 2), keepdims=True)
+    return (x - mean) * mx.rsqrt(var + eps) * scale + offset
 
-    4 × [3×3 conv with ``stride``, ``filters`` channels, ReLU], flatten, linear head. Input NHWC.
+
+def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *, filters: int = 64,
+          stride: int = 2, norm: str | None = None, pool: bool = False, conv_impl: str = "auto") -> Model:
+    """The 4-layer convnet of the MAML and Reptile papers' Omniglot experiments.
+
+    4 × [3×3 conv (stride ``stride``, or stride 1 + 2×2 max-pool with ``pool=True``, for larger
+    images), ``filters`` channels, optional batch norm, ReLU], flatten, linear head. Input NHWC.
+    ``norm="batch"`` normalises with the statistics of the batch it is applied to (transductive, as
+    in both papers' main tables); see ``nontransductive`` for scoring query examples one at a time.
     """
     impl = resolve_conv_impl(conv_impl)
+    if norm not in (None, "batch"):
+        raise ValueError(f"unknown norm {norm!r}; use None or 'batch'")
+    conv_stride = 1 if pool else stride
     h, w, c = image_shape
     for _ in range(4):
         h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -120,12 +133,46 @@ def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *
     def init(key: mx.array) -> Tree:
         keys = mx.random.split(key, 5)
         params = {f"conv{i}": conv_init(keys[i], c if i == 0 else filters, filters) for i in range(4)}
+        if norm:
+            for i in range(4):
+                params[f"norm{i}"] = {"scale": mx.ones((filters,)), "offset": mx.zeros((filters,))}
         params["head"] = dense_init(keys[4], flat, n_classes)
         return params
 
     def apply(params: Tree, x: mx.array) -> mx.array:
         for i in range(4):
-            x = mx.maximum(conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], stride=stride, impl=impl), 0)
+            x = conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], stride=conv_stride, impl=impl)
+            if norm:
+                x = batch_norm(x, params[f"norm{i}"]["scale"], params[f"norm{i}"]["offset"])
+            x = mx.maximum(x, 0)
+            if pool:
+                x = max_pool2(x)
         return dense(params["head"], x.reshape(*x.shape[:-3], flat))
 
     return Model(init, apply)
+
+
+def max_pool2(x: mx.array) -> mx.array:
+    """2×2 max-pooling with stride 2 (NHWC; odd sizes keep the last row/column: 'SAME' padding)."""
+    n, h, w, c = x.shape
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        x = mx.pad(x, [(0, 0), (0, ph), (0, pw), (0, 0)], constant_values=-mx.inf)
+    return mx.max(x.reshape(n, (h + ph) // 2, 2, (w + pw) // 2, 2, c), axis=(2, 4))
+
+
+def nontransductive(apply: Callable[[Tree, mx.array], mx.array]) -> Callable:
+    """Score each query example on its own: ``apply(params, support ∪ {x_q})`` for every query x_q.
+
+    The Reptile paper's non-transductive protocol: batch statistics never mix query examples, so a
+    model with batch norm cannot share information across the query set.
+    ``apply_nt(params, support_x, query_x) -> outputs for query_x``.
+    """
+
+    def apply_nt(params: Tree, support_x: mx.array, query_x: mx.array) -> mx.array:
+        def one(xq):
+            return apply(params, mx.concatenate([support_x, xq[None]], axis=0))[-1]
+
+        return mx.vmap(one)(query_x)
+
+    return apply_nt

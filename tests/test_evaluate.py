@@ -44,3 +44,12 @@ def test_evaluation_is_deterministic_given_the_key():
     a = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
     b = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
     np.testing.assert_array_equal(a, b)
+
+
+def test_nontransductive_scoring_equals_transductive_without_batch_statistics():
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(2))
+    episodes = regression_batch(2, 4)
+    a = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=2)["loss"]
+    b = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=2, transductive=False)["loss"]
+    np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -83,3 +83,38 @@ def test_conv4_shapes_and_vmapped_gradient():
     assert grads["conv0"]["w"].shape == (3, 64, 3, 3, 1) and bool(T.all_finite(grads))
     with pytest.raises(ValueError, match="conv_impl"):
         conv4(conv_impl="winograd")
+
+
+def test_batch_norm_modes_differ_only_in_their_statistics():
+    from reptile_fn.models import batch_norm, conv4, nontransductive
+
+    x = mx.random.normal((6, 28, 28, 1), key=mx.random.key(1))
+    q = mx.random.normal((4, 28, 28, 1), key=mx.random.key(2))
+    plain = conv4(norm=None)
+    params = plain.init(mx.random.key(0))
+    # without batch statistics, scoring queries one at a time changes nothing
+    np.testing.assert_allclose(np.array(nontransductive(plain.apply)(params, x, q)), np.array(plain.apply(params, q)),
+                               atol=1e-5)
+    bn = conv4(norm="batch")
+    pb = bn.init(mx.random.key(0))
+    assert sorted(k for k in pb if k.startswith("norm")) == ["norm0", "norm1", "norm2", "norm3"]
+    transductive = bn.apply(pb, q)
+    one_at_a_time = nontransductive(bn.apply)(pb, x, q)
+    assert transductive.shape == one_at_a_time.shape == (4, 5)
+    assert not np.allclose(np.array(transductive), np.array(one_at_a_time), atol=1e-3)
+    # non-transductive == the last row of a transductive pass over support ∪ {x_q}
+    np.testing.assert_allclose(np.array(one_at_a_time[2]),
+                               np.array(bn.apply(pb, mx.concatenate([x, q[2:3]]))[-1]), atol=1e-5)
+    y = batch_norm(mx.random.normal((3, 4, 4, 2)) * 5 + 2, mx.ones((2,)), mx.zeros((2,)))
+    np.testing.assert_allclose(np.array(mx.mean(y, axis=(0, 1, 2))), 0, atol=1e-5)
+    np.testing.assert_allclose(np.array(mx.var(y, axis=(0, 1, 2))), 1, atol=1e-3)
+
+
+def test_max_pool_variant_for_larger_images():
+    from reptile_fn.models import conv4, max_pool2
+
+    x = mx.arange(16, dtype=mx.float32).reshape(1, 4, 4, 1)
+    np.testing.assert_array_equal(np.array(max_pool2(x))[0, :, :, 0], [[5, 7], [13, 15]])
+    assert max_pool2(mx.zeros((1, 5, 5, 1))).shape == (1, 3, 3, 1)
+    model = conv4((84, 84, 3), 5, filters=32, pool=True, norm="batch")
+    assert model.apply(model.init(mx.random.key(0)), mx.zeros((2, 84, 84, 3))).shape == (2, 5)
