@@ -97,7 +97,8 @@ def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | N
     cfg = s.cfg
     sample_key, adapt_key = mx.random.split(key)
     batch = s.tasks.sample_test(sample_key, episodes)
-    lr = cfg.eval.inner_lr or (cfg.inner_lr if inner_lr is None else inner_lr)
+    # learned per-parameter rates (Meta-SGD) win; otherwise eval.inner_lr, then the given or training rate
+    lr = inner_lr if isinstance(inner_lr, dict) else (cfg.eval.inner_lr or inner_lr or cfg.inner_lr)
     inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,

@@ -398,3 +398,15 @@ def test_sine_meta_learns(tmp_path):
                         "eval.episodes=200", "eval.every=1000", "checkpoint_every=1000"])
     ev = _train(cfg, tmp_path / "sine")["eval"]
     _assert_meta_beats_random(ev, cfg.eval.inner_steps, ratio=0.5)
+
+
+def test_metasgd_evaluation_uses_the_learned_rates_even_with_eval_inner_lr(tmp_path):
+    cfg = C.load(None, [*TINY, "algorithm=metasgd", "eval.inner_lr=0.5"])
+    s = TR.setup(cfg)
+    params = s.model.init(TR.run_keys(cfg.seed).init)
+    state = s.meta.init(params)
+    state["inner_lr"] = {k: {n: v * 0 for n, v in d.items()} for k, d in state["inner_lr"].items()}  # α = 0
+    ev = TR.final_evaluation(s, params, state, episodes=10)
+    loss = ev["inits"]["meta"]["loss"]["mean"]
+    assert max(loss) - min(loss) < 1e-6  # zero learned rates: adaptation changes nothing, 0.5 was not used
+    assert ev["inits"]["random"]["loss"]["mean"][0] != ev["inits"]["random"]["loss"]["mean"][-1]
