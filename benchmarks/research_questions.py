@@ -97,11 +97,12 @@ def render(results: list[dict], env: dict, argv: list[str]) -> str:
                   f"`{r['config']}` with `{' '.join(r['overrides']) or 'no overrides'}`: {r['meta_iterations']} "
                   f"meta-iterations in {r['train_seconds']} s ({r['meta_steps_per_s']} meta-steps/s); k_shot "
                   f"{ev['k_shot']}; {unit} on {ev['inits']['meta']['episodes']} held-out episodes.", "",
-                  "| init | " + " | ".join(f"{c} steps" for c in cols) + " | steps to reach meta@" + str(k) + " |",
+                  "| init | " + " | ".join(f"{c} steps" for c in cols) + f" | steps (ratio; wall-clock per task) to reach meta@{k} |",
                   "|---|" + "---:|" * (len(cols) + 1)]
         for name, curve in ev["inits"].items():
             sp = ev["speed"]["inits"][name]
-            reach = f"{sp['steps']} ({sp['ratio']:.1f}x)" if sp["reached"] else f"> {sp['steps']} (> {sp['ratio']:.1f}x)"
+            more = "" if sp["reached"] else "> "
+            reach = f"{more}{sp['steps']} ({more}{sp['ratio']:.1f}x; {more}{sp['ms_to_target']:.2f} ms)"
             lines.append(f"| {name} | " + " | ".join(cell(curve, key, c, scale) for c in cols) + f" | {reach} |")
         if r["per_family"]:
             lines += ["", f"Per family (same meta-learned parameters; {unit} after {k} steps):", "",
