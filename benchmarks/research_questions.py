@@ -77,7 +77,8 @@ def run(name: str, config: str, overrides: list[str], *, quick: bool, episodes: 
 
 
 def cell(curve: dict, key: str, t: int, scale: float) -> str:
-    return f"{scale * curve[key]['mean'][t]:.2f} ± {scale * curve[key]['ci95'][t]:.2f}"
+    i = curve["steps"].index(t)
+    return f"{scale * curve[key]['mean'][i]:.2f} ± {scale * curve[key]['ci95'][i]:.2f}"
 
 
 def render(results: list[dict], env: dict, argv: list[str]) -> str:

@@ -20,6 +20,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: the built-in default config).")
 SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Data folder (Omniglot zips); sets tasks.data_dir.")
+
+
+def _with_data_dir(sets: List[str], data_dir: Optional[Path]) -> List[str]:
+    return [*sets, f"tasks.data_dir={data_dir}"] if data_dir else list(sets)
 
 
 def _errors_to_exit(fn):
@@ -64,7 +69,7 @@ def info() -> None:
 
 @app.command()
 @_errors_to_exit
-def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt) -> None:
+def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
     """Check a config (and that one meta-step runs with it); exit non-zero with a message if not."""
     import mlx.core as mx
 
@@ -72,16 +77,17 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt) -> No
     from reptile_fn import tree as T
     from reptile_fn.train import run_keys, setup
 
-    cfg = C.load(config, set_)
+    cfg = C.load(config, _with_data_dir(set_, data_dir))
     s = setup(cfg)
     keys = run_keys(cfg.seed)
     params = s.model.init(keys.init)
-    batch = s.tasks.sample_train(keys.train, cfg.meta_batch_size)
+    batch = s.sample_train(keys.train, cfg.meta_batch_size)
     new, _, metrics = s.meta.step(params, s.meta.init(params), batch, keys.train)
     mx.eval(new, metrics)
     if not bool(T.all_finite(new)):
         raise ReptileFnError("one meta-step from the initialization already gives NaN/Inf; lower inner_lr or outer_lr")
-    typer.echo(f"config OK ({config or 'built-in default'}): {cfg.algorithm} on {', '.join(cfg.tasks.families)} "
+    what = ", ".join(cfg.tasks.families) if cfg.tasks.dataset == "synthetic" else f"omniglot {cfg.tasks.n_way}-way"
+    typer.echo(f"config OK ({config or 'built-in default'}): {cfg.algorithm} on {what} "
                f"({s.tasks.kind}), {T.param_count(params)} parameters, blas: {_blas.status()}")
 
 
@@ -93,8 +99,10 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Meta-train, then print held-out few-shot results of the meta-learned init vs a random init."""
+    set_ = _with_data_dir(set_, data_dir)
     from reptile_fn import config as C
     from reptile_fn.train import format_results, stored_config
     from reptile_fn.train import train as run_train
@@ -125,12 +133,15 @@ def eval_(
                                     help="Horizon for the adaptation-speed analysis (0: skip it)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where results.json and the PNGs go (default: <run>/eval)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
+    data_dir: Optional[Path] = DataDirOpt,
+    split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val or evaluation."),
 ) -> None:
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
     from reptile_fn.train import final_evaluation, format_results, format_speed, load_run, write_figures
 
     names = tuple(b.strip() for b in baselines.split(",") if b.strip())
-    s, params, state, iteration = load_run(checkpoint)
+    overrides = _with_data_dir([f"tasks.test_split={split}"] if split else [], data_dir)
+    s, params, state, iteration = load_run(checkpoint, overrides)
     ev = final_evaluation(s, params, state, episodes=episodes, steps=steps, baselines=names,
                           speed_steps=speed_steps or None)
     k = s.cfg.eval.inner_steps if steps is None else steps
@@ -147,6 +158,24 @@ def eval_(
         tmp.replace(target)
     figures = write_figures(s, params, state, ev, out_dir, checkpoint.parent / "metrics.jsonl")
     typer.echo(f"wrote {out_dir / 'results.json'} and {', '.join(p.name for p in figures)}")
+
+
+@app.command()
+@_errors_to_exit
+def download(
+    dataset: str = typer.Argument(..., help="What to download: omniglot."),
+    data_dir: Optional[Path] = DataDirOpt,
+    sets: str = typer.Option("background,evaluation", "--sets", help="Omniglot zips: background, evaluation."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file whose checksum differs."),
+) -> None:
+    """Download a dataset's official files (checked against published checksums) into the data folder."""
+    from reptile_fn import datasets
+
+    if dataset != "omniglot":
+        raise ReptileFnError(f"unknown dataset {dataset!r}; available: omniglot")
+    paths = datasets.download_omniglot(datasets.omniglot_dir(data_dir), tuple(sets.split(",")), overwrite=force,
+                                       log=typer.echo)
+    typer.echo("ready: " + ", ".join(str(p) for p in paths))
 
 
 @app.command()

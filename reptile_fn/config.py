@@ -20,18 +20,27 @@ from reptile_fn.errors import ConfigError
 
 @dataclass(frozen=True)
 class TasksConfig:
+    dataset: str = "synthetic"  # synthetic (the families below) | omniglot
     families: tuple[str, ...] = ("linear", "xor", "circles", "spiral")
     k_shot: int = 5  # support examples per class (regression: support points)
     query_size: int = 15  # query examples per class (regression: query points)
     num_train_tasks: int = 10000  # size of the fixed training pool; 0 = a fresh task every time
+    train_shots: int | None = None  # support examples per class during meta-training; None: k_shot
+    n_way: int = 5  # omniglot: classes per episode
+    data_dir: str | None = None  # omniglot: folder with images_*.zip; None: $REPTILE_FN_DATA
+    test_split: str = "test"  # omniglot: held-out split for evaluation: test | val | evaluation
+    protocol: str = "auto"  # omniglot: standard (both zips) | alphabets (background only) | auto
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "mlp"
-    hidden: int = 64
-    depth: int = 2
-    activation: str = "relu"
+    kind: str = "mlp"  # mlp | conv4
+    hidden: int = 64  # mlp
+    depth: int = 2  # mlp
+    activation: str = "relu"  # mlp
+    filters: int = 64  # conv4
+    norm: str | None = None  # conv4: batch | null
+    conv_impl: str = "auto"  # conv4: auto | native | im2col
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class EvalConfig:
     inner_lr: float | None = None  # None: the training inner_lr
     every: int = 500  # held-out evaluation during training, every this many meta-iterations
     during_training_episodes: int = 100
+    transductive: bool = True  # batch-norm statistics over the whole query set; false: one query at a time
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Config:
     inner_steps: int = 5
     inner_optimizer: str = "sgd"
     inner_batch_size: int | None = None  # None: the whole support set each inner step
+    inner_adam_betas: tuple[float, ...] = (0.9, 0.999)  # inner Adam (Nichol et al. use beta1 = 0)
     outer_lr: float | None = None  # β / the outer learning rate; None: the algorithm's default
     outer_lr_final: float | None = 0.0  # anneal it linearly to this; None: constant
     outer_optimizer: str | None = None  # sgd | adam; None: the algorithm's default
@@ -65,12 +76,17 @@ class Config:
 
 
 CHOICES = {
+    "tasks.dataset": ("synthetic", "omniglot"),
+    "tasks.test_split": ("test", "val", "evaluation"),
+    "tasks.protocol": ("auto", "standard", "alphabets"),
+    "model.norm": ("batch",),
+    "model.conv_impl": ("auto", "native", "im2col"),
     "inner_optimizer": ("sgd", "adam"),
     "outer_optimizer": ("sgd", "adam"),
-    "model.kind": ("mlp",),
+    "model.kind": ("mlp", "conv4"),
     "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
 }
-POSITIVE = {"meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
+POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters", "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
             "eval.during_training_episodes", "eval.inner_lr", "inner_batch_size"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
@@ -185,13 +201,24 @@ def validate(cfg: Config, *, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key} must be > 0, got {v}")
         if key in NON_NEGATIVE and v < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {v}")
+    if not cfg.trainable:
+        raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
+    if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
+        raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {list(cfg.inner_adam_betas)}")
+    if cfg.tasks.dataset == "omniglot":
+        if cfg.model.kind != "conv4":
+            raise ConfigError(f"{source}: tasks.dataset = omniglot needs model.kind = conv4 (images), got {cfg.model.kind!r}")
+        if max(cfg.tasks.k_shot, cfg.tasks.train_shots or 0) + cfg.tasks.query_size > 20:
+            raise ConfigError(f"{source}: Omniglot has 20 drawers per character, so k_shot (or train_shots) + "
+                              f"query_size must be <= 20; lower tasks.query_size")
+        return
+    if cfg.model.kind == "conv4":
+        raise ConfigError(f"{source}: model.kind = conv4 needs image tasks (tasks.dataset = omniglot)")
     try:  # the samplers own the family checks (unknown names, mixed kinds, duplicates)
         make_distribution(cfg.tasks.families, k_shot=cfg.tasks.k_shot, query_size=cfg.tasks.query_size,
                           num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
     except ConfigError as e:
         raise ConfigError(f"{source}: tasks.families: {e}") from None
-    if not cfg.trainable:
-        raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
 
 
 def get(cfg: Any, key: str) -> Any:

@@ -11,11 +11,13 @@ from typing import Callable
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_map
 
-from reptile_fn.inner import Apply, Loss, adapt
+from reptile_fn import tree as T
+from reptile_fn.inner import Apply, Loss, init_opt_state, inner_step, minibatch_indices, support_value_and_grad
 from reptile_fn.models import nontransductive
 from reptile_fn.tasks.base import Episode
-from reptile_fn.tree import Tree
+from reptile_fn.tree import PathPredicate, Tree
 
 Z95 = 1.96
 
@@ -42,43 +44,81 @@ def per_episode_curves(
     key: mx.array | None = None,
     chunk_size: int = 250,
     transductive: bool = True,
-    **inner_kwargs,
+    optimizer: str = "sgd",
+    trainable: PathPredicate | None = None,
+    inner_batch_size: int | None = None,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    record: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Query loss (and metric) of every episode after 0..steps inner steps: arrays (n_episodes, steps+1).
+    """Query loss (and metric) of every episode after the ``record`` steps (default ``recorded_steps(steps)``):
+    arrays (n_episodes, len(record)).
 
-    ``inner_kwargs`` go to ``inner.adapt`` (optimizer, trainable, inner_batch_size, adam_betas).
-    ``transductive=False`` scores each query example on its own batch (support ∪ {x}), so batch-norm
-    statistics never mix query examples (``models.nontransductive``).
+    The inner loop is ``inner.adapt``'s, run one compiled, episode-batched step at a time (so a
+    50-step evaluation compiles one step, not 50 unrolled ones). ``transductive=False`` scores each
+    query example on its own batch (support ∪ {x}), so batch-norm statistics never mix query
+    examples (``models.nontransductive``).
     """
     score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
+    record = set(recorded_steps(steps) if record is None else record)
     n = episodes.support_x.shape[0]
     keys = mx.random.split(key if key is not None else mx.random.key(0), n)
+    fast0, frozen = T.partition(params, trainable)
+    value_and_grad = support_value_and_grad(apply, loss)
+    kw = dict(optimizer=optimizer, adam_betas=adam_betas)
 
-    def one(p, sx, sy, qx, qy, k):
-        def observe(q):
-            out = score(q, sx, qx)
-            return (loss(out, qy), metric(out, qy)) if metric is not None else (loss(out, qy),)
+    def observe(fast, sx, qx, qy):
+        out = score(T.combine(fast, frozen), sx, qx)
+        return (loss(out, qy), metric(out, qy)) if metric is not None else (loss(out, qy),)
 
-        _, _, observed = adapt(apply, loss, p, (sx, sy), lr=inner_lr, steps=steps, key=k, observe=observe,
-                               **inner_kwargs)
-        return observed
+    def step(fast, opt, t, sx, sy, idx, qx, qy):
+        batch = (sx, sy) if idx is None else (sx[idx], sy[idx])
+        fast, opt, _ = inner_step(value_and_grad, fast, frozen, opt, batch, inner_lr, t, **kw)
+        return fast, opt, observe(fast, sx, qx, qy)
 
-    run = mx.compile(mx.vmap(one, in_axes=(None, 0, 0, 0, 0, 0)))
+    per_episode = (0, 0, None, 0, 0, 0, 0, 0)
+    step_full = mx.compile(mx.vmap(lambda f, o, t, sx, sy, qx, qy: step(f, o, t, sx, sy, None, qx, qy),
+                                   in_axes=per_episode[:5] + (0, 0)))
+    step_mini = mx.compile(mx.vmap(step, in_axes=per_episode))
+    first = mx.compile(mx.vmap(lambda sx, qx, qy: observe(fast0, sx, qx, qy)))
     parts = []
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)
-        out = run(params, episodes.support_x[sl], episodes.support_y[sl], episodes.query_x[sl],
-                  episodes.query_y[sl], keys[sl])
-        mx.eval(out)
-        parts.append([np.array(o) for o in out])
+        sx, sy, qx, qy = (a[sl] for a in episodes)
+        m = sx.shape[0]
+        idx = mx.vmap(lambda k: minibatch_indices(k, sx.shape[1], inner_batch_size, steps))(keys[sl]) \
+            if minibatch_indices(keys[0], sx.shape[1], inner_batch_size, steps) is not None else None
+        fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
+        opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), init_opt_state(fast0, optimizer))
+        seen = [first(sx, qx, qy)] if 0 in record else []
+        for t in range(steps):
+            scored = (t + 1) in record  # scoring the query set costs more than the step itself
+            if idx is None:
+                fast, opt, obs = step_full(fast, opt, mx.array(t), sx, sy, qx, qy)
+            else:
+                fast, opt, obs = step_mini(fast, opt, mx.array(t), sx, sy, idx[:, t], qx, qy)
+            mx.async_eval(fast, opt, *(obs if scored else ()))
+            if scored:
+                seen.append(obs)
+        parts.append([np.stack([np.array(o[i]) for o in seen], axis=1) for i in range(len(seen[0]))])
     names = ["loss", "metric"][: len(parts[0])]
     return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
 
 
+def recorded_steps(steps: int) -> list[int]:
+    """Steps at which evaluation scores the query set: all up to 20, then 0..10 and every 5th (and the last)."""
+    if steps <= 20:
+        return list(range(steps + 1))
+    return sorted(set(range(11)) | set(range(0, steps + 1, 5)) | {steps})
+
+
 def few_shot_curve(apply: Apply, loss: Loss, params: Tree, episodes: Episode, **kwargs) -> dict:
-    """Mean and 95% CI of the query loss (and metric) at each step 0..K, as JSON-ready lists."""
+    """Mean and 95% CI of the query loss (and metric) at the recorded steps, as JSON-ready lists.
+
+    ``steps`` lists the inner-step counts the means refer to (``recorded_steps``).
+    """
     curves = per_episode_curves(apply, loss, params, episodes, **kwargs)
-    out: dict = {"steps": list(range(next(iter(curves.values())).shape[1])), "episodes": int(episodes.support_x.shape[0])}
+    record = kwargs.get("record") or recorded_steps(kwargs["steps"])
+    out: dict = {"steps": list(record), "episodes": int(episodes.support_x.shape[0])}
     for name, values in curves.items():
         m, ci = mean_ci(values)
         out[name] = {"mean": m.tolist(), "ci95": ci.tolist()}

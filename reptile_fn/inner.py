@@ -35,6 +35,45 @@ def batch_indices(key: mx.array, n: int, batch_size: int, steps: int) -> mx.arra
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
+def support_value_and_grad(apply: Apply, loss: Loss) -> Callable:
+    """``(fast, frozen, x, y) -> (loss, ∇_fast loss)`` of ``loss(apply(fast ∪ frozen, x), y)``."""
+
+    def objective(fast_params, frozen_params, xb, yb):
+        return loss(apply(T.combine(fast_params, frozen_params), xb), yb)
+
+    return mx.value_and_grad(objective)
+
+
+def init_opt_state(fast: Tree, optimizer: str) -> Tree:
+    """Fresh inner-optimizer state for one task (Adam's moments start at zero)."""
+    if optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(f"unknown inner optimizer {optimizer!r}; use one of {INNER_OPTIMIZERS}")
+    return {"m": T.zeros_like(fast), "v": T.zeros_like(fast)} if optimizer == "adam" else {}
+
+
+def inner_step(value_and_grad: Callable, fast: Tree, frozen: Tree, opt: Tree, batch: tuple, lr: float | Tree,
+               t, *, optimizer: str = "sgd", adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+               first_order: bool = False) -> tuple[Tree, Tree, mx.array]:
+    """One inner optimizer step (step number ``t``, from 0) on a (mini-)batch: ``(fast, opt, loss before)``."""
+    value, grads = value_and_grad(fast, frozen, *batch)
+    if first_order:
+        grads = tree_map(mx.stop_gradient, grads)
+    if optimizer == "adam":
+        b1, b2 = adam_betas
+        m = tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, opt["m"], grads)
+        v = tree_map(lambda v_, g: b2 * v_ + (1 - b2) * mx.square(g), opt["v"], grads)
+        c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
+        # max(v, 1e-30): the same value, but a zero second moment (a dead unit) has a finite
+        # derivative, so second-order MAML through Adam gives no NaN (d√v/dv = ∞ at 0)
+        grads = tree_map(lambda m_, v_: (m_ / c1) / (mx.sqrt(mx.maximum(v_ / c2, 1e-30)) + adam_eps), m, v)
+        opt = {"m": m, "v": v}
+    if isinstance(lr, dict):
+        fast = tree_map(lambda p, g, a: p - a * g, fast, grads, lr)
+    else:
+        fast = tree_map(lambda p, g: p - lr * g, fast, grads)
+    return fast, opt, value
+
+
 def adapt(
     apply: Apply,
     loss: Loss,
@@ -68,45 +107,18 @@ def adapt(
     """
     x, y = support
     fast, frozen = T.partition(params, trainable)
-    n = x.shape[0]
-    idx = None
-    if inner_batch_size is not None and inner_batch_size < n and steps > 0:
-        if key is None:
-            raise ValueError("adapt: inner_batch_size needs a PRNG key")
-        idx = batch_indices(key, n, inner_batch_size, steps)
-
-    def objective(fast_params, frozen_params, xb, yb):
-        return loss(apply(T.combine(fast_params, frozen_params), xb), yb)
-
-    value_and_grad = mx.value_and_grad(objective)
-    scalar_lr = not isinstance(lr, dict)
-    b1, b2 = adam_betas
-    m = v = None
-    if optimizer == "adam":
-        m, v = T.zeros_like(fast), T.zeros_like(fast)
+    idx = minibatch_indices(key, x.shape[0], inner_batch_size, steps)
+    value_and_grad = support_value_and_grad(apply, loss)
+    opt = init_opt_state(fast, optimizer)
+    kw = dict(optimizer=optimizer, adam_betas=adam_betas, adam_eps=adam_eps, first_order=first_order)
 
     losses, observed = [], []
     for t in range(steps):
         if observe is not None:
             observed.append(observe(T.combine(fast, frozen)))
-        xb, yb = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
-        value, grads = value_and_grad(fast, frozen, xb, yb)
-        if first_order:
-            grads = tree_map(mx.stop_gradient, grads)
+        batch = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
+        fast, opt, value = inner_step(value_and_grad, fast, frozen, opt, batch, lr, t, **kw)
         losses.append(value)
-        if optimizer == "adam":
-            m = tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, m, grads)
-            v = tree_map(lambda v_, g: b2 * v_ + (1 - b2) * mx.square(g), v, grads)
-            c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
-            # max(v, 1e-30): the same value, but a zero second moment (a dead unit) has a finite
-            # derivative, so second-order MAML through Adam gives no NaN (d√v/dv = ∞ at 0)
-            grads = tree_map(lambda m_, v_: (m_ / c1) / (mx.sqrt(mx.maximum(v_ / c2, 1e-30)) + adam_eps), m, v)
-        elif optimizer != "sgd":
-            raise ValueError(f"unknown inner optimizer {optimizer!r}; use one of {INNER_OPTIMIZERS}")
-        if scalar_lr:
-            fast = tree_map(lambda p, g: p - lr * g, fast, grads)
-        else:
-            fast = tree_map(lambda p, g, a: p - a * g, fast, grads, lr)
 
     out = T.combine(fast, frozen)
     loss_trace = mx.stack(losses) if losses else mx.zeros((0,))
@@ -114,3 +126,12 @@ def adapt(
         return out, loss_trace
     observed.append(observe(out))
     return out, loss_trace, tree_map(lambda *xs: mx.stack(xs), observed[0], *observed[1:])
+
+
+def minibatch_indices(key: mx.array | None, n: int, inner_batch_size: int | None, steps: int) -> mx.array | None:
+    """The (steps, batch) support indices of ``adapt``'s mini-batches, or None for full-batch steps."""
+    if inner_batch_size is None or inner_batch_size >= n or steps == 0:
+        return None
+    if key is None:
+        raise ValueError("adapt: inner_batch_size needs a PRNG key")
+    return batch_indices(key, n, inner_batch_size, steps)

@@ -10,6 +10,7 @@ and the evaluation episodes, so a resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedErro
 from reptile_fn.evaluate import few_shot_curve
 from reptile_fn.inner import adapt
 from reptile_fn.losses import accuracy, cross_entropy, mse
-from reptile_fn.models import Model, mlp
+from reptile_fn.models import Model, conv4, mlp
 from reptile_fn.tasks import TaskDistribution, make_distribution
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,12 +43,13 @@ class Setup(NamedTuple):
     """Everything a run is built from, derived from a Config alone."""
 
     cfg: C.Config
-    tasks: TaskDistribution
+    tasks: object  # TaskDistribution or OmniglotTasks: sample_train / sample_test
     model: Model
     loss: Callable
     metric: Callable | None  # accuracy for classification, None for regression
     meta: MetaStep
     inner_kwargs: dict  # how the inner loop adapts at evaluation
+    sample_train: Callable  # (key, n_tasks) -> Episode for meta-training (train_shots support examples)
 
 
 class Keys(NamedTuple):
@@ -68,24 +70,38 @@ def trainable_predicate(patterns: tuple[str, ...]):
 
 def setup(cfg: C.Config) -> Setup:
     """Build tasks, model, loss and the compiled meta-step for a config."""
-    tasks = make_distribution(cfg.tasks.families, k_shot=cfg.tasks.k_shot, query_size=cfg.tasks.query_size,
-                              num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
-    model = mlp(tasks.in_dim, tasks.out_dim, hidden=cfg.model.hidden, depth=cfg.model.depth,
-                activation=cfg.model.activation)
+    t = cfg.tasks
+    if t.dataset == "omniglot":
+        from reptile_fn.tasks.omniglot import make_omniglot
+
+        tasks = make_omniglot(t.data_dir, n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size,
+                              test_split=t.test_split, protocol=t.protocol, seed=cfg.seed)
+        train_tasks = dataclasses.replace(tasks, k_shot=t.train_shots) if t.train_shots else tasks
+        model = conv4(tasks.in_dim, tasks.out_dim, filters=cfg.model.filters, norm=cfg.model.norm,
+                      conv_impl=cfg.model.conv_impl)
+    else:
+        tasks = make_distribution(t.families, k_shot=t.k_shot, query_size=t.query_size,
+                                  num_train_tasks=t.num_train_tasks, seed=cfg.seed)
+        train_tasks = (make_distribution(t.families, k_shot=t.train_shots, query_size=t.query_size,
+                                         num_train_tasks=t.num_train_tasks, seed=cfg.seed) if t.train_shots else tasks)
+        model = mlp(tasks.in_dim, tasks.out_dim, hidden=cfg.model.hidden, depth=cfg.model.depth,
+                    activation=cfg.model.activation)
     classification = tasks.kind == "classification"
     loss = cross_entropy if classification else mse
     patterns = ANIL_TRAINABLE if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
     trainable = trainable_predicate(patterns)
     defaults = DEFAULTS[cfg.algorithm]
-    inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size)
+    betas = tuple(cfg.inner_adam_betas)
+    inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size,
+                 adam_betas=betas, transductive=cfg.eval.transductive)
     meta = ALGORITHMS[cfg.algorithm](
         model.apply, loss, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
         outer_lr=defaults["outer_lr"] if cfg.outer_lr is None else cfg.outer_lr,
         outer_lr_final=cfg.outer_lr_final, meta_iterations=cfg.meta_iterations,
-        inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size,
+        inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size, inner_adam_betas=betas,
         outer_optimizer=cfg.outer_optimizer or defaults["outer_optimizer"], trainable=trainable,
     )
-    return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner)
+    return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, train_tasks.sample_train)
 
 
 def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None,
@@ -151,6 +167,7 @@ def _ms_per_step(s: Setup, params, inner_lr, trainable, episodes: int = 64, step
     batch = s.tasks.sample_test(mx.random.key(0), episodes)
     lr = inner_lr if inner_lr is not None else (s.cfg.eval.inner_lr or s.cfg.inner_lr)
     inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
+    inner.pop("transductive")
 
     def one(p, sx, sy, key):
         return adapt(s.model.apply, s.loss, p, (sx, sy), lr=lr, steps=steps, key=key, **inner)[0]
@@ -173,15 +190,17 @@ def adaptation_speed(ev: dict, k: int) -> dict:
     """
     accuracy = ev["metric"] == "accuracy"
     key = "metric" if accuracy else "loss"
+    steps = ev["inits"]["meta"]["steps"]
     meta_curve = ev["inits"]["meta"][key]["mean"]
-    target = meta_curve[k]
-    t_meta = max(steps_to_reach(meta_curve, target, higher_is_better=accuracy) or 0, 1)
-    horizon = len(meta_curve) - 1
+    target = meta_curve[steps.index(k)]
+    first = steps_to_reach(meta_curve, target, higher_is_better=accuracy)
+    t_meta = max(steps[first], 1)
+    horizon = steps[-1]
     rows = {}
     for name, curve in ev["inits"].items():
-        t = steps_to_reach(curve[key]["mean"], target, higher_is_better=accuracy)
-        rows[name] = {"steps": t if t is not None else horizon, "reached": t is not None,
-                      "ratio": (t if t is not None else horizon) / t_meta}
+        i = steps_to_reach(curve[key]["mean"], target, higher_is_better=accuracy)
+        t = steps[i] if i is not None else horizon  # the first recorded step at or past the target
+        rows[name] = {"steps": t, "reached": i is not None, "ratio": t / t_meta}
     return {"target": target, "target_from": f"meta after {k} steps", "metric": "accuracy" if accuracy else "mse",
             "horizon": horizon, "meta_steps": t_meta, "inits": rows}
 
@@ -216,7 +235,7 @@ def write_figures(s: Setup, params, state, ev: dict, out_dir: Path, metrics_path
     out = [plots.adaptation_curves(ev, out_dir / "curves.png")]
     if metrics_path is not None and metrics_path.exists():
         out.append(plots.training_curve(metrics_path, out_dir / "training.png"))
-    if s.cfg.tasks.families == ("sine",):
+    if s.cfg.tasks.dataset == "synthetic" and s.cfg.tasks.families == ("sine",):
         keys = run_keys(s.cfg.seed)
         inits = {"meta-learned": (params, s.meta.inner_lr(state), s.inner_kwargs["trainable"])}
         if "transfer" in ev["inits"]:
@@ -285,7 +304,7 @@ def train(
     @mx.compile
     def iteration(params, state, key):
         sample_key, step_key = mx.random.split(key)
-        return s.meta.step(params, state, s.tasks.sample_train(sample_key, cfg.meta_batch_size), step_key)
+        return s.meta.step(params, state, s.sample_train(sample_key, cfg.meta_batch_size), step_key)
 
     def save(run: _Progress):
         if not bool(T.all_finite(run.params)):
@@ -353,12 +372,17 @@ def stored_config(out_dir: str | Path) -> C.Config:
     return _resume(None, Path(out_dir) / CHECKPOINT)[0]
 
 
-def load_run(checkpoint_path: str | Path) -> tuple[Setup, dict, dict, int]:
-    """Rebuild the setup, parameters and algorithm state of a saved run: (setup, params, state, iteration)."""
+def load_run(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[Setup, dict, dict, int]:
+    """Rebuild the setup, parameters and algorithm state of a saved run: (setup, params, state, iteration).
+
+    ``overrides`` (``key=value``) change where evaluation looks, e.g. ``tasks.data_dir`` or ``tasks.test_split``.
+    """
     arrays, meta = checkpoint.load(checkpoint_path)
     if "config" not in meta:
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by `reptile-fn train`")
     cfg = C.from_dict(meta["config"], source=str(checkpoint_path))
+    if overrides:
+        cfg = C.with_overrides(cfg, overrides)
     s = setup(cfg)
     params = checkpoint.restore(arrays, "params", s.model.init(run_keys(cfg.seed).init), source=str(checkpoint_path))
     state = checkpoint.restore(arrays, "state", s.meta.init(params), source=str(checkpoint_path))
@@ -380,7 +404,8 @@ def format_results(ev: dict, show_steps: tuple[int, ...] | None = None, max_step
     head = f"{'init':<10}" + "".join(f"{f'{k} steps':>18}" for k in cols)
     lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, mean ± 95% CI", head]
     for name, curve in ev["inits"].items():
-        cells = [f"{_num(scale * curve[metric]['mean'][k])} ± {_num(scale * curve[metric]['ci95'][k])}" for k in cols]
+        at = [steps.index(k) for k in cols]
+        cells = [f"{_num(scale * curve[metric]['mean'][i])} ± {_num(scale * curve[metric]['ci95'][i])}" for i in at]
         lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
@@ -403,8 +428,9 @@ def compare_runs(runs: list[Path]) -> str:
         header = header or ("| run | algorithm | families | k_shot | init | " + " | ".join(f"{c} steps" for c in cols)
                             + " |\n|" + "---|" * (5 + len(cols)))
         for name, curve in ev["inits"].items():
-            cells = [f"{_num(scale * curve[key]['mean'][c])} ± {_num(scale * curve[key]['ci95'][c])}"
-                     if c < len(curve[key]["mean"]) else "" for c in cols]
+            pos = {st: i for i, st in enumerate(curve["steps"])}
+            cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
+                     if c in pos else "" for c in cols]
             rows.append(f"| {run.name} | {cfg['algorithm']} | {', '.join(cfg['tasks']['families'])} | "
                         f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + " |")
     unit = "query accuracy (%) or MSE, mean ± 95% CI over held-out episodes"

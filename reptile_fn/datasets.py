@@ -1,0 +1,167 @@
+"""Where data lives, where derived caches go, and downloading the Omniglot zips.
+
+``data_dir()`` is the data root: an explicit argument (``--data-dir``), else ``$REPTILE_FN_DATA``.
+Omniglot's zips live in ``<root>/omniglot/`` or directly in ``<root>`` (``omniglot_dir``).
+``cache_dir()`` holds derived files (decoded arrays) and is separate because the data folder may
+be read-only: ``$REPTILE_FN_CACHE``, else ``~/.cache/reptile_fn``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from reptile_fn.errors import DataError
+
+DATA_ENV = "REPTILE_FN_DATA"
+CACHE_ENV = "REPTILE_FN_CACHE"
+
+OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/images_{set}.zip"
+# Size in bytes and SHA-256 of the official zips, as published by TensorFlow Datasets
+# (tensorflow_datasets/url_checksums/omniglot.txt). torchvision's Omniglot lists MD5s for the two
+# large ones (background 68d2efa1b9178cc56df9314c21c6e718, evaluation 6b91aef0f799c5bb55b94e3f2daec811);
+# the SHA-256s of the two small zips were also checked against copies of the official files.
+OMNIGLOT_FILES: dict[str, tuple[int, str]] = {
+    "background": (9464212, "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640"),
+    "evaluation": (6462886, "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee"),
+    "background_small1": (1319022, "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4"),
+    "background_small2": (1580917, "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f"),
+}
+OMNIGLOT_SETS = tuple(OMNIGLOT_FILES)
+
+_CHUNK = 1 << 20
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The data root: ``explicit`` if given, else ``$REPTILE_FN_DATA``; raises DataError if neither."""
+    value = explicit if explicit is not None else os.environ.get(DATA_ENV)
+    if value is None or str(value) == "":
+        raise DataError(
+            f"no data directory given: pass --data-dir DIR (data_dir=DIR in Python) or set {DATA_ENV}=DIR, "
+            "where DIR holds omniglot/images_background.zip; to fetch the files run "
+            "`reptile-fn download omniglot --data-dir DIR`"
+        )
+    return Path(value).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where derived files are cached: ``$REPTILE_FN_CACHE``, else ``~/.cache/reptile_fn``."""
+    value = os.environ.get(CACHE_ENV)
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "reptile_fn"
+
+
+def omniglot_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The folder of Omniglot's zips: the data root itself if it holds ``images_*.zip``, else ``<root>/omniglot``."""
+    root = data_dir(explicit)
+    if root.is_dir() and any(root.glob("images_*.zip")):
+        return root
+    return root / "omniglot"
+
+
+def omniglot_zip_name(set_name: str) -> str:
+    _check_set(set_name)
+    return f"images_{set_name}.zip"
+
+
+def download_omniglot(
+    dest: str | os.PathLike,
+    sets: Iterable[str] = ("background", "evaluation"),
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Download the official Omniglot zips into ``dest`` and verify each one's size and SHA-256.
+
+    Each file is streamed to a temporary file in ``dest``, checked, then renamed into place, so
+    ``dest`` never holds a partial or unverified zip. A file already there with the right checksum
+    is kept; one with another checksum raises DataError unless ``overwrite``.
+
+    Args:
+      dest: the folder to write ``images_<set>.zip`` into (created if missing).
+      sets: any of "background", "evaluation", "background_small1", "background_small2".
+      overwrite: replace an existing file whose checksum differs from the published one.
+      log: called with one line per file (e.g. ``print``).
+
+    Returns:
+      The paths of the requested zips, in the order of ``sets``.
+    """
+    say = log or (lambda _msg: None)
+    sets = tuple(sets)
+    for s in sets:
+        _check_set(s)
+    dest = Path(dest).expanduser()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the download folder {dest}: {e}; choose a writable --data-dir") from e
+    paths = []
+    for s in sets:
+        size, sha256 = OMNIGLOT_FILES[s]
+        path = dest / omniglot_zip_name(s)
+        if path.exists():
+            if _file_digest(path) == (size, sha256):
+                say(f"{path}: already there, checksum OK")
+                paths.append(path)
+                continue
+            if not overwrite:
+                raise DataError(
+                    f"{path} exists but is not the official file (its size or SHA-256 differs); delete it, "
+                    "or download again with overwrite=True (--force on the command line)"
+                )
+        url = OMNIGLOT_URL.format(set=s)
+        say(f"downloading {url} ({size / 1e6:.1f} MB)")
+        _download_verified(url, path, size, sha256)
+        say(f"{path}: checksum OK")
+        paths.append(path)
+    return paths
+
+
+def _download_verified(url: str, path: Path, size: int, sha256: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(f"cannot write into {path.parent}: {e}; choose a writable --data-dir") from e
+    try:
+        digest, n = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urlopen(url, timeout=60) as response:
+                    while chunk := response.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        n += len(chunk)
+            except (URLError, OSError) as e:
+                raise DataError(
+                    f"could not download {url}: {e}; check the network connection and try again, or fetch "
+                    f"the file by hand into {path.parent}"
+                ) from e
+            out.flush()
+            os.fsync(out.fileno())
+        if (n, digest.hexdigest()) != (size, sha256):
+            raise DataError(
+                f"the download of {url} does not match its published checksum: expected {size} bytes with "
+                f"SHA-256 {sha256}, got {n} bytes with SHA-256 {digest.hexdigest()}; nothing was saved. Try "
+                "again; if it keeps failing, the file upstream has changed"
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def _check_set(set_name: str) -> None:
+    if set_name not in OMNIGLOT_FILES:
+        raise DataError(f"unknown Omniglot set {set_name!r}; valid sets: {', '.join(OMNIGLOT_SETS)}")

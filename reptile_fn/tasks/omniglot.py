@@ -1,0 +1,483 @@
+"""Omniglot (Lake et al. 2015): the official zips, the few-shot splits, and an N-way K-shot sampler.
+
+Images. Each zip ``images_<set>.zip`` holds ``images_<set>/<Alphabet>/characterNN/CCCC_DD.png``:
+105×105 1-bit PNGs, black ink on white, 20 drawers (DD = 01..20) per character. A character is
+decoded to uint8 (20, 28, 28) with ink = 255 and background = 0, drawer d at index d − 1. The
+default resampling is ``"nearest"``: it is what the reference code of MAML (Finn et al. 2017,
+``resize((28, 28), LANCZOS)``) and Reptile (Nichol et al. 2018, ``resize((28, 28))``) produced,
+because Pillow resizes 1-bit images with nearest-neighbour whatever filter is asked; the images
+stay binary. ``"box"`` (area average) and ``"lanczos"`` resample the grayscale image instead.
+
+Cache. Decoding a zip takes seconds, so its arrays are kept in ``cache_dir()/omniglot/`` as an
+uncompressed ``.npz`` named after the zip, the resampling, and hashes of the zip's path and of
+its size and mtime; a changed zip gets a new file (the stale one is removed). Files are written
+to a temporary name and renamed, so a cache file is whole or absent.
+
+Splits (``load_split``). ``protocol="standard"`` (both zips; Santoro et al. 2016, Finn et al.
+2017, Nichol et al. 2018): the 1623 characters of both sets, shuffled with a seed, the first 1200
+for meta-training ("train") and the other 423 for meta-testing ("test"); ``val_characters = v``
+holds out the last v of the 1200 as "val" (Finn et al. use 100). ``protocol="alphabets"``
+(background zip only, for development): the alphabets, shuffled with a seed, split by alphabet
+into "test", "val" and "train" (round(n/6), round(n/6) and the rest: 5/5/20 of the 30
+background alphabets). ``"background"`` and ``"evaluation"`` are every character of that zip.
+``"auto"`` is "standard" when images_evaluation.zip is present, else "alphabets". A shuffle
+orders names by SHA-256 of ``"<seed>:<name>"``, so a split depends on the seed and the names
+only, never on a library's RNG or the order of a listing.
+
+Rotations. Each character rotated by 0/90/180/270° counter-clockwise is a class of its own
+(``with_rotations``): class 4c + r is character c rotated r·90°. By default meta-training
+classes are rotated and meta-test classes are not, as in Nichol et al.; Finn et al. rotate both
+(``rotate_test=True``).
+
+Episodes. ``sample_episodes`` is pure MLX: the images live on the device as one uint8 array
+(n_classes, 20, 28, 28) and an episode is a gather from it, so sampling runs under ``mx.vmap``
+and inside ``mx.compile`` (a compiled function may close over the array: it is captured as a
+constant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import numbers
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, NamedTuple, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from reptile_fn import datasets
+from reptile_fn.errors import ConfigError, DataError
+from reptile_fn.tasks.base import Episode
+
+IMAGE_SIZE = 28
+IN_DIM = (IMAGE_SIZE, IMAGE_SIZE, 1)
+"""Episode images are NHWC: (…, 28, 28, 1) float32 in [0, 1], ink = 1."""
+SOURCE_SIZE = 105
+N_DRAWERS = 20
+N_ROTATIONS = 4
+RESAMPLE = ("nearest", "box", "lanczos")
+PROTOCOLS = ("auto", "standard", "alphabets")
+SPLITS = ("train", "val", "test", "background", "evaluation")
+STANDARD_TRAIN_CHARACTERS = 1200
+CACHE_VERSION = 1
+
+
+class OmniglotSet(NamedTuple):
+    """Decoded characters: ``images`` uint8 (n_characters, 20, 28, 28), ink = 255.
+
+    ``characters[i]`` is ``"<Alphabet>/characterNN"`` and ``alphabets[i]`` its alphabet.
+    """
+
+    images: np.ndarray
+    characters: tuple[str, ...]
+    alphabets: tuple[str, ...]
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> OmniglotSet:
+        index = np.asarray(index, dtype=np.int64)
+        return OmniglotSet(self.images[index], tuple(self.characters[i] for i in index),
+                           tuple(self.alphabets[i] for i in index))
+
+
+def concatenate(*sets: OmniglotSet) -> OmniglotSet:
+    return OmniglotSet(np.concatenate([s.images for s in sets]), sum((s.characters for s in sets), ()),
+                       sum((s.alphabets for s in sets), ()))
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def zip_path(set_name: str = "background", data_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``images_<set_name>.zip`` is expected (see ``datasets.omniglot_dir``)."""
+    return datasets.omniglot_dir(data_dir) / datasets.omniglot_zip_name(set_name)
+
+
+def load_set(set_name: str = "background", data_dir: str | os.PathLike | None = None, *,
+             resample: str = "nearest", cache: bool = True) -> OmniglotSet:
+    """Every character of ``images_<set_name>.zip``, decoded (from the cache when it is current).
+
+    Args:
+      set_name: "background", "evaluation", "background_small1" or "background_small2".
+      data_dir: the data root (else ``$REPTILE_FN_DATA``).
+      resample: "nearest" (binary, as the reference code), "box" or "lanczos".
+      cache: read and write the decoded arrays in ``cache_dir()``.
+    """
+    _check_choice("resample", resample, RESAMPLE)
+    path = zip_path(set_name, data_dir)
+    if not path.is_file():
+        root = datasets.data_dir(data_dir)
+        raise DataError(
+            f"Omniglot file {path} not found; download it with `reptile-fn download omniglot --data-dir {root}`"
+            + ("" if set_name in ("background", "evaluation") else f" --sets {set_name}")
+        )
+    stat = path.stat()
+    target = _cache_file(path, stat, resample)
+    if cache:
+        cached = _read_cache(target, stat)
+        if cached is not None:
+            return cached
+    data = _decode_zip(path, set_name, resample)
+    if cache:
+        _write_cache(target, data, stat)
+    return data
+
+
+def index_zip(path: str | os.PathLike, set_name: str) -> tuple[list[str], list[str], list[list[str]]]:
+    """The layout of an Omniglot zip without decoding: (characters, alphabets, member names).
+
+    ``members[i][d]`` is the PNG of character i by drawer d + 1. Raises DataError on a corrupt zip
+    or a wrong layout.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Omniglot file {path} not found; download it with "
+                        f"`reptile-fn download omniglot --data-dir {path.parent}`")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return _index(z, path, set_name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise _corrupt(path, e) from None
+
+
+def with_rotations(images: np.ndarray) -> np.ndarray:
+    """(C, D, H, W) -> (4C, D, H, W): class 4c + r is class c rotated r·90° counter-clockwise."""
+    return np.stack([np.rot90(images, r, axes=(-2, -1)) for r in range(N_ROTATIONS)], axis=1).reshape(
+        -1, *images.shape[1:])
+
+
+def _decode_zip(path: Path, set_name: str, resample: str) -> OmniglotSet:
+    from PIL import Image  # Pillow is needed only to decode, not for cached or sampled data
+
+    filters = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX,
+               "lanczos": Image.Resampling.LANCZOS}
+    try:
+        with zipfile.ZipFile(path) as z:
+            characters, alphabets, members = _index(z, path, set_name)
+            images = np.empty((len(characters), N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+            for i, files in enumerate(members):
+                for d, name in enumerate(files):
+                    with Image.open(io.BytesIO(z.read(name))) as im:
+                        if im.size != (SOURCE_SIZE, SOURCE_SIZE):
+                            raise _layout(path, set_name, f"{name} is {im.size[0]}×{im.size[1]} pixels, "
+                                                          f"expected {SOURCE_SIZE}×{SOURCE_SIZE}")
+                        # "L" first, so the filter is honoured (Pillow resizes 1-bit images nearest-only);
+                        # for "nearest" this equals resizing the 1-bit image, as the reference code did.
+                        small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), filters[resample])
+                        images[i, d] = 255 - np.asarray(small, dtype=np.uint8)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError) as e:
+        # Pillow raises OSError/SyntaxError/ValueError on broken PNGs; zipfile BadZipFile on a bad CRC.
+        raise _corrupt(path, e) from None
+    return OmniglotSet(images, tuple(characters), tuple(alphabets))
+
+
+def _index(z: zipfile.ZipFile, path: Path, set_name: str) -> tuple[list[str], list[str], list[list[str]]]:
+    top = f"images_{set_name}"
+    pattern = re.compile(rf"{re.escape(top)}/([^/]+)/character(\d+)/\d+_(\d+)\.png")
+    found: dict[tuple[str, int], dict[int, str]] = {}
+    pngs = 0
+    for name in z.namelist():
+        base = name.rsplit("/", 1)[-1]
+        if name.endswith("/") or name.startswith("__MACOSX/") or base.startswith(".") or not name.endswith(".png"):
+            continue
+        pngs += 1
+        m = pattern.fullmatch(name)
+        if m is None:
+            raise _layout(path, set_name, f"unexpected file {name!r}")
+        alphabet, number, drawer = m.group(1), int(m.group(2)), int(m.group(3))
+        if not 1 <= drawer <= N_DRAWERS:
+            raise _layout(path, set_name, f"{name!r}: drawer {drawer} is outside 01..{N_DRAWERS}")
+        drawers = found.setdefault((alphabet, number), {})
+        if drawer in drawers:
+            raise _layout(path, set_name, f"{name!r} and {drawers[drawer]!r} are both drawer {drawer:02d}")
+        drawers[drawer] = name
+    if not found:
+        first = next((n for n in z.namelist() if not n.endswith("/")), None)
+        raise _layout(path, set_name, f"no images under {top}/ ({pngs} PNG files; first entry {first!r})")
+    characters, alphabets, members = [], [], []
+    for (alphabet, number), drawers in sorted(found.items()):
+        name = f"{alphabet}/character{number:02d}"
+        if len(drawers) != N_DRAWERS:
+            raise _layout(path, set_name, f"{name} has {len(drawers)} drawings, expected {N_DRAWERS}")
+        characters.append(name)
+        alphabets.append(alphabet)
+        members.append([drawers[d] for d in range(1, N_DRAWERS + 1)])
+    return characters, alphabets, members
+
+
+def _corrupt(path: Path, error: BaseException) -> DataError:
+    return DataError(
+        f"{path} is corrupt or truncated ({type(error).__name__}: {error}); delete it and download it again with "
+        f"`reptile-fn download omniglot --data-dir {path.parent}`"
+    )
+
+
+def _layout(path: Path, set_name: str, detail: str) -> DataError:
+    return DataError(
+        f"{path} does not have the Omniglot layout images_{set_name}/<Alphabet>/characterNN/CCCC_DD.png with "
+        f"{N_DRAWERS} drawings of {SOURCE_SIZE}×{SOURCE_SIZE} pixels per character: {detail}; use the official "
+        f"file (`reptile-fn download omniglot --data-dir {path.parent}`)"
+    )
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+def _cache_file(path: Path, stat: os.stat_result, resample: str) -> Path:
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    state = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{CACHE_VERSION}".encode()).hexdigest()[:12]
+    return datasets.cache_dir() / "omniglot" / f"{path.stem}-{resample}-{where}-{state}.npz"
+
+
+def _read_cache(target: Path, stat: os.stat_result) -> OmniglotSet | None:
+    """The cached arrays, or None if absent or unusable (then the caller rebuilds them)."""
+    if not target.is_file():
+        return None
+    try:
+        with np.load(target, allow_pickle=False) as f:
+            images, characters, alphabets = f["images"], f["characters"], f["alphabets"]
+            meta = f["meta"]
+    except Exception:  # a damaged cache file is rebuilt, never trusted
+        return None
+    ok = (images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
+          and len(characters) == len(alphabets) == images.shape[0]
+          and meta.tolist() == [CACHE_VERSION, stat.st_size, stat.st_mtime_ns])
+    if not ok:
+        return None
+    return OmniglotSet(images, tuple(characters.tolist()), tuple(alphabets.tolist()))
+
+
+def _write_cache(target: Path, data: OmniglotSet, stat: os.stat_result) -> None:
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=data.images, characters=np.array(data.characters, dtype=np.str_),
+                     alphabets=np.array(data.alphabets, dtype=np.str_),
+                     meta=np.array([CACHE_VERSION, stat.st_size, stat.st_mtime_ns], dtype=np.int64))
+        os.replace(tmp, target)
+        tmp = None
+        stem, _, _ = target.stem.rpartition("-")  # the same zip path and resampling, older contents
+        for stale in target.parent.glob(f"{stem}-*.npz"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    except OSError as e:
+        warnings.warn(f"could not write the Omniglot cache {target} ({e}); loading will decode the zip every time. "
+                      f"Set REPTILE_FN_CACHE to a writable folder", stacklevel=3)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- splits -------------------------------------------------------------------------------------
+
+def shuffled(names: Sequence[str], seed: int) -> list[int]:
+    """Indices of ``names`` ordered by SHA-256 of ``"<seed>:<name>"``: a seeded shuffle of names."""
+    return sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{seed}:{names[i]}".encode()).digest())
+
+
+def standard_split(characters: Sequence[str], *, seed: int = 0, val_characters: int = 0,
+                   train_characters: int = STANDARD_TRAIN_CHARACTERS) -> dict[str, np.ndarray]:
+    """Indices of "train" (1200 − v), "val" (v) and "test" (the rest) in a seeded shuffle of characters."""
+    if not 0 <= val_characters < train_characters < len(characters):
+        raise ConfigError(f"val_characters must be in 0..{train_characters - 1} and there must be more than "
+                          f"{train_characters} characters (got {val_characters} and {len(characters)})")
+    order = np.array(shuffled(characters, seed), dtype=np.int64)
+    cut = train_characters - val_characters
+    return {"train": np.sort(order[:cut]), "val": np.sort(order[cut:train_characters]),
+            "test": np.sort(order[train_characters:])}
+
+
+def alphabet_split(alphabets: Sequence[str], *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Character indices of "train", "val" and "test", split by alphabet (see the module docstring).
+
+    ``alphabets[i]`` is character i's alphabet. With n alphabets, "test" and "val" get round(n/6)
+    each (at least 1) and "train" the rest: 5/5/20 for the 30 background alphabets.
+    """
+    names = sorted(set(alphabets))
+    held = max(1, round(len(names) / 6))
+    if len(names) < 2 * held + 1:
+        raise DataError(f"an alphabet split needs at least 3 alphabets, found {len(names)}")
+    order = [names[i] for i in shuffled(names, seed)]
+    groups = {"test": set(order[:held]), "val": set(order[held:2 * held]), "train": set(order[2 * held:])}
+    return {split: np.array([i for i, a in enumerate(alphabets) if a in group], dtype=np.int64)
+            for split, group in groups.items()}
+
+
+def resolve_protocol(protocol: str = "auto", data_dir: str | os.PathLike | None = None,
+                     background: str = "background") -> str:
+    """"standard" or "alphabets": "auto" is "standard" when the evaluation zip is present."""
+    _check_choice("protocol", protocol, PROTOCOLS)
+    if protocol != "auto":
+        return protocol
+    return "standard" if background == "background" and zip_path("evaluation", data_dir).is_file() else "alphabets"
+
+
+def load_split(split: str, data_dir: str | os.PathLike | None = None, *, protocol: str = "auto", seed: int = 0,
+               val_characters: int = 0, background: str = "background", resample: str = "nearest",
+               cache: bool = True) -> OmniglotSet:
+    """The characters of one split ("train", "val", "test", "background" or "evaluation"), unrotated.
+
+    Args:
+      protocol: "standard" (needs both zips), "alphabets" (the background zip only) or "auto".
+      seed: the seed of the split's shuffle.
+      val_characters: "standard" only: characters of the 1200 held out as "val" (Finn et al.: 100).
+      background: which background zip, e.g. "background_small1" for quick development.
+    """
+    _check_choice("split", split, SPLITS)
+    load = dict(data_dir=data_dir, resample=resample, cache=cache)
+    if split == "evaluation":
+        return load_set("evaluation", **load)
+    if split == "background":
+        return load_set(background, **load)
+    protocol = resolve_protocol(protocol, data_dir, background)
+    if protocol == "standard":
+        if background != "background":
+            raise ConfigError(f"the standard protocol uses the full background set, not {background!r}; "
+                              "use protocol='alphabets' with a small background set")
+        if split == "val" and val_characters == 0:
+            raise ConfigError("the standard protocol has no meta-validation split unless val_characters > 0 "
+                              "(Finn et al. hold out 100 of the 1200 training characters)")
+        everything = concatenate(load_set("background", **load), load_set("evaluation", **load))
+        index = standard_split(everything.characters, seed=seed, val_characters=val_characters,
+                               train_characters=STANDARD_TRAIN_CHARACTERS)
+    else:
+        everything = load_set(background, **load)
+        index = alphabet_split(everything.alphabets, seed=seed)
+    return everything.subset(index[split])
+
+
+# --- episodes -----------------------------------------------------------------------------------
+
+def sample_indices(key: mx.array, n_classes: int, n_drawers: int, n_way: int, n_per_class: int
+                   ) -> tuple[mx.array, mx.array]:
+    """One episode's classes (n_way,) distinct, in random order, and drawers (n_way, n_per_class), distinct per class."""
+    class_key, order_key, drawer_key = mx.random.split(key, 3)
+    # The n_way smallest of n_classes iid uniforms are a uniform random subset; argpartition finds
+    # them in O(n_classes), several times faster than a full argsort. argpartition leaves their order
+    # unspecified (it may differ between backends), so they are sorted, then shuffled with their own
+    # key: labels carry no trace of class indices and the episode depends on the key alone.
+    picked = mx.sort(mx.argpartition(mx.random.uniform(shape=(n_classes,), key=class_key), n_way - 1)[:n_way])
+    classes = picked[mx.argsort(mx.random.uniform(shape=(n_way,), key=order_key))]
+    drawers = mx.argsort(mx.random.uniform(shape=(n_way, n_drawers), key=drawer_key), axis=-1)[:, :n_per_class]
+    return classes, drawers
+
+
+def episode(images: mx.array, key: mx.array, n_way: int, k_shot: int, query_size: int) -> Episode:
+    """One N-way K-shot episode from ``images`` uint8 (n_classes, n_drawers, 28, 28).
+
+    Support: k_shot drawings of each of n_way distinct classes, class-major, labels 0..n_way − 1
+    (the i-th sampled class is label i); query: query_size other drawings of the same classes.
+    """
+    n_classes, n_drawers, h, w = images.shape
+    classes, drawers = sample_indices(key, n_classes, n_drawers, n_way, k_shot + query_size)
+    x = (images[classes[:, None], drawers].astype(mx.float32) * (1.0 / 255.0))[..., None]
+    labels = mx.arange(n_way, dtype=mx.int32)
+    return Episode(x[:, :k_shot].reshape(n_way * k_shot, h, w, 1), mx.repeat(labels, k_shot),
+                   x[:, k_shot:].reshape(n_way * query_size, h, w, 1), mx.repeat(labels, query_size))
+
+
+def sample_episodes(images: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,
+                    query_size: int) -> Episode:
+    """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``."""
+    keys = mx.random.split(key, n_tasks)
+    return mx.vmap(lambda k: episode(images, k, n_way, k_shot, query_size))(keys)
+
+
+@dataclass(frozen=True, eq=False)
+class OmniglotTasks:
+    """N-way K-shot Omniglot episodes: the TaskDistribution interface used by the training loop.
+
+    ``train_images`` / ``test_images``: uint8 (n_classes, 20, 28, 28) on the device, one row per
+    class (rotations already expanded). ``sample_train`` draws from the first, ``sample_test``
+    from the second; both are pure in their key, vmap- and compile-safe.
+    """
+
+    train_images: mx.array
+    test_images: mx.array
+    n_way: int
+    k_shot: int
+    query_size: int
+    train_split: str = "train"
+    test_split: str = "test"
+    protocol: str = "standard"
+
+    kind: ClassVar[str] = "classification"
+    in_dim: ClassVar[tuple[int, int, int]] = IN_DIM
+
+    def __post_init__(self) -> None:
+        _check_int("n_way", self.n_way, 1, "classes per episode")
+        _check_int("k_shot", self.k_shot, 1, "support examples per class")
+        _check_int("query_size", self.query_size, 1, "query examples per class")
+        for name in ("n_way", "k_shot", "query_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("train_images", "test_images"):
+            images = getattr(self, name)
+            if images.ndim != 4 or tuple(images.shape[2:]) != (IMAGE_SIZE, IMAGE_SIZE):
+                raise ConfigError(f"{name} must be (n_classes, n_drawers, 28, 28), got {tuple(images.shape)}")
+            n_classes, n_drawers = images.shape[:2]
+            if self.k_shot + self.query_size > n_drawers:
+                raise ConfigError(
+                    f"k_shot + query_size = {self.k_shot + self.query_size} but Omniglot has {n_drawers} drawings per "
+                    f"character; support and query must be distinct drawings, so lower k_shot or query_size")
+            if self.n_way > n_classes:
+                split = self.train_split if name == "train_images" else self.test_split
+                raise ConfigError(f"n_way = {self.n_way} but the {split!r} split has only {n_classes} classes; "
+                                  "lower n_way or choose a larger split")
+
+    @property
+    def out_dim(self) -> int:
+        """The number of classes per episode (n_way)."""
+        return self.n_way
+
+    def sample_train(self, key: mx.array, n_tasks: int) -> Episode:
+        """n_tasks meta-training episodes (from ``train_images``)."""
+        return sample_episodes(self.train_images, key, n_tasks, n_way=self.n_way, k_shot=self.k_shot,
+                               query_size=self.query_size)
+
+    def sample_test(self, key: mx.array, n_tasks: int) -> Episode:
+        """n_tasks held-out episodes (from ``test_images``: the split chosen at construction)."""
+        return sample_episodes(self.test_images, key, n_tasks, n_way=self.n_way, k_shot=self.k_shot,
+                               query_size=self.query_size)
+
+
+def make_omniglot(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, k_shot: int = 1,
+                  query_size: int = 15, train_split: str = "train", test_split: str = "test",
+                  protocol: str = "auto", seed: int = 0, val_characters: int = 0,
+                  background: str = "background", rotate_train: bool = True, rotate_test: bool = False,
+                  resample: str = "nearest", cache: bool = True) -> OmniglotTasks:
+    """An Omniglot episode sampler: ``train_split`` for ``sample_train``, ``test_split`` for ``sample_test``.
+
+    Splits, protocols and rotations are described in the module docstring; ``seed`` is the
+    split's seed (not the sampling key). ``rotate_train`` / ``rotate_test`` make each character's
+    four rotations separate classes of that split.
+    """
+    _check_choice("train_split", train_split, SPLITS)
+    _check_choice("test_split", test_split, SPLITS)
+    resolved = resolve_protocol(protocol, data_dir, background)
+    load = dict(data_dir=data_dir, protocol=resolved, seed=seed, val_characters=val_characters,
+                background=background, resample=resample, cache=cache)
+
+    def device_images(split: str, rotate: bool) -> mx.array:
+        images = load_split(split, **load).images
+        return mx.array(with_rotations(images) if rotate else images)
+
+    train = device_images(train_split, rotate_train)
+    test = device_images(test_split, rotate_test)
+    mx.eval(train, test)
+    return OmniglotTasks(train, test, n_way, k_shot, query_size, train_split, test_split, resolved)
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")
