@@ -28,3 +28,18 @@ def regression_batch(seed: int, n_tasks: int, n: int = 10, d_in: int = 1, d_out:
 
 def to_np(tree):
     return {k: np.array(v) for k, v in tree_flatten(tree)}
+
+
+def meta_train_sine(meta, model, iterations: int, *, k_shot: int = 10, query_size: int = 10, meta_batch: int = 8):
+    """Meta-train on fresh sine tasks; returns (tasks, initial params, trained params, state)."""
+    from reptile_fn.tasks import make_distribution
+
+    tasks = make_distribution("sine", k_shot=k_shot, query_size=query_size, num_train_tasks=0, seed=0)
+    params = init = model.init(mx.random.key(0))
+    state = meta.init(params)
+    sample = mx.compile(lambda k: tasks.sample_train(k, meta_batch))
+    for i in range(iterations):
+        k1, k2 = mx.random.split(mx.random.key(i))
+        params, state, _ = meta.step(params, state, sample(k1), k2)
+        mx.async_eval(params, state)
+    return tasks, init, params, state

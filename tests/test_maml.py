@@ -13,7 +13,7 @@ from reptile_fn.inner import adapt
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 
-from helpers import max_abs_diff, regression_batch, same
+from helpers import max_abs_diff, meta_train_sine, regression_batch, same
 
 TINY = mlp(1, 1, hidden=4, depth=1, activation="tanh")  # smooth, so finite differences are meaningful
 
@@ -147,20 +147,11 @@ def test_each_algorithm_learns_sine(name):
     # Evaluated after as many inner steps as training used (1 for the MAML family, as in Finn et al.;
     # 5 for Reptile): Meta-SGD's learned rates are tuned for that count and may diverge far beyond it.
     from reptile_fn.evaluate import per_episode_curves
-    from reptile_fn.tasks import make_distribution
-
-    tasks = make_distribution("sine", k_shot=10, query_size=10, num_train_tasks=0, seed=0)
     model = mlp(1, 1, hidden=40, depth=2)
     steps = 5 if name == "reptile" else 1
     outer = dict(outer_lr=1.0, outer_lr_final=0.0, meta_iterations=2000) if name == "reptile" else dict(outer_lr=1e-3)
     meta = ALGORITHMS[name](model.apply, mse, inner_lr=0.01, inner_steps=steps, **outer)
-    params = init = model.init(mx.random.key(0))
-    state = meta.init(params)
-    sample = mx.compile(lambda k: tasks.sample_train(k, 8))
-    for i in range(2000):
-        k1, k2 = mx.random.split(mx.random.key(i))
-        params, state, _ = meta.step(params, state, sample(k1), k2)
-        mx.async_eval(params, state)
+    tasks, init, params, state = meta_train_sine(meta, model, 2000)
     test = tasks.sample_test(mx.random.key(10_000), 200)
     head = T.match(maml.ANIL_TRAINABLE) if name == "anil" else None
     meta_mse = per_episode_curves(model.apply, mse, params, test, inner_lr=meta.inner_lr(state), steps=steps,

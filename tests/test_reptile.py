@@ -13,7 +13,7 @@ from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 from reptile_fn.tasks.base import Episode
 
-from helpers import max_abs_diff, regression_batch, same, to_np
+from helpers import max_abs_diff, meta_train_sine, regression_batch, same, to_np
 
 MODEL = mlp(1, 1, hidden=8, depth=1)
 KEY = mx.random.key(42)
@@ -165,19 +165,10 @@ def test_outer_adam_uses_the_reptile_direction_as_pseudo_gradient():
 def test_reptile_learns_sine_regression():
     # A few hundred meta-iterations lower held-out post-adaptation MSE well below a random init's.
     from reptile_fn.evaluate import per_episode_curves
-    from reptile_fn.tasks import make_distribution
-
-    tasks = make_distribution("sine", k_shot=10, query_size=20, num_train_tasks=0, seed=0)
     model = mlp(1, 1, hidden=40, depth=2)
     meta = reptile.make_step(model.apply, mse, inner_lr=0.02, inner_steps=5, outer_lr=1.0, outer_lr_final=0.0,
                              meta_iterations=600)
-    params = init = model.init(mx.random.key(0))
-    state = meta.init(params)
-    sample = mx.compile(lambda k: tasks.sample_train(k, 8))
-    for i in range(600):
-        k1, k2 = mx.random.split(mx.random.key(i))
-        params, state, _ = meta.step(params, state, sample(k1), k2)
-        mx.async_eval(params, state)
+    tasks, init, params, state = meta_train_sine(meta, model, 600, query_size=20)
     test = tasks.sample_test(mx.random.key(10_000), 200)
     meta_mse = per_episode_curves(model.apply, mse, params, test, inner_lr=0.02, steps=10)["loss"][:, -1].mean()
     rand_mse = per_episode_curves(model.apply, mse, init, test, inner_lr=0.02, steps=10)["loss"][:, -1].mean()
