@@ -213,7 +213,11 @@ def sine_predictions(s: Setup, inits: dict, key: mx.array, steps=(0, 1, 10)) -> 
     from reptile_fn.tasks import sine_curve
 
     task_key, data_key = mx.random.split(key)
-    tasks = s.tasks.sample_test_tasks(task_key, 1)
+    # the first of 16 held-out tasks with amplitude >= 2.5, so the figure shows a visible curve
+    candidates = s.tasks.sample_test_tasks(task_key, 16)
+    amplitude = np.array(s.tasks.task_params(candidates)["sine"]["amplitude"])
+    pick = int(np.argmax(amplitude >= 2.5)) if (amplitude >= 2.5).any() else 0
+    tasks = type(candidates)(candidates.family_ids[pick:pick + 1], candidates.keys[pick:pick + 1])
     episode = s.tasks.episodes(tasks, data_key)
     params_sine = {k: v[0] for k, v in s.tasks.task_params(tasks)["sine"].items()}
     x_plot = mx.linspace(-5, 5, 200)[:, None]
