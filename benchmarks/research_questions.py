@@ -98,7 +98,8 @@ def render(results: list[dict], env: dict, argv: list[str]) -> str:
                   f"`{r['config']}` with `{' '.join(r['overrides']) or 'no overrides'}`: {r['meta_iterations']} "
                   f"meta-iterations in {r['train_seconds']} s ({r['meta_steps_per_s']} meta-steps/s); k_shot "
                   f"{ev['k_shot']}; {unit} on {ev['inits']['meta']['episodes']} held-out episodes.", "",
-                  "| init | " + " | ".join(f"{c} steps" for c in cols) + f" | steps (ratio; wall-clock per task) to reach meta@{k} |",
+                  "| init | " + " | ".join(f"{c} steps" for c in cols)
+                  + f" | steps (ratio; wall-clock per task) to reach meta@{k} |",
                   "|---|" + "---:|" * (len(cols) + 1)]
         for name, curve in ev["inits"].items():
             sp = ev["speed"]["inits"][name]

@@ -86,7 +86,8 @@ CHOICES = {
     "model.kind": ("mlp", "conv4"),
     "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
 }
-POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters", "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
+POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
+            "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
             "eval.during_training_episodes", "eval.inner_lr", "inner_batch_size"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}

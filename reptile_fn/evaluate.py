@@ -85,8 +85,8 @@ def per_episode_curves(
         sl = slice(start, start + chunk_size)
         sx, sy, qx, qy = (a[sl] for a in episodes)
         m = sx.shape[0]
-        idx = mx.vmap(lambda k: minibatch_indices(k, sx.shape[1], inner_batch_size, steps))(keys[sl]) \
-            if minibatch_indices(keys[0], sx.shape[1], inner_batch_size, steps) is not None else None
+        mini = inner_batch_size is not None and inner_batch_size < sx.shape[1] and steps > 0
+        idx = mx.vmap(lambda k: minibatch_indices(k, sx.shape[1], inner_batch_size, steps))(keys[sl]) if mini else None
         fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
         opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), init_opt_state(fast0, optimizer))
         seen = [first(sx, qx, qy)] if 0 in record else []

@@ -32,7 +32,7 @@ from reptile_fn.evaluate import few_shot_curve
 from reptile_fn.inner import adapt
 from reptile_fn.losses import accuracy, cross_entropy, mse
 from reptile_fn.models import Model, conv4, mlp
-from reptile_fn.tasks import TaskDistribution, make_distribution
+from reptile_fn.tasks import make_distribution
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
