@@ -58,13 +58,14 @@ def run(name: str, config: str, overrides: list[str], *, quick: bool, episodes: 
     summary = TR.train(cfg, out, progress=False, log=lambda *_: None)
     train_s = time.perf_counter() - t0
     s, params, state, _ = TR.load_run(out / TR.CHECKPOINT)
-    ev = TR.final_evaluation(s, params, state, baselines=BASELINES, speed_steps=speed_steps)
+    base = TR.baseline_inits(s, BASELINES)
+    ev = TR.final_evaluation(s, params, state, baselines=base, speed_steps=speed_steps)
     FIGURES.mkdir(parents=True, exist_ok=True)
     figs = [plots.adaptation_curves(ev, FIGURES / f"{name}-curves.png", title=name)]
     figs.append(plots.training_curve(out / TR.METRICS, FIGURES / f"{name}-training.png", title=name))
     if cfg.tasks.families == ("sine",):
-        figs += [p.rename(FIGURES / f"{name}-fit.png") for p in TR.write_figures(s, params, state, ev, work / f"{name}-figs")
-                 if p.name == "sine.png"]
+        drawn = TR.write_figures(s, params, state, ev, work / f"{name}-figs", baselines=base)
+        figs += [p.rename(FIGURES / f"{name}-fit.png") for p in drawn if p.name == "sine.png"]
     per_family = {}
     if len(cfg.tasks.families) > 1:  # the mixture, scored family by family with the same params
         for fam in cfg.tasks.families:

@@ -137,12 +137,13 @@ def eval_(
     split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val or evaluation."),
 ) -> None:
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
-    from reptile_fn.train import final_evaluation, format_results, format_speed, load_run, write_figures
+    from reptile_fn.train import baseline_inits, final_evaluation, format_results, format_speed, load_run, write_figures
 
     names = tuple(b.strip() for b in baselines.split(",") if b.strip())
     overrides = _with_data_dir([f"tasks.test_split={split}"] if split else [], data_dir)
     s, params, state, iteration = load_run(checkpoint, overrides)
-    ev = final_evaluation(s, params, state, episodes=episodes, steps=steps, baselines=names,
+    base = baseline_inits(s, names)
+    ev = final_evaluation(s, params, state, episodes=episodes, steps=steps, baselines=base,
                           speed_steps=speed_steps or None)
     k = s.cfg.eval.inner_steps if steps is None else steps
     typer.echo(f"{checkpoint} (meta-iteration {iteration})")
@@ -156,7 +157,7 @@ def eval_(
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(payload)
         tmp.replace(target)
-    figures = write_figures(s, params, state, ev, out_dir, checkpoint.parent / "metrics.jsonl")
+    figures = write_figures(s, params, state, ev, out_dir, checkpoint.parent / "metrics.jsonl", base)
     typer.echo(f"wrote {out_dir / 'results.json'} and {', '.join(p.name for p in figures)}")
 
 

@@ -115,20 +115,32 @@ def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | N
     batch = s.tasks.sample_test(sample_key, episodes)
     # learned per-parameter rates (Meta-SGD) win; otherwise eval.inner_lr, then the given or training rate
     lr = inner_lr if isinstance(inner_lr, dict) else (cfg.eval.inner_lr or inner_lr or cfg.inner_lr)
-    inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
-                          key=adapt_key, **inner)
+                          key=adapt_key, **_inner_kwargs(s, trainable))
+
+
+def _inner_kwargs(s: Setup, trainable) -> dict:
+    """The run's inner-loop settings, with ``trainable`` replaced unless it is ``"run"``."""
+    return dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
+
+
+def baseline_inits(s: Setup, names) -> dict:
+    """The named baselines (``baselines.BASELINES``) for this run, deterministic given its seed."""
+    keys = run_keys(s.cfg.seed)
+    return make_baselines(names, s.model, s.loss, s.tasks, random_key=keys.random_init,
+                          transfer_key=mx.random.split(keys.eval_final, 4)[3])
 
 
 def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps: int | None = None,
-                     baselines: tuple[str, ...] = ("random",), speed_steps: int | None = None) -> dict:
+                     baselines: tuple[str, ...] | dict = ("random",), speed_steps: int | None = None) -> dict:
     """The meta-learned init vs baselines on the same held-out episodes (deterministic given the seed).
 
     Every init adapts with the same inner loop; the meta-learned one at the algorithm's inner learning
     rate (Meta-SGD: its learned per-parameter rates), the baselines at ``inner_lr`` (or ``eval.inner_lr``).
     With ``speed_steps``, curves run that long and ``speed`` says how many steps each init needs to reach
-    the meta-learned init's result after ``steps`` (see ``adaptation_speed``).
+    the meta-learned init's result after ``steps`` (see ``adaptation_speed``). ``baselines`` are names,
+    or the ``baseline_inits`` already built (so a caller that also draws figures pretrains once).
     """
     keys = run_keys(s.cfg.seed)
     n = episodes or s.cfg.eval.episodes
@@ -137,8 +149,7 @@ def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps
     learned_lr = s.meta.inner_lr(state)
     inits = {"meta": evaluate_init(s, params, keys.eval_final, n, horizon, inner_lr=learned_lr)}
     # Baselines adapt every leaf (random, transfer) or the head (head), whatever the run adapts.
-    base = make_baselines(baselines, s.model, s.loss, s.tasks, random_key=keys.random_init,
-                          transfer_key=mx.random.split(keys.eval_final, 4)[3])
+    base = baselines if isinstance(baselines, dict) else baseline_inits(s, baselines)
     for name, b in base.items():
         inits[name] = evaluate_init(s, b.params, keys.eval_final, n, horizon, trainable=b.trainable)
     out = {
@@ -166,7 +177,7 @@ def _ms_per_step(s: Setup, params, inner_lr, trainable, episodes: int = 64, step
 
     batch = s.tasks.sample_test(mx.random.key(0), episodes)
     lr = inner_lr if inner_lr is not None else (s.cfg.eval.inner_lr or s.cfg.inner_lr)
-    inner = dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
+    inner = _inner_kwargs(s, trainable)
     inner.pop("transductive")
 
     def one(p, sx, sy, key):
@@ -232,8 +243,12 @@ def sine_predictions(s: Setup, inits: dict, key: mx.array, steps=(0, 1, 10)) -> 
             "support": (np.array(support[0][:, 0]), np.array(support[1][:, 0])), "predictions": preds}
 
 
-def write_figures(s: Setup, params, state, ev: dict, out_dir: Path, metrics_path: Path | None = None) -> list[Path]:
-    """curves.png (every init), training.png (if a metrics.jsonl is given) and, for sine, sine.png."""
+def write_figures(s: Setup, params, state, ev: dict, out_dir: Path, metrics_path: Path | None = None,
+                  baselines: dict | None = None) -> list[Path]:
+    """curves.png (every init), training.png (if a metrics.jsonl is given) and, for sine, sine.png.
+
+    ``baselines``: the ``baseline_inits`` used for ``ev``; the sine figure shows its transfer model.
+    """
     from reptile_fn import plots
 
     out = [plots.adaptation_curves(ev, out_dir / "curves.png")]
@@ -243,9 +258,8 @@ def write_figures(s: Setup, params, state, ev: dict, out_dir: Path, metrics_path
         keys = run_keys(s.cfg.seed)
         inits = {"meta-learned": (params, s.meta.inner_lr(state), s.inner_kwargs["trainable"])}
         if "transfer" in ev["inits"]:
-            base = make_baselines(("transfer",), s.model, s.loss, s.tasks, random_key=keys.random_init,
-                                  transfer_key=mx.random.split(keys.eval_final, 4)[3])
-            inits["pretrained (transfer)"] = (base["transfer"].params, s.cfg.eval.inner_lr or s.cfg.inner_lr, None)
+            transfer = (baselines or baseline_inits(s, ("transfer",)))["transfer"]
+            inits["pretrained (transfer)"] = (transfer.params, s.cfg.eval.inner_lr or s.cfg.inner_lr, None)
         fit = sine_predictions(s, inits, mx.random.split(keys.eval_final, 4)[2])
         out.append(plots.sine_fit(fit["x_plot"], fit["y_true"], fit["support"], fit["predictions"], out_dir / "sine.png"))
     return out
@@ -456,19 +470,12 @@ def _resume(cfg: C.Config | None, ckpt_path: Path):
                               "it was not written by `reptile-fn train`")
     stored = C.from_dict(meta["config"], source=str(ckpt_path))
     if cfg is not None and cfg != stored:
-        a, b = C.to_dict(stored), C.to_dict(cfg)
-        diff = [k for k in C.leaf_keys() if _get(a, k) != _get(b, k)]
+        diff = [k for k in C.leaf_keys() if C.get(stored, k) != C.get(cfg, k)]
         raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diff)}; "
                           "resume without --config/--set, or start a new run in another --out")
     lw = meta.get("log_window") or {"count": 0, "sums": {}}
     window = {k: mx.array(v, dtype=mx.float32) for k, v in lw["sums"].items()}
     return stored, arrays, arrays, int(meta["iteration"]), window, int(lw["count"])
-
-
-def _get(d: dict, key: str):
-    for part in key.split("."):
-        d = d[part]
-    return d
 
 
 def _diverged(cfg: C.Config, it: int, ckpt: Path | None, last_good: int | None) -> TrainingDivergedError:
