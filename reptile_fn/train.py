@@ -350,11 +350,13 @@ def train(
                 if not bool(T.all_finite(params)) or not all(math.isfinite(v) for v in record.values()):
                     raise _diverged(cfg, it, ckpt_path if last_good is not None else None, last_good)
                 metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()  # so that `tail -f metrics.jsonl` follows a long run
                 bar.update(it, record)
             if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
                 curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes,
                                       inner_lr=s.meta.inner_lr(state))
                 metrics_file.write(json.dumps({"iteration": it, "eval": _final_point(curve)}) + "\n")
+                metrics_file.flush()
             if it % cfg.checkpoint_every == 0 or it == end:
                 metrics_file.flush()
                 save(run)
