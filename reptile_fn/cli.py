@@ -125,8 +125,9 @@ def train(
 @_errors_to_exit
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train."),
-    baselines: str = typer.Option("random,transfer,head", "--baselines",
-                                  help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only)."),
+    baselines: Optional[str] = typer.Option(
+        None, "--baselines", help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only); "
+        "PEFT runs: lora0 (fresh adapter), base-full, base-head, random. Default: all but random for PEFT."),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="Held-out episodes (default: the config's)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps K (default: the config's)."),
     speed_steps: int = typer.Option(100, "--speed-steps", min=0,
@@ -135,13 +136,23 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
     data_dir: Optional[Path] = DataDirOpt,
     split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val or evaluation."),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Evaluate with a changed setting, e.g. tasks.k_shot=5 or eval.transductive=false."),
 ) -> None:
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
-    from reptile_fn.train import baseline_inits, final_evaluation, format_results, format_speed, load_run, write_figures
+    from reptile_fn.train import (
+        baseline_inits,
+        default_baselines,
+        final_evaluation,
+        format_results,
+        format_speed,
+        load_run,
+        write_figures,
+    )
 
-    names = tuple(b.strip() for b in baselines.split(",") if b.strip())
-    overrides = _with_data_dir([f"tasks.test_split={split}"] if split else [], data_dir)
+    overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir)
     s, params, state, iteration = load_run(checkpoint, overrides)
+    names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(s)
     base = baseline_inits(s, names)
     ev = final_evaluation(s, params, state, episodes=episodes, steps=steps, baselines=base,
                           speed_steps=speed_steps or None)

@@ -54,6 +54,25 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PeftConfig:
+    """Parameter-efficient meta-learning: a frozen base tree and an adapter tree (``reptile_fn.peft``)."""
+
+    method: str = "none"  # none | lora | adalora | full | head
+    rank: int = 4  # lora/adalora: rank r of each adapter (adalora: the initial rank)
+    scale: float = 1.0  # lora: ΔW = scale · A · B (Hugging Face peft: scale = lora_alpha / r)
+    targets: tuple[str, ...] = ("layer*.w", "conv*.w")  # glob patterns over base paths that get an adapter
+    dropout: float = 0.0  # must be 0: adapters are merged into the weights (see reptile_fn.peft.lora)
+    train_head: bool = True  # the head adapts (and is meta-learned) beside the adapter
+    meta_learn_base: bool = False  # also meta-learn the base (Reptile: the base then adapts too)
+    base: str = "pretrain"  # random | pretrain | a run's checkpoint.safetensors
+    base_families: tuple[str, ...] | None = None  # synthetic: families the base is pretrained on (null: the run's)
+    base_pretrain_iterations: int = 2000
+    target_rank: int | None = None  # adalora: total rank left at the end (null: half the initial total)
+    rank_warmup: float = 0.1  # adalora: fraction of meta-iterations before pruning starts
+    rank_final: float = 0.2  # adalora: fraction at the end spent at the target rank
+
+
+@dataclass(frozen=True)
 class Config:
     algorithm: str = "reptile"
     seed: int = 0
@@ -73,6 +92,7 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
 CHOICES = {
@@ -84,12 +104,14 @@ CHOICES = {
     "inner_optimizer": ("sgd", "adam"),
     "outer_optimizer": ("sgd", "adam"),
     "model.kind": ("mlp", "conv4"),
+    "peft.method": ("none", "lora", "adalora", "full", "head"),
     "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
 }
 POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
-            "eval.during_training_episodes", "eval.inner_lr", "inner_batch_size"}
+            "eval.during_training_episodes", "eval.inner_lr", "inner_batch_size", "peft.rank", "peft.scale",
+            "peft.base_pretrain_iterations", "peft.target_rank"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 
 
@@ -206,6 +228,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
     if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
         raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {list(cfg.inner_adam_betas)}")
+    _validate_peft(cfg, source)
     if cfg.tasks.dataset == "omniglot":
         if cfg.model.kind != "conv4":
             raise ConfigError(f"{source}: tasks.dataset = omniglot needs model.kind = conv4 (images), got {cfg.model.kind!r}")
@@ -220,6 +243,30 @@ def validate(cfg: Config, *, source: str = "config") -> None:
                           num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
     except ConfigError as e:
         raise ConfigError(f"{source}: tasks.families: {e}") from None
+
+
+def _validate_peft(cfg: Config, source: str) -> None:
+    p = cfg.peft
+    if p.method == "none":
+        return
+    if tuple(cfg.trainable) != ("*",):
+        raise ConfigError(f"{source}: trainable and peft.method = {p.method} both choose what adapts; "
+                          "leave trainable at ['*'] (peft.train_head / peft.method decide)")
+    if p.dropout:
+        raise ConfigError(f"{source}: peft.dropout = {p.dropout} is not supported (adapters are merged into the "
+                          "weights, so there is no separate low-rank input to drop); set peft.dropout: 0")
+    for key in ("rank_warmup", "rank_final"):
+        if not 0 <= getattr(p, key) < 1:
+            raise ConfigError(f"{source}: peft.{key} must be in [0, 1), got {getattr(p, key)}")
+    if p.rank_warmup + p.rank_final >= 1:
+        raise ConfigError(f"{source}: peft.rank_warmup + peft.rank_final must be < 1 (pruning needs time between them)")
+    if p.method == "head" and not p.train_head:
+        raise ConfigError(f"{source}: peft.method = head with peft.train_head = false adapts nothing; set train_head: true")
+    if p.base_families is not None and cfg.tasks.dataset != "synthetic":
+        raise ConfigError(f"{source}: peft.base_families is for synthetic tasks; with {cfg.tasks.dataset} set it to null "
+                          "(the base is pretrained on the run's training classes)")
+    if p.base not in ("random", "pretrain") and not p.base.endswith(".safetensors"):
+        raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, or a run's checkpoint.safetensors")
 
 
 def get(cfg: Any, key: str) -> Any:

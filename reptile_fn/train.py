@@ -26,7 +26,7 @@ from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, MetaStep
 from reptile_fn.algorithms.maml import ANIL_TRAINABLE
-from reptile_fn.baselines import make_baselines, steps_to_reach
+from reptile_fn.baselines import Init, make_baselines, steps_to_reach
 from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reptile_fn.evaluate import few_shot_curve
 from reptile_fn.inner import adapt
@@ -35,6 +35,7 @@ from reptile_fn.models import Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 
 CHECKPOINT = "checkpoint.safetensors"
+ADAPTER_DIR = "adapter"  # PEFT runs: adapters.safetensors + adapter_config.json
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 
@@ -50,6 +51,9 @@ class Setup(NamedTuple):
     meta: MetaStep
     inner_kwargs: dict  # how the inner loop adapts at evaluation
     sample_train: Callable  # (key, n_tasks) -> Episode for meta-training (train_shots support examples)
+    initial_params: Callable  # (key) -> the starting parameters (PEFT: the pretrained base + a fresh adapter)
+    peft: object = None  # peft.Peft for PEFT runs, else None
+    meta_trainable: object = None  # predicate of what the outer loop learns (None: as the algorithm decides)
 
 
 class Keys(NamedTuple):
@@ -90,6 +94,23 @@ def setup(cfg: C.Config) -> Setup:
     loss = cross_entropy if classification else mse
     patterns = ANIL_TRAINABLE if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
     trainable = trainable_predicate(patterns)
+    initial_params, pf, meta_trainable, extra = model.init, None, None, {}
+    if cfg.peft.method != "none":
+        from reptile_fn import peft
+
+        p = cfg.peft
+        pf = peft.peft_model(model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
+        inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
+                                            reptile=cfg.algorithm == "reptile")
+        if cfg.algorithm == "anil":
+            inner_pat = (peft.HEAD,)
+        pf = pf._replace(inner=inner_pat, meta=meta_pat)
+        trainable, meta_trainable = T.match(inner_pat), T.match(meta_pat)
+        base_model = model
+        model = pf.model
+        initial_params = _peft_initial_params(cfg, pf, base_model, loss, tasks)
+        if cfg.algorithm != "reptile":
+            extra["meta_trainable"] = meta_trainable
     defaults = DEFAULTS[cfg.algorithm]
     betas = tuple(cfg.inner_adam_betas)
     inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size,
@@ -99,9 +120,60 @@ def setup(cfg: C.Config) -> Setup:
         outer_lr=defaults["outer_lr"] if cfg.outer_lr is None else cfg.outer_lr,
         outer_lr_final=cfg.outer_lr_final, meta_iterations=cfg.meta_iterations,
         inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size, inner_adam_betas=betas,
-        outer_optimizer=cfg.outer_optimizer or defaults["outer_optimizer"], trainable=trainable,
+        outer_optimizer=cfg.outer_optimizer or defaults["outer_optimizer"], trainable=trainable, **extra,
     )
-    return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, train_tasks.sample_train)
+    if cfg.peft.method == "adalora":
+        from reptile_fn.peft.adalora import with_rank_allocation
+
+        initial = sum(peft_ranks_initial(pf, model).values())
+        n = cfg.meta_iterations
+        meta = with_rank_allocation(meta, target_rank=cfg.peft.target_rank or max(initial // 2, 1), total_steps=n,
+                                    init_warmup=int(cfg.peft.rank_warmup * n), final_warmup=int(cfg.peft.rank_final * n))
+    return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, train_tasks.sample_train,
+                 initial_params, pf, meta_trainable)
+
+
+def peft_ranks_initial(pf, model: Model) -> dict[str, int]:
+    """Per-weight ranks of a fresh adapter (shapes only; nothing is trained)."""
+    from reptile_fn.peft import ranks
+
+    return ranks(model.init(mx.random.key(0))["adapter"])
+
+
+def _peft_initial_params(cfg: C.Config, pf, base_model: Model, loss, tasks) -> Callable:
+    """(key) -> {"base": the configured base, "adapter": a fresh adapter}; pretraining runs only when called."""
+    p = cfg.peft
+
+    def initial(key: mx.array):
+        k_base, k_adapter = mx.random.split(key)
+        base = load_base(cfg, base_model, loss, tasks, k_base)
+        return {"base": base, "adapter": pf.new_adapter(k_adapter, base)}
+
+    return initial if p.base != "random" else pf.model.init
+
+
+def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
+    """The PEFT base: pretrained on (part of) the task distribution, or a run's checkpoint."""
+    from reptile_fn.baselines import pretrain
+
+    p = cfg.peft
+    if p.base == "random":
+        return base_model.init(key)
+    if p.base == "pretrain":
+        source = tasks
+        if p.base_families is not None:
+            t = cfg.tasks
+            source = make_distribution(p.base_families, k_shot=t.k_shot, query_size=t.query_size,
+                                       num_train_tasks=t.num_train_tasks, seed=cfg.seed + 1)
+            if source.out_dim != tasks.out_dim or source.in_dim != tasks.in_dim:
+                raise ConfigError(f"peft.base_families {list(p.base_families)} have inputs/outputs "
+                                  f"{source.in_dim}/{source.out_dim}, the run's tasks {tasks.in_dim}/{tasks.out_dim}; "
+                                  "pick families of the same kind")
+        return pretrain(base_model, loss, source, key, iterations=p.base_pretrain_iterations)
+    arrays, meta = checkpoint.load(p.base)
+    if meta.get("config", {}).get("peft", {}).get("method", "none") != "none":
+        raise ConfigError(f"peft.base = {p.base} is itself a PEFT run; point at a plain run's checkpoint")
+    return checkpoint.restore(arrays, "params", base_model.init(key), source=p.base)
 
 
 def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None,
@@ -125,15 +197,44 @@ def _inner_kwargs(s: Setup, trainable) -> dict:
     return dict(s.inner_kwargs, **({"trainable": trainable} if trainable != "run" else {}))
 
 
+PEFT_BASELINES = ("lora0", "base-full", "base-head", "random")
+
+
+def default_baselines(s: Setup) -> tuple[str, ...]:
+    return ("lora0", "base-full", "base-head") if s.peft is not None else ("random", "transfer", "head")
+
+
 def baseline_inits(s: Setup, names) -> dict:
-    """The named baselines (``baselines.BASELINES``) for this run, deterministic given its seed."""
+    """The named baselines for this run, deterministic given its seed.
+
+    Plain runs: ``baselines.BASELINES`` (random, transfer, head). PEFT runs start from the run's own
+    base: ``lora0`` (a fresh adapter, B = 0, adapted like the run), ``base-full`` (full fine-tuning of
+    the base), ``base-head`` (its head only), ``random`` (a random base, fully fine-tuned).
+    """
     keys = run_keys(s.cfg.seed)
+    if s.peft is not None:
+        unknown = [n for n in names if n not in PEFT_BASELINES]
+        if unknown:
+            raise ConfigError(f"unknown baseline {unknown[0]!r} for a PEFT run; choose from {', '.join(PEFT_BASELINES)} "
+                              "(base-full / base-head fine-tune the run's pretrained base)")
+        start = s.initial_params(keys.init)
+        out = {}
+        for name in names:
+            if name == "lora0":
+                out[name] = Init(start, s.inner_kwargs["trainable"])
+            elif name == "base-full":
+                out[name] = Init(start, T.match("base.*"))
+            elif name == "base-head":
+                out[name] = Init(start, T.match(("base.head.*",)))
+            else:
+                out[name] = Init(s.model.init(keys.random_init), T.match("base.*"))
+        return out
     return make_baselines(names, s.model, s.loss, s.tasks, random_key=keys.random_init,
                           transfer_key=mx.random.split(keys.eval_final, 4)[3])
 
 
 def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps: int | None = None,
-                     baselines: tuple[str, ...] | dict = ("random",), speed_steps: int | None = None) -> dict:
+                     baselines: tuple[str, ...] | dict | None = None, speed_steps: int | None = None) -> dict:
     """The meta-learned init vs baselines on the same held-out episodes (deterministic given the seed).
 
     Every init adapts with the same inner loop; the meta-learned one at the algorithm's inner learning
@@ -149,6 +250,8 @@ def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps
     learned_lr = s.meta.inner_lr(state)
     inits = {"meta": evaluate_init(s, params, keys.eval_final, n, horizon, inner_lr=learned_lr)}
     # Baselines adapt every leaf (random, transfer) or the head (head), whatever the run adapts.
+    if baselines is None:  # the final evaluation of `train`: random init, or for PEFT a fresh adapter on the base
+        baselines = ("lora0",) if s.peft is not None else ("random",)
     base = baselines if isinstance(baselines, dict) else baseline_inits(s, baselines)
     for name, b in base.items():
         inits[name] = evaluate_init(s, b.params, keys.eval_final, n, horizon, trainable=b.trainable)
@@ -308,7 +411,7 @@ def train(
             raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
                               "or choose another --out")
         s = setup(cfg)
-        params = s.model.init(run_keys(cfg.seed).init)
+        params = s.initial_params(run_keys(cfg.seed).init)
         state = s.meta.init(params)
         start, window, n_window = 0, {}, 0
         out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +434,8 @@ def train(
         window = {"count": run.n_window, "sums": {k: float(v) for k, v in run.window.items()}}
         checkpoint.save(ckpt_path, run.params, run.state,
                         {"config": C.to_dict(cfg), "iteration": run.iteration, "log_window": window})
+        if s.peft is not None:
+            save_adapter_files(s, run.params, out / ADAPTER_DIR)
 
     run = _Progress(params, state, start, window, n_window)
     last_good = start if resume else None
@@ -381,10 +486,35 @@ def train(
         "meta_steps_per_s": round(done / seconds, 1) if done else None,
         "config": C.to_dict(cfg),
     }
+    if s.peft is not None:
+        summary["peft"] = peft_summary(s, run.params)
     if end == cfg.meta_iterations:
         summary["eval"] = final_evaluation(s, run.params, run.state)
         _atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
     return summary
+
+
+def peft_summary(s: Setup, params) -> dict:
+    """Method, per-weight ranks, and total / adapted / meta-learned parameter counts of a PEFT run."""
+    from reptile_fn import peft
+
+    counts = peft.counts(params, s.inner_kwargs["trainable"], s.meta_trainable)
+    return {"method": s.cfg.peft.method, "ranks": peft.ranks(params["adapter"]), **counts}
+
+
+def save_adapter_files(s: Setup, params, directory: Path) -> None:
+    """``adapters.safetensors`` + ``adapter_config.json``: the meta-learned leaves of a PEFT run, tied to its base."""
+    from reptile_fn import peft
+
+    p = s.cfg.peft
+    learned = [path for path in T.paths(params) if s.meta_trainable(path)]
+    config = {"method": p.method, "rank": p.rank, "scale": p.scale, "targets": list(p.targets),
+              "ranks": peft.ranks(params["adapter"]), "train_head": p.train_head, "meta_learn_base": p.meta_learn_base,
+              "base_source": p.base if p.base != "pretrain" else
+              f"pretrain (seed {s.cfg.seed}, families {list(p.base_families or s.cfg.tasks.families)}, "
+              f"{p.base_pretrain_iterations} iterations)",
+              "model": C.to_dict(s.cfg.model)}
+    peft.save_adapters(directory, params, learned, config)
 
 
 def stored_config(out_dir: str | Path) -> C.Config:

@@ -46,6 +46,7 @@ def make_step(
     inner_adam_betas: tuple[float, float] = (0.9, 0.999),
     outer_optimizer: str = DEFAULTS["outer_optimizer"],
     trainable: PathPredicate | None = None,
+    meta_trainable: PathPredicate | None = None,
     first_order: bool = False,
     learn_inner_lr: bool = False,
     batched: bool = True,
@@ -54,7 +55,8 @@ def make_step(
     """Build a MAML-family meta-step (see the module docstring for the update).
 
     Args:
-      trainable: the parameters that adapt in the inner loop (ANIL: the head); all are meta-learned.
+      trainable: the parameters that adapt in the inner loop (ANIL: the head).
+      meta_trainable: the parameters the outer loop learns (``None``: all; PEFT: the adapter and head).
       first_order: FOMAML (drop the second-order terms).
       learn_inner_lr: Meta-SGD: α starts at ``inner_lr`` for every parameter and is meta-learned.
     """
@@ -62,7 +64,8 @@ def make_step(
     schedule = optim.linear_schedule(outer_lr, outer_lr_final, meta_iterations)
 
     def meta_params(params: Tree, state: Tree) -> Tree:
-        return {"params": params, "inner_lr": state["inner_lr"]} if learn_inner_lr else {"params": params}
+        learned = T.partition(params, meta_trainable)[0]
+        return {"params": learned, "inner_lr": state["inner_lr"]} if learn_inner_lr else {"params": learned}
 
     def init(params: Tree) -> Tree:
         state: Tree = {"iteration": mx.array(0, dtype=mx.int32)}
@@ -85,18 +88,21 @@ def make_step(
         fast_lr = lr if isinstance(lr, dict) else tree_map(lambda p: mx.full(p.shape, lr, dtype=p.dtype), fast)
         return T.combine(fast_lr, T.zeros_like(frozen))
 
-    def task_loss(mp: Tree, sx, sy, qx, qy, key):
+    def task_loss(shared: Tree, sx, sy, qx, qy, key):
+        mp = shared["meta"]
+        params = T.combine(mp["params"], shared["fixed"])
         lr = mp["inner_lr"] if learn_inner_lr else inner_lr
         adapted, support_losses = adapt(
-            apply, loss, mp["params"], (sx, sy), lr=inner_lr_tree(lr, mp["params"]), steps=inner_steps,
+            apply, loss, params, (sx, sy), lr=inner_lr_tree(lr, params), steps=inner_steps,
             optimizer=inner_optimizer, trainable=None if mask_frozen else trainable,
             inner_batch_size=inner_batch_size, key=key, first_order=first_order, adam_betas=inner_adam_betas,
         )
         return loss(apply(adapted, qx), qy), support_losses
 
-    def objective(mp: Tree, batch, keys):
+    def objective(mp: Tree, fixed: Tree, batch, keys):
         query_losses, support_losses = over_tasks(
-            task_loss, mp, (batch.support_x, batch.support_y, batch.query_x, batch.query_y, keys), batched=batched)
+            task_loss, {"meta": mp, "fixed": fixed},
+            (batch.support_x, batch.support_y, batch.query_x, batch.query_y, keys), batched=batched)
         return mx.mean(query_losses), support_losses
 
     value_and_grad = mx.value_and_grad(objective)
@@ -104,7 +110,8 @@ def make_step(
     def step(params: Tree, state: Tree, batch, key: mx.array):
         keys = mx.random.split(key, batch.support_x.shape[0])
         mp = meta_params(params, state)
-        (query_loss, support_losses), grads = value_and_grad(mp, batch, keys)
+        fixed = T.partition(params, meta_trainable)[1]  # not meta-learned: no gradient, never updated
+        (query_loss, support_losses), grads = value_and_grad(mp, fixed, batch, keys)
         lr = schedule(state["iteration"])
         updates, outer_state = outer.update(grads, state["outer"], lr)
         new = T.sub(mp, updates)
@@ -114,7 +121,7 @@ def make_step(
         metrics = {"query_loss": query_loss, "outer_lr": lr}
         if inner_steps:
             metrics["support_loss"] = mx.mean(support_losses[:, 0])
-        return new["params"], new_state, metrics
+        return T.combine(new["params"], fixed), new_state, metrics
 
     def current_inner_lr(state: Tree):
         return state["inner_lr"] if learn_inner_lr else inner_lr

@@ -1,0 +1,98 @@
+"""Adapter checkpoints: ``adapters.safetensors`` + ``adapter_config.json``, tied to their base.
+
+The safetensors file holds the meta-learned leaves of a PEFT run (the adapter, and the head when
+it was meta-learned too), under their paths in the ``{"base": ..., "adapter": ...}`` tree. The JSON
+config records rank, scale, targets, the per-weight ranks, and ``base_hash``: a SHA-256 over the
+*frozen* base leaves (paths, shapes, dtypes and bytes). ``load_adapters`` refuses a base whose
+frozen leaves hash differently, so an adapter is never silently applied to the wrong network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from reptile_fn import tree as T
+from reptile_fn.errors import CheckpointError
+from reptile_fn.tree import Tree
+
+ADAPTERS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def tree_hash(tree: Tree) -> str:
+    """SHA-256 of a tree's leaves: sorted paths, shapes, dtypes and values."""
+    h = hashlib.sha256()
+    for path, x in sorted(tree_flatten(tree), key=lambda kv: kv[0]):
+        arr = np.asarray(x.astype(mx.float32) if x.dtype == mx.bfloat16 else x)
+        h.update(f"{path}|{arr.shape}|{x.dtype}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def split_learned(params: Tree, learned: list[str]) -> tuple[Tree, Tree]:
+    """(meta-learned leaves, frozen base leaves) of a ``{"base", "adapter"}`` tree."""
+    keep = set(learned)
+    return T.partition(params, lambda p: p in keep)
+
+
+def save_adapters(directory: str | Path, params: Tree, learned: list[str], config: dict) -> None:
+    """Write the meta-learned leaves and their config atomically (temp files, then rename)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    chosen, frozen = split_learned(params, learned)
+    meta = {**config, "learned": sorted(learned), "base_hash": tree_hash(frozen.get("base", {}))}
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".adapters-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        mx.save_safetensors(tmp, dict(tree_flatten(chosen)))
+        os.replace(tmp, d / ADAPTERS)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".adapter_config-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, d / ADAPTER_CONFIG)
+
+
+def read_adapter_config(directory: str | Path) -> dict:
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; point at a folder written by a PEFT run "
+                              f"(it holds {ADAPTERS} and {ADAPTER_CONFIG})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-export the adapter") from None
+
+
+def load_adapters(directory: str | Path, base: Tree) -> tuple[Tree, dict]:
+    """Put a saved adapter (and head) onto ``base``: returns (``{"base", "adapter"}`` params, config).
+
+    ``base`` is the plain base parameter tree the adapter was trained on. Raises ``CheckpointError``
+    when its frozen leaves do not hash to the recorded ``base_hash`` (the wrong base network).
+    """
+    d = Path(directory)
+    cfg = read_adapter_config(d)
+    try:
+        arrays = mx.load(str(d / ADAPTERS))
+    except Exception as e:  # noqa: BLE001 - MLX raises plain exceptions for missing or corrupt files
+        raise CheckpointError(f"cannot read {d / ADAPTERS} ({e}); re-export the adapter") from None
+    learned = tree_unflatten(list(arrays.items()))
+    params = T.combine({"base": T.partition(base, lambda p: f"base.{p}" not in set(cfg["learned"]))[0]}, learned)
+    _, frozen = split_learned(params, cfg["learned"])
+    got = tree_hash(frozen.get("base", {}))
+    if got != cfg["base_hash"]:
+        raise CheckpointError(
+            f"the adapter in {d} was trained on a different base network (base hash {cfg['base_hash'][:12]}…, "
+            f"this base {got[:12]}…); load it onto the base it was made for "
+            f"({cfg.get('base_source', 'see adapter_config.json')})")
+    return params, cfg
