@@ -41,9 +41,16 @@ def _errors_to_exit(fn):
     return wrapper
 
 
+def _format_peft(p: dict) -> str:
+    ranks = ", ".join(f"{k} {v}" for k, v in p["ranks"].items()) or "none (no adapter)"
+    return (f"peft {p['method']}: {p['adapted']:,} of {p['total']:,} parameters adapt per task, "
+            f"{p['meta_learned']:,} meta-learned; ranks: {ranks}")
+
+
 @app.command()
 @_errors_to_exit
-def info() -> None:
+def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model."),
+         set_: List[str] = SetOpt) -> None:
     """Versions, device, BLAS, and the task families and algorithms available."""
     import mlx.core as mx
     import numpy as np
@@ -65,6 +72,26 @@ def info() -> None:
     ]
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
+    if config is not None or set_:
+        typer.echo(_describe_model(config, set_))
+
+
+def _describe_model(config: Optional[Path], set_: List[str]) -> str:
+    """Parameter counts of a config's model: total, adapted per task, meta-learned (PEFT: the adapter)."""
+    import mlx.core as mx
+
+    from reptile_fn import config as C
+    from reptile_fn import tree as T
+    from reptile_fn.train import peft_summary, setup
+
+    cfg = C.load(config, set_)
+    s = setup(cfg)
+    params = s.model.init(mx.random.key(cfg.seed))  # shapes only: a random base stands in for a pretrained one
+    if s.peft is not None:
+        return f"{'parameters':<14} " + _format_peft(peft_summary(s, params))
+    total = T.param_count(params)
+    adapted = T.param_count(T.partition(params, s.inner_kwargs["trainable"])[0])
+    return f"{'parameters':<14} {cfg.model.kind}: {adapted:,} of {total:,} adapt per task, {total:,} meta-learned"
 
 
 @app.command()
@@ -117,6 +144,8 @@ def train(
     summary = run_train(cfg, out, resume=resume, progress=progress and sys.stderr.isatty(), log=typer.echo)
     rate = f" ({summary['meta_steps_per_s']} meta-steps/s)" if summary["meta_steps_per_s"] else ""
     typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s{rate}; run in {out}")
+    if "peft" in summary:
+        typer.echo(_format_peft(summary["peft"]) + f"; adapter in {out / 'adapter'}")
     if "eval" in summary:
         typer.echo(format_results(summary["eval"]))
 
@@ -124,7 +153,8 @@ def train(
 @app.command("eval")
 @_errors_to_exit
 def eval_(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train, or a "
+                                    "shipped initialization's name (omniglot-5w1s, omniglot-5w5s)."),
     baselines: Optional[str] = typer.Option(
         None, "--baselines", help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only); "
         "PEFT runs: lora0 (fresh adapter), base-full, base-head, random. Default: all but random for PEFT."),
@@ -151,6 +181,10 @@ def eval_(
     )
 
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir)
+    from reptile_fn import pretrained
+
+    checkpoint = pretrained.resolve(checkpoint)
+    shipped = pretrained.is_shipped(checkpoint)
     s, params, state, iteration = load_run(checkpoint, overrides)
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(s)
     base = baseline_inits(s, names)
@@ -161,7 +195,7 @@ def eval_(
     typer.echo(format_results(ev, max_step=k))
     if "speed" in ev:
         typer.echo(format_speed(ev["speed"]))
-    out_dir = out or checkpoint.parent / "eval"
+    out_dir = out or (Path("runs") / "eval" / checkpoint.stem if shipped else checkpoint.parent / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"checkpoint": str(checkpoint), "iteration": iteration, **ev}, indent=2)
     for target in filter(None, (out_dir / "results.json", json_out)):

@@ -499,7 +499,7 @@ def peft_summary(s: Setup, params) -> dict:
     from reptile_fn import peft
 
     counts = peft.counts(params, s.inner_kwargs["trainable"], s.meta_trainable)
-    return {"method": s.cfg.peft.method, "ranks": peft.ranks(params["adapter"]), **counts}
+    return {"method": s.cfg.peft.method, "ranks": peft.ranks(params.get("adapter", {})), **counts}
 
 
 def save_adapter_files(s: Setup, params, directory: Path) -> None:
@@ -509,7 +509,7 @@ def save_adapter_files(s: Setup, params, directory: Path) -> None:
     p = s.cfg.peft
     learned = [path for path in T.paths(params) if s.meta_trainable(path)]
     config = {"method": p.method, "rank": p.rank, "scale": p.scale, "targets": list(p.targets),
-              "ranks": peft.ranks(params["adapter"]), "train_head": p.train_head, "meta_learn_base": p.meta_learn_base,
+              "ranks": peft.ranks(params.get("adapter", {})), "train_head": p.train_head, "meta_learn_base": p.meta_learn_base,
               "base_source": p.base if p.base != "pretrain" else
               f"pretrain (seed {s.cfg.seed}, families {list(p.base_families or s.cfg.tasks.families)}, "
               f"{p.base_pretrain_iterations} iterations)",
@@ -525,8 +525,13 @@ def stored_config(out_dir: str | Path) -> C.Config:
 def load_run(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[Setup, dict, dict, int]:
     """Rebuild the setup, parameters and algorithm state of a saved run: (setup, params, state, iteration).
 
+    ``checkpoint_path`` may also name a shipped initialization (``reptile_fn.pretrained``), e.g. ``omniglot-5w1s``.
+
     ``overrides`` (``key=value``) change where evaluation looks, e.g. ``tasks.data_dir`` or ``tasks.test_split``.
     """
+    from reptile_fn import pretrained
+
+    checkpoint_path = pretrained.resolve(checkpoint_path)
     arrays, meta = checkpoint.load(checkpoint_path)
     if "config" not in meta:
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by `reptile-fn train`")

@@ -289,3 +289,16 @@ def test_regression_peft_mse_runs():
     _, losses = adapt(pf.model.apply, mse, params, (batch.support_x[0], batch.support_y[0]), lr=0.05, steps=5,
                       trainable=T.match(inner))
     assert float(losses[-1]) < float(losses[0])
+
+
+@pytest.mark.parametrize("method", ["full", "head"])
+def test_full_and_head_methods_train_without_an_adapter(tmp_path, method):
+    cfg = C.load(None, TINY + (f"peft.method={method}", "peft.base_pretrain_iterations=50"))
+    summary = train(cfg, tmp_path, progress=False, log=quiet)
+    assert summary["peft"]["ranks"] == {}
+    head = 16 * 2 + 2
+    assert summary["peft"]["adapted"] == (head if method == "head" else summary["peft"]["total"])
+    s, params, _, _ = load_run(tmp_path / "checkpoint.safetensors")
+    start = s.initial_params(mx.random.split(mx.random.key(cfg.seed), 5)[0])
+    moved_body = max_abs_diff(params["base"]["layer0"], start["base"]["layer0"]) > 0
+    assert moved_body == (method == "full")

@@ -75,7 +75,7 @@ def peft_model(base_model: Model, *, method: str, targets=("layer*.w", "conv*.w"
         return {"base": base, "adapter": new_adapter(k_adapter, base)}
 
     def apply(params: Tree, x: mx.array) -> mx.array:
-        return base_model.apply(merge(params["base"], params["adapter"], scale=scale), x)
+        return base_model.apply(merge(params["base"], params.get("adapter", {}), scale=scale), x)  # head/full: no adapter
 
     inner, meta = patterns(method)
     return Peft(Model(init, apply), new_adapter, inner, meta)
