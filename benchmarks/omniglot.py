@@ -114,7 +114,8 @@ def render(res: dict) -> str:
     lines += [
         f"Data: **background set only** (`images_background.zip`; no `images_evaluation.zip` here), split by "
         f"alphabet with seed 0 (20 alphabets meta-train / 5 val / 5 test; meta-training characters also rotated by "
-        f"90°, 180°, 270° as new classes, test characters not, as in Nichol et al.), scored on the `{proto['split']}` alphabets, which no training task used. The paper's "
+        f"90°, 180°, 270° as new classes, test characters not, as in Nichol et al.), scored on the "
+        f"`{proto['split']}` alphabets, which no training task used. The paper's "
         "standard protocol instead meta-tests on 423 characters drawn from both sets, so these numbers are not "
         "the same test set. Settings: `configs/omniglot_{5,20}w{1,5}s.yaml` (the supervised-reptile settings) "
         "except the number of meta-iterations, which this 2-core CPU could afford (paper: 100k for 5-way, 200k for "
