@@ -50,9 +50,10 @@ def score(ckpt: Path, data_dir: str | None, shots: int, transductive: bool, epis
         overrides.append(f"tasks.data_dir={data_dir}")
     s, params, state, iteration = TR.load_run(ckpt, overrides)
     t0 = time.perf_counter()
-    ev = TR.final_evaluation(s, params, state, episodes=episodes, baselines={})
-    curve = ev["inits"]["meta"]
     k = s.cfg.eval.inner_steps
+    # the same episodes as `reptile-fn eval` (the run's final-evaluation key); scored at 0 and k steps only
+    curve = TR.evaluate_init(s, params, TR.run_keys(s.cfg.seed).eval_final, episodes, k,
+                             inner_lr=s.meta.inner_lr(state), record=[0, k])
     i = curve["steps"].index(k)
     return {"accuracy": 100 * curve["metric"]["mean"][i], "ci95": 100 * curve["metric"]["ci95"][i],
             "accuracy_0": 100 * curve["metric"]["mean"][0], "steps": k, "episodes": episodes,

@@ -41,6 +41,7 @@ import mlx.core as mx  # noqa: E402
 from reptile_fn import _blas  # noqa: E402
 from reptile_fn import config as C  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
+from reptile_fn.errors import TrainingDivergedError  # noqa: E402
 
 JSON = ROOT / "research" / "peft.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -91,7 +92,12 @@ def run(args) -> dict:
         for lr in LRS:
             cfg = build(method, algorithm, lr, iterations)
             t0 = time.perf_counter()
-            summary = TR.train(cfg, args.work / f"{method}-{algorithm}-{lr}", progress=False, log=lambda m: None)
+            try:
+                summary = TR.train(cfg, args.work / f"{method}-{algorithm}-{lr}", progress=False, log=lambda m: None)
+            except TrainingDivergedError as e:  # a learning rate too large for this method: not a candidate
+                print(f"{name:<24} lr {lr:<5} diverged ({e})", flush=True)
+                results.setdefault("diverged", []).append(f"{name} at lr {lr}")
+                continue
             s, params, state, _ = TR.load_run(args.work / f"{method}-{algorithm}-{lr}" / TR.CHECKPOINT)
             val = TR.evaluate_init(s, params, mx.random.key(cfg.seed + VAL_KEY_OFFSET), val_episodes)
             acc = final_accuracy(val)
@@ -148,6 +154,8 @@ def render(res: dict) -> str:
         cells = [f"{a:.1f} ± {c:.1f}" for a, c in zip(r["accuracy"], r["ci95"])]
         ms = f"{r['ms_per_step']:.3f}" if r.get("ms_per_step") is not None else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['adapted']:,} | {r['meta_learned']:,} | {r['lr']} | {ms} |")
+    if res.get("diverged"):
+        lines += ["", "Diverged during meta-training (NaN), so not candidates: " + "; ".join(res["diverged"]) + "."]
     ada = next((r for n, r in res["inits"].items() if "AdaLoRA" in n), None)
     if ada:
         lines += ["", "AdaLoRA-style allocation, final ranks per weight (from 4 each, target half the total): "

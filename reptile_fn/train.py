@@ -177,10 +177,12 @@ def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
 
 
 def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None,
-                  trainable="run") -> dict:
+                  trainable="run", record: list[int] | None = None) -> dict:
     """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``.
 
     ``trainable``: which leaves adapt: ``"run"`` as the run's inner loop (ANIL: the head), ``None`` all.
+    ``record``: the steps at which the query set is scored (default: ``evaluate.recorded_steps``); scoring
+    costs more than a step when evaluation is not transductive, so a table that needs only the last step says so.
     """
     cfg = s.cfg
     sample_key, adapt_key = mx.random.split(key)
@@ -189,7 +191,7 @@ def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | N
     lr = inner_lr if isinstance(inner_lr, dict) else (cfg.eval.inner_lr or inner_lr or cfg.inner_lr)
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
-                          key=adapt_key, **_inner_kwargs(s, trainable))
+                          key=adapt_key, record=sorted(record) if record else None, **_inner_kwargs(s, trainable))
 
 
 def _inner_kwargs(s: Setup, trainable) -> dict:
@@ -619,7 +621,9 @@ def _diverged(cfg: C.Config, it: int, ckpt: Path | None, last_good: int | None) 
     kept = (f"the last good checkpoint ({ckpt}, meta-iteration {last_good}) is kept" if ckpt is not None
             else "no checkpoint had been written yet")
     return TrainingDivergedError(f"parameters or losses became NaN/Inf by meta-iteration {it}; {kept}. "
-                                 f"Lower inner_lr ({cfg.inner_lr}) or outer_lr ({cfg.outer_lr}) and train again")
+                                 f"Lower inner_lr ({cfg.inner_lr}) or outer_lr "
+                                 f"({DEFAULTS[cfg.algorithm]['outer_lr'] if cfg.outer_lr is None else cfg.outer_lr}) "
+                                 "and train again")
 
 
 class _Progress(NamedTuple):

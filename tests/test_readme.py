@@ -8,7 +8,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_readme_api_example_runs_and_learns(capsys):
-    (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[0]
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     acc = float(re.search(r"after 5 steps: ([0-9.]+)", out).group(1))
@@ -27,3 +27,11 @@ def test_config_reference_documents_every_key():
 
     documented = set(re.findall(r"^\| `([a-z_.]+)` \|", README, re.M))
     assert set(leaf_keys()) <= documented, set(leaf_keys()) - documented
+
+
+def test_readme_peft_example_runs_and_prints_what_it_says(capsys):
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", README, re.S) if "peft" in c]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    promised = re.search(r"print\(peft.ranks.*# (.*)$", code, re.M).group(1)
+    assert printed == promised
