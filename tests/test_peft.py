@@ -302,3 +302,38 @@ def test_full_and_head_methods_train_without_an_adapter(tmp_path, method):
     start = s.initial_params(mx.random.split(mx.random.key(cfg.seed), 5)[0])
     moved_body = max_abs_diff(params["base"]["layer0"], start["base"]["layer0"]) > 0
     assert moved_body == (method == "full")
+
+
+def test_cli_train_info_and_eval_of_a_peft_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from reptile_fn.cli import app
+
+    runner = CliRunner()
+    sets = [a for item in TINY + LORA for a in ("--set", item)]
+    trained = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--no-progress", *sets])
+    assert trained.exit_code == 0, (trained.output, trained.exception)
+    assert "peft lora:" in trained.stdout and "ranks: layer0.w 2, layer1.w 4" in trained.stdout
+    assert "lora0" in trained.stdout  # the final table shows the meta-learned adapter vs a fresh one
+    info = runner.invoke(app, ["info", *sets])
+    assert info.exit_code == 0 and "parameters adapt per task" in info.stdout
+    ev = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.safetensors"), "--episodes", "10",
+                             "--steps", "2", "--speed-steps", "0", "--out", str(tmp_path / "ev"),
+                             "--set", "eval.inner_lr=0.05"])
+    assert ev.exit_code == 0, (ev.output, ev.exception)
+    rows = {line.split()[0] for line in ev.stdout.splitlines() if line.strip()}
+    assert {"meta", "lora0", "base-full", "base-head"} <= rows
+    stored = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert stored["inner_lr"] == 0.05  # --set reached the evaluation
+
+
+def test_shipped_names_resolve_or_fail_clearly(tmp_path):
+    from reptile_fn import pretrained
+
+    for name in pretrained.names():
+        assert pretrained.resolve(name).is_file()
+    with pytest.raises(CheckpointError, match="neither a file nor a shipped initialization"):
+        pretrained.resolve("omniglot-99w9s")
+    real = tmp_path / "x.safetensors"
+    real.write_bytes(b"")
+    assert pretrained.resolve(real) == real
