@@ -113,7 +113,8 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
     mx.eval(new, metrics)
     if not bool(T.all_finite(new)):
         raise ReptileFnError("one meta-step from the initialization already gives NaN/Inf; lower inner_lr or outer_lr")
-    what = ", ".join(cfg.tasks.families) if cfg.tasks.dataset == "synthetic" else f"omniglot {cfg.tasks.n_way}-way"
+    what = (", ".join(cfg.tasks.families) if cfg.tasks.dataset == "synthetic"
+            else f"{cfg.tasks.dataset} {cfg.tasks.n_way}-way {cfg.tasks.k_shot}-shot")
     typer.echo(f"config OK ({config or 'built-in default'}): {cfg.algorithm} on {what} "
                f"({s.tasks.kind}), {T.param_count(params)} parameters, blas: {_blas.status()}")
 

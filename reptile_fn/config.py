@@ -20,15 +20,16 @@ from reptile_fn.errors import ConfigError
 
 @dataclass(frozen=True)
 class TasksConfig:
-    dataset: str = "synthetic"  # synthetic (the families below) | omniglot
+    dataset: str = "synthetic"  # synthetic (the families below) | omniglot | clinc150 (intent classification)
     families: tuple[str, ...] = ("linear", "xor", "circles", "spiral")
     k_shot: int = 5  # support examples per class (regression: support points)
     query_size: int = 15  # query examples per class (regression: query points)
     num_train_tasks: int = 10000  # size of the fixed training pool; 0 = a fresh task every time
     train_shots: int | None = None  # support examples per class during meta-training; None: k_shot
-    n_way: int = 5  # omniglot: classes per episode
+    n_way: int = 5  # omniglot, clinc150: classes per episode
     data_dir: str | None = None  # omniglot: folder with images_*.zip; None: $REPTILE_FN_DATA
-    test_split: str = "test"  # omniglot: held-out split for evaluation: test | val | evaluation
+    test_split: str = "test"  # omniglot/clinc150: held-out split: test | val | evaluation (omniglot) | banking77 (text)
+    split_by: str = "domain"  # clinc150: class-disjoint split by domain or by intent
     protocol: str = "auto"  # omniglot: standard (both zips) | alphabets (background only) | auto
 
 
@@ -41,6 +42,8 @@ class ModelConfig:
     filters: int = 64  # conv4
     norm: str | None = None  # conv4: batch | null
     conv_impl: str = "auto"  # conv4: auto | native | im2col
+    encoder: str | None = None  # text: a BERT-style safetensors folder; None: all-MiniLM-L6-v2 (the text extra)
+    normalize: bool = True  # text: L2-normalise the pooled sentence embedding before the head
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class PeftConfig:
     dropout: float = 0.0  # must be 0: adapters are merged into the weights (see reptile_fn.peft.lora)
     train_head: bool = True  # the head adapts (and is meta-learned) beside the adapter
     meta_learn_base: bool = False  # also meta-learn the base (Reptile: the base then adapts too)
-    base: str = "pretrain"  # random | pretrain | a run's checkpoint.safetensors
+    base: str = "pretrain"  # random | pretrain | init (the model's own init: text = the pretrained encoder) | a checkpoint
     base_families: tuple[str, ...] | None = None  # synthetic: families the base is pretrained on (null: the run's)
     base_pretrain_iterations: int = 2000
     target_rank: int | None = None  # adalora: total rank left at the end (null: half the initial total)
@@ -96,14 +99,15 @@ class Config:
 
 
 CHOICES = {
-    "tasks.dataset": ("synthetic", "omniglot"),
-    "tasks.test_split": ("test", "val", "evaluation"),
+    "tasks.dataset": ("synthetic", "omniglot", "clinc150"),
+    "tasks.test_split": ("test", "val", "evaluation", "banking77"),
+    "tasks.split_by": ("domain", "intent"),
     "tasks.protocol": ("auto", "standard", "alphabets"),
     "model.norm": ("batch",),
     "model.conv_impl": ("auto", "native", "im2col"),
     "inner_optimizer": ("sgd", "adam"),
     "outer_optimizer": ("sgd", "adam"),
-    "model.kind": ("mlp", "conv4"),
+    "model.kind": ("mlp", "conv4", "text"),
     "peft.method": ("none", "lora", "adalora", "full", "head"),
     "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
 }
@@ -229,6 +233,17 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
         raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {list(cfg.inner_adam_betas)}")
     _validate_peft(cfg, source)
+    if cfg.tasks.dataset == "clinc150":
+        if cfg.model.kind != "text":
+            raise ConfigError(f"{source}: tasks.dataset = clinc150 needs model.kind = text (the sentence encoder), "
+                              f"got {cfg.model.kind!r}")
+        if cfg.tasks.test_split == "evaluation":
+            raise ConfigError(f"{source}: tasks.test_split = evaluation is Omniglot's; for clinc150 use test, val or banking77")
+        return
+    if cfg.tasks.test_split == "banking77":
+        raise ConfigError(f"{source}: tasks.test_split = banking77 is for tasks.dataset = clinc150")
+    if cfg.model.kind == "text":
+        raise ConfigError(f"{source}: model.kind = text needs text tasks (tasks.dataset = clinc150)")
     if cfg.tasks.dataset == "omniglot":
         if cfg.model.kind != "conv4":
             raise ConfigError(f"{source}: tasks.dataset = omniglot needs model.kind = conv4 (images), got {cfg.model.kind!r}")
@@ -265,8 +280,8 @@ def _validate_peft(cfg: Config, source: str) -> None:
     if p.base_families is not None and cfg.tasks.dataset != "synthetic":
         raise ConfigError(f"{source}: peft.base_families is for synthetic tasks; with {cfg.tasks.dataset} set it to null "
                           "(the base is pretrained on the run's training classes)")
-    if p.base not in ("random", "pretrain") and not p.base.endswith(".safetensors"):
-        raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, or a run's checkpoint.safetensors")
+    if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
+        raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
 
 
 def get(cfg: Any, key: str) -> Any:

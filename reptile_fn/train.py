@@ -83,6 +83,16 @@ def setup(cfg: C.Config) -> Setup:
         train_tasks = dataclasses.replace(tasks, k_shot=t.train_shots) if t.train_shots else tasks
         model = conv4(tasks.in_dim, tasks.out_dim, filters=cfg.model.filters, norm=cfg.model.norm,
                       conv_impl=cfg.model.conv_impl)
+    elif t.dataset == "clinc150":
+        from reptile_fn.tasks.text import make_text_tasks
+        from reptile_fn.text.encoder import load_encoder, text_classifier
+
+        encoder, enc_config, tokenizer = load_encoder(cfg.model.encoder)
+        test_split = "banking77" if t.test_split == "banking77" else f"clinc150:{t.test_split}"
+        tasks = make_text_tasks(t.data_dir, n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size,
+                                test_split=test_split, seed=cfg.seed, split_by=t.split_by, tokenizer=tokenizer)
+        train_tasks = dataclasses.replace(tasks, k_shot=t.train_shots) if t.train_shots else tasks
+        model = text_classifier(encoder, enc_config, t.n_way, normalize=cfg.model.normalize)
     else:
         tasks = make_distribution(t.families, k_shot=t.k_shot, query_size=t.query_size,
                                   num_train_tasks=t.num_train_tasks, seed=cfg.seed)
@@ -149,7 +159,7 @@ def _peft_initial_params(cfg: C.Config, pf, base_model: Model, loss, tasks) -> C
         base = load_base(cfg, base_model, loss, tasks, k_base)
         return {"base": base, "adapter": pf.new_adapter(k_adapter, base)}
 
-    return initial if p.base != "random" else pf.model.init
+    return initial if p.base not in ("random", "init") else pf.model.init
 
 
 def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
@@ -157,7 +167,7 @@ def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
     from reptile_fn.baselines import pretrain
 
     p = cfg.peft
-    if p.base == "random":
+    if p.base in ("random", "init"):  # the model's own init (text: the pretrained encoder and a fresh head)
         return base_model.init(key)
     if p.base == "pretrain":
         source = tasks
@@ -485,7 +495,7 @@ def train(
         "iteration": end,
         "meta_iterations": cfg.meta_iterations,
         "seconds": round(seconds, 3),
-        "meta_steps_per_s": round(done / seconds, 1) if done else None,
+        "meta_steps_per_s": float(f"{done / seconds:.3g}") if done else None,
         "config": C.to_dict(cfg),
     }
     if s.peft is not None:

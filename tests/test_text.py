@@ -237,3 +237,34 @@ def test_lora_on_the_encoder(minilm, clinc_tasks):
     assert all(p.startswith("base.head.") or p.startswith("adapter.") for p in changed), changed
     assert {"base.head.w", "base.head.b"} <= changed
     assert {p for p in before if p.endswith(".lora_b")} <= changed  # A gets no gradient while B = 0
+
+
+def test_text_config_wiring_through_setup_one_meta_step(data_dir):
+    """configs/clinc_5w5s_lora.yaml builds through train.setup; one meta-step moves only adapter and head."""
+    from reptile_fn import config as C
+    from reptile_fn.train import run_keys, setup
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = C.load(root / "configs" / "clinc_5w5s_lora.yaml",
+                 [f"tasks.data_dir={data_dir}", "meta_batch_size=1", "inner_steps=1", "tasks.k_shot=1", "tasks.query_size=1"])
+    s = setup(cfg)
+    keys = run_keys(cfg.seed)
+    params = s.initial_params(keys.init)
+    new, _, metrics = s.meta.step(params, s.meta.init(params), s.sample_train(keys.train, 1), keys.train)
+    mx.eval(new, metrics)
+    after = dict(tree_flatten(new))
+    moved = {p for p, a in tree_flatten(params) if not mx.array_equal(a, after[p])}
+    assert moved and all(p.startswith("adapter.") or p.startswith("base.head.") for p in moved)
+    assert s.tasks.in_dim[0] == 2 and s.tasks.out_dim == 5
+
+
+def test_text_config_errors():
+    from reptile_fn import config as C
+    from reptile_fn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="clinc150 needs model.kind = text"):
+        C.load(None, ["tasks.dataset=clinc150"])
+    with pytest.raises(ConfigError, match="model.kind = text needs text tasks"):
+        C.load(None, ["model.kind=text"])
+    with pytest.raises(ConfigError, match="banking77 is for tasks.dataset = clinc150"):
+        C.load(None, ["tasks.test_split=banking77"])
