@@ -37,6 +37,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
+from benchmarks.report import write_section  # noqa: E402
 from reptile_fn import _blas  # noqa: E402
 from reptile_fn import config as C  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
@@ -386,12 +387,7 @@ def render(res: dict) -> str:
 
 def write_report(res: dict, path: Path = RESULTS) -> None:
     """Replace the text between the ALGOS markers (appending them under '## Algorithms' if absent)."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + "\n\n## Algorithms\n\n" + BEGIN + "\n" + END + "\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(head + render(res) + tail)
+    write_section(path, BEGIN, END, "## Algorithms", render(res))
 
 
 def machine() -> dict:

@@ -38,6 +38,7 @@ import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core
 # isort: split
 import mlx.core as mx  # noqa: E402
 
+from benchmarks.report import write_section  # noqa: E402
 from reptile_fn import _blas  # noqa: E402
 from reptile_fn import config as C  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
@@ -165,12 +166,7 @@ def render(res: dict) -> str:
 
 
 def write_report(res: dict) -> None:
-    text = RESULTS.read_text()
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + "\n\n## PEFT: meta-learned adapter initializations\n\n" + BEGIN + "\n" + END + "\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    RESULTS.write_text(head + render(res) + tail)
+    write_section(RESULTS, BEGIN, END, "## PEFT: meta-learned adapter initializations", render(res))
 
 
 def main() -> None:

@@ -69,14 +69,23 @@ def render() -> str:
 
 
 def write(results: Path = RESULTS) -> None:
-    text = results.read_text() if results.exists() else "# Results\n\n## Performance\n\n" + BEGIN + "\n" + END + "\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip() + "\n\n## Performance\n\n" + BEGIN + "\n" + END + "\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    tmp = results.with_name(results.name + ".tmp")
-    tmp.write_text(head + render() + tail)
-    os.replace(tmp, results)
+    write_section(results, BEGIN, END, "## Performance", render())
+
+
+
+def write_section(path: Path, begin: str, end: str, heading: str, body: str) -> None:
+    """Replace the text between two markers in a markdown file (appending them under ``heading`` if absent).
+
+    ``body`` includes the markers themselves (each generator renders its whole section).
+    """
+    text = path.read_text() if path.exists() else "# Results\n"
+    if begin not in text or end not in text:
+        text = text.rstrip() + f"\n\n{heading}\n\n" + begin + "\n" + end + "\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_name(path.name + ".tmp")  # whole or not at all
+    tmp.write_text(head + body + tail)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -299,14 +299,24 @@ def alphabet_split(alphabets: Sequence[str], *, seed: int = 0) -> dict[str, np.n
     ``alphabets[i]`` is character i's alphabet. With n alphabets, "test" and "val" get round(n/6)
     each (at least 1) and "train" the rest: 5/5/20 for the 30 background alphabets.
     """
-    names = sorted(set(alphabets))
-    held = max(1, round(len(names) / 6))
+    return group_split(alphabets, divisor=6, seed=seed, what="alphabet")
+
+
+def group_split(groups: Sequence[str], *, divisor: int, seed: int, what: str) -> dict[str, np.ndarray]:
+    """Indices of "test", "val" and "train" when whole groups are held out together.
+
+    ``groups[i]`` is item i's group (an alphabet, a domain, or the item itself). The distinct groups,
+    in a seeded shuffle (``shuffled``), give "test" and "val" round(n/divisor) each (at least 1) and
+    "train" the rest, so the three splits never share a group.
+    """
+    names = sorted(set(groups))
+    held = max(1, round(len(names) / divisor))
     if len(names) < 2 * held + 1:
-        raise DataError(f"an alphabet split needs at least 3 alphabets, found {len(names)}")
+        raise DataError(f"a split by {what} needs at least 3 {what}s, found {len(names)}")
     order = [names[i] for i in shuffled(names, seed)]
-    groups = {"test": set(order[:held]), "val": set(order[held:2 * held]), "train": set(order[2 * held:])}
-    return {split: np.array([i for i, a in enumerate(alphabets) if a in group], dtype=np.int64)
-            for split, group in groups.items()}
+    chosen = {"test": set(order[:held]), "val": set(order[held:2 * held]), "train": set(order[2 * held:])}
+    return {split: np.array([i for i, g in enumerate(groups) if g in group], dtype=np.int64)
+            for split, group in chosen.items()}
 
 
 def resolve_protocol(protocol: str = "auto", data_dir: str | os.PathLike | None = None,

@@ -36,7 +36,7 @@ import numpy as np
 from reptile_fn import datasets
 from reptile_fn.errors import ConfigError, DataError
 from reptile_fn.tasks.base import Episode
-from reptile_fn.tasks.omniglot import shuffled
+from reptile_fn.tasks.omniglot import group_split
 
 DATASETS = ("clinc150", "banking77")
 SPLITS = {"clinc150": ("train", "val", "test", "all"), "banking77": ("all",)}
@@ -151,14 +151,7 @@ def split_classes(classes: TextClasses, *, seed: int = 0, by: str = "domain") ->
     seed-ordered domains (``by="domain"``: 2/2/6 of CLINC150's 10) or intents (``by="intent"``)."""
     _check_choice("split_by", by, SPLIT_BY)
     keys = classes.groups if by == "domain" else classes.names
-    names = sorted(set(keys))
-    held = max(1, round(len(names) / 5))
-    if len(names) < 2 * held + 1:
-        raise DataError(f"a split by {by} needs at least 3 {by}s, found {len(names)}")
-    order = [names[i] for i in shuffled(names, seed)]
-    groups = {"test": set(order[:held]), "val": set(order[held:2 * held]), "train": set(order[2 * held:])}
-    return {split: np.array([i for i, k in enumerate(keys) if k in group], dtype=np.int64)
-            for split, group in groups.items()}
+    return group_split(list(keys), divisor=5, seed=seed, what=by)
 
 
 def load_split(spec: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0, by: str = "domain") -> TextClasses:
