@@ -268,3 +268,28 @@ def test_text_config_errors():
         C.load(None, ["model.kind=text"])
     with pytest.raises(ConfigError, match="banking77 is for tasks.dataset = clinc150"):
         C.load(None, ["tasks.test_split=banking77"])
+
+
+# --- frozen-encoder baselines on cached embeddings -------------------------------------------------
+
+def test_prototypes_by_hand_and_on_real_episodes(clinc_tasks, minilm):
+    from reptile_fn.tasks import Episode
+    from reptile_fn.text.frozen import embed_episodes, head_curves, prototype_accuracy
+
+    # by hand: two classes along two axes; a query near each axis goes to that class
+    sx = mx.array([[[1.0, 0.1], [0.9, -0.1], [0.0, 1.0], [0.1, 0.8]]])
+    sy = mx.array([[0, 0, 1, 1]])
+    qx = mx.array([[[0.2, 0.9], [1.0, 0.2], [0.6, 0.5]]])
+    qy = mx.array([[1, 0, 1]])
+    acc = prototype_accuracy(Episode(sx, sy, qx, qy), 2)
+    assert acc.shape == (1,) and acc[0] == pytest.approx(2 / 3)  # the third point is nearer class 0's mean
+    # real episodes: the frozen encoder's prototypes beat chance (20%) by far; embeddings are cached once
+    params, config, _ = minilm
+    episodes = clinc_tasks.sample_test(mx.random.key(0), 4)
+    embedded = embed_episodes(params, config, episodes)
+    assert embedded.support_x.shape == (4, 25, config.hidden_size)
+    acc = prototype_accuracy(embedded, 5)
+    assert acc.mean() > 0.6
+    curves = head_curves(embedded, 5, lr=10.0, steps=5, record=[0, 5])
+    assert curves["metric"].shape == (4, 2)
+    assert curves["metric"][:, 0].mean() <= 0.35 < curves["metric"][:, 1].mean()  # zero head: chance, then learns

@@ -1,0 +1,57 @@
+"""Frozen-encoder baselines for few-shot text classification, on cached sentence embeddings.
+
+With the encoder frozen, an episode's sentences are embedded once (``embed_episodes``) and every
+baseline works on those embeddings, never running the encoder again:
+
+- ``prototype_accuracy``: each query sentence gets the class whose support mean (prototype) is
+  nearest in cosine similarity (Snell et al. 2017 with cosine; no training): the bar practitioners use.
+- ``head_curves``: a linear head (zero-initialised) trained on the support embeddings by the
+  library's inner loop (``evaluate.per_episode_curves``), scored on the query set after 0..K steps.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from reptile_fn.evaluate import per_episode_curves
+from reptile_fn.losses import accuracy, cross_entropy
+from reptile_fn.models import dense
+from reptile_fn.tasks import Episode
+from reptile_fn.text.encoder import EncoderConfig, encode
+from reptile_fn.tree import Tree
+
+
+def embed_episodes(params: Tree, config: EncoderConfig, episodes: Episode, *, normalize: bool = True,
+                   chunk: int = 256) -> Episode:
+    """The same episodes with each (2, L) token input replaced by its sentence embedding (H,)."""
+    run = mx.compile(lambda x: encode(params, config, x[:, 0], x[:, 1], normalize=normalize))
+
+    def embed(x: mx.array) -> mx.array:
+        flat = x.reshape(-1, *x.shape[-2:])
+        parts = []
+        for i in range(0, flat.shape[0], chunk):
+            parts.append(run(flat[i:i + chunk]))
+            mx.eval(parts[-1])
+        return mx.concatenate(parts).reshape(*x.shape[:-2], -1)
+
+    return Episode(embed(episodes.support_x), episodes.support_y, embed(episodes.query_x), episodes.query_y)
+
+
+def prototype_accuracy(embedded: Episode, n_way: int) -> np.ndarray:
+    """Per-episode query accuracy of the nearest cosine prototype (class mean of support embeddings)."""
+    onehot = (embedded.support_y[..., None] == mx.arange(n_way)).astype(embedded.support_x.dtype)  # (T, n, N)
+    sums = mx.swapaxes(onehot, 1, 2) @ embedded.support_x  # (T, N, H)
+    protos = sums / mx.maximum(mx.linalg.norm(sums, axis=-1, keepdims=True), 1e-12)
+    q = embedded.query_x / mx.maximum(mx.linalg.norm(embedded.query_x, axis=-1, keepdims=True), 1e-12)
+    pred = mx.argmax(q @ mx.swapaxes(protos, 1, 2), axis=-1)  # (T, m)
+    return np.array(mx.mean(pred == embedded.query_y, axis=-1))
+
+
+def head_curves(embedded: Episode, n_way: int, *, lr: float, steps: int, optimizer: str = "sgd",
+                record: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Per-episode query loss and accuracy of a zero-initialised linear head trained on the embeddings."""
+    h = embedded.support_x.shape[-1]
+    head = {"head": {"w": mx.zeros((h, n_way)), "b": mx.zeros((n_way,))}}
+    return per_episode_curves(lambda p, z: dense(p["head"], z), cross_entropy, head, embedded, inner_lr=lr,
+                              steps=steps, metric=accuracy, optimizer=optimizer, record=record)
