@@ -86,6 +86,7 @@ class Config:
     inner_optimizer: str = "sgd"
     inner_batch_size: int | None = None  # None: the whole support set each inner step
     inner_adam_betas: tuple[float, ...] = (0.9, 0.999)  # inner Adam (Nichol et al. use beta1 = 0)
+    inner_state: str = "task"  # task: a fresh inner optimizer per task | persistent: one, kept across tasks (Reptile)
     outer_lr: float | None = None  # β / the outer learning rate; None: the algorithm's default
     outer_lr_final: float | None = 0.0  # anneal it linearly to this; None: constant
     outer_optimizer: str | None = None  # sgd | adam; None: the algorithm's default
@@ -106,6 +107,7 @@ CHOICES = {
     "model.norm": ("batch",),
     "model.conv_impl": ("auto", "native", "im2col"),
     "inner_optimizer": ("sgd", "adam"),
+    "inner_state": ("task", "persistent"),
     "outer_optimizer": ("sgd", "adam"),
     "model.kind": ("mlp", "conv4", "text"),
     "peft.method": ("none", "lora", "adalora", "full", "head"),
@@ -232,6 +234,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
     if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
         raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {list(cfg.inner_adam_betas)}")
+    if cfg.inner_state == "persistent" and (cfg.algorithm != "reptile" or cfg.inner_optimizer != "adam"):
+        raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
+                          "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
     _validate_peft(cfg, source)
     if cfg.tasks.dataset == "clinc150":
         if cfg.model.kind != "text":

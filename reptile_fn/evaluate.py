@@ -49,6 +49,8 @@ def per_episode_curves(
     inner_batch_size: int | None = None,
     adam_betas: tuple[float, float] = (0.9, 0.999),
     record: list[int] | None = None,
+    opt_state=None,
+    t0=0,
 ) -> dict[str, np.ndarray]:
     """Query loss (and metric) of every episode after the ``record`` steps (default ``recorded_steps(steps)``):
     arrays (n_episodes, len(record)).
@@ -56,7 +58,8 @@ def per_episode_curves(
     The inner loop is ``inner.adapt``'s, run one compiled, episode-batched step at a time (so a
     50-step evaluation compiles one step, not 50 unrolled ones). ``transductive=False`` scores each
     query example on its own batch (support ∪ {x}), so batch-norm statistics never mix query
-    examples (``models.nontransductive``).
+    examples (``models.nontransductive``). ``opt_state`` / ``t0``: the inner optimizer starts from
+    this state and step count (``MetaStep.inner_opt``) instead of fresh, for every episode.
     """
     score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
     record = set(recorded_steps(steps) if record is None else record)
@@ -72,7 +75,7 @@ def per_episode_curves(
 
     def step(fast, opt, t, sx, sy, idx, qx, qy):
         batch = (sx, sy) if idx is None else (sx[idx], sy[idx])
-        fast, opt, _ = inner_step(value_and_grad, fast, frozen, opt, batch, inner_lr, t, **kw)
+        fast, opt, _ = inner_step(value_and_grad, fast, frozen, opt, batch, inner_lr, t0 + t, **kw)
         return fast, opt, observe(fast, sx, qx, qy)
 
     per_episode = (0, 0, None, 0, 0, 0, 0, 0)
@@ -88,7 +91,8 @@ def per_episode_curves(
         mini = inner_batch_size is not None and inner_batch_size < sx.shape[1] and steps > 0
         idx = mx.vmap(lambda k: minibatch_indices(k, sx.shape[1], inner_batch_size, steps))(keys[sl]) if mini else None
         fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
-        opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), init_opt_state(fast0, optimizer))
+        start = init_opt_state(fast0, optimizer) if opt_state is None else opt_state
+        opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), start)
         seen = [first(sx, qx, qy)] if 0 in record else []
         for t in range(steps):
             scored = (t + 1) in record  # scoring the query set costs more than the step itself

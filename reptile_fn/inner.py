@@ -90,6 +90,9 @@ def adapt(
     adam_betas: tuple[float, float] = (0.9, 0.999),
     adam_eps: float = 1e-8,
     observe: Callable[[Tree], object] | None = None,
+    opt_state: Tree | None = None,
+    t0=0,
+    return_opt_state: bool = False,
 ):
     """Run ``steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set.
 
@@ -100,16 +103,21 @@ def adapt(
       first_order: treat inner gradients as constants (FOMAML); the result is then not
         differentiated through the gradient computation.
       observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
+      opt_state / t0: start the inner optimizer from this state at step count ``t0`` (Adam's bias
+        correction) instead of fresh; supervised-reptile's TensorFlow code keeps one Adam state
+        across all tasks (``reptile.make_step(persistent_inner_state=True)``).
+      return_opt_state: also return the final optimizer state (last in the tuple).
 
     Returns:
       ``(params, losses)``: adapted tree and the support loss before each step, shape (steps,);
-      with ``observe``, ``(params, losses, observed)`` where observed stacks the t = 0..steps values.
+      with ``observe``, ``(params, losses, observed)`` where observed stacks the t = 0..steps values;
+      with ``return_opt_state``, the optimizer state is appended.
     """
     x, y = support
     fast, frozen = T.partition(params, trainable)
     idx = minibatch_indices(key, x.shape[0], inner_batch_size, steps)
     value_and_grad = support_value_and_grad(apply, loss)
-    opt = init_opt_state(fast, optimizer)
+    opt = init_opt_state(fast, optimizer) if opt_state is None else opt_state
     kw = dict(optimizer=optimizer, adam_betas=adam_betas, adam_eps=adam_eps, first_order=first_order)
 
     losses, observed = [], []
@@ -117,15 +125,16 @@ def adapt(
         if observe is not None:
             observed.append(observe(T.combine(fast, frozen)))
         batch = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
-        fast, opt, value = inner_step(value_and_grad, fast, frozen, opt, batch, lr, t, **kw)
+        fast, opt, value = inner_step(value_and_grad, fast, frozen, opt, batch, lr, t0 + t, **kw)
         losses.append(value)
 
     out = T.combine(fast, frozen)
     loss_trace = mx.stack(losses) if losses else mx.zeros((0,))
-    if observe is None:
-        return out, loss_trace
-    observed.append(observe(out))
-    return out, loss_trace, tree_map(lambda *xs: mx.stack(xs), observed[0], *observed[1:])
+    result: tuple = (out, loss_trace)
+    if observe is not None:
+        observed.append(observe(out))
+        result += (tree_map(lambda *xs: mx.stack(xs), observed[0], *observed[1:]),)
+    return result + (opt,) if return_opt_state else result
 
 
 def minibatch_indices(key: mx.array | None, n: int, inner_batch_size: int | None, steps: int) -> mx.array | None:

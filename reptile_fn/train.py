@@ -131,6 +131,7 @@ def setup(cfg: C.Config) -> Setup:
         outer_lr_final=cfg.outer_lr_final, meta_iterations=cfg.meta_iterations,
         inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size, inner_adam_betas=betas,
         outer_optimizer=cfg.outer_optimizer or defaults["outer_optimizer"], trainable=trainable, **extra,
+        **({"persistent_inner_state": True} if cfg.inner_state == "persistent" else {}),
     )
     if cfg.peft.method == "adalora":
         from reptile_fn.peft.adalora import with_rank_allocation
@@ -187,12 +188,13 @@ def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
 
 
 def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | None = None, inner_lr=None,
-                  trainable="run", record: list[int] | None = None) -> dict:
+                  trainable="run", record: list[int] | None = None, inner_opt=None) -> dict:
     """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``.
 
     ``trainable``: which leaves adapt: ``"run"`` as the run's inner loop (ANIL: the head), ``None`` all.
     ``record``: the steps at which the query set is scored (default: ``evaluate.recorded_steps``); scoring
     costs more than a step when evaluation is not transductive, so a table that needs only the last step says so.
+    ``inner_opt``: ``(opt_state, t0)`` to start the inner optimizer from (``MetaStep.inner_opt``), else fresh.
     """
     cfg = s.cfg
     sample_key, adapt_key = mx.random.split(key)
@@ -201,7 +203,8 @@ def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | N
     lr = inner_lr if isinstance(inner_lr, dict) else (cfg.eval.inner_lr or inner_lr or cfg.inner_lr)
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
-                          key=adapt_key, record=sorted(record) if record else None, **_inner_kwargs(s, trainable))
+                          key=adapt_key, record=sorted(record) if record else None, **_inner_kwargs(s, trainable),
+                          **(dict(opt_state=inner_opt[0], t0=inner_opt[1]) if inner_opt is not None else {}))
 
 
 def _inner_kwargs(s: Setup, trainable) -> dict:
@@ -260,7 +263,8 @@ def final_evaluation(s: Setup, params, state, episodes: int | None = None, steps
     k = s.cfg.eval.inner_steps if steps is None else steps
     horizon = max(k, speed_steps or 0)
     learned_lr = s.meta.inner_lr(state)
-    inits = {"meta": evaluate_init(s, params, keys.eval_final, n, horizon, inner_lr=learned_lr)}
+    inits = {"meta": evaluate_init(s, params, keys.eval_final, n, horizon, inner_lr=learned_lr,
+                                   inner_opt=s.meta.inner_opt(state))}
     # Baselines adapt every leaf (random, transfer) or the head (head), whatever the run adapts.
     if baselines is None:  # the final evaluation of `train`: random init, or for PEFT a fresh adapter on the base
         baselines = ("lora0",) if s.peft is not None else ("random",)
@@ -471,7 +475,7 @@ def train(
                 bar.update(it, record)
             if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
                 curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes,
-                                      inner_lr=s.meta.inner_lr(state))
+                                      inner_lr=s.meta.inner_lr(state), inner_opt=s.meta.inner_opt(state))
                 metrics_file.write(json.dumps({"iteration": it, "eval": _final_point(curve)}) + "\n")
                 metrics_file.flush()
             if it % cfg.checkpoint_every == 0 or it == end:

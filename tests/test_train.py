@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten, tree_map
 import reptile_fn.train as TR
 from reptile_fn import checkpoint as ck
 from reptile_fn import config as C
+from reptile_fn import tree as T
 from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
 
 from conftest import TINY, quiet
@@ -410,3 +411,22 @@ def test_metasgd_evaluation_uses_the_learned_rates_even_with_eval_inner_lr(tmp_p
     loss = ev["inits"]["meta"]["loss"]["mean"]
     assert max(loss) - min(loss) < 1e-6  # zero learned rates: adaptation changes nothing, 0.5 was not used
     assert ev["inits"]["random"]["loss"]["mean"][0] != ev["inits"]["random"]["loss"]["mean"][-1]
+
+
+def test_persistent_inner_state_resumes_exactly_and_reaches_evaluation(tmp_path):
+    cfg = C.load(None, TINY + ("inner_optimizer=adam", "inner_lr=0.01", "inner_state=persistent"))
+    full, part = tmp_path / "full", tmp_path / "part"
+    summary = _train(cfg, full)
+    _train(cfg, part, stop_at=10)
+    _train(None, part, resume=True)
+    _assert_same_checkpoint(full / TR.CHECKPOINT, part / TR.CHECKPOINT)  # the Adam state travels in the checkpoint
+    s, params, state, _ = TR.load_run(full / TR.CHECKPOINT)
+    opt, t0 = s.meta.inner_opt(state)
+    assert int(t0) == 20 * cfg.meta_batch_size * cfg.inner_steps and float(T.global_norm(opt["v"])) > 0
+    keys = TR.run_keys(cfg.seed)
+    with_state = TR.evaluate_init(s, params, keys.eval_final, 20, inner_opt=(opt, t0))
+    fresh = TR.evaluate_init(s, params, keys.eval_final, 20)
+    assert with_state["metric"]["mean"] == summary["eval"]["inits"]["meta"]["metric"]["mean"]
+    assert with_state["loss"]["mean"][-1] != fresh["loss"]["mean"][-1]
+    with pytest.raises(ConfigError, match="inner_state = persistent .* needs algorithm = reptile and inner_optimizer = adam"):
+        C.load(None, ["inner_state=persistent"])

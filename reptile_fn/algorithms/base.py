@@ -21,6 +21,8 @@ class MetaStep(NamedTuple):
     init: Callable[[Tree], Tree]
     step: Callable
     inner_lr: Callable[[Tree], object]
+    # (opt_state, t0) that evaluation's inner optimizer starts from, or None for a fresh state per task
+    inner_opt: Callable[[Tree], object] = lambda state: None
 
 
 def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):

@@ -14,7 +14,7 @@ import mlx.core as mx
 from reptile_fn import optim
 from reptile_fn import tree as T
 from reptile_fn.algorithms.base import MetaStep, over_tasks
-from reptile_fn.inner import Apply, Loss, adapt
+from reptile_fn.inner import Apply, Loss, adapt, init_opt_state
 from reptile_fn.tree import PathPredicate, Tree
 
 DEFAULTS = {"outer_optimizer": "sgd", "outer_lr": 1.0}
@@ -34,6 +34,7 @@ def make_step(
     inner_adam_betas: tuple[float, float] = (0.9, 0.999),
     outer_optimizer: str = "sgd",
     trainable: PathPredicate | None = None,
+    persistent_inner_state: bool = False,
     batched: bool = True,
     compiled: bool = True,
 ) -> MetaStep:
@@ -42,6 +43,10 @@ def make_step(
     Args:
       outer_lr: β, the meta step size (Nichol et al. use 1.0 annealed to 0 for Omniglot).
       outer_lr_final / meta_iterations: anneal β linearly to this value over that many steps.
+      persistent_inner_state: keep one inner-optimizer state (Adam's moments and step count) in the
+        algorithm state, as supervised-reptile's TensorFlow code does (its Adam slots are never reset
+        between tasks, and evaluation adapts from them). Every task of a meta-batch starts from it; the
+        new state is the mean of the tasks' final states (the reference chains tasks one after another).
       batched / compiled: ``mx.vmap`` over tasks and ``mx.compile`` the step; ``batched=False,
         compiled=False`` is the serial reference implementation.
     """
@@ -50,22 +55,32 @@ def make_step(
 
     def init(params: Tree) -> Tree:
         fast, _ = T.partition(params, trainable)
-        return {"iteration": mx.array(0, dtype=mx.int32), "outer": outer.init(fast)}
+        state = {"iteration": mx.array(0, dtype=mx.int32), "outer": outer.init(fast)}
+        if persistent_inner_state:
+            state["inner_opt"] = init_opt_state(fast, inner_optimizer)
+            state["inner_t"] = mx.array(0, dtype=mx.int32)
+        return state
 
-    def adapt_one(params, support_x, support_y, key):
-        adapted, losses = adapt(
+    def adapt_one(shared, support_x, support_y, key):
+        params = shared["params"]
+        carry = dict(opt_state=shared["opt"], t0=shared["t0"], return_opt_state=True) if persistent_inner_state else {}
+        adapted, losses, *opt = adapt(
             apply, loss, params, (support_x, support_y), lr=inner_lr, steps=inner_steps,
             optimizer=inner_optimizer, trainable=trainable, inner_batch_size=inner_batch_size,
-            key=key, adam_betas=inner_adam_betas,
+            key=key, adam_betas=inner_adam_betas, **carry,
         )
         if inner_steps == 0:
             losses = loss(apply(params, support_x), support_y)[None]
-        return T.partition(adapted, trainable)[0], losses
+        return T.partition(adapted, trainable)[0], losses, (opt[0] if opt else {})
 
     def step(params: Tree, state: Tree, batch, key: mx.array):
         n_tasks = batch.support_x.shape[0]
         keys = mx.random.split(key, n_tasks)
-        adapted, losses = over_tasks(adapt_one, params, (batch.support_x, batch.support_y, keys), batched=batched)
+        shared = {"params": params}
+        if persistent_inner_state:
+            shared.update(opt=state["inner_opt"], t0=state["inner_t"])
+        adapted, losses, opts = over_tasks(adapt_one, shared, (batch.support_x, batch.support_y, keys),
+                                           batched=batched)
         fast, frozen = T.partition(params, trainable)
         # mean_i (θ − θ̃_i): the pseudo-gradient; differences first, so zero inner steps give exactly 0
         direction = T.mean(T.sub(fast, adapted))
@@ -77,6 +92,13 @@ def make_step(
             "adapted_loss": mx.mean(losses[:, -1]),
             "outer_lr": lr,
         }
-        return new_params, {"iteration": state["iteration"] + 1, "outer": outer_state}, metrics
+        new_state = {"iteration": state["iteration"] + 1, "outer": outer_state}
+        if persistent_inner_state:
+            new_state["inner_opt"] = T.mean(opts)
+            new_state["inner_t"] = state["inner_t"] + inner_steps * n_tasks
+        return new_params, new_state, metrics
 
-    return MetaStep(init, mx.compile(step) if compiled else step, lambda state: inner_lr)
+    def inner_opt(state: Tree):
+        return (state["inner_opt"], state["inner_t"]) if persistent_inner_state else None
+
+    return MetaStep(init, mx.compile(step) if compiled else step, lambda state: inner_lr, inner_opt)
