@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import numbers
+from typing import NamedTuple, Sequence
 
 import mlx.core as mx
+
+from reptile_fn.errors import ConfigError
 
 
 class Episode(NamedTuple):
@@ -19,3 +22,15 @@ class Episode(NamedTuple):
     support_y: mx.array
     query_x: mx.array
     query_y: mx.array
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_int(name: str, value: object, minimum: int, meaning: str) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import numbers
 import os
 import re
 import tempfile
@@ -55,7 +54,7 @@ import numpy as np
 
 from reptile_fn import datasets
 from reptile_fn.errors import ConfigError, DataError
-from reptile_fn.tasks.base import Episode
+from reptile_fn.tasks.base import Episode, check_choice, check_int
 
 IMAGE_SIZE = 28
 IN_DIM = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -108,7 +107,7 @@ def load_set(set_name: str = "background", data_dir: str | os.PathLike | None = 
       resample: "nearest" (binary, as the reference code), "box" or "lanczos".
       cache: read and write the decoded arrays in ``cache_dir()``.
     """
-    _check_choice("resample", resample, RESAMPLE)
+    check_choice("resample", resample, RESAMPLE)
     path = zip_path(set_name, data_dir)
     if not path.is_file():
         root = datasets.data_dir(data_dir)
@@ -322,7 +321,7 @@ def group_split(groups: Sequence[str], *, divisor: int, seed: int, what: str) ->
 def resolve_protocol(protocol: str = "auto", data_dir: str | os.PathLike | None = None,
                      background: str = "background") -> str:
     """"standard" or "alphabets": "auto" is "standard" when the evaluation zip is present."""
-    _check_choice("protocol", protocol, PROTOCOLS)
+    check_choice("protocol", protocol, PROTOCOLS)
     if protocol != "auto":
         return protocol
     return "standard" if background == "background" and zip_path("evaluation", data_dir).is_file() else "alphabets"
@@ -339,7 +338,7 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None, *, protoco
       val_characters: "standard" only: characters of the 1200 held out as "val" (Finn et al.: 100).
       background: which background zip, e.g. "background_small1" for quick development.
     """
-    _check_choice("split", split, SPLITS)
+    check_choice("split", split, SPLITS)
     load = dict(data_dir=data_dir, resample=resample, cache=cache)
     if split == "evaluation":
         return load_set("evaluation", **load)
@@ -421,9 +420,9 @@ class OmniglotTasks:
     in_dim: ClassVar[tuple[int, int, int]] = IN_DIM
 
     def __post_init__(self) -> None:
-        _check_int("n_way", self.n_way, 1, "classes per episode")
-        _check_int("k_shot", self.k_shot, 1, "support examples per class")
-        _check_int("query_size", self.query_size, 1, "query examples per class")
+        check_int("n_way", self.n_way, 1, "classes per episode")
+        check_int("k_shot", self.k_shot, 1, "support examples per class")
+        check_int("query_size", self.query_size, 1, "query examples per class")
         for name in ("n_way", "k_shot", "query_size"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("train_images", "test_images"):
@@ -467,8 +466,8 @@ def make_omniglot(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, 
     split's seed (not the sampling key). ``rotate_train`` / ``rotate_test`` make each character's
     four rotations separate classes of that split.
     """
-    _check_choice("train_split", train_split, SPLITS)
-    _check_choice("test_split", test_split, SPLITS)
+    check_choice("train_split", train_split, SPLITS)
+    check_choice("test_split", test_split, SPLITS)
     resolved = resolve_protocol(protocol, data_dir, background)
     load = dict(data_dir=data_dir, protocol=resolved, seed=seed, val_characters=val_characters,
                 background=background, resample=resample, cache=cache)
@@ -482,12 +481,3 @@ def make_omniglot(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, 
     mx.eval(train, test)
     return OmniglotTasks(train, test, n_way, k_shot, query_size, train_split, test_split, resolved)
 
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")

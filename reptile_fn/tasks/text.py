@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import json
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 
 from reptile_fn import datasets
 from reptile_fn.errors import ConfigError, DataError
-from reptile_fn.tasks.base import Episode
+from reptile_fn.tasks.base import Episode, check_choice, check_int
 from reptile_fn.tasks.omniglot import group_split
 
 DATASETS = ("clinc150", "banking77")
@@ -65,7 +64,7 @@ class TextClasses(NamedTuple):
 
 def dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """``<data root>/<name>``: the root is ``data_dir``, else ``$REPTILE_FN_DATA``."""
-    _check_choice("dataset", name, DATASETS)
+    check_choice("dataset", name, DATASETS)
     if data_dir is None and not os.environ.get(datasets.DATA_ENV):
         raise DataError(f"no data directory given: pass data_dir=DIR (--data-dir DIR) or set {datasets.DATA_ENV}=DIR, "
                         f"where DIR/{name}/ holds the {name} files (CLINC150 from {CLINC_SOURCE}, Banking77 "
@@ -149,7 +148,7 @@ def _layout(folder: Path, detail: str) -> DataError:
 def split_classes(classes: TextClasses, *, seed: int = 0, by: str = "domain") -> dict[str, np.ndarray]:
     """Class indices of "test", "val" and "train": round(n/5), round(n/5) and the rest of the
     seed-ordered domains (``by="domain"``: 2/2/6 of CLINC150's 10) or intents (``by="intent"``)."""
-    _check_choice("split_by", by, SPLIT_BY)
+    check_choice("split_by", by, SPLIT_BY)
     keys = classes.groups if by == "domain" else classes.names
     return group_split(list(keys), divisor=5, seed=seed, what=by)
 
@@ -157,9 +156,9 @@ def split_classes(classes: TextClasses, *, seed: int = 0, by: str = "domain") ->
 def load_split(spec: str, data_dir: str | os.PathLike | None = None, *, seed: int = 0, by: str = "domain") -> TextClasses:
     """The classes of ``"<dataset>:<split>"``: "clinc150:train|val|test|all" or "banking77" ("banking77:all")."""
     name, _, split = spec.partition(":")
-    _check_choice("dataset", name, DATASETS)
+    check_choice("dataset", name, DATASETS)
     split = split or "all"
-    _check_choice(f"the split of {name}", split, SPLITS[name])
+    check_choice(f"the split of {name}", split, SPLITS[name])
     classes = load_clinc150(data_dir) if name == "clinc150" else load_banking77(data_dir)
     return classes if split == "all" else classes.subset(split_classes(classes, seed=seed, by=by)[split])
 
@@ -257,9 +256,9 @@ class TextTasks:
     kind: ClassVar[str] = "classification"
 
     def __post_init__(self) -> None:
-        _check_int("n_way", self.n_way, 1, "classes per episode")
-        _check_int("k_shot", self.k_shot, 1, "support sentences per class")
-        _check_int("query_size", self.query_size, 1, "query sentences per class")
+        check_int("n_way", self.n_way, 1, "classes per episode")
+        check_int("k_shot", self.k_shot, 1, "support sentences per class")
+        check_int("query_size", self.query_size, 1, "query sentences per class")
         for name in ("n_way", "k_shot", "query_size"):
             object.__setattr__(self, name, int(getattr(self, name)))
         if self.train_x.shape[-1] != self.test_x.shape[-1]:
@@ -322,12 +321,3 @@ def make_text_tasks(data_dir: str | os.PathLike | None = None, *, n_way: int = 5
     mx.eval(*arrays)
     return TextTasks(*arrays, n_way, k_shot, query_size, train.names, test.names, train_split, test_split)
 
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")
