@@ -26,7 +26,7 @@ from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, MetaStep
 from reptile_fn.algorithms.maml import ANIL_TRAINABLE
-from reptile_fn.baselines import Init, make_baselines, steps_to_reach
+from reptile_fn.baselines import Init, make_baselines, pretrain, steps_to_reach
 from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reptile_fn.evaluate import few_shot_curve
 from reptile_fn.inner import adapt
@@ -136,7 +136,7 @@ def setup(cfg: C.Config) -> Setup:
     if cfg.peft.method == "adalora":
         from reptile_fn.peft.adalora import with_rank_allocation
 
-        initial = sum(peft_ranks_initial(pf, model).values())
+        initial = sum(peft_ranks_initial(model).values())
         n = cfg.meta_iterations
         meta = with_rank_allocation(meta, target_rank=cfg.peft.target_rank or max(initial // 2, 1), total_steps=n,
                                     init_warmup=int(cfg.peft.rank_warmup * n), final_warmup=int(cfg.peft.rank_final * n))
@@ -144,7 +144,7 @@ def setup(cfg: C.Config) -> Setup:
                  initial_params, pf, meta_trainable)
 
 
-def peft_ranks_initial(pf, model: Model) -> dict[str, int]:
+def peft_ranks_initial(model: Model) -> dict[str, int]:
     """Per-weight ranks of a fresh adapter (shapes only; nothing is trained)."""
     from reptile_fn.peft import ranks
 
@@ -165,8 +165,6 @@ def _peft_initial_params(cfg: C.Config, pf, base_model: Model, loss, tasks) -> C
 
 def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
     """The PEFT base: pretrained on (part of) the task distribution, or a run's checkpoint."""
-    from reptile_fn.baselines import pretrain
-
     p = cfg.peft
     if p.base in ("random", "init"):  # the model's own init (text: the pretrained encoder and a fresh head)
         return base_model.init(key)
@@ -232,6 +230,8 @@ def baseline_inits(s: Setup, names) -> dict:
         if unknown:
             raise ConfigError(f"unknown baseline {unknown[0]!r} for a PEFT run; choose from {', '.join(PEFT_BASELINES)} "
                               "(base-full / base-head fine-tune the run's pretrained base)")
+        from reptile_fn import peft
+
         start = s.initial_params(keys.init)
         out = {}
         for name in names:
@@ -240,7 +240,7 @@ def baseline_inits(s: Setup, names) -> dict:
             elif name == "base-full":
                 out[name] = Init(start, T.match("base.*"))
             elif name == "base-head":
-                out[name] = Init(start, T.match(("base.head.*",)))
+                out[name] = Init(start, T.match(peft.HEAD))
             else:
                 out[name] = Init(s.model.init(keys.random_init), T.match("base.*"))
         return out
