@@ -143,6 +143,8 @@ def train(
     else:
         cfg = C.load(config, set_)
     summary = run_train(cfg, out, resume=resume, progress=progress and sys.stderr.isatty(), log=typer.echo)
+    if summary["rank"] != 0:
+        return  # a multi-process run reports from rank 0 only
     rate = f" ({summary['meta_steps_per_s']} meta-steps/s)" if summary["meta_steps_per_s"] else ""
     typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s{rate}; run in {out}")
     if "peft" in summary:

@@ -6,10 +6,14 @@ algorithm state), ``metrics.jsonl`` (one JSON object per log or eval event) and,
 
 Randomness: ``seed`` fixes the initialization, the training-task pool, one key per meta-iteration
 and the evaluation episodes, so a resumed run equals an uninterrupted one.
+
+Under ``mlx.launch`` every process runs this loop on its block of each meta-batch
+(``reptile_fn.distributed``); only rank 0 writes files, logs and evaluates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +25,7 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 import numpy as np
 
-from reptile_fn import checkpoint
+from reptile_fn import checkpoint, distributed
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, MetaStep
@@ -72,8 +76,11 @@ def trainable_predicate(patterns: tuple[str, ...]):
     return None if tuple(patterns) == ("*",) else T.match(patterns)
 
 
-def setup(cfg: C.Config) -> Setup:
-    """Build tasks, model, loss and the compiled meta-step for a config."""
+def setup(cfg: C.Config, group=None) -> Setup:
+    """Build tasks, model, loss and the compiled meta-step for a config.
+
+    ``group``: the ``mx.distributed`` group the meta-step averages over (None: one process).
+    """
     t = cfg.tasks
     if t.dataset == "omniglot":
         from reptile_fn.tasks.omniglot import make_omniglot
@@ -132,6 +139,7 @@ def setup(cfg: C.Config) -> Setup:
         inner_optimizer=cfg.inner_optimizer, inner_batch_size=cfg.inner_batch_size, inner_adam_betas=betas,
         outer_optimizer=cfg.outer_optimizer or defaults["outer_optimizer"], trainable=trainable, **extra,
         **({"persistent_inner_state": True} if cfg.inner_state == "persistent" else {}),
+        **({"group": group} if group is not None else {}),
     )
     if cfg.peft.method == "adalora":
         from reptile_fn.peft.adalora import with_rank_allocation
@@ -410,29 +418,53 @@ def train(
     """Meta-train (or resume) into ``out_dir``; returns the summary dict (also written as JSON).
 
     ``stop_at`` ends early after that meta-iteration (with a checkpoint), as an interruption would.
+    Launched by ``mlx.launch``, each process adapts its block of every meta-batch and only rank 0
+    writes files and output; the summary of another rank has no evaluation.
     """
+    w = distributed.world()
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
     if resume:
         cfg, params, state, start, window, n_window = _resume(cfg, ckpt_path)
-        s = setup(cfg)
+        block = distributed.shard(cfg.meta_batch_size, w)
+        s = setup(cfg, w.group)
         params = checkpoint.restore(params, "params", s.model.init(run_keys(cfg.seed).init), source=str(ckpt_path))
         state = checkpoint.restore(state, "state", s.meta.init(params), source=str(ckpt_path))
-        _truncate_metrics(out / METRICS, start)
-        log(f"resuming {out} at meta-iteration {start}/{cfg.meta_iterations}")
+        if w.is_main:
+            _truncate_metrics(out / METRICS, start)
+            log(f"resuming {out} at meta-iteration {start}/{cfg.meta_iterations}")
     else:
         if cfg is None:
             cfg = C.Config()
         if ckpt_path.exists():
             raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
                               "or choose another --out")
-        s = setup(cfg)
+        block = distributed.shard(cfg.meta_batch_size, w)
+        s = setup(cfg, w.group)
         params = s.initial_params(run_keys(cfg.seed).init)
         state = s.meta.init(params)
         start, window, n_window = 0, {}, 0
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "config.yaml", C.dump(cfg))
-        (out / METRICS).unlink(missing_ok=True)
+        if w.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            _atomic_write(out / "config.yaml", C.dump(cfg))
+            (out / METRICS).unlink(missing_ok=True)
+    last_good = start if resume else None
+    run = _Progress(params, state, start, window, n_window)
+
+    def lost(reason: str) -> str:
+        kept = (f"the last checkpoint ({ckpt_path}, meta-iteration {last_good}) is kept" if last_good is not None
+                else "no checkpoint had been written yet")
+        return (f"process {w.rank} of {w.size} lost contact with the others after meta-iteration {run.iteration} "
+                f"({reason}); {kept}. Check that every process is alive and reachable, then relaunch all of them "
+                "with --resume")
+
+    waiting = contextlib.nullcontext
+    if w.group is not None:
+        waiting = distributed.Watchdog(
+            distributed.peer_timeout(),
+            lambda t: lost(f"no reply in {t:.0f} s; {distributed.PEER_TIMEOUT_ENV} sets the limit")).waiting
+        with waiting():
+            distributed.check_same(w, f"{C.dump(cfg)}\nstart: {start}", "config or checkpoint")
 
     keys = run_keys(cfg.seed)
     iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
@@ -441,11 +473,18 @@ def train(
     @mx.compile
     def iteration(params, state, key):
         sample_key, step_key = mx.random.split(key)
-        return s.meta.step(params, state, s.sample_train(sample_key, cfg.meta_batch_size), step_key)
+        batch = s.sample_train(sample_key, cfg.meta_batch_size)
+        if w.group is not None:
+            # every process draws the whole meta-batch (pure in the key, a small share of a step's cost)
+            # and adapts its own block, so P processes compute what one process computes
+            batch = type(batch)(*(x[block] for x in batch))
+        return s.meta.step(params, state, batch, step_key)
 
     def save(run: _Progress):
         if not bool(T.all_finite(run.params)):
             raise _diverged(cfg, run.iteration, ckpt_path if last_good is not None else None, last_good)
+        if not w.is_main:
+            return
         # The open log window travels with the checkpoint, so a resumed run logs the same means.
         window = {"count": run.n_window, "sums": {k: float(v) for k, v in run.window.items()}}
         checkpoint.save(ckpt_path, run.params, run.state,
@@ -453,16 +492,22 @@ def train(
         if s.peft is not None:
             save_adapter_files(s, run.params, out / ADAPTER_DIR)
 
-    run = _Progress(params, state, start, window, n_window)
-    last_good = start if resume else None
-    metrics_file = open(out / METRICS, "a")
+    metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
     t0 = time.perf_counter()
-    bar = _progress(progress, start, cfg.meta_iterations)
+    bar = _progress(progress and w.is_main, start, cfg.meta_iterations)
+    if w.group is not None and w.is_main:
+        bar = _LineBar(log, cfg.meta_iterations) if not progress else bar
+        log(f"{w.size} processes, {cfg.meta_batch_size // w.size} of each meta-batch's {cfg.meta_batch_size} "
+            "tasks per process")
     try:
         for i in range(start, end):
             params, state, metrics = iteration(run.params, run.state, iteration_keys[i])
             window = metrics if not run.window else {k: run.window[k] + metrics[k] for k in metrics}
-            mx.async_eval(params, state, window)
+            if w.group is None:
+                mx.async_eval(params, state, window)
+            else:
+                with waiting():  # a lost peer raises here, or (MLX 0.32) blocks until the watchdog ends it
+                    mx.eval(params, state, window)
             run = _Progress(params, state, i + 1, window, run.n_window + 1)  # one assignment: Ctrl-C safe
             it = run.iteration
             if it % cfg.log_every == 0 or it == cfg.meta_iterations:
@@ -474,6 +519,7 @@ def train(
                 metrics_file.flush()  # so that `tail -f metrics.jsonl` follows a long run
                 bar.update(it, record)
             if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
+                # every process evaluates (rank 0 records it), so none waits on another's evaluation
                 curve = evaluate_init(s, params, keys.eval_during, cfg.eval.during_training_episodes,
                                       inner_lr=s.meta.inner_lr(state), inner_opt=s.meta.inner_opt(state))
                 metrics_file.write(json.dumps({"iteration": it, "eval": _final_point(curve)}) + "\n")
@@ -484,10 +530,14 @@ def train(
                 last_good = it
     except KeyboardInterrupt:
         metrics_file.flush()
-        if run.iteration > start and bool(T.all_finite(run.params)):
+        if run.iteration > start and bool(T.all_finite(run.params)) and w.is_main:
             save(run)
             log(f"\ninterrupted: checkpoint saved at meta-iteration {run.iteration}; continue with --resume")
         raise
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        raise distributed.DistributedError(lost(str(e))) from e
     finally:
         bar.close()
         metrics_file.close()
@@ -500,8 +550,12 @@ def train(
         "meta_iterations": cfg.meta_iterations,
         "seconds": round(seconds, 3),
         "meta_steps_per_s": float(f"{done / seconds:.3g}") if done else None,
+        "processes": w.size,
+        "rank": w.rank,
         "config": C.to_dict(cfg),
     }
+    if not w.is_main:
+        return summary
     if s.peft is not None:
         summary["peft"] = peft_summary(s, run.params)
     if end == cfg.meta_iterations:
@@ -671,6 +725,20 @@ def _atomic_write(path: Path, text: str) -> None:
 class _NoBar:
     def update(self, it, record):
         pass
+
+    def close(self):
+        pass
+
+
+class _LineBar:
+    """Progress as log lines (rank 0 of a multi-process run, whose output mlx.launch forwards)."""
+
+    def __init__(self, log: Callable[[str], None], total: int):
+        self.log, self.total, self.t0 = log, total, time.perf_counter()
+
+    def update(self, it, record):
+        info = " ".join(f"{k}={v:.3g}" for k, v in record.items() if k != "iteration")
+        self.log(f"meta-iteration {it}/{self.total} {info} ({time.perf_counter() - self.t0:.0f} s)")
 
     def close(self):
         pass

@@ -325,8 +325,8 @@ def _poison_after(monkeypatch, after: int):
     """Make every meta-step after iteration ``after`` return NaN parameters."""
     original = TR.setup
 
-    def setup(cfg):
-        s = original(cfg)
+    def setup(cfg, group=None):
+        s = original(cfg, group)
         step = s.meta.step
 
         def poisoned(params, state, batch, key):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.utils import tree_map
 
-from reptile_fn import optim
+from reptile_fn import distributed, optim
 from reptile_fn import tree as T
 from reptile_fn.algorithms.base import MetaStep, over_tasks
 from reptile_fn.inner import Apply, Loss, adapt
@@ -49,6 +49,7 @@ def make_step(
     meta_trainable: PathPredicate | None = None,
     first_order: bool = False,
     learn_inner_lr: bool = False,
+    group=None,
     batched: bool = True,
     compiled: bool = True,
 ) -> MetaStep:
@@ -59,6 +60,8 @@ def make_step(
       meta_trainable: the parameters the outer loop learns (``None``: all; PEFT: the adapter and head).
       first_order: FOMAML (drop the second-order terms).
       learn_inner_lr: Meta-SGD: α starts at ``inner_lr`` for every parameter and is meta-learned.
+      group: an ``mx.distributed`` group whose processes each hold a block of the meta-batch; the
+        meta-gradient and metrics are averaged over them (``reptile_fn.distributed``).
     """
     outer = optim.make(outer_optimizer)
     schedule = optim.linear_schedule(outer_lr, outer_lr_final, meta_iterations)
@@ -108,10 +111,12 @@ def make_step(
     value_and_grad = mx.value_and_grad(objective)
 
     def step(params: Tree, state: Tree, batch, key: mx.array):
-        keys = mx.random.split(key, batch.support_x.shape[0])
+        keys = distributed.task_keys(key, batch.support_x.shape[0], group)
         mp = meta_params(params, state)
         fixed = T.partition(params, meta_trainable)[1]  # not meta-learned: no gradient, never updated
         (query_loss, support_losses), grads = value_and_grad(mp, fixed, batch, keys)
+        # this process's tasks' mean → the meta-batch mean (every process holds as many tasks)
+        grads, query_loss = distributed.mean((grads, query_loss), group)
         lr = schedule(state["iteration"])
         updates, outer_state = outer.update(grads, state["outer"], lr)
         new = T.sub(mp, updates)
@@ -120,7 +125,7 @@ def make_step(
             new_state["inner_lr"] = new["inner_lr"]
         metrics = {"query_loss": query_loss, "outer_lr": lr}
         if inner_steps:
-            metrics["support_loss"] = mx.mean(support_losses[:, 0])
+            metrics["support_loss"] = distributed.mean(mx.mean(support_losses[:, 0]), group)
         return T.combine(new["params"], fixed), new_state, metrics
 
     def current_inner_lr(state: Tree):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from reptile_fn import optim
+from reptile_fn import distributed, optim
 from reptile_fn import tree as T
 from reptile_fn.algorithms.base import MetaStep, over_tasks
 from reptile_fn.inner import Apply, Loss, adapt, init_opt_state
@@ -35,6 +35,7 @@ def make_step(
     outer_optimizer: str = "sgd",
     trainable: PathPredicate | None = None,
     persistent_inner_state: bool = False,
+    group=None,
     batched: bool = True,
     compiled: bool = True,
 ) -> MetaStep:
@@ -47,6 +48,8 @@ def make_step(
         algorithm state, as supervised-reptile's TensorFlow code does (its Adam slots are never reset
         between tasks, and evaluation adapts from them). Every task of a meta-batch starts from it; the
         new state is the mean of the tasks' final states (the reference chains tasks one after another).
+      group: an ``mx.distributed`` group whose processes each hold a block of the meta-batch; the
+        direction, metrics and inner state are averaged over them (``reptile_fn.distributed``).
       batched / compiled: ``mx.vmap`` over tasks and ``mx.compile`` the step; ``batched=False,
         compiled=False`` is the serial reference implementation.
     """
@@ -74,8 +77,9 @@ def make_step(
         return T.partition(adapted, trainable)[0], losses, (opt[0] if opt else {})
 
     def step(params: Tree, state: Tree, batch, key: mx.array):
-        n_tasks = batch.support_x.shape[0]
-        keys = mx.random.split(key, n_tasks)
+        n_tasks = batch.support_x.shape[0]  # this process's share of the meta-batch
+        n_global = n_tasks * (group.size() if group is not None else 1)
+        keys = distributed.task_keys(key, n_tasks, group)
         shared = {"params": params}
         if persistent_inner_state:
             shared.update(opt=state["inner_opt"], t0=state["inner_t"])
@@ -83,19 +87,18 @@ def make_step(
                                            batched=batched)
         fast, frozen = T.partition(params, trainable)
         # mean_i (θ − θ̃_i): the pseudo-gradient; differences first, so zero inner steps give exactly 0
-        direction = T.mean(T.sub(fast, adapted))
+        direction = distributed.mean(T.mean(T.sub(fast, adapted)), group)
         lr = schedule(state["iteration"])
         updates, outer_state = outer.update(direction, state["outer"], lr)
         new_params = T.combine(T.sub(fast, updates), frozen)
         metrics = {
-            "support_loss": mx.mean(losses[:, 0]),
-            "adapted_loss": mx.mean(losses[:, -1]),
+            **distributed.mean({"support_loss": mx.mean(losses[:, 0]), "adapted_loss": mx.mean(losses[:, -1])}, group),
             "outer_lr": lr,
         }
         new_state = {"iteration": state["iteration"] + 1, "outer": outer_state}
         if persistent_inner_state:
-            new_state["inner_opt"] = T.mean(opts)
-            new_state["inner_t"] = state["inner_t"] + inner_steps * n_tasks
+            new_state["inner_opt"] = distributed.mean(T.mean(opts), group)
+            new_state["inner_t"] = state["inner_t"] + inner_steps * n_global
         return new_params, new_state, metrics
 
     def inner_opt(state: Tree):
