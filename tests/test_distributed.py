@@ -17,9 +17,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 from hypothesis import given
 from hypothesis import strategies as st
+from mlx.utils import tree_flatten
 
 import reptile_fn.train as TR
 from reptile_fn import checkpoint as ck
