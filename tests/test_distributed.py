@@ -229,3 +229,15 @@ def test_processes_with_different_configs_are_refused(tmp_path):
     assert [q.returncode for q in procs] == [2, 2], errs
     assert all("different config" in e for e in errs), errs
     assert not (tmp_path / "run" / TR.CHECKPOINT).exists()
+
+
+def test_readme_hostfile_example_is_what_mlx_launch_reads(tmp_path):
+    from mlx._distributed_utils.common import Hostfile
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Multi-process training", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "hosts.json").write_text(example)
+    hosts = Hostfile.from_file(tmp_path / "hosts.json").hosts
+    assert [(h.ssh_hostname, h.ips) for h in hosts] == [("node-a", ["10.0.0.1"]), ("node-b", ["10.0.0.2"])]
+    assert "mlx.launch -n 2 -- reptile-fn train" in section

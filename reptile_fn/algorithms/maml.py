@@ -115,8 +115,9 @@ def make_step(
         mp = meta_params(params, state)
         fixed = T.partition(params, meta_trainable)[1]  # not meta-learned: no gradient, never updated
         (query_loss, support_losses), grads = value_and_grad(mp, fixed, batch, keys)
-        # this process's tasks' mean → the meta-batch mean (every process holds as many tasks)
-        grads, query_loss = distributed.mean((grads, query_loss), group)
+        # this process's tasks' means → the meta-batch means (every process holds as many tasks)
+        support_loss = mx.mean(support_losses[:, 0]) if inner_steps else mx.array(0.0)
+        grads, query_loss, support_loss = distributed.mean((grads, query_loss, support_loss), group)
         lr = schedule(state["iteration"])
         updates, outer_state = outer.update(grads, state["outer"], lr)
         new = T.sub(mp, updates)
@@ -125,7 +126,7 @@ def make_step(
             new_state["inner_lr"] = new["inner_lr"]
         metrics = {"query_loss": query_loss, "outer_lr": lr}
         if inner_steps:
-            metrics["support_loss"] = distributed.mean(mx.mean(support_losses[:, 0]), group)
+            metrics["support_loss"] = support_loss
         return T.combine(new["params"], fixed), new_state, metrics
 
     def current_inner_lr(state: Tree):

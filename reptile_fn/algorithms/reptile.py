@@ -87,17 +87,17 @@ def make_step(
                                            batched=batched)
         fast, frozen = T.partition(params, trainable)
         # mean_i (θ − θ̃_i): the pseudo-gradient; differences first, so zero inner steps give exactly 0
-        direction = distributed.mean(T.mean(T.sub(fast, adapted)), group)
+        direction = T.mean(T.sub(fast, adapted))
+        losses = {"support_loss": mx.mean(losses[:, 0]), "adapted_loss": mx.mean(losses[:, -1])}
+        # over processes: the meta-batch means (one collective for all of them)
+        direction, losses, opt_mean = distributed.mean((direction, losses, T.mean(opts)), group)
         lr = schedule(state["iteration"])
         updates, outer_state = outer.update(direction, state["outer"], lr)
         new_params = T.combine(T.sub(fast, updates), frozen)
-        metrics = {
-            **distributed.mean({"support_loss": mx.mean(losses[:, 0]), "adapted_loss": mx.mean(losses[:, -1])}, group),
-            "outer_lr": lr,
-        }
+        metrics = {**losses, "outer_lr": lr}
         new_state = {"iteration": state["iteration"] + 1, "outer": outer_state}
         if persistent_inner_state:
-            new_state["inner_opt"] = distributed.mean(T.mean(opts), group)
+            new_state["inner_opt"] = opt_mean
             new_state["inner_t"] = state["inner_t"] + inner_steps * n_global
         return new_params, new_state, metrics
 
