@@ -1,0 +1,57 @@
+"""Task2Vec (Achille et al. 2019, "Task2Vec: Task Embedding for Meta-Learning").
+
+A task's embedding is the diagonal of the Fisher information of a fixed probe network (here the
+meta-learned initialization, optionally adapted to the support set first, as Task2Vec trains the
+probe's classifier on the task) on the task's examples:
+
+    F = (1/n) Σ_i  ∇_θ ℓ(θ; x_i, y_i) ⊙ ∇_θ ℓ(θ; x_i, y_i)          (empirical Fisher, support labels)
+
+with per-example gradients from ``mx.vmap``. The paper's symmetric distance compares two
+embeddings after normalising each coordinate by their sum:
+
+    d_sym(F_a, F_b) = d_cos(F_a / (F_a + F_b), F_b / (F_a + F_b))
+
+Empirical (label-dependent) Fisher rather than the model's predictive one: tasks of different
+families can share their input distribution and differ only in the labelling.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from reptile_fn.inner import adapt
+from reptile_fn.tree import Tree
+
+
+def fisher_diagonal(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array,
+                    trainable: Callable | None = None) -> mx.array:
+    """The diagonal empirical Fisher of ``params`` on (x, y), flattened in ``tree_flatten`` order.
+
+    ``trainable``: a path predicate; only those leaves enter the embedding (default: all).
+    """
+
+    def grad_one(xi, yi):
+        return mx.grad(lambda p: loss(apply(p, xi[None]), yi[None]))(params)
+
+    per_example = mx.vmap(grad_one)(x, y)
+    leaves = [g for path, g in tree_flatten(per_example) if trainable is None or trainable(path)]
+    return mx.concatenate([mx.mean(g * g, axis=0).reshape(-1) for g in leaves])
+
+
+def task2vec(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array, *,
+             adapt_steps: int = 0, inner_lr: float = 0.0, trainable: Callable | None = None,
+             key: mx.array | None = None) -> mx.array:
+    """Task2Vec embedding of one support set: ``fisher_diagonal`` after ``adapt_steps`` SGD steps."""
+    if adapt_steps:
+        params, _ = adapt(apply, loss, params, (x, y), lr=inner_lr, steps=adapt_steps, key=key)
+    return fisher_diagonal(apply, loss, params, x, y, trainable)
+
+
+def task2vec_distance(a: mx.array, b: mx.array) -> mx.array:
+    """Task2Vec's symmetric cosine distance between two Fisher embeddings."""
+    total = a + b + 1e-12
+    na, nb = a / total, b / total
+    return 1 - mx.sum(na * nb) / (mx.linalg.norm(na) * mx.linalg.norm(nb) + 1e-12)
