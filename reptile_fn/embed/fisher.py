@@ -11,6 +11,11 @@ embeddings after normalising each coordinate by their sum:
 
     d_sym(F_a, F_b) = d_cos(F_a / (F_a + F_b), F_b / (F_a + F_b))
 
+For retrieval, ``log_fisher`` compares the logarithm of each layer's Fisher over its mean instead:
+the raw diagonal spans orders of magnitude and one layer dominates any distance on it.
+
+    e_l = log(F_l + ε) − log(mean(F_l) + ε)          for each parameter leaf l
+
 Empirical (label-dependent) Fisher rather than the model's predictive one: tasks of different
 families can share their input distribution and differ only in the labelling.
 """
@@ -25,6 +30,20 @@ from mlx.utils import tree_flatten
 from reptile_fn.inner import adapt
 from reptile_fn.tree import Tree
 
+LOG_EPS = 1e-8
+
+
+def fisher_leaves(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array,
+                  trainable: Callable | None = None) -> list[mx.array]:
+    """The diagonal empirical Fisher of each (``trainable``) leaf, flattened, in ``tree_flatten`` order."""
+
+    def grad_one(xi, yi):
+        return mx.grad(lambda p: loss(apply(p, xi[None]), yi[None]))(params)
+
+    per_example = mx.vmap(grad_one)(x, y)
+    leaves = [g for path, g in tree_flatten(per_example) if trainable is None or trainable(path)]
+    return [mx.mean(g * g, axis=0).reshape(-1) for g in leaves]
+
 
 def fisher_diagonal(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array,
                     trainable: Callable | None = None) -> mx.array:
@@ -32,13 +51,12 @@ def fisher_diagonal(apply: Callable, loss: Callable, params: Tree, x: mx.array, 
 
     ``trainable``: a path predicate; only those leaves enter the embedding (default: all).
     """
+    return mx.concatenate(fisher_leaves(apply, loss, params, x, y, trainable))
 
-    def grad_one(xi, yi):
-        return mx.grad(lambda p: loss(apply(p, xi[None]), yi[None]))(params)
 
-    per_example = mx.vmap(grad_one)(x, y)
-    leaves = [g for path, g in tree_flatten(per_example) if trainable is None or trainable(path)]
-    return mx.concatenate([mx.mean(g * g, axis=0).reshape(-1) for g in leaves])
+def log_fisher(leaves: list[mx.array]) -> mx.array:
+    """Per-layer normalised log-Fisher: concat over leaves of log(F_l + ε) − log(mean F_l + ε)."""
+    return mx.concatenate([mx.log(f + LOG_EPS) - mx.log(mx.mean(f) + LOG_EPS) for f in leaves])
 
 
 def task2vec(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array, *,

@@ -1,0 +1,110 @@
+"""Family identification: can a task embedding name the family a fresh task was drawn from?
+
+Two sets of fresh held-out tasks (``TaskDistribution.sample_test_tasks``: never the training pool)
+are embedded from their support sets alone: a *bank* of reference tasks whose families are known,
+and *queries*. A query is assigned the family of its nearest bank task (top-1 nearest neighbour);
+the accuracy is the fraction named correctly (chance: 1 / number of families).
+
+Embeddings, each standardised per coordinate with the bank's mean and std, compared by cosine:
+
+- ``handcrafted``: ``features.handcrafted`` (no model);
+- ``fisher``: ``fisher.log_fisher`` of the meta-learned init after ``adapt_steps`` SGD steps on
+  the support set (Task2Vec's probe network, trained on the task; ``adapt_steps = 0``: the init).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+import numpy as np
+
+from reptile_fn.embed.features import handcrafted_batch
+from reptile_fn.embed.fisher import fisher_leaves, log_fisher
+from reptile_fn.embed.select import identification_accuracy, standardize
+from reptile_fn.errors import ConfigError
+from reptile_fn.inner import adapt
+
+EMBEDDINGS = ("handcrafted", "fisher")
+CHUNK = 64  # tasks per vmapped Fisher call: bounds the (tasks, examples, parameters) per-example gradients
+
+
+def check_distribution(tasks) -> None:
+    """Family identification needs a synthetic classification mixture of at least two families."""
+    families = getattr(tasks, "families", None)
+    if families is None or tasks.kind != "classification":
+        raise ConfigError("family identification needs a run on synthetic classification families "
+                          "(linear, xor, circles, spiral); train one with `reptile-fn train`")
+    if len(families) < 2:
+        raise ConfigError(f"family identification needs at least two families, got {list(families)}; "
+                          "pass two or more with --family")
+
+
+def sample_tasks(tasks, key: mx.array, n_tasks: int):
+    """(family ids (n,) numpy, Episode): n fresh held-out tasks and one episode of each."""
+    tasks_key, data_key = mx.random.split(key)
+    held_out = tasks.sample_test_tasks(tasks_key, n_tasks)
+    return np.array(held_out.family_ids), tasks.episodes(held_out, data_key)
+
+
+def fisher_embeddings(s, params, support_x: mx.array, support_y: mx.array, *, adapt_steps: int = 0) -> mx.array:
+    """``log_fisher`` of each support set (tasks, n, ...) -> (tasks, parameters), after ``adapt_steps``."""
+    lr = s.cfg.eval.inner_lr or s.cfg.inner_lr
+    trainable = s.inner_kwargs.get("trainable")
+
+    def one(x, y):
+        p = params
+        if adapt_steps:
+            p, _ = adapt(s.model.apply, s.loss, params, (x, y), lr=lr, steps=adapt_steps, trainable=trainable)
+        return log_fisher(fisher_leaves(s.model.apply, s.loss, p, x, y))
+
+    embed = mx.vmap(one)
+    out = []
+    for i in range(0, support_x.shape[0], CHUNK):
+        out.append(embed(support_x[i:i + CHUNK], support_y[i:i + CHUNK]))
+        mx.eval(out[-1])
+    return mx.concatenate(out)
+
+
+def embed_support(s, params, support_x: mx.array, support_y: mx.array, *, adapt_steps: int = 0) -> dict:
+    """Both embeddings of a batch of support sets: ``{"handcrafted": (tasks, d), "fisher": (tasks, p)}``."""
+    return {"handcrafted": handcrafted_batch(support_x, support_y, s.tasks.out_dim),
+            "fisher": fisher_embeddings(s, params, support_x, support_y, adapt_steps=adapt_steps)}
+
+
+def family_identification(s, params, *, k_shot: int, bank_tasks: int, query_tasks: int, key: mx.array,
+                          adapt_steps: int = 0) -> dict:
+    """Top-1 nearest-neighbour family identification of fresh tasks with k_shot examples per class.
+
+    Returns ``{"accuracy": {name: float}, "embeddings": {name: (bank + query, d) numpy, standardised},
+    "labels": (bank + query,) family ids, "is_query": (bank + query,) bool, "families", "k_shot",
+    "bank_tasks", "query_tasks", "adapt_steps"}`` for ``name`` in handcrafted, fisher.
+    """
+    check_distribution(s.tasks)
+    for name, value, low in (("k_shot", k_shot, 1), ("bank_tasks", bank_tasks, 1), ("query_tasks", query_tasks, 1),
+                             ("adapt_steps", adapt_steps, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    tasks = dataclasses.replace(s.tasks, k_shot=k_shot)
+    bank_key, query_key = mx.random.split(key)
+    bank_labels, bank = sample_tasks(tasks, bank_key, bank_tasks)
+    query_labels, query = sample_tasks(tasks, query_key, query_tasks)
+    bank_e = embed_support(s, params, bank.support_x, bank.support_y, adapt_steps=adapt_steps)
+    query_e = embed_support(s, params, query.support_x, query.support_y, adapt_steps=adapt_steps)
+    accuracy, embeddings = {}, {}
+    for name in EMBEDDINGS:
+        b, q = standardize(bank_e[name], query_e[name])
+        accuracy[name] = identification_accuracy(q, query_labels, b, bank_labels)
+        embeddings[name] = np.concatenate([np.array(b), np.array(q)])
+    return {"accuracy": accuracy, "embeddings": embeddings,
+            "labels": np.concatenate([bank_labels, query_labels]),
+            "is_query": np.arange(bank_tasks + query_tasks) >= bank_tasks,
+            "families": tuple(tasks.families), "k_shot": k_shot, "bank_tasks": bank_tasks,
+            "query_tasks": query_tasks, "adapt_steps": adapt_steps}
+
+
+def pca_2d(embeddings: np.ndarray) -> np.ndarray:
+    """The first two principal components of the rows (centred; numpy SVD) -> (n, 2)."""
+    centred = embeddings - embeddings.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T if vt.shape[0] >= 2 else np.pad(centred @ vt.T, ((0, 0), (0, 2 - vt.shape[0])))
