@@ -211,6 +211,53 @@ def eval_(
 
 @app.command()
 @_errors_to_exit
+def embed(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train "
+                                    "(synthetic classification families)."),
+    family: List[str] = typer.Option([], "--family", help="Only these task families (repeatable; default: the run's)."),
+    shots: int = typer.Option(5, "--shots", help="Support examples per class of every embedded task (k_shot)."),
+    tasks: int = typer.Option(400, "--tasks", help="Labelled bank tasks; half as many query tasks are identified."),
+    adapt_steps: int = typer.Option(5, "--adapt-steps", help="SGD steps on the support set before the Fisher."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fresh held-out tasks."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where embed.json and the PNG go (default: <run>/embed)."),
+    data_dir: Optional[Path] = DataDirOpt,
+) -> None:
+    """Family identification of fresh held-out tasks by handcrafted and Fisher (Task2Vec) embeddings, and a PCA plot."""
+    for name, value, low in (("--shots", shots, 1), ("--tasks", tasks, 2), ("--adapt-steps", adapt_steps, 0),
+                             ("--seed", seed, 0)):
+        if value < low:
+            raise ReptileFnError(f"{name} must be >= {low}, got {value}; e.g. {name} {max(low, 5)}")
+    import mlx.core as mx
+
+    from reptile_fn import plots
+    from reptile_fn.embed import similarity
+    from reptile_fn.train import load_run
+
+    s, params, _, iteration = load_run(checkpoint, _with_data_dir([], data_dir))
+    similarity.check_distribution(s.tasks)
+    if family:
+        s = s._replace(tasks=similarity.restrict_families(s.tasks, family))
+        similarity.check_distribution(s.tasks)
+    result = similarity.family_identification(s, params, k_shot=shots, bank_tasks=tasks, query_tasks=max(1, tasks // 2),
+                                              key=mx.random.key(seed), adapt_steps=adapt_steps)
+    families = result["families"]
+    typer.echo(f"{checkpoint} (meta-iteration {iteration}): family identification of fresh held-out tasks, "
+               f"{', '.join(families)}, k_shot={shots}")
+    typer.echo(f"top-1 nearest neighbour, {result['query_tasks']} queries vs {result['bank_tasks']} labelled bank tasks "
+               f"(chance {100 / len(families):.1f}%)")
+    typer.echo(f"  handcrafted  {100 * result['accuracy']['handcrafted']:5.1f}%")
+    typer.echo(f"  fisher       {100 * result['accuracy']['fisher']:5.1f}%  (log-Fisher after {adapt_steps} steps)")
+    out_dir = out or checkpoint.parent / "embed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {k: result[k] for k in ("accuracy", "k_shot", "bank_tasks", "query_tasks", "adapt_steps")}
+    (out_dir / "embed.json").write_text(json.dumps({"checkpoint": str(checkpoint), "families": list(families),
+                                                    "seed": seed, **summary}, indent=2))
+    png = plots.task_embeddings(result, out_dir / "task_embeddings.png")
+    typer.echo(f"wrote {out_dir / 'embed.json'} and {png}")
+
+
+@app.command()
+@_errors_to_exit
 def download(
     dataset: str = typer.Argument(..., help="What to download: omniglot."),
     data_dir: Optional[Path] = DataDirOpt,

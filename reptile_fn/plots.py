@@ -90,3 +90,30 @@ def sine_fit(x_plot: np.ndarray, y_true: np.ndarray, support: tuple[np.ndarray, 
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(title or "sine regression: few-shot adaptation")
     return _save(fig, path)
+
+
+def task_embeddings(result: dict, path: str | Path) -> Path:
+    """2-D PCA of each task embedding (one panel each), coloured by family; queries hollow.
+
+    Rows are scaled to unit length first: identification compares them by cosine.
+    """
+    from reptile_fn.embed.similarity import pca_2d
+
+    names = list(result["embeddings"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.4), squeeze=False)
+    labels, is_query = np.asarray(result["labels"]), np.asarray(result["is_query"])
+    for ax, name in zip(axes[0], names):
+        e = np.asarray(result["embeddings"][name], dtype=np.float64)
+        xy = pca_2d(e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12))
+        for i, family in enumerate(result["families"]):
+            color = f"C{i}"
+            bank, query = (labels == i) & ~is_query, (labels == i) & is_query
+            ax.scatter(*xy[bank].T, s=9, color=color, alpha=0.6, label=family)
+            ax.scatter(*xy[query].T, s=14, facecolors="none", edgecolors=color, linewidths=0.8)
+        ax.set_title(f"{name}: {100 * result['accuracy'][name]:.1f}% identified")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(title="family (hollow: queries)", fontsize=8)
+    fig.suptitle(f"task embeddings of fresh held-out tasks, k_shot={result['k_shot']}")
+    return _save(fig, path)

@@ -40,6 +40,20 @@ def check_distribution(tasks) -> None:
                           "pass two or more with --family")
 
 
+def restrict_families(tasks, names) -> object:
+    """``tasks`` with only the families ``names`` (all must fit the run's model: same kind and sizes)."""
+    from reptile_fn.tasks.distribution import FAMILIES
+
+    restricted = dataclasses.replace(tasks, families=tuple(names))  # validates the names
+    for name in restricted.families:
+        f = FAMILIES[name]
+        if (f.kind, f.in_dim, f.out_dim) != (tasks.kind, tasks.in_dim, tasks.out_dim):
+            raise ConfigError(f"family {name!r} ({f.kind}, in_dim={f.in_dim}, out_dim={f.out_dim}) does not fit this "
+                              f"run's model ({tasks.kind}, in_dim={tasks.in_dim}, out_dim={tasks.out_dim}); "
+                              f"pick from the run's families: {', '.join(tasks.families)}")
+    return restricted
+
+
 def sample_tasks(tasks, key: mx.array, n_tasks: int):
     """(family ids (n,) numpy, Episode): n fresh held-out tasks and one episode of each."""
     tasks_key, data_key = mx.random.split(key)
