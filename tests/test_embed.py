@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -122,3 +123,19 @@ def test_cli_embed_restricts_families(tiny_run, tmp_path):
 def test_cli_embed_bad_option_gives_one_clear_error(tiny_run, tmp_path, args, needle):
     result = runner.invoke(app, ["embed", "--checkpoint", str(tiny_run), "--out", str(tmp_path), *args])
     _assert_user_error(result, needle)
+
+
+OMNIGLOT = Path("/work/shared/data")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (OMNIGLOT / "omniglot" / "images_background.zip").is_file(), reason="no Omniglot zip")
+def test_alphabet_identification_on_held_out_alphabets():
+    from reptile_fn.embed.similarity import alphabet_identification
+    from reptile_fn.tasks.omniglot import load_set
+
+    s, params, _, _ = TR.load_run("omniglot-5w1s", [f"tasks.data_dir={OMNIGLOT}"])
+    r = alphabet_identification(s, params, load_set("background", OMNIGLOT), k_shot=1, bank_tasks=40,
+                                query_tasks=20, key=mx.random.key(5))
+    assert len(r["families"]) == 5
+    assert r["accuracy"]["fisher"] > 0.5  # chance: 0.2

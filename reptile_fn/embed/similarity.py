@@ -122,3 +122,49 @@ def pca_2d(embeddings: np.ndarray) -> np.ndarray:
     centred = embeddings - embeddings.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return centred @ vt[:2].T if vt.shape[0] >= 2 else np.pad(centred @ vt.T, ((0, 0), (0, 2 - vt.shape[0])))
+
+
+def alphabet_identification(s, params, data, *, k_shot: int, bank_tasks: int, query_tasks: int, key: mx.array,
+                            adapt_steps: int = 0, split: str = "test") -> dict:
+    """Omniglot: name the alphabet of an N-way episode whose classes all come from one alphabet.
+
+    ``data``: an ``OmniglotSet`` (``tasks.omniglot.load_set``); its alphabets are split with
+    ``alphabet_split(seed=s.cfg.seed)`` and episodes are drawn from the ``split`` alphabets only
+    ("test": the alphabets the ``protocol: alphabets`` runs never meta-train on). Each task picks an
+    alphabet uniformly, then an ``s.tasks.n_way``-way ``k_shot``-shot episode of its characters.
+    Returns what ``family_identification`` returns, with the alphabets as ``families``.
+    """
+    from reptile_fn.tasks import omniglot
+
+    n_way = s.tasks.n_way
+    chars = data.subset(omniglot.alphabet_split(data.alphabets, seed=s.cfg.seed)[split])
+    names = tuple(sorted(set(chars.alphabets)))
+    groups = [mx.array(chars.images[np.array([a == n for a in chars.alphabets])]) for n in names]
+    small = [n for n, g in zip(names, groups) if g.shape[0] < n_way]
+    if small:
+        raise ConfigError(f"alphabets {small} have fewer than n_way={n_way} characters; lower tasks.n_way")
+
+    def sample(k, n):
+        alphabet_key, episode_key = mx.random.split(k)
+        labels = np.array(mx.random.randint(0, len(names), (n,), key=alphabet_key))
+        keys = mx.random.split(episode_key, n)
+        eps = [omniglot.episode(groups[a], keys[i], n_way, k_shot, 1) for i, a in enumerate(labels)]
+        return labels, mx.stack([e.support_x for e in eps]), mx.stack([e.support_y for e in eps])
+
+    bank_key, query_key = mx.random.split(key)
+    bank_labels, bx, by = sample(bank_key, bank_tasks)
+    query_labels, qx, qy = sample(query_key, query_tasks)
+    bank_e = {"handcrafted": handcrafted_batch(bx, by, n_way),
+              "fisher": fisher_embeddings(s, params, bx, by, adapt_steps=adapt_steps)}
+    query_e = {"handcrafted": handcrafted_batch(qx, qy, n_way),
+               "fisher": fisher_embeddings(s, params, qx, qy, adapt_steps=adapt_steps)}
+    accuracy, embeddings = {}, {}
+    for name in EMBEDDINGS:
+        b, q = standardize(bank_e[name], query_e[name])
+        accuracy[name] = identification_accuracy(q, query_labels, b, bank_labels)
+        embeddings[name] = np.concatenate([np.array(b), np.array(q)])
+    return {"accuracy": accuracy, "embeddings": embeddings,
+            "labels": np.concatenate([bank_labels, query_labels]),
+            "is_query": np.arange(bank_tasks + query_tasks) >= bank_tasks,
+            "families": names, "k_shot": k_shot, "bank_tasks": bank_tasks,
+            "query_tasks": query_tasks, "adapt_steps": adapt_steps}
