@@ -25,7 +25,6 @@ from reptile_fn.embed.select import identification_accuracy, standardize
 from reptile_fn.errors import ConfigError
 from reptile_fn.inner import adapt
 
-EMBEDDINGS = ("handcrafted", "fisher")
 CHUNK = 64  # tasks per vmapped Fisher call: bounds the (tasks, examples, parameters) per-example gradients
 
 
@@ -80,9 +79,10 @@ def fisher_embeddings(s, params, support_x: mx.array, support_y: mx.array, *, ad
     return mx.concatenate(out)
 
 
-def embed_support(s, params, support_x: mx.array, support_y: mx.array, *, adapt_steps: int = 0) -> dict:
+def embed_support(s, params, support_x: mx.array, support_y: mx.array, *, adapt_steps: int = 0,
+                  n_classes: int | None = None) -> dict:
     """Both embeddings of a batch of support sets: ``{"handcrafted": (tasks, d), "fisher": (tasks, p)}``."""
-    return {"handcrafted": handcrafted_batch(support_x, support_y, s.tasks.out_dim),
+    return {"handcrafted": handcrafted_batch(support_x, support_y, n_classes or s.tasks.out_dim),
             "fisher": fisher_embeddings(s, params, support_x, support_y, adapt_steps=adapt_steps)}
 
 
@@ -103,18 +103,21 @@ def family_identification(s, params, *, k_shot: int, bank_tasks: int, query_task
     bank_key, query_key = mx.random.split(key)
     bank_labels, bank = sample_tasks(tasks, bank_key, bank_tasks)
     query_labels, query = sample_tasks(tasks, query_key, query_tasks)
-    bank_e = embed_support(s, params, bank.support_x, bank.support_y, adapt_steps=adapt_steps)
-    query_e = embed_support(s, params, query.support_x, query.support_y, adapt_steps=adapt_steps)
+    return identify(embed_support(s, params, bank.support_x, bank.support_y, adapt_steps=adapt_steps), bank_labels,
+                    embed_support(s, params, query.support_x, query.support_y, adapt_steps=adapt_steps), query_labels,
+                    families=tuple(tasks.families), k_shot=k_shot, adapt_steps=adapt_steps)
+
+
+def identify(bank: dict, bank_labels: np.ndarray, query: dict, query_labels: np.ndarray, **info) -> dict:
+    """Nearest-neighbour identification with each embedding ``{name: (tasks, d)}``, standardised by the bank."""
     accuracy, embeddings = {}, {}
-    for name in EMBEDDINGS:
-        b, q = standardize(bank_e[name], query_e[name])
+    for name in bank:
+        b, q = standardize(bank[name], query[name])
         accuracy[name] = identification_accuracy(q, query_labels, b, bank_labels)
         embeddings[name] = np.concatenate([np.array(b), np.array(q)])
-    return {"accuracy": accuracy, "embeddings": embeddings,
-            "labels": np.concatenate([bank_labels, query_labels]),
-            "is_query": np.arange(bank_tasks + query_tasks) >= bank_tasks,
-            "families": tuple(tasks.families), "k_shot": k_shot, "bank_tasks": bank_tasks,
-            "query_tasks": query_tasks, "adapt_steps": adapt_steps}
+    n_bank, n_query = len(bank_labels), len(query_labels)
+    return {"accuracy": accuracy, "embeddings": embeddings, "labels": np.concatenate([bank_labels, query_labels]),
+            "is_query": np.arange(n_bank + n_query) >= n_bank, "bank_tasks": n_bank, "query_tasks": n_query, **info}
 
 
 def pca_2d(embeddings: np.ndarray) -> np.ndarray:
@@ -154,17 +157,6 @@ def alphabet_identification(s, params, data, *, k_shot: int, bank_tasks: int, qu
     bank_key, query_key = mx.random.split(key)
     bank_labels, bx, by = sample(bank_key, bank_tasks)
     query_labels, qx, qy = sample(query_key, query_tasks)
-    bank_e = {"handcrafted": handcrafted_batch(bx, by, n_way),
-              "fisher": fisher_embeddings(s, params, bx, by, adapt_steps=adapt_steps)}
-    query_e = {"handcrafted": handcrafted_batch(qx, qy, n_way),
-               "fisher": fisher_embeddings(s, params, qx, qy, adapt_steps=adapt_steps)}
-    accuracy, embeddings = {}, {}
-    for name in EMBEDDINGS:
-        b, q = standardize(bank_e[name], query_e[name])
-        accuracy[name] = identification_accuracy(q, query_labels, b, bank_labels)
-        embeddings[name] = np.concatenate([np.array(b), np.array(q)])
-    return {"accuracy": accuracy, "embeddings": embeddings,
-            "labels": np.concatenate([bank_labels, query_labels]),
-            "is_query": np.arange(bank_tasks + query_tasks) >= bank_tasks,
-            "families": names, "k_shot": k_shot, "bank_tasks": bank_tasks,
-            "query_tasks": query_tasks, "adapt_steps": adapt_steps}
+    return identify(embed_support(s, params, bx, by, adapt_steps=adapt_steps, n_classes=n_way), bank_labels,
+                    embed_support(s, params, qx, qy, adapt_steps=adapt_steps, n_classes=n_way), query_labels,
+                    families=names, k_shot=k_shot, adapt_steps=adapt_steps)
