@@ -142,7 +142,10 @@ def render(res: dict) -> str:
               f"![Omniglot learning curve](figures/{FIGURE.name})", ""]
     for way, run in res["runs"].items():
         pts = ", ".join(f"{p['iteration']:,}: {p['accuracy']:.1f}%" for p in run["curve"])
-        lines.append(f"- {way}-way 1-shot (transductive), by meta-iteration: {pts}; "
+        state = {"persistent": "inner Adam state kept across tasks and into evaluation (`inner_state: persistent`, "
+                               "as supervised-reptile)",
+                 "task": "a fresh inner Adam state per task (`inner_state: task`)"}[run.get("inner_state", "task")]
+        lines.append(f"- {way}-way run, {state}. 1-shot (transductive) by meta-iteration: {pts}; "
                      f"{run['meta_steps_per_s']} meta-steps/s.")
     lines += ["", END]
     return "\n".join(lines)
@@ -177,7 +180,8 @@ def main() -> None:
         stored = TR.stored_config(run)
         res["runs"][way] = {"iteration": summary.get("iteration") or stored.meta_iterations,
                             "meta_steps_per_s": summary.get("meta_steps_per_s"), "curve": learning_curve(run),
-                            "during_training_episodes": stored.eval.during_training_episodes, "run": str(run)}
+                            "during_training_episodes": stored.eval.during_training_episodes, "run": str(run),
+                            "inner_state": stored.inner_state}
         for shots in (int(x) for x in args.shots.split(",")):
             cell = res["cells"].setdefault(f"{way}w{shots}", {})
             for mode in args.modes.split(","):
