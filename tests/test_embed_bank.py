@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 
 from reptile_fn.embed import bank as B
 from reptile_fn.embed import hyper as H
-from reptile_fn.errors import CheckpointError
+from reptile_fn.errors import CheckpointError, EmbeddingError
 from reptile_fn.inner import adapt
 from reptile_fn.losses import cross_entropy
 from reptile_fn.models import mlp
@@ -77,6 +77,10 @@ def test_build_adapts_each_task_and_save_load_round_trip(tmp_path):
         assert mx.array_equal(a, b).item()
     with pytest.raises(CheckpointError, match="does not exist"):
         B.load(tmp_path / "missing.safetensors")
+    with pytest.raises(EmbeddingError, match="does not match"):
+        B.select(bank, mx.zeros((5,)))
+    with pytest.raises(EmbeddingError, match="one adapted tree per embedding"):
+        B.from_entries(bank.params, mx.zeros((2, 4)))
     mx.save_safetensors(str(tmp_path / "other.safetensors"), {"w": mx.zeros((2,))})
     with pytest.raises(CheckpointError, match="not an adapter bank"):
         B.load(tmp_path / "other.safetensors")

@@ -21,7 +21,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from reptile_fn.embed.select import cosine_distance, nearest
-from reptile_fn.errors import CheckpointError
+from reptile_fn.errors import CheckpointError, EmbeddingError
 from reptile_fn.inner import adapt
 from reptile_fn.tree import Tree
 
@@ -38,7 +38,14 @@ def from_entries(params: Tree, embeddings: mx.array, labels: mx.array | None = N
                  standardize: bool = True) -> AdapterBank:
     """A bank of already adapted trees (stacked on axis 0) keyed by raw ``embeddings`` (entries, d)."""
     embeddings = mx.array(embeddings).astype(mx.float32)
+    if embeddings.ndim != 2:
+        raise EmbeddingError(f"bank embeddings must be a matrix (entries, d), got shape {embeddings.shape}; "
+                             "stack one embedding per stored task")
     n, d = embeddings.shape
+    counts = {v.shape[0] if v.ndim else None for _, v in tree_flatten(params)}
+    if counts != {n}:
+        raise EmbeddingError(f"{n} embeddings but parameter leaves stacked on {sorted(counts, key=str)} entries; "
+                             "stack exactly one adapted tree per embedding on axis 0")
     if standardize and n > 1:
         shift, scale = embeddings.mean(0), embeddings.std(0) + 1e-6
     else:
@@ -69,7 +76,11 @@ def size(bank: AdapterBank) -> int:
 
 def select_index(bank: AdapterBank, embeddings: mx.array, distance: Callable = cosine_distance) -> mx.array:
     """Index of the nearest entry for one embedding (d,) -> scalar, or for each row of (q, d) -> (q,)."""
-    queries = (mx.array(embeddings).astype(mx.float32) - bank.shift) / bank.scale
+    embeddings = mx.array(embeddings)
+    if embeddings.ndim not in (1, 2) or embeddings.shape[-1] != bank.embeddings.shape[1]:
+        raise EmbeddingError(f"query embedding of shape {embeddings.shape} does not match the bank's "
+                             f"{bank.embeddings.shape[1]}-dimensional keys; embed the task the way the bank was built")
+    queries = (embeddings.astype(mx.float32) - bank.shift) / bank.scale
     idx = nearest(queries.reshape(-1, queries.shape[-1]), bank.embeddings, distance)
     return idx[0] if queries.ndim == 1 else idx
 
