@@ -116,3 +116,15 @@ def test_a_few_hypernetwork_steps_reduce_its_training_objective():
         hyper, state, _ = step(hyper, state, z, episodes)
     after = objective(hyper, z, episodes).item()
     assert after < before - 0.05, (before, after)
+
+
+def test_select_with_another_distance_agrees_with_nearest():
+    from reptile_fn.embed.select import nearest
+
+    bank = random_bank(0, 9, 4, standardize=False)
+    queries = mx.random.normal((7, 4), key=mx.random.key(3))
+
+    def euclid(a, b):
+        return mx.sum((a - b) ** 2)
+
+    assert B.select_index(bank, queries, euclid).tolist() == nearest(queries, bank.embeddings, euclid).tolist()

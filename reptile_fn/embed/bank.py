@@ -80,9 +80,15 @@ def select_index(bank: AdapterBank, embeddings: mx.array, distance: Callable = c
     if embeddings.ndim not in (1, 2) or embeddings.shape[-1] != bank.embeddings.shape[1]:
         raise EmbeddingError(f"query embedding of shape {embeddings.shape} does not match the bank's "
                              f"{bank.embeddings.shape[1]}-dimensional keys; embed the task the way the bank was built")
-    queries = (embeddings.astype(mx.float32) - bank.shift) / bank.scale
-    idx = nearest(queries.reshape(-1, queries.shape[-1]), bank.embeddings, distance)
-    return idx[0] if queries.ndim == 1 else idx
+    queries = ((embeddings.astype(mx.float32) - bank.shift) / bank.scale).reshape(-1, bank.embeddings.shape[1])
+    if distance is cosine_distance:  # as one matrix product: pairwise would hold (q, entries, d) at once
+        unit = lambda e: e / (mx.linalg.norm(e, axis=1, keepdims=True) + 1e-12)  # noqa: E731
+        idx = mx.argmax(unit(queries) @ unit(bank.embeddings).T, axis=1)
+    else:
+        rows = max(1, 2**24 // max(1, bank.embeddings.size))  # ~64 MB of (rows, entries, d) per call
+        idx = mx.concatenate([nearest(queries[i:i + rows], bank.embeddings, distance)
+                              for i in range(0, queries.shape[0], rows)])
+    return idx[0] if embeddings.ndim == 1 else idx
 
 
 def select(bank: AdapterBank, embedding: mx.array, distance: Callable = cosine_distance) -> Tree:
