@@ -1,7 +1,7 @@
 """Research question 3, part B: can task embeddings guide the choice of initialization?
 
     uv run reptile-fn train --out runs/default      # the default 2-D run (seconds), if not there yet
-    uv run python benchmarks/embed.py               # full run (~3 min on 2 CPU cores): writes research/embed.json
+    uv run python benchmarks/embed.py               # full run (~6 min on 2 busy CPU cores): writes research/embed.json
                                                     # and the embeddings section of research/results.md
     uv run python benchmarks/embed.py --quick       # smoke run: small bank, few episodes, prints only
     uv run python benchmarks/embed.py --report-only # re-render results.md from research/embed.json
@@ -23,6 +23,8 @@ support batch) and scored on the query set after 0..K steps (K = ``eval.inner_st
     first-order on training-pool episodes (``HYPER_STEPS`` Adam steps, ``HYPER_BATCH`` tasks each, Adam's
     rate chosen from ``HYPER_LRS`` on validation episodes); its input is the embedding standardised with
     the training episodes' statistics and clipped to ±``CLIP``;
+  - ``hypernet (constant input)``: the control for the two above: the same training with the same input for
+    every task, so a learned constant delta on θ (more first-order meta-training, no task information);
   - ``random``: the run's random-init baseline.
 
 ``bank_steps`` is chosen from ``BANK_STEPS`` on validation episodes (held-out tasks from another key).
@@ -72,6 +74,7 @@ HYPER_LRS = (1e-3, 1e-4)  # the hypernetwork's Adam learning rate: chosen on val
 SHOW = (0, 1, 5, 10)
 TEST_KEY, VAL_KEY, BANK_KEY, HYPER_KEY = 9_001, 9_002, 9_003, 9_004  # never the run's own keys (run_keys)
 TARGET = 0.90
+CONTROL = "constant input"  # the hypernetwork fed the same input for every task
 CLIP = 5.0  # hypernetwork inputs: standardised embeddings clipped to [-CLIP, CLIP]
 
 
@@ -206,11 +209,15 @@ def run(args) -> dict:
 
     hyper_info = {}
     h_tasks, h_ep = pool_tasks(s, HYPER_KEY, hyper_tasks)
-    for name, f in (("handcrafted", lambda e: embed_handcrafted(s, e)), ("Fisher", lambda e: embed_fisher(s, params, e))):
+    constant = lambda e: mx.ones((e.support_x.shape[0], 1))  # noqa: E731
+    for name, f in (("handcrafted", lambda e: embed_handcrafted(s, e)), ("Fisher", lambda e: embed_fisher(s, params, e)),
+                    (CONTROL, constant)):
         t0 = time.perf_counter()
-        # clipped: a Fisher coordinate that (almost) never varies on the pool standardises to hundreds on a test task
-        z_train, z_val, z_test = (mx.clip(z, -CLIP, CLIP)
-                                  for z in standardize(f(h_ep), emb[name]["val"], emb[name]["test"]))
+        if name == CONTROL:  # no task information: a learned constant delta, i.e. more first-order meta-training
+            z_train, z_val, z_test = constant(h_ep), constant(val_ep), constant(test_ep)
+        else:  # clipped: a Fisher coordinate that (almost) never varies on the pool standardises to hundreds
+            z_train, z_val, z_test = (mx.clip(z, -CLIP, CLIP)
+                                      for z in standardize(f(h_ep), emb[name]["val"], emb[name]["test"]))
         best = None
         for hyper_lr in HYPER_LRS:
             hyper, trace = train_hyper(s, params, z_train, h_ep, hyper_steps, hyper_lr, log)
@@ -227,7 +234,11 @@ def run(args) -> dict:
     inits["random"] = (TR.baseline_inits(s, ("random",))["random"].params, False)
 
     accs = {name: curves(s, p, test_ep, lr, K, per_episode=per) for name, (p, per) in inits.items()}
-    results = {"inits": {name: summarize(a, None if name == "meta" else accs["meta"]) for name, a in accs.items()},
+    summary = {name: summarize(a, None if name == "meta" else accs["meta"]) for name, a in accs.items()}
+    for name in ("handcrafted", "Fisher"):  # does the embedding matter, beyond the extra meta-training?
+        dm, dci = mean_ci(100 * (accs[f"hypernet ({name})"][:, -1] - accs[f"hypernet ({CONTROL})"][:, -1]))
+        summary[f"hypernet ({name})"].update(diff_vs_control=float(dm), diff_vs_control_ci95=float(dci))
+    results = {"inits": summary,
                "steps": list(range(K + 1)), "test_episodes": n_test, "val_episodes": n_val, "bank_size": n_bank,
                "bank_steps_grid": list(BANK_STEPS), "bank_steps": {k: v[1] for k, v in banks.items()},
                "validation_accuracy": val, "identification": ident, "identification_target": TARGET,
@@ -267,7 +278,9 @@ def render(r: dict) -> str:
               f"chosen from {r['hypernet']['lrs']} on the validation tasks) on {r['hypernet']['tasks']} training-pool "
               "episodes; training objective (mean query loss after first-order adaptation, 500 training episodes) "
               + ", ".join(f"{n} (lr {h['lr']}) {h['objective_trace'][0]:.3f} → {h['objective_trace'][-1]:.3f}"
-                          for n, h in r["hypernet"].items() if isinstance(h, dict)) + ".", "",
+                          for n, h in r["hypernet"].items() if isinstance(h, dict))
+              + f". The {CONTROL} control feeds every task the same input: a learned constant delta on the meta "
+              "init, i.e. the same amount of extra first-order meta-training without task information.", "",
               "Family identification (top-1, nearest bank entry's family, test tasks vs bank): "
               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["identification"].items())
               + f"; target {100 * r['identification_target']:.0f}%.", "", "**Verdict.**"]
@@ -276,10 +289,15 @@ def render(r: dict) -> str:
             continue
         d, ci = v["diff_vs_meta"], v["diff_vs_meta_ci95"]
         verdict = ("beats" if d - ci > 0 else "is worse than" if d + ci < 0 else "does not measurably differ from")
-        lines.append(f"- {name} {verdict} the single meta-learned init after {K} steps ({d:+.2f} ± {ci:.2f} points).")
+        line = f"- {name} {verdict} the single meta-learned init after {K} steps ({d:+.2f} ± {ci:.2f} points)"
+        if "diff_vs_control" in v:
+            dc, cc = v["diff_vs_control"], v["diff_vs_control_ci95"]
+            word = "beats" if dc - cc > 0 else "is worse than" if dc + cc < 0 else "does not measurably differ from"
+            line += f"; it {word} the same hypernetwork fed a constant input ({dc:+.2f} ± {cc:.2f})"
+        lines.append(line + ".")
     met = [k for k, v in r["identification"].items() if v >= r["identification_target"]]
     lines.append(f"- The {100 * r['identification_target']:.0f}% identification target was "
-                 + (f"met by {', '.join(met)}." if met else "not met by either embedding."))
+                 + (f"met by {', '.join(met)}." if met else "not met by any embedding."))
     lines += ["", f"Command: `{' '.join(['python benchmarks/embed.py'] + [shlex.quote(a) for a in r['argv'][1:]])}` "
               f"({r['seconds']:.0f} s, MLX {r['environment']['mlx']}, {r['environment']['date']}).", "", END]
     return "\n".join(lines)
