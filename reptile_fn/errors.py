@@ -19,3 +19,7 @@ class CheckpointError(ReptileFnError):
 
 class TrainingDivergedError(ReptileFnError):
     """Parameters or losses became NaN or infinite during training."""
+
+
+class EmbeddingError(ReptileFnError):
+    """Task embeddings do not match what they are compared with (an adapter bank, a hypernetwork)."""
