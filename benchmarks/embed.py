@@ -1,8 +1,9 @@
-"""Research question 3, part B: can task embeddings guide the choice of initialization?
+"""Research question 3: can task embeddings recognise related tasks and guide the choice of initialization?
 
-    uv run reptile-fn train --out runs/default      # the default 2-D run (seconds), if not there yet
-    uv run python benchmarks/embed.py               # full run (~6 min on 2 busy CPU cores): writes research/embed.json
-                                                    # and the embeddings section of research/results.md
+    uv run reptile-fn train --out runs/default         # the default 2-D run (seconds), if not there yet
+    uv run python benchmarks/embed.py --data-dir DIR   # full run (~10 min on 2 busy CPU cores; DIR holds the
+                                                       # Omniglot zips, optional): writes research/embed.json
+                                                       # and the embeddings section of research/results.md
     uv run python benchmarks/embed.py --quick       # smoke run: small bank, few episodes, prints only
     uv run python benchmarks/embed.py --report-only # re-render results.md from research/embed.json
 
@@ -15,8 +16,9 @@ support batch) and scored on the query set after 0..K steps (K = ``eval.inner_st
   - ``bank (handcrafted)`` / ``bank (Fisher)``: an adapter bank (``embed.bank``) of ``BANK`` training-pool
     tasks, each entry θ adapted on that task's support+query data for ``bank_steps`` steps; a test task
     starts from the entry whose embedding is nearest (cosine after standardising with the bank's
-    statistics). Embeddings: ``embed.handcrafted`` of the support set, or Task2Vec (``embed.task2vec``,
-    diagonal empirical Fisher of θ on the support set, no probe adaptation);
+    statistics). Embeddings: ``embed.handcrafted`` of the support set, or the Fisher embedding
+    (``embed.similarity.fisher_embeddings``: per-layer log of the diagonal empirical Fisher of θ on the
+    support set, Task2Vec-style, no probe adaptation);
   - ``bank (random entry)``: a uniformly random entry of the same bank: the control that says whether the
     embedding, rather than the bank's entries, does the work;
   - ``hypernet (handcrafted)`` / ``hypernet (Fisher)``: ``embed.hyper``, θ₀ = θ + h_φ(z) with h_φ meta-trained
@@ -29,7 +31,8 @@ support batch) and scored on the query set after 0..K steps (K = ``eval.inner_st
 
 ``bank_steps`` is chosen from ``BANK_STEPS`` on validation episodes (held-out tasks from another key).
 Family identification: top-1 accuracy of naming a test task's family by its nearest bank entry's family
-(``embed.select.identification_accuracy``), against the issue's target of 90%.
+(``embed.select.identification_accuracy``), against the issue's target of 90%; and, as ``reptile-fn embed``
+measures it (``embed.similarity.family_identification``), at 5/10/20/50 shots per class.
 """
 
 from __future__ import annotations
@@ -55,9 +58,10 @@ from mlx.utils import tree_map  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
 from reptile_fn.embed import bank as B  # noqa: E402
-from reptile_fn.embed import handcrafted_batch, identification_accuracy, task2vec, task2vec_distance  # noqa: E402
+from reptile_fn.embed import handcrafted_batch, identification_accuracy  # noqa: E402
 from reptile_fn.embed import hyper as H  # noqa: E402
 from reptile_fn.embed.select import cosine_distance, standardize  # noqa: E402
+from reptile_fn.embed.similarity import family_identification, fisher_embeddings  # noqa: E402
 from reptile_fn.evaluate import mean_ci  # noqa: E402
 from reptile_fn.inner import adapt  # noqa: E402
 from reptile_fn.tasks.base import Episode  # noqa: E402
@@ -76,6 +80,8 @@ TEST_KEY, VAL_KEY, BANK_KEY, HYPER_KEY = 9_001, 9_002, 9_003, 9_004  # never the
 TARGET = 0.90
 CONTROL = "constant input"  # the hypernetwork fed the same input for every task
 CLIP = 5.0  # hypernetwork inputs: standardised embeddings clipped to [-CLIP, CLIP]
+SWEEP_SHOTS, SWEEP_BANK, SWEEP_QUERY, SWEEP_ADAPT = (5, 10, 20, 50), 400, 200, 5  # `reptile-fn embed`'s defaults
+OMNIGLOT_BANK, OMNIGLOT_QUERY = 200, 100  # alphabet identification (with --data-dir)
 
 
 def curves(s, inits, episodes: Episode, lr: float, steps: int, per_episode: bool, chunk: int = 250) -> np.ndarray:
@@ -98,9 +104,8 @@ def curves(s, inits, episodes: Episode, lr: float, steps: int, per_episode: bool
 
 
 def embed_fisher(s, params, episodes: Episode) -> mx.array:
-    f = mx.vmap(lambda x, y: task2vec(s.model.apply, s.loss, params, x, y))(episodes.support_x, episodes.support_y)
-    mx.eval(f)
-    return f
+    """The library's Fisher embedding (``similarity.fisher_embeddings``: per-layer log-Fisher of θ)."""
+    return fisher_embeddings(s, params, episodes.support_x, episodes.support_y)
 
 
 def embed_handcrafted(s, episodes: Episode) -> mx.array:
@@ -182,9 +187,29 @@ def run(args) -> dict:
     for name, e in emb.items():
         keys, query = standardize(e["bank"], e["test"])
         ident[name] = identify(query, test_tasks.family_ids, keys, bank_tasks.family_ids)
-    ident["Fisher (Task2Vec symmetric distance, raw)"] = identify(
-        emb["Fisher"]["test"], test_tasks.family_ids, emb["Fisher"]["bank"], bank_tasks.family_ids, task2vec_distance)
     log("identification top-1: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ident.items()))
+    # and as `reptile-fn embed` measures it: fresh bank vs fresh queries, k shots per class, Fisher after
+    # SWEEP_ADAPT probe-adaptation steps
+    omniglot = {}
+    if args.data_dir:  # Omniglot: name the alphabet (5 held-out test alphabets) with the shipped 5-way init
+        from reptile_fn.embed.similarity import alphabet_identification
+        from reptile_fn.tasks.omniglot import load_set
+
+        so, po, _, _ = TR.load_run("omniglot-5w1s", [f"tasks.data_dir={args.data_dir}"])
+        data = load_set("background", args.data_dir)
+        for k in (1, 5):
+            r = alphabet_identification(so, po, data, k_shot=k, bank_tasks=OMNIGLOT_BANK, query_tasks=OMNIGLOT_QUERY,
+                                        key=mx.random.key(TEST_KEY + 3))
+            omniglot[str(k)] = {name: float(v) for name, v in r["accuracy"].items()}
+            omniglot["alphabets"] = list(r["families"])
+            log(f"Omniglot alphabet identification at {k} shots: "
+                + ", ".join(f"{n} {100 * v:.1f}%" for n, v in omniglot[str(k)].items()))
+    sweep = {}
+    for k in (5, 10) if args.quick else SWEEP_SHOTS:
+        r = family_identification(s, params, k_shot=k, bank_tasks=SWEEP_BANK, query_tasks=SWEEP_QUERY,
+                                  key=mx.random.key(TEST_KEY + 2), adapt_steps=SWEEP_ADAPT)
+        sweep[str(k)] = {name: float(v) for name, v in r["accuracy"].items()}
+        log(f"identification at {k} shots: " + ", ".join(f"{n} {100 * v:.1f}%" for n, v in sweep[str(k)].items()))
 
     # bank entries: adapted on the stored task's support + query data; entry steps chosen on validation
     bx = mx.concatenate([bank_ep.support_x, bank_ep.query_x], axis=1)
@@ -242,6 +267,8 @@ def run(args) -> dict:
                "steps": list(range(K + 1)), "test_episodes": n_test, "val_episodes": n_val, "bank_size": n_bank,
                "bank_steps_grid": list(BANK_STEPS), "bank_steps": {k: v[1] for k, v in banks.items()},
                "validation_accuracy": val, "identification": ident, "identification_target": TARGET,
+               "identification_by_shots": sweep, "omniglot_identification": omniglot,
+               "sweep": {"bank": SWEEP_BANK, "query": SWEEP_QUERY, "adapt_steps": SWEEP_ADAPT},
                "hypernet": dict(hyper_info, tasks=hyper_tasks, steps=hyper_steps, batch=HYPER_BATCH, lrs=list(HYPER_LRS)),
                "run": {"checkpoint": str(RUN.relative_to(ROOT)), "iteration": it, "inner_lr": lr, "inner_steps": K,
                        "k_shot": s.tasks.k_shot, "families": list(s.tasks.families)},
@@ -296,8 +323,35 @@ def render(r: dict) -> str:
             line += f"; it {word} the same hypernetwork fed a constant input ({dc:+.2f} ± {cc:.2f})"
         lines.append(line + ".")
     met = [k for k, v in r["identification"].items() if v >= r["identification_target"]]
-    lines.append(f"- The {100 * r['identification_target']:.0f}% identification target was "
+    lines.append(f"- With the training-pool bank at {r['run']['k_shot']} shots the "
+                 f"{100 * r['identification_target']:.0f}% identification target was "
                  + (f"met by {', '.join(met)}." if met else "not met by any embedding."))
+    by = r.get("identification_by_shots", {})
+    if by:
+        first = {name: next((k for k, v in by.items() if v[name] >= r["identification_target"]), None)
+                 for name in next(iter(by.values()))}
+        lines.append("- With more examples per class it is: " + "; ".join(
+            f"{name} from {k} shots" if k else f"{name} not at any tested shot count" for name, k in first.items())
+            + " (table below).")
+        sw = r["sweep"]
+        lines += ["", f"Family identification by shots per class, as `reptile-fn embed --shots K` measures it: "
+                  f"{sw['bank']} fresh bank tasks vs {sw['query']} fresh query tasks (chance "
+                  f"{100 / len(r['run']['families']):.0f}%), Fisher = per-layer log-Fisher after {sw['adapt_steps']} "
+                  "probe-adaptation steps:", "",
+                  "| embedding | " + " | ".join(f"{k} shots" for k in by) + " |", "|---|" + "---:|" * len(by)]
+        for name in next(iter(by.values())):
+            lines.append(f"| {name} | " + " | ".join(f"{100 * v[name]:.1f}%" for v in by.values()) + " |")
+    og = r.get("omniglot_identification") or {}
+    if og:
+        shots = [k for k in og if k != "alphabets"]
+        lines += ["", f"Omniglot (`--data-dir`): name the alphabet of a 5-way episode whose characters all come from "
+                  f"one of the {len(og['alphabets'])} held-out test alphabets of the seed-0 alphabet split (no training "
+                  f"task used them; chance {100 / len(og['alphabets']):.0f}%), embeddings from the shipped `omniglot-5w1s` "
+                  f"init without adaptation, {OMNIGLOT_BANK} bank vs {OMNIGLOT_QUERY} query tasks "
+                  f"(`embed.similarity.alphabet_identification`):", "",
+                  "| embedding | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
+        for name in og[shots[0]]:
+            lines.append(f"| {name} | " + " | ".join(f"{100 * og[k][name]:.1f}%" for k in shots) + " |")
     lines += ["", f"Command: `{' '.join(['python benchmarks/embed.py'] + [shlex.quote(a) for a in r['argv'][1:]])}` "
               f"({r['seconds']:.0f} s, MLX {r['environment']['mlx']}, {r['environment']['date']}).", "", END]
     return "\n".join(lines)
@@ -307,6 +361,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run; prints only")
     p.add_argument("--report-only", action="store_true", help="re-render results.md from research/embed.json")
+    p.add_argument("--data-dir", default=None, help="Omniglot zips: also identify Omniglot alphabets")
     args = p.parse_args()
     if args.report_only:
         results = json.loads(JSON.read_text())

@@ -14,7 +14,14 @@ def cosine_distance(a: mx.array, b: mx.array) -> mx.array:
 
 
 def pairwise(queries: mx.array, keys: mx.array, distance: Callable = cosine_distance) -> mx.array:
-    """(q, k) distances between rows of ``queries`` (q, d) and ``keys`` (k, d)."""
+    """(q, k) distances between rows of ``queries`` (q, d) and ``keys`` (k, d).
+
+    Cosine is one matrix product; any other distance is vmapped over (q, k) pairs, which holds a
+    (q, k, d) intermediate, so large banks should chunk their queries.
+    """
+    if distance is cosine_distance:
+        unit = lambda m: m / (mx.linalg.norm(m, axis=1, keepdims=True) + 1e-12)  # noqa: E731
+        return 1 - unit(queries) @ unit(keys).T
     return mx.vmap(lambda a: mx.vmap(lambda b: distance(a, b))(keys))(queries)
 
 
