@@ -286,7 +286,7 @@ def render(r: dict) -> str:
     K = r["steps"][-1]
     show = [t for t in SHOW if t <= K]
     lines = [BEGIN, "",
-             f"Can task embeddings guide the choice of initialization (issue #9, part B)? Default 2-D run "
+             f"Research question 3: can task embeddings guide the choice of initialization? Default 2-D run "
              f"({', '.join(r['run']['families'])}; {r['run']['k_shot']}-shot, Reptile, checkpoint at iteration "
              f"{r['run']['iteration']}), {r['test_episodes']} held-out fresh test tasks, the same episodes for every "
              f"init, each adapted by SGD (inner_lr {r['run']['inner_lr']}) on its support set. Query accuracy (%), "
