@@ -293,3 +293,20 @@ def test_prototypes_by_hand_and_on_real_episodes(clinc_tasks, minilm):
     curves = head_curves(embedded, 5, lr=10.0, steps=5, record=[0, 5])
     assert curves["metric"].shape == (4, 2)
     assert curves["metric"][:, 0].mean() <= 0.35 < curves["metric"][:, 1].mean()  # zero head: chance, then learns
+
+
+def test_episodes_from_embedded_classes_equal_embedded_episodes(clinc_tasks, minilm):
+    """Embedding each class's sentences once gives the same episodes as embedding every episode."""
+    from reptile_fn.tasks.text import sample_episodes
+    from reptile_fn.text.frozen import embed_classes, embed_episodes
+
+    params, config, _ = minilm
+    x = clinc_tasks.test_x[:6, :6]  # a small corner: 6 intents, at most 6 sentences each
+    counts = mx.minimum(clinc_tasks.test_counts[:6], 6)
+    kw = dict(n_way=3, k_shot=2, query_size=2)
+    tokens = sample_episodes(x, counts, mx.random.key(4), 5, **kw)
+    cached = sample_episodes(embed_classes(params, config, x, counts), counts, mx.random.key(4), 5, **kw)
+    direct = embed_episodes(params, config, tokens)
+    for a, b in zip(cached, direct):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)

@@ -215,13 +215,15 @@ def episode(x: mx.array, counts: mx.array, key: mx.array, n_way: int, k_shot: in
 
     Support: k_shot sentences of each of n_way distinct classes, class-major, labels 0..n_way − 1
     (the i-th sampled class is label i); query: query_size other sentences of the same classes.
+    Any per-sentence trailing shape works: with cached embeddings x (n_classes, n_max, H) the same key
+    gives the same episode, embedded.
     """
-    length = x.shape[-1]
+    tail = x.shape[2:]
     classes, examples = sample_indices(key, counts, x.shape[1], n_way, k_shot + query_size)
-    xs = x[classes[:, None], examples]  # (n_way, k + q, 2, L)
+    xs = x[classes[:, None], examples]  # (n_way, k + q, *tail)
     labels = mx.arange(n_way, dtype=mx.int32)
-    return Episode(xs[:, :k_shot].reshape(n_way * k_shot, 2, length), mx.repeat(labels, k_shot),
-                   xs[:, k_shot:].reshape(n_way * query_size, 2, length), mx.repeat(labels, query_size))
+    return Episode(xs[:, :k_shot].reshape(n_way * k_shot, *tail), mx.repeat(labels, k_shot),
+                   xs[:, k_shot:].reshape(n_way * query_size, *tail), mx.repeat(labels, query_size))
 
 
 def sample_episodes(x: mx.array, counts: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,

@@ -38,6 +38,28 @@ def embed_episodes(params: Tree, config: EncoderConfig, episodes: Episode, *, no
     return Episode(embed(episodes.support_x), episodes.support_y, embed(episodes.query_x), episodes.query_y)
 
 
+def embed_classes(params: Tree, config: EncoderConfig, x: mx.array, counts: mx.array, *, normalize: bool = True,
+                  chunk: int = 256) -> mx.array:
+    """Class arrays (n_classes, n_max, 2, L) -> (n_classes, n_max, H), every real sentence embedded once.
+
+    Rows past a class's count stay zero (never sampled). ``tasks.text.sample_episodes`` on the result
+    with the same counts and key gives ``embed_episodes`` of the token episodes, without embedding a
+    sentence twice across episodes.
+    """
+    run = mx.compile(lambda t: encode(params, config, t[:, 0], t[:, 1], normalize=normalize))
+    n_classes, n_max = x.shape[:2]
+    rows = np.flatnonzero(np.arange(n_max)[None, :] < np.array(counts)[:, None])  # real sentences, flat index
+    flat = x.reshape(n_classes * n_max, *x.shape[2:])
+    parts = []
+    for i in range(0, len(rows), chunk):
+        parts.append(run(flat[mx.array(rows[i:i + chunk])]))
+        mx.eval(parts[-1])
+    embedded = mx.concatenate(parts)
+    out = mx.zeros((n_classes * n_max, embedded.shape[-1]), dtype=embedded.dtype)
+    out[mx.array(rows)] = embedded
+    return out.reshape(n_classes, n_max, -1)
+
+
 def prototype_accuracy(embedded: Episode, n_way: int) -> np.ndarray:
     """Per-episode query accuracy of the nearest cosine prototype (class mean of support embeddings)."""
     onehot = (embedded.support_y[..., None] == mx.arange(n_way)).astype(embedded.support_x.dtype)  # (T, n, N)
