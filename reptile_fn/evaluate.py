@@ -32,6 +32,11 @@ def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return m, Z95 * values.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
+# non-transductive evaluation holds (episodes × queries × (support + 1)) inputs per step; 250 Omniglot
+# 5-way 1-shot episodes (25 × 6 images each) ran, 250 5-shot ones (25 × 26) were killed for memory
+NONTRANSDUCTIVE_IMAGES = 250 * 25 * 6
+
+
 def per_episode_curves(
     apply: Apply,
     loss: Loss,
@@ -83,6 +88,9 @@ def per_episode_curves(
                                    in_axes=per_episode[:5] + (0, 0)))
     step_mini = mx.compile(mx.vmap(step, in_axes=per_episode))
     first = mx.compile(mx.vmap(lambda sx, qx, qy: observe(fast0, sx, qx, qy)))
+    if not transductive:  # each query example runs with the whole support set: bound episodes × batch images
+        per_episode_images = episodes.query_x.shape[1] * (episodes.support_x.shape[1] + 1)
+        chunk_size = max(1, min(chunk_size, NONTRANSDUCTIVE_IMAGES // per_episode_images))
     parts = []
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)

@@ -53,3 +53,19 @@ def test_nontransductive_scoring_equals_transductive_without_batch_statistics():
     a = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=2)["loss"]
     b = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=2, transductive=False)["loss"]
     np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_nontransductive_chunks_are_bounded_and_do_not_change_results(monkeypatch):
+    """Non-transductive evaluation splits episodes into smaller chunks (memory); the curves stay the same."""
+    import reptile_fn.evaluate as E
+
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(4))
+    episodes = regression_batch(4, 7)
+    kw = dict(inner_lr=0.05, steps=2, transductive=False, inner_batch_size=3, key=mx.random.key(5))
+    whole = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    per_episode = episodes.query_x.shape[1] * (episodes.support_x.shape[1] + 1)
+    monkeypatch.setattr(E, "NONTRANSDUCTIVE_IMAGES", 2 * per_episode)  # chunks of 2 episodes: 2, 2, 2, 1
+    chunked = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    assert chunked.shape == whole.shape == (7, 3)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)
