@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -125,7 +126,8 @@ def test_cli_embed_bad_option_gives_one_clear_error(tiny_run, tmp_path, args, ne
     _assert_user_error(result, needle)
 
 
-OMNIGLOT = Path("/work/shared/data")
+# the data root (holding omniglot/): $REPTILE_FN_TEST_DATA, default the project's ../shared/data, as tests/test_text.py
+OMNIGLOT = Path(os.environ.get("REPTILE_FN_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
 
 @pytest.mark.slow
