@@ -55,7 +55,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import shown_argv, write_section  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
 from reptile_fn.embed import bank as B  # noqa: E402
 from reptile_fn.embed import handcrafted_batch, identification_accuracy  # noqa: E402
@@ -352,7 +352,7 @@ def render(r: dict) -> str:
                   "| embedding | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
         for name in og[shots[0]]:
             lines.append(f"| {name} | " + " | ".join(f"{100 * og[k][name]:.1f}%" for k in shots) + " |")
-    lines += ["", f"Command: `{' '.join(['python benchmarks/embed.py'] + [shlex.quote(a) for a in r['argv'][1:]])}` "
+    lines += ["", f"Command: `{' '.join(['python benchmarks/embed.py'] + [shlex.quote(a) for a in shown_argv(r['argv'])[1:]])}` "
               f"({r['seconds']:.0f} s, MLX {r['environment']['mlx']}, {r['environment']['date']}).", "", END]
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core
 # isort: split
 import mlx.core as mx  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import shown_argv, write_section  # noqa: E402
 from reptile_fn import _blas, checkpoint  # noqa: E402
 from reptile_fn import config as C  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
         return
     res = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}, "runs": {}}
     res["protocol"] = {"episodes": args.episodes, "machine": f"{_blas.status()}, mlx {mx.__version__}",
-                       "command": "uv run python benchmarks/omniglot.py " + " ".join(sys.argv[1:]), "split": "test"}
+                       "command": "uv run python benchmarks/omniglot.py " + " ".join(shown_argv(sys.argv)[1:]), "split": "test"}
     for item in args.run:
         way, run = item.split("=", 1)
         run = Path(run)

@@ -73,6 +73,11 @@ def write(results: Path = RESULTS) -> None:
 
 
 
+def shown_argv(argv: list[str]) -> list[str]:
+    """Command-line arguments as results.md shows them: the local data directory becomes DIR."""
+    return ["DIR" if i and argv[i - 1] == "--data-dir" else a for i, a in enumerate(argv)]
+
+
 def write_section(path: Path, begin: str, end: str, heading: str, body: str) -> None:
     """Replace the text between two markers in a markdown file (appending them under ``heading`` if absent).
 
