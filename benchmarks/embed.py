@@ -60,7 +60,7 @@ from reptile_fn import train as TR  # noqa: E402
 from reptile_fn.embed import bank as B  # noqa: E402
 from reptile_fn.embed import handcrafted_batch, identification_accuracy  # noqa: E402
 from reptile_fn.embed import hyper as H  # noqa: E402
-from reptile_fn.embed.select import cosine_distance, standardize  # noqa: E402
+from reptile_fn.embed.select import standardize  # noqa: E402
 from reptile_fn.embed.similarity import family_identification, fisher_embeddings  # noqa: E402
 from reptile_fn.evaluate import mean_ci  # noqa: E402
 from reptile_fn.inner import adapt  # noqa: E402
@@ -110,14 +110,6 @@ def embed_fisher(s, params, episodes: Episode) -> mx.array:
 
 def embed_handcrafted(s, episodes: Episode) -> mx.array:
     return handcrafted_batch(episodes.support_x, episodes.support_y, s.tasks.out_dim)
-
-
-def identify(query, query_labels, keys, key_labels, distance=cosine_distance) -> float:
-    """``identification_accuracy`` over chunks of queries: its pairwise distances hold (q, keys, d) at once."""
-    rows = max(1, 2**24 // keys.size)
-    hits = [identification_accuracy(query[i:i + rows], query_labels[i:i + rows], keys, key_labels, distance)
-            * min(rows, query.shape[0] - i) for i in range(0, query.shape[0], rows)]
-    return sum(hits) / query.shape[0]
 
 
 def held_out(s, seed: int, n: int) -> tuple[Tasks, Episode]:
@@ -186,7 +178,7 @@ def run(args) -> dict:
     ident = {}
     for name, e in emb.items():
         keys, query = standardize(e["bank"], e["test"])
-        ident[name] = identify(query, test_tasks.family_ids, keys, bank_tasks.family_ids)
+        ident[name] = identification_accuracy(query, test_tasks.family_ids, keys, bank_tasks.family_ids)
     log("identification top-1: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ident.items()))
     # and as `reptile-fn embed` measures it: fresh bank vs fresh queries, k shots per class, Fisher after
     # SWEEP_ADAPT probe-adaptation steps

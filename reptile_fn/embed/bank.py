@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from reptile_fn import checkpoint
 from reptile_fn.embed.select import cosine_distance, nearest
 from reptile_fn.errors import CheckpointError, EmbeddingError
 from reptile_fn.inner import adapt
@@ -81,13 +82,10 @@ def select_index(bank: AdapterBank, embeddings: mx.array, distance: Callable = c
         raise EmbeddingError(f"query embedding of shape {embeddings.shape} does not match the bank's "
                              f"{bank.embeddings.shape[1]}-dimensional keys; embed the task the way the bank was built")
     queries = ((embeddings.astype(mx.float32) - bank.shift) / bank.scale).reshape(-1, bank.embeddings.shape[1])
-    if distance is cosine_distance:  # as one matrix product: pairwise would hold (q, entries, d) at once
-        unit = lambda e: e / (mx.linalg.norm(e, axis=1, keepdims=True) + 1e-12)  # noqa: E731
-        idx = mx.argmax(unit(queries) @ unit(bank.embeddings).T, axis=1)
-    else:
-        rows = max(1, 2**24 // max(1, bank.embeddings.size))  # ~64 MB of (rows, entries, d) per call
-        idx = mx.concatenate([nearest(queries[i:i + rows], bank.embeddings, distance)
-                              for i in range(0, queries.shape[0], rows)])
+    # cosine is one matrix product inside pairwise; other distances hold (rows, entries, d): ~64 MB per call
+    rows = queries.shape[0] if distance is cosine_distance else max(1, 2**24 // max(1, bank.embeddings.size))
+    idx = mx.concatenate([nearest(queries[i:i + rows], bank.embeddings, distance)
+                          for i in range(0, queries.shape[0], rows)])
     return idx[0] if embeddings.ndim == 1 else idx
 
 
@@ -98,28 +96,22 @@ def select(bank: AdapterBank, embedding: mx.array, distance: Callable = cosine_d
 
 
 def save(path: str | Path, bank: AdapterBank) -> Path:
-    """Write the bank to one safetensors file (parameter leaves under ``params.``)."""
-    path = Path(path)
-    arrays = {f"params.{k}": v for k, v in tree_flatten(bank.params)}
-    arrays.update(embeddings=bank.embeddings, labels=bank.labels, shift=bank.shift, scale=bank.scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(path), arrays)
-    return path
+    """Write the bank atomically to one safetensors file (``checkpoint.save``: trees under ``params.``)."""
+    keys = {"embeddings": bank.embeddings, "labels": bank.labels, "shift": bank.shift, "scale": bank.scale}
+    return checkpoint.save(path, bank.params, keys, {"kind": "adapter_bank"})
 
 
 def load(path: str | Path) -> AdapterBank:
     """Read a bank written by ``save``."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"adapter bank {path} does not exist; build one and write it with embed.bank.save")
     try:
-        arrays = mx.load(str(path))
-    except Exception as e:  # noqa: BLE001  (MLX raises plain RuntimeError/ValueError for corrupt files)
-        raise CheckpointError(f"cannot read adapter bank {path} ({e}); rebuild it with embed.bank.save") from e
-    missing = [k for k in ("embeddings", "labels", "shift", "scale") if k not in arrays]
+        arrays, _ = checkpoint.load(path)
+    except CheckpointError as e:
+        if not Path(path).is_file():
+            raise
+        raise CheckpointError(f"{path} is not an adapter bank ({e}); write banks with embed.bank.save") from None
+    missing = [k for k in ("embeddings", "labels", "shift", "scale") if f"state.{k}" not in arrays]
     leaves = [(k[len("params."):], v) for k, v in arrays.items() if k.startswith("params.")]
     if missing or not leaves:
         raise CheckpointError(f"{path} is not an adapter bank (missing {missing or ['params.*']}); "
                               "write banks with embed.bank.save")
-    return AdapterBank(tree_unflatten(leaves), arrays["embeddings"], arrays["labels"], arrays["shift"],
-                       arrays["scale"])
+    return AdapterBank(tree_unflatten(leaves), *(arrays[f"state.{k}"] for k in ("embeddings", "labels", "shift", "scale")))
