@@ -3,7 +3,8 @@
     uv run reptile-fn train --config configs/clinc_5w5s_lora.yaml --data-dir DIR --out runs/clinc-reptile
     uv run reptile-fn train --config configs/clinc_5w5s_lora.yaml --data-dir DIR --set algorithm=fomaml \\
         --set outer_lr=null --set outer_lr_final=null --set outer_optimizer=null --out runs/clinc-fomaml
-    uv run python benchmarks/text.py --data-dir DIR --run reptile=runs/clinc-reptile --run fomaml=runs/clinc-fomaml
+    uv run python benchmarks/text.py --data-dir DIR --run reptile=runs/clinc-reptile --run fomaml=runs/clinc-fomaml \\
+        [--encoder-episodes N]                                    # rows (c)-(f) on the first N episodes only
     uv run python benchmarks/text.py --data-dir DIR --frozen-only   # rows (a), (b) only: minutes on a CPU
     uv run python benchmarks/text.py --data-dir DIR --quick         # smoke run: 10 sentences per intent, prints only
     uv run python benchmarks/text.py --report-only                  # re-render results.md from research/text.json
@@ -11,7 +12,8 @@
 Meta-train on CLINC150's training intents (split by domain, seed 0), test on held-out intents:
 CLINC150's test domains, and Banking77 (another domain entirely). 5-way 1-shot and 5-shot, query 5
 per class, the same ``--episodes`` held-out episodes for every row (``train.evaluate_init``'s
-sampling with the run's final-evaluation key), accuracy after 0..K inner steps, mean ± 95% CI:
+sampling with the run's final-evaluation key), accuracy after 0..K inner steps (``--steps``, default 5 as
+in meta-training), mean ± 95% CI:
 
   (a) frozen encoder + cosine prototypes (class means of support embeddings; no training)
   (b) frozen encoder + linear head, zero-initialised, trained by the inner loop (SGD; its learning
@@ -23,8 +25,8 @@ sampling with the run's final-evaluation key), accuracy after 0..K inner steps, 
 
 (a) and (b) run on cached embeddings (every sentence embedded once, ``text.frozen.embed_classes``);
 (c)-(f) run the encoder in every inner step. Also reported: trainable parameters and seconds per
-adaptation (K steps of one episode) on this machine. Writes research/text.json and the "Text" section
-of research/results.md.
+adaptation (K steps of one episode) and support examples adapted per second on this machine. Writes
+research/text.json and the "Text" section of research/results.md, after every row of (c)-(f) too.
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core
 # isort: split
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from mlx.utils import tree_map_with_path  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
 from reptile_fn import _blas  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
 from reptile_fn import tree as T  # noqa: E402
-from reptile_fn.evaluate import mean_ci  # noqa: E402
+from reptile_fn.evaluate import mean_ci, per_episode_curves  # noqa: E402
 from reptile_fn.tasks.text import make_text_tasks, sample_episodes  # noqa: E402
 from reptile_fn.text.encoder import load_encoder  # noqa: E402
 from reptile_fn.text.frozen import embed_classes, head_curves, prototype_accuracy  # noqa: E402
@@ -62,7 +65,8 @@ SHOTS = (1, 5)
 N_WAY, QUERY = 5, 5
 HEAD_LRS = (1.0, 3.0, 10.0, 30.0)  # frozen head: chosen on CLINC150's validation domains
 VAL_EPISODES = 200
-ROWS = {"prototypes": "(a) frozen + prototypes", "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
+ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on the (c)-(f) episodes",
+        "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
         "reptile": "(d) Reptile LoRA + head", "fomaml": "(e) FOMAML LoRA + head", "full": "(f) full fine-tuning"}
 
 
@@ -82,7 +86,7 @@ def curve_summary(acc: np.ndarray, seconds: float, params: int) -> dict:
 
 def frozen_rows(args, encoder, config, tokenizer, steps: int) -> dict:
     """(a) and (b) for every target and shot count, on cached embeddings."""
-    out, eval_key = {}, TR.run_keys(0).eval_final  # the runs' seed-0 final-evaluation key: the same episodes
+    out, protos, eval_key = {}, {}, TR.run_keys(0).eval_final  # the runs' seed-0 final-evaluation key: the same episodes
     sample_key = mx.random.split(eval_key)[0]
     val = capped(make_text_tasks(args.data_dir, n_way=N_WAY, k_shot=5, query_size=QUERY, test_split="clinc150:val",
                                  tokenizer=tokenizer), args.per_class)
@@ -113,86 +117,115 @@ def frozen_rows(args, encoder, config, tokenizer, steps: int) -> dict:
             cell = out.setdefault(f"{target}|{k}", {})
             cell["prototypes"] = curve_summary(np.repeat(proto[:, None], steps + 1, axis=1), t_proto, 0)
             cell["head"] = curve_summary(head, t_head, config.hidden_size * N_WAY + N_WAY)
+            for row in ("prototypes", "head"):
+                cell[row]["episodes"] = args.episodes
+            protos[f"{target}|{k}"] = proto
+            if args.encoder_episodes < args.episodes:  # the bar on exactly the encoder rows' episodes
+                cell["prototypes-subset"] = curve_summary(np.repeat(proto[:args.encoder_episodes, None], steps + 1, axis=1),
+                                                          t_proto, 0)
+                cell["prototypes-subset"]["episodes"] = args.encoder_episodes
             print(f"  {k}-shot: prototypes {100 * proto.mean():.2f}%, head {100 * head[:, -1].mean():.2f}% after "
                   f"{steps} steps", flush=True)
-    return out, {"head_lr": head_lr, "head_lr_validation": lr_val, "sentences_per_s": None}
+    return out, {"head_lr": head_lr, "head_lr_validation": lr_val}, protos
 
 
-def encoder_rows(args, runs: dict, steps: int) -> dict:
-    """(c)-(f) from the meta-trained runs: each evaluated on every target and shot count."""
+def encoder_rows(args, runs: dict, steps: int, protos: dict, done=lambda cells: None) -> dict:
+    """(c)-(f): the first ``--encoder-episodes`` of the frozen rows' episodes, the encoder run in every step.
+
+    (c) and (f) start from the first run's pretrained base (``train.baseline_inits``): (c) a fresh
+    adapter adapted exactly like the runs; (f) every encoder weight and the head, with Adam at
+    ``--full-lr`` for the encoder and the runs' inner rate for the head. ``protos`` holds the
+    prototype accuracy of every episode per cell: (d) and (e) are compared with it episode by episode.
+    ``done(cells)`` is called after every row, so a long run leaves what it measured if it is stopped.
+    """
     out = {}
+    m = args.encoder_episodes
     for target, split in TARGETS.items():
         for k in SHOTS:
             cell = out.setdefault(f"{target}|{k}", {})
-            for name, run in runs.items():
+            for i, (name, run) in enumerate(runs.items()):
                 overrides = [f"tasks.k_shot={k}", f"tasks.test_split={split}", f"tasks.query_size={QUERY}"]
                 if args.data_dir:
                     overrides.append(f"tasks.data_dir={args.data_dir}")
-                s, params, state, _ = TR.load_run(Path(run) / TR.CHECKPOINT, overrides)
+                s, params, state, iteration = TR.load_run(Path(run) / TR.CHECKPOINT, overrides)
                 s = s._replace(tasks=capped(s.tasks, args.per_class))
-                key = TR.run_keys(s.cfg.seed).eval_final
-                counts = TR.peft_summary(s, params)
-                t0 = time.perf_counter()
-                curve = TR.evaluate_init(s, params, key, args.episodes, steps, inner_lr=s.meta.inner_lr(state),
-                                         inner_opt=s.meta.inner_opt(state), record=list(range(steps + 1)))
-                cell[name] = _from_curve(curve, (time.perf_counter() - t0) / args.episodes, counts["adapted"])
-                print(f"{target} {k}-shot {name}: {cell[name]['accuracy'][-1]:.2f}%", flush=True)
-                if "lora0" not in cell:  # the baselines once per cell, from the first run's base
-                    for b_name, row in (("lora0", "lora0"), ("base-full", "full")):
-                        b = TR.baseline_inits(s, (b_name,))[b_name]
-                        t0 = time.perf_counter()
-                        curve = TR.evaluate_init(s, b.params, key, args.episodes, steps, trainable=b.trainable,
-                                                 record=list(range(steps + 1)))
-                        n = T.param_count(T.partition(b.params, b.trainable)[0])
-                        cell[row] = _from_curve(curve, (time.perf_counter() - t0) / args.episodes, n)
-                        print(f"{target} {k}-shot {row}: {cell[row]['accuracy'][-1]:.2f}%", flush=True)
+                sample_key, adapt_key = mx.random.split(TR.run_keys(s.cfg.seed).eval_final)  # as evaluate_init
+                full = s.tasks.sample_test(sample_key, args.episodes)
+                episodes = type(full)(*(a[:m] for a in full))
+                inits = {name: (params, "run", s.meta.inner_lr(state), s.meta.inner_opt(state))}
+                if i == 0:  # the baselines once per cell, from the first run's base
+                    b = TR.baseline_inits(s, ("lora0", "base-full"))
+                    fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
+                    full_lr = tree_map_with_path(lambda path, a: s.cfg.inner_lr if path.startswith("base.head")
+                                                 else args.full_lr, fast, is_leaf=lambda a: isinstance(a, mx.array))
+                    inits["lora0"] = (b["lora0"].params, b["lora0"].trainable, s.cfg.inner_lr, None)
+                    inits["full"] = (b["base-full"].params, b["base-full"].trainable, full_lr, None)
+                for row, (p, trainable, lr, inner_opt) in inits.items():
+                    kw = TR._inner_kwargs(s, trainable)
+                    n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
+                    t0 = time.perf_counter()
+                    curves = per_episode_curves(
+                        s.model.apply, s.loss, p, episodes, inner_lr=lr, steps=steps, metric=s.metric, key=adapt_key,
+                        chunk_size=args.chunk if row != "full" else max(1, args.chunk // 4),
+                        record=list(range(steps + 1)), **kw,
+                        **(dict(opt_state=inner_opt[0], t0=inner_opt[1]) if inner_opt is not None else {}))
+                    seconds = (time.perf_counter() - t0) / m
+                    acc = curves["metric"]
+                    cell[row] = curve_summary(acc, seconds, n_adapt)
+                    cell[row]["episodes"] = m
+                    cell[row]["support_examples_per_s"] = N_WAY * k * steps / seconds
+                    if row in ("reptile", "fomaml"):
+                        cell[row]["meta_iterations"] = iteration
+                        d, ci = mean_ci(100 * (acc[:, -1] - protos[f"{target}|{k}"][:m]))
+                        cell[row]["vs_prototypes"] = {"difference": float(d), "ci95": float(ci), "episodes": m}
+                    print(f"{target} {k}-shot {row}: {cell[row]['accuracy'][-1]:.2f}% after {steps} steps "
+                          f"({seconds:.2f} s / adaptation)", flush=True)
+                    done(out)
     return out
-
-
-def _from_curve(curve: dict, seconds: float, params: int) -> dict:
-    m = curve["metric"]
-    return {"accuracy": [100 * v for v in m["mean"]], "ci95": [100 * v for v in m["ci95"]],
-            "seconds_per_adaptation": seconds, "trainable": params}
 
 
 def render(res: dict) -> str:
     steps = res["steps"]
     show = sorted({0, 1, min(5, steps), steps})
-    lines = [BEGIN, "", f"5-way, query {QUERY} per class, {res['episodes']} held-out episodes per cell (the same for "
-             "every row), accuracy (%) after the given inner steps, mean ± 95% CI. Encoder: all-MiniLM-L6-v2; "
-             f"frozen head learning rate {res['frozen']['head_lr']} chosen on CLINC150's validation domains. "
-             f"Machine: {res['machine']}. Command: `{res['command']}`.", ""]
+    lines = [BEGIN, "", f"5-way, query {QUERY} per class, accuracy (%) after the given inner steps, mean ± 95% CI over "
+             "the episodes given per row: every row of a cell uses the same held-out episodes (rows (c)-(f) the first "
+             "ones of them, where fewer). Encoder: all-MiniLM-L6-v2; frozen head: SGD at learning rate "
+             f"{res['frozen']['head_lr']}, chosen on CLINC150's validation domains; (c)-(e) adapt like the runs' inner "
+             "loop (Adam); (f) Adam at " + f"{res.get('full_lr', 'n/a')} for the encoder and the runs' rate for the head "
+             f"(not tuned). Machine: {res['machine']}. Command: `{res['command']}`.", ""]
+    if res.get("runs_info"):
+        lines += [res["runs_info"], ""]
     for target in TARGETS:
         for k in SHOTS:
             cell = res["cells"].get(f"{target}|{k}", {})
             lines += [f"**{target}, {k}-shot**", "",
-                      "| method | trainable | " + " | ".join(f"{t} steps" for t in show) + " | s / adaptation |",
-                      "|---|---:|" + "---:|" * (len(show) + 1)]
+                      "| method | trainable | episodes | " + " | ".join(f"{t} steps" for t in show)
+                      + " | s / adaptation | support ex. / s |",
+                      "|---|---:|---:|" + "---:|" * (len(show) + 2)]
             for key, label in ROWS.items():
                 row = cell.get(key)
                 if row is None:
-                    lines.append(f"| {label} | | " + " | ".join("not run" for _ in show) + " | |")
+                    lines.append(f"| {label} | | | " + " | ".join("not run" for _ in show) + " | | |")
                     continue
                 vals = " | ".join(f"{row['accuracy'][t]:.2f} ± {row['ci95'][t]:.2f}" for t in show)
-                lines.append(f"| {label} | {row['trainable']:,} | {vals} | {row['seconds_per_adaptation']:.4f} |")
+                rate = row.get("support_examples_per_s")
+                lines.append(f"| {label} | {row['trainable']:,} | {row.get('episodes', res['episodes'])} | {vals} | "
+                             f"{row['seconds_per_adaptation']:.4f} | {'' if rate is None else f'{rate:.0f}'} |")
             lines.append("")
     verdicts = []
     for target in TARGETS:
         for k in SHOTS:
             cell = res["cells"].get(f"{target}|{k}", {})
-            if "prototypes" not in cell:
-                continue
-            p = cell["prototypes"]
             for name in ("reptile", "fomaml"):
-                if name in cell:
-                    d = cell[name]["accuracy"][-1] - p["accuracy"][-1]
-                    ci = (cell[name]["ci95"][-1] ** 2 + p["ci95"][-1] ** 2) ** 0.5
-                    word = "beats" if d > ci else "loses to" if d < -ci else "ties with"
-                    verdicts.append(f"- {target}, {k}-shot: {ROWS[name]} {word} the prototype baseline "
-                                    f"({d:+.2f} points after {steps} steps).")
+                v = cell.get(name, {}).get("vs_prototypes")
+                if v:
+                    d, ci = v["difference"], v["ci95"]
+                    word = "beats" if d - ci > 0 else "loses to" if d + ci < 0 else "ties with"
+                    verdicts.append(f"- {target}, {k}-shot: {ROWS[name]} {word} the prototype baseline: "
+                                    f"{d:+.2f} ± {ci:.2f} points after {steps} steps (paired over the same "
+                                    f"{v['episodes']} episodes).")
     lines += ["**Does meta-learned LoRA beat prototypes?** "
-              + ("See below." if verdicts else "Not measured yet: rows (c)-(f) need the meta-trained runs (a LoRA "
-                 "meta-step over the encoder takes ~25 s on this 2-core CPU; run on a GPU).")]
+              + ("Episode by episode:" if verdicts else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
     lines += verdicts + ["", END]
     return "\n".join(lines)
 
@@ -202,7 +235,11 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="reptile=DIR and/or fomaml=DIR")
     p.add_argument("--episodes", type=int, default=500)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="inner steps K: accuracy after 0..K (the runs train with 5)")
+    p.add_argument("--encoder-episodes", type=int, default=None,
+                   help="rows (c)-(f) on the first N of the episodes (default: all; the encoder runs in every step)")
+    p.add_argument("--full-lr", type=float, default=1e-4, help="(f): Adam learning rate of the encoder weights")
+    p.add_argument("--chunk", type=int, default=20, help="episodes adapted at once in (c)-(e) ((f): a quarter)")
     p.add_argument("--val-episodes", type=int, default=VAL_EPISODES)
     p.add_argument("--frozen-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="10 sentences per intent, 8 episodes, 1 step; prints only")
@@ -210,7 +247,8 @@ def main() -> None:
     args = p.parse_args()
     args.per_class = 10 if args.quick else None
     if args.quick:
-        args.episodes, args.steps, args.val_episodes = 8, 1, 20
+        args.episodes, args.steps, args.val_episodes, args.encoder_episodes = 8, 1, 20, 4
+    args.encoder_episodes = min(args.encoder_episodes or args.episodes, args.episodes)
     if args.report_only:
         res = json.loads(JSON.read_text())
     else:
@@ -219,17 +257,32 @@ def main() -> None:
         if unknown:
             sys.exit(f"--run names must be reptile or fomaml, got {sorted(unknown)}")
         encoder, config, tokenizer = load_encoder(None)
-        cells, frozen = frozen_rows(args, encoder, config, tokenizer, args.steps)
-        if runs and not args.frozen_only:
-            for key, rows in encoder_rows(args, runs, args.steps).items():
-                cells.setdefault(key, {}).update(rows)
+        cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
+        info = []
+        for name, run in runs.items():
+            c = TR.stored_config(run)
+            info.append(f"{ROWS[name]}: {c.meta_iterations} meta-iterations of {c.algorithm}, meta-batch {c.meta_batch_size}, "
+                        f"inner {c.inner_optimizer} at {c.inner_lr} for {c.inner_steps} steps, outer lr "
+                        f"{'the algorithm default' if c.outer_lr is None else c.outer_lr}")
         res = {"cells": cells, "frozen": frozen, "episodes": args.episodes, "steps": args.steps,
-               "runs": runs, "machine": f"{_blas.status()}, mlx {mx.__version__}",
+               "runs_info": ("Runs (configs/clinc_5w5s_lora.yaml): " + "; ".join(info) + ".") if info else "",
+               "runs": runs, "full_lr": args.full_lr,
+               "encoder_episodes": args.encoder_episodes, "machine": f"{_blas.status()}, mlx {mx.__version__}",
                "command": "uv run python benchmarks/text.py " + " ".join(sys.argv[1:]).replace(str(args.data_dir), "DIR")}
+
+        def done(encoder_cells: dict) -> None:  # frozen rows + the encoder rows measured so far
+            for key, rows in encoder_cells.items():
+                cells.setdefault(key, {}).update(rows)
+            if not args.quick:
+                JSON.write_text(json.dumps(res, indent=1) + "\n")
+                write_section(RESULTS, BEGIN, END, "## Text: few-shot intent classification", render(res))
+
+        done({})
+        if runs and not args.frozen_only:
+            done(encoder_rows(args, runs, args.steps, protos, done))
         if args.quick:
             print(render(res))
             return
-        JSON.write_text(json.dumps(res, indent=1) + "\n")
     write_section(RESULTS, BEGIN, END, "## Text: few-shot intent classification", render(res))
     print(render(res))
 
