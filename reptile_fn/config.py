@@ -66,6 +66,7 @@ class PeftConfig:
     targets: tuple[str, ...] = ("layer*.w", "conv*.w")  # glob patterns over base paths that get an adapter
     dropout: float = 0.0  # must be 0: adapters are merged into the weights (see reptile_fn.peft.lora)
     train_head: bool = True  # the head adapts (and is meta-learned) beside the adapter
+    head: str = "meta"  # meta: the head's init is meta-learned | zero: every task starts it at zero, never meta-learned
     meta_learn_base: bool = False  # also meta-learn the base (Reptile: the base then adapts too)
     base: str = "pretrain"  # random | pretrain | init (the model's own init: text = the pretrained encoder) | a checkpoint
     base_families: tuple[str, ...] | None = None  # synthetic: families the base is pretrained on (null: the run's)
@@ -111,6 +112,7 @@ CHOICES = {
     "outer_optimizer": ("sgd", "adam"),
     "model.kind": ("mlp", "conv4", "text"),
     "peft.method": ("none", "lora", "adalora", "full", "head"),
+    "peft.head": ("meta", "zero"),
     "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
 }
 POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
@@ -282,6 +284,10 @@ def _validate_peft(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: peft.rank_warmup + peft.rank_final must be < 1 (pruning needs time between them)")
     if p.method == "head" and not p.train_head:
         raise ConfigError(f"{source}: peft.method = head with peft.train_head = false adapts nothing; set train_head: true")
+    if p.head == "zero" and (p.method in ("head", "full") or p.meta_learn_base or not p.train_head):
+        raise ConfigError(f"{source}: peft.head = zero adapts the head from zero in every task beside a meta-learned "
+                          f"adapter; it needs method lora or adalora, train_head: true and meta_learn_base: false "
+                          f"(got method {p.method}, train_head {p.train_head}, meta_learn_base {p.meta_learn_base})")
     if p.base_families is not None and cfg.tasks.dataset != "synthetic":
         raise ConfigError(f"{source}: peft.base_families is for synthetic tasks; with {cfg.tasks.dataset} set it to null "
                           "(the base is pretrained on the run's training classes)")

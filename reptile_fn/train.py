@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_map
 
 from reptile_fn import checkpoint, distributed
 from reptile_fn import config as C
@@ -118,7 +119,7 @@ def setup(cfg: C.Config, group=None) -> Setup:
         p = cfg.peft
         pf = peft.peft_model(model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
         inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
-                                            reptile=cfg.algorithm == "reptile")
+                                            reptile=cfg.algorithm == "reptile", meta_learn_head=p.head == "meta")
         if cfg.algorithm == "anil":
             inner_pat = (peft.HEAD,)
         pf = pf._replace(inner=inner_pat, meta=meta_pat)
@@ -126,7 +127,7 @@ def setup(cfg: C.Config, group=None) -> Setup:
         base_model = model
         model = pf.model
         initial_params = _peft_initial_params(cfg, pf, base_model, loss, tasks)
-        if cfg.algorithm != "reptile":
+        if cfg.algorithm != "reptile" or p.head == "zero":
             extra["meta_trainable"] = meta_trainable
     defaults = DEFAULTS[cfg.algorithm]
     betas = tuple(cfg.inner_adam_betas)
@@ -168,7 +169,18 @@ def _peft_initial_params(cfg: C.Config, pf, base_model: Model, loss, tasks) -> C
         base = load_base(cfg, base_model, loss, tasks, k_base)
         return {"base": base, "adapter": pf.new_adapter(k_adapter, base)}
 
-    return initial if p.base not in ("random", "init") else pf.model.init
+    start = initial if p.base not in ("random", "init") else pf.model.init
+    if p.head == "zero":  # every task adapts the head from zero (peft.head: zero)
+        return lambda key: zero_head(start(key))
+    return start
+
+
+def zero_head(params):
+    """``params`` with every leaf of the base's head set to zero."""
+    from reptile_fn import peft
+
+    head, rest = T.partition(params, T.match(peft.HEAD))
+    return T.combine(tree_map(mx.zeros_like, head), rest)
 
 
 def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):

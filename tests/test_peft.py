@@ -337,3 +337,47 @@ def test_shipped_names_resolve_or_fail_clearly(tmp_path):
     real = tmp_path / "x.safetensors"
     real.write_bytes(b"")
     assert pretrained.resolve(real) == real
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml", "maml"])
+def test_zero_head_adapts_in_every_task_but_is_never_meta_learned(algorithm):
+    pf, params = _peft_params()
+    params["base"]["head"] = {k: mx.zeros_like(v) for k, v in params["base"]["head"].items()}
+    inner, meta = peft.patterns("lora", reptile=algorithm == "reptile", meta_learn_head=False)
+    assert peft.HEAD in inner and peft.HEAD not in meta
+    step = ALGORITHMS[algorithm](pf.model.apply, cross_entropy, inner_lr=0.3, inner_steps=3,
+                                 outer_lr=1.0 if algorithm == "reptile" else 0.05, trainable=T.match(inner),
+                                 meta_trainable=T.match(meta))
+    new, state, _ = step.step(params, step.init(params), _classification_batch(1, 4), mx.random.key(2))
+    new, _, _ = step.step(new, state, _classification_batch(2, 4), mx.random.key(3))
+    assert max_abs_diff(new["base"]["head"], params["base"]["head"]) == 0.0  # still zero after two meta-steps
+    assert max_abs_diff(new["adapter"], params["adapter"]) > 0  # the adapter is meta-learned
+    # ... and the head does adapt inside each task
+    adapted, _ = adapt(pf.model.apply, cross_entropy, new, (_classification_batch(4, 1).support_x[0],
+                                                           _classification_batch(4, 1).support_y[0]),
+                       lr=0.3, steps=2, trainable=T.match(inner))
+    assert max_abs_diff(adapted["base"]["head"], new["base"]["head"]) > 0
+
+
+def test_reptile_meta_trainable_of_everything_is_plain_reptile():
+    pf, params = _peft_params()
+    inner, _ = peft.patterns("lora", reptile=True)
+    kw = dict(inner_lr=0.3, inner_steps=2, outer_lr=0.7, trainable=T.match(inner))
+    plain = ALGORITHMS["reptile"](pf.model.apply, cross_entropy, **kw)
+    masked = ALGORITHMS["reptile"](pf.model.apply, cross_entropy, meta_trainable=lambda p: True, **kw)
+    batch = _classification_batch(3, 4)
+    a, _, _ = plain.step(params, plain.init(params), batch, mx.random.key(5))
+    b, _, _ = masked.step(params, masked.init(params), batch, mx.random.key(5))
+    assert max_abs_diff(a, b) == 0.0
+
+
+def test_zero_head_config_runs_and_keeps_the_head_at_zero(tmp_path):
+    cfg = C.load(None, TINY + LORA + ("peft.head=zero", "meta_iterations=10", "eval.every=10"))
+    train(cfg, tmp_path, progress=False, log=quiet)
+    s, params, _, _ = load_run(tmp_path / "checkpoint.safetensors")
+    assert all(float(mx.abs(v).max()) == 0.0 for v in params["base"]["head"].values())
+    assert s.inner_kwargs["trainable"]("base.head.w") and not s.meta_trainable("base.head.w")
+    for bad in (["peft.method=full"], ["peft.method=lora", "peft.meta_learn_base=true"],
+                ["peft.method=lora", "peft.train_head=false"]):
+        with pytest.raises(ConfigError, match="peft.head = zero"):
+            C.load(None, [*bad, "peft.head=zero"])

@@ -10,6 +10,7 @@ Only the trainable subset moves; frozen leaves are never updated.
 from __future__ import annotations
 
 import mlx.core as mx
+from mlx.utils import tree_map_with_path
 
 from reptile_fn import distributed, optim
 from reptile_fn import tree as T
@@ -34,6 +35,7 @@ def make_step(
     inner_adam_betas: tuple[float, float] = (0.9, 0.999),
     outer_optimizer: str = "sgd",
     trainable: PathPredicate | None = None,
+    meta_trainable: PathPredicate | None = None,
     persistent_inner_state: bool = False,
     group=None,
     batched: bool = True,
@@ -44,6 +46,9 @@ def make_step(
     Args:
       outer_lr: β, the meta step size (Nichol et al. use 1.0 annealed to 0 for Omniglot).
       outer_lr_final / meta_iterations: anneal β linearly to this value over that many steps.
+      meta_trainable: of what adapts (``trainable``), what the outer loop moves (``None``: all of it); the
+        rest adapts from the same starting value in every task and never changes (e.g. a zero head, the
+        "zeroing trick" of Kao et al. 2022).
       persistent_inner_state: keep one inner-optimizer state (Adam's moments and step count) in the
         algorithm state, as supervised-reptile's TensorFlow code does (its Adam slots are never reset
         between tasks, and evaluation adapts from them). Every task of a meta-batch starts from it; the
@@ -88,6 +93,8 @@ def make_step(
         fast, frozen = T.partition(params, trainable)
         # mean_i (θ − θ̃_i): the pseudo-gradient; differences first, so zero inner steps give exactly 0
         direction = T.mean(T.sub(fast, adapted))
+        if meta_trainable is not None:  # adapted, not meta-learned: no outer step
+            direction = tree_map_with_path(lambda path, d: d if meta_trainable(path) else mx.zeros_like(d), direction)
         losses = {"support_loss": mx.mean(losses[:, 0]), "adapted_loss": mx.mean(losses[:, -1])}
         # over processes: the meta-batch means (one collective for all of them)
         direction, losses, opt_mean = distributed.mean((direction, losses, T.mean(opts)), group)

@@ -13,6 +13,9 @@ algorithms and inner loop as every other run (no second code path):
 | full    | the whole base                     | the whole base                                  |
 
 Reptile meta-learns exactly what it adapts, so with ``meta_learn_base`` the base adapts too.
+With ``meta_learn_head=False`` (config ``peft.head: zero``) the head starts every task at zero,
+adapts, and is never meta-learned: the "zeroing trick" of Kao et al. (ICLR 2022), which keeps a
+meta-learned head from carrying one task's arbitrary label order into the next.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ class Peft(NamedTuple):
 
 
 def patterns(method: str, *, train_head: bool = True, meta_learn_base: bool = False,
-             reptile: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(inner, meta) glob patterns over ``{"base", "adapter"}`` paths for a method (see the module table)."""
+             reptile: bool = False, meta_learn_head: bool = True) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(inner, meta) glob patterns over ``{"base", "adapter"}`` paths for a method (see the module table).
+
+    ``meta_learn_head=False``: the head adapts in every task from the same fixed start (a zero head,
+    ``peft.head: zero``) and the outer loop never moves it.
+    """
     head = (HEAD,) if train_head else ()
     if method in ("lora", "adalora"):
         inner = ADAPTER_TRAINABLE + head
@@ -56,6 +63,11 @@ def patterns(method: str, *, train_head: bool = True, meta_learn_base: bool = Fa
     meta = inner + (("base.*",) if meta_learn_base and "base.*" not in inner else ())
     if reptile:  # Reptile's update is (adapted − θ): only what adapts can move
         inner = meta
+    if not meta_learn_head and method != "head":
+        if "base.*" in meta:
+            raise ValueError("a zero head (meta_learn_head=False) needs the base frozen: it cannot be excluded from "
+                             "'base.*'; drop meta_learn_base or method full")
+        meta = tuple(p for p in meta if p != HEAD)
     return inner, meta
 
 
