@@ -145,7 +145,8 @@ def train(
     summary = run_train(cfg, out, resume=resume, progress=progress and sys.stderr.isatty(), log=typer.echo)
     if summary["rank"] != 0:
         return  # a multi-process run reports from rank 0 only
-    rate = f" ({summary['meta_steps_per_s']} meta-steps/s)" if summary["meta_steps_per_s"] else ""
+    rate = (f" ({summary['meta_steps_per_s']} meta-steps/s, {summary['examples_per_s']:,.0f} support examples "
+            "adapted/s)" if summary["meta_steps_per_s"] else "")
     typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s{rate}; run in {out}")
     if "peft" in summary:
         typer.echo(_format_peft(summary["peft"]) + f"; adapter in {out / 'adapter'}")

@@ -562,6 +562,7 @@ def train(
         "meta_iterations": cfg.meta_iterations,
         "seconds": round(seconds, 3),
         "meta_steps_per_s": float(f"{done / seconds:.3g}") if done else None,
+        "examples_per_s": float(f"{done * _examples_per_step(s) / seconds:.3g}") if done else None,
         "processes": w.size,
         "rank": w.rank,
         "config": C.to_dict(cfg),
@@ -574,6 +575,14 @@ def train(
         summary["eval"] = final_evaluation(s, run.params, run.state)
         _atomic_write(out / SUMMARY, json.dumps(summary, indent=2))
     return summary
+
+
+def _examples_per_step(s: Setup) -> int:
+    """Support examples adapted per meta-step: meta-batch × (inner batch or support set) × inner steps."""
+    cfg = s.cfg
+    support = int(s.sample_train(mx.random.key(0), 1).support_x.shape[1])
+    per_step = min(cfg.inner_batch_size or support, support)
+    return cfg.meta_batch_size * per_step * cfg.inner_steps
 
 
 def peft_summary(s: Setup, params) -> dict:

@@ -109,6 +109,10 @@ def test_summary_contents(tmp_path, extra):
     assert summary["iteration"] == summary["meta_iterations"] == cfg.meta_iterations
     assert summary["config"] == C.to_dict(cfg)
     assert summary["seconds"] > 0
+    # support examples adapted per second: meta-batch x support set (2-D: 2 classes x k; sine: k points) x inner steps
+    support = cfg.tasks.k_shot * (1 if "tasks.families=[sine]" in extra else 2)
+    per_step = cfg.meta_batch_size * support * cfg.inner_steps
+    assert summary["examples_per_s"] == pytest.approx(summary["meta_steps_per_s"] * per_step, rel=0.01)
     ev = summary["eval"]
     classification = cfg.tasks.families != ("sine",)
     assert ev["kind"] == ("classification" if classification else "regression")
