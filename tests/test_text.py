@@ -310,3 +310,19 @@ def test_episodes_from_embedded_classes_equal_embedded_episodes(clinc_tasks, min
     for a, b in zip(cached, direct):
         assert a.shape == b.shape
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+
+
+def test_trim_cuts_padding_without_changing_the_classifier(minilm):
+    params, config, tokenizer = minilm
+    sentences = CARD + ["ok", "where is my card", "set an alarm"]
+    ids, mask = E.tokenize(tokenizer, sentences, 40)
+    x = E.stack_inputs(np.pad(ids, ((0, 0), (0, 40 - ids.shape[1]))), np.pad(mask, ((0, 0), (0, 40 - ids.shape[1]))))
+    x = x.reshape(2, 3, 2, 40)  # padded well past the longest sentence, as in a sampled batch
+    cut = TT.trim(x, multiple=4)
+    longest = int(mask.sum(-1).max())
+    assert cut.shape == (2, 3, 2, -(-longest // 4) * 4) and cut.shape[-1] < 40
+    assert mx.array_equal(cut, x[..., :cut.shape[-1]]) and TT.trim(x, multiple=1).shape[-1] == longest
+    model = E.text_classifier(params, config, 3)
+    p = model.init(mx.random.key(0))
+    np.testing.assert_allclose(np.array(mx.vmap(model.apply, in_axes=(None, 0))(p, cut)),
+                               np.array(mx.vmap(model.apply, in_axes=(None, 0))(p, x)), atol=1e-5)
