@@ -5,6 +5,8 @@
         --set outer_lr=null --set outer_lr_final=null --set outer_optimizer=null --out runs/clinc-fomaml
     uv run python benchmarks/text.py --data-dir DIR --run reptile=runs/clinc-reptile --run fomaml=runs/clinc-fomaml \\
         [--encoder-episodes N]                                    # rows (c)-(f) on the first N episodes only
+    uv run python benchmarks/text.py --data-dir DIR --merge --only fomaml --run fomaml=runs/clinc-fomaml \\
+        [--encoder-episodes N]                                    # add or redo rows, keeping the others
     uv run python benchmarks/text.py --data-dir DIR --frozen-only   # rows (a), (b) only: minutes on a CPU
     uv run python benchmarks/text.py --data-dir DIR --quick         # smoke run: 10 sentences per intent, prints only
     uv run python benchmarks/text.py --report-only                  # re-render results.md from research/text.json
@@ -20,6 +22,7 @@ in meta-training), mean ± 95% CI:
       rate chosen on CLINC150's validation domains)
   (c) a fresh LoRA adapter + head on the encoder, adapted like the runs (the runs' ``lora0`` baseline)
   (d) Reptile-meta-learned LoRA + head init (``--run reptile=DIR``)
+  (d') the same with ``peft.head: zero`` (``--run reptile-zero=DIR``; optional)
   (e) FOMAML-meta-learned LoRA + head init (``--run fomaml=DIR``)
   (f) full fine-tuning of encoder + head (the runs' ``base-full`` baseline)
 
@@ -65,9 +68,11 @@ SHOTS = (1, 5)
 N_WAY, QUERY = 5, 5
 HEAD_LRS = (1.0, 3.0, 10.0, 30.0)  # frozen head: chosen on CLINC150's validation domains
 VAL_EPISODES = 200
+RUN_ROWS = ("reptile", "reptile-zero", "fomaml")  # --run NAME=DIR: meta-trained inits
 ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on the (c)-(f) episodes",
         "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
-        "reptile": "(d) Reptile LoRA + head", "fomaml": "(e) FOMAML LoRA + head", "full": "(f) full fine-tuning"}
+        "reptile": "(d) Reptile LoRA + head", "reptile-zero": "(d') Reptile LoRA, zero head",
+        "fomaml": "(e) FOMAML LoRA + head", "full": "(f) full fine-tuning"}
 
 
 def capped(tasks, per_class: int | None):
@@ -154,7 +159,7 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, done=lambda cells: 
                 full = s.tasks.sample_test(sample_key, args.episodes)
                 episodes = type(full)(*(a[:m] for a in full))
                 inits = {name: (params, "run", s.meta.inner_lr(state), s.meta.inner_opt(state))}
-                if i == 0:  # the baselines once per cell, from the first run's base
+                if i == 0 and args.baselines:  # the baselines once per cell, from the first run's base
                     b = TR.baseline_inits(s, ("lora0", "base-full"))
                     fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
                     full_lr = tree_map_with_path(lambda path, a: s.cfg.inner_lr if path.startswith("base.head")
@@ -162,6 +167,8 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, done=lambda cells: 
                     inits["lora0"] = (b["lora0"].params, b["lora0"].trainable, s.cfg.inner_lr, None)
                     inits["full"] = (b["base-full"].params, b["base-full"].trainable, full_lr, None)
                 for row, (p, trainable, lr, inner_opt) in inits.items():
+                    if args.only and row not in args.only:
+                        continue
                     kw = TR._inner_kwargs(s, trainable)
                     if inner_opt is not None:
                         kw.update(opt_state=inner_opt[0], t0=inner_opt[1])
@@ -177,7 +184,7 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, done=lambda cells: 
                     cell[row] = curve_summary(acc, seconds, n_adapt)
                     cell[row].update(episodes=m, steps=record)
                     cell[row]["support_examples_per_s"] = N_WAY * k * steps / seconds
-                    if row in ("reptile", "fomaml"):
+                    if row in RUN_ROWS:
                         cell[row]["meta_iterations"] = iteration
                         d, ci = mean_ci(100 * (acc[:, -1] - protos[f"{target}|{k}"][:m]))
                         cell[row]["vs_prototypes"] = {"difference": float(d), "ci95": float(ci), "episodes": m}
@@ -215,7 +222,8 @@ def render(res: dict) -> str:
              "ones of them, where fewer). Encoder: all-MiniLM-L6-v2; frozen head: SGD at learning rate "
              f"{res['frozen']['head_lr']}, chosen on CLINC150's validation domains; (c)-(e) adapt like the runs' inner "
              "loop (Adam); (f) Adam at " + f"{res.get('full_lr', 'n/a')} for the encoder and the runs' rate for the head "
-             f"(not tuned). Machine: {res['machine']}. Command: `{res['command']}`.", ""]
+             f"(not tuned). Machine: {res['machine']}. Commands: "
+             + "; then ".join(f"`{c}`" for c in res.get("commands", [res.get("command")])) + ".", ""]
     if res.get("runs_info"):
         lines += [res["runs_info"], ""]
     for target in TARGETS:
@@ -240,7 +248,7 @@ def render(res: dict) -> str:
     for target in TARGETS:
         for k in SHOTS:
             cell = res["cells"].get(f"{target}|{k}", {})
-            for name in ("reptile", "fomaml"):
+            for name in RUN_ROWS:
                 v = cell.get(name, {}).get("vs_prototypes")
                 if v:
                     d, ci = v["difference"], v["ci95"]
@@ -257,7 +265,8 @@ def render(res: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="reptile=DIR and/or fomaml=DIR")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                   help="reptile=DIR, fomaml=DIR (and reptile-zero=DIR: a run with peft.head=zero)")
     p.add_argument("--episodes", type=int, default=500)
     p.add_argument("--steps", type=int, default=5, help="inner steps K: accuracy after 0..K (the runs train with 5)")
     p.add_argument("--encoder-episodes", type=int, default=None,
@@ -266,6 +275,9 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=20, help="episodes adapted at once in (c)-(e) ((f): a quarter)")
     p.add_argument("--val-episodes", type=int, default=VAL_EPISODES)
     p.add_argument("--frozen-only", action="store_true")
+    p.add_argument("--only", default="", help="comma list of encoder rows to run (reptile, fomaml, lora0, full); "
+                   "with --merge the others are kept from research/text.json")
+    p.add_argument("--merge", action="store_true", help="keep the encoder rows research/text.json already has")
     p.add_argument("--quick", action="store_true", help="10 sentences per intent, 8 episodes, 1 step; prints only")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
@@ -273,26 +285,42 @@ def main() -> None:
     if args.quick:
         args.episodes, args.steps, args.val_episodes, args.encoder_episodes = 8, 1, 20, 4
     args.encoder_episodes = min(args.encoder_episodes or args.episodes, args.episodes)
+    args.only = {r for r in args.only.split(",") if r}
+    args.baselines = not args.only or bool(args.only & {"lora0", "full"})
     if args.report_only:
         res = json.loads(JSON.read_text())
     else:
         runs = dict(item.split("=", 1) for item in args.run)
-        unknown = set(runs) - {"reptile", "fomaml"}
+        unknown = set(runs) - set(RUN_ROWS)
         if unknown:
-            sys.exit(f"--run names must be reptile or fomaml, got {sorted(unknown)}")
+            sys.exit(f"--run names must be among {', '.join(RUN_ROWS)}, got {sorted(unknown)}")
         encoder, config, tokenizer = load_encoder(None)
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
+        if args.merge and JSON.is_file():  # encoder rows measured before, on the same episodes
+            old = json.loads(JSON.read_text())
+            if (old["episodes"], old["steps"], old.get("encoder_episodes")) != (args.episodes, args.steps,
+                                                                                args.encoder_episodes):
+                sys.exit(f"--merge: {JSON} was measured with other --episodes / --steps / --encoder-episodes")
+            for key, rows in old["cells"].items():
+                for name, row in rows.items():
+                    if name in ("lora0", "full", *RUN_ROWS) and name not in args.only:
+                        cells.setdefault(key, {})[name] = row
+            all_runs = {**old.get("runs", {}), **runs}
+            commands = old.get("commands", [old.get("command")])
+        else:
+            all_runs, commands = runs, []
         info = []
-        for name, run in runs.items():
+        for name, run in all_runs.items():
             c = TR.stored_config(run)
             info.append(f"{ROWS[name]}: {c.meta_iterations} meta-iterations of {c.algorithm}, meta-batch {c.meta_batch_size}, "
                         f"inner {c.inner_optimizer} at {c.inner_lr} for {c.inner_steps} steps, outer lr "
                         f"{'the algorithm default' if c.outer_lr is None else c.outer_lr}")
         res = {"cells": cells, "frozen": frozen, "episodes": args.episodes, "steps": args.steps,
                "runs_info": ("Runs (configs/clinc_5w5s_lora.yaml): " + "; ".join(info) + ".") if info else "",
-               "runs": runs, "full_lr": args.full_lr,
+               "runs": all_runs, "full_lr": args.full_lr,
                "encoder_episodes": args.encoder_episodes, "machine": f"{_blas.status()}, mlx {mx.__version__}",
-               "command": "uv run python benchmarks/text.py " + " ".join(sys.argv[1:]).replace(str(args.data_dir), "DIR")}
+               "commands": commands + ["uv run python benchmarks/text.py "
+                                       + " ".join(sys.argv[1:]).replace(str(args.data_dir), "DIR")]}
 
         def done(encoder_cells: dict) -> None:  # frozen rows + the encoder rows measured so far
             for key, rows in encoder_cells.items():
