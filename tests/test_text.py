@@ -326,3 +326,29 @@ def test_trim_cuts_padding_without_changing_the_classifier(minilm):
     p = model.init(mx.random.key(0))
     np.testing.assert_allclose(np.array(mx.vmap(model.apply, in_axes=(None, 0))(p, cut)),
                                np.array(mx.vmap(model.apply, in_axes=(None, 0))(p, x)), atol=1e-5)
+
+
+def test_benchmark_chunks_by_length_keep_every_episode_and_every_token():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.text import by_length
+    from reptile_fn.tasks import Episode
+
+    rng = np.random.default_rng(0)
+    n, per, length = 11, 6, 30
+
+    def tokens(shape):
+        lengths = rng.integers(1, length + 1, size=shape)
+        mask = (np.arange(length) < lengths[..., None]).astype(np.int32)
+        ids = rng.integers(1, 1000, size=(*shape, length)) * mask
+        return mx.array(np.stack([ids, mask], axis=-2))
+
+    episodes = Episode(tokens((n, per)), mx.zeros((n, per), mx.int32), tokens((n, per)), mx.ones((n, per), mx.int32))
+    seen = []
+    for idx, part in by_length(episodes, 4):
+        seen += list(idx)
+        for got, full in ((part.support_x, episodes.support_x), (part.query_x, episodes.query_x)):
+            orig = full[mx.array(idx)]
+            assert got.shape[-1] <= length
+            assert mx.array_equal(got, orig[..., :got.shape[-1]])  # a prefix of each input ...
+            assert mx.array_equal(got[..., 1, :].sum(-1), orig[..., 1, :].sum(-1))  # ... that keeps every real token
+    assert sorted(seen) == list(range(n))
