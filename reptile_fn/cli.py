@@ -21,10 +21,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: the built-in default config).")
 SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Data folder (Omniglot zips); sets tasks.data_dir.")
+EncoderOpt = typer.Option(None, "--encoder", help="Text runs: a BERT-style folder (model.safetensors, tokenizer.json, "
+                          "config.json) instead of all-MiniLM-L6-v2; sets model.encoder.")
 
 
-def _with_data_dir(sets: List[str], data_dir: Optional[Path]) -> List[str]:
-    return [*sets, f"tasks.data_dir={data_dir}"] if data_dir else list(sets)
+def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[Path] = None) -> List[str]:
+    return [*sets, *([f"tasks.data_dir={data_dir}"] if data_dir else []), *([f"model.encoder={encoder}"] if encoder else [])]
 
 
 def _errors_to_exit(fn):
@@ -96,7 +98,8 @@ def _describe_model(config: Optional[Path], set_: List[str]) -> str:
 
 @app.command()
 @_errors_to_exit
-def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
+def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_dir: Optional[Path] = DataDirOpt,
+             encoder: Optional[Path] = EncoderOpt) -> None:
     """Check a config (and that one meta-step runs with it); exit non-zero with a message if not."""
     import mlx.core as mx
 
@@ -104,7 +107,7 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
     from reptile_fn import tree as T
     from reptile_fn.train import run_keys, setup
 
-    cfg = C.load(config, _with_data_dir(set_, data_dir))
+    cfg = C.load(config, _with_data_dir(set_, data_dir, encoder))
     s = setup(cfg)
     keys = run_keys(cfg.seed)
     params = s.model.init(keys.init)
@@ -128,9 +131,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     data_dir: Optional[Path] = DataDirOpt,
+    encoder: Optional[Path] = EncoderOpt,
 ) -> None:
     """Meta-train, then print held-out few-shot results of the meta-learned init vs a random init."""
-    set_ = _with_data_dir(set_, data_dir)
+    set_ = _with_data_dir(set_, data_dir, encoder)
     from reptile_fn import config as C
     from reptile_fn.train import format_results, stored_config
     from reptile_fn.train import train as run_train
@@ -169,6 +173,7 @@ def eval_(
     out: Optional[Path] = typer.Option(None, "--out", help="Where results.json and the PNGs go (default: <run>/eval)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
     data_dir: Optional[Path] = DataDirOpt,
+    encoder: Optional[Path] = EncoderOpt,
     split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val or evaluation."),
     set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Evaluate with a changed setting, e.g. tasks.k_shot=5 or eval.transductive=false."),
@@ -184,7 +189,7 @@ def eval_(
         write_figures,
     )
 
-    overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir)
+    overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir, encoder)
     from reptile_fn import pretrained
 
     checkpoint = pretrained.resolve(checkpoint)

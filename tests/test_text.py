@@ -352,3 +352,17 @@ def test_benchmark_chunks_by_length_keep_every_episode_and_every_token():
             assert mx.array_equal(got, orig[..., :got.shape[-1]])  # a prefix of each input ...
             assert mx.array_equal(got[..., 1, :].sum(-1), orig[..., 1, :].sum(-1))  # ... that keeps every real token
     assert sorted(seen) == list(range(n))
+
+
+def test_cli_encoder_flag_chooses_the_encoder_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from reptile_fn.cli import app
+
+    folder = tmp_path / "my-bert"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    result = CliRunner().invoke(app, ["validate", "--config", str(Path(__file__).resolve().parents[1] / "configs" /
+                                      "clinc_5w5s_lora.yaml"), "--encoder", str(folder)])
+    assert result.exit_code == 2
+    assert f"error: the encoder folder {folder} lacks model.safetensors, tokenizer.json" in result.output
