@@ -5,8 +5,9 @@
         --set outer_lr=null --set outer_lr_final=null --set outer_optimizer=null --out runs/clinc-fomaml
     uv run python benchmarks/text.py --data-dir DIR --run reptile=runs/clinc-reptile --run fomaml=runs/clinc-fomaml \\
         [--encoder-episodes N]                                    # rows (c)-(f) on the first N episodes only
-    uv run python benchmarks/text.py --data-dir DIR --merge --only fomaml --run fomaml=runs/clinc-fomaml \\
-        [--encoder-episodes N]                                    # add or redo rows, keeping the others
+    uv run python benchmarks/text.py --data-dir DIR --only fomaml --run fomaml=runs/clinc-fomaml \\
+        --json runs/text-fomaml.json [--encoder-episodes N]       # one more row, measured on its own, then
+    uv run python benchmarks/text.py --report-only --add runs/text-fomaml.json   # merged into the table
     uv run python benchmarks/text.py --data-dir DIR --frozen-only   # rows (a), (b) only: minutes on a CPU
     uv run python benchmarks/text.py --data-dir DIR --quick         # smoke run: 10 sentences per intent, prints only
     uv run python benchmarks/text.py --report-only                  # re-render results.md from research/text.json
@@ -210,6 +211,29 @@ def by_length(episodes, chunk: int):
         yield idx, type(episodes)(trim(sx), sy, trim(qx), qy)
 
 
+def write_json(path: Path, res: dict) -> None:
+    """Write atomically (a stopped run never leaves half a file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def add_rows(res: dict, other: dict, source) -> None:
+    """Put the encoder rows (and runs, commands) of ``other`` into ``res``: both must be on the same episodes."""
+    same = ("episodes", "steps", "encoder_episodes")
+    if any(res.get(k) != other.get(k) for k in same):
+        sys.exit(f"--add {source}: measured with other --episodes / --steps / --encoder-episodes than {JSON}")
+    for key, rows in other["cells"].items():
+        for name, row in rows.items():
+            if name in ("lora0", "full", *RUN_ROWS):
+                res["cells"].setdefault(key, {})[name] = row
+    res["runs"] = {**res.get("runs", {}), **other.get("runs", {})}
+    res.setdefault("commands", [res.pop("command")] if "command" in res else [])
+    res["commands"] = res.get("commands", []) + [c for c in other.get("commands", []) if c not in res.get("commands", [])]
+    infos = [i for i in (res.get("runs_info", ""), other.get("runs_info", "")) if i]
+    res["runs_info"] = " ".join(dict.fromkeys(infos))
+
+
 def shown_steps(steps: int) -> list[int]:
     return sorted({0, 1, min(5, steps), steps})
 
@@ -275,9 +299,11 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=20, help="episodes adapted at once in (c)-(e) ((f): a quarter)")
     p.add_argument("--val-episodes", type=int, default=VAL_EPISODES)
     p.add_argument("--frozen-only", action="store_true")
-    p.add_argument("--only", default="", help="comma list of encoder rows to run (reptile, fomaml, lora0, full); "
-                   "with --merge the others are kept from research/text.json")
-    p.add_argument("--merge", action="store_true", help="keep the encoder rows research/text.json already has")
+    p.add_argument("--only", default="", help="comma list of encoder rows to run (reptile, fomaml, lora0, full, ...)")
+    p.add_argument("--json", type=Path, default=JSON, help="where the results go (not research/text.json: results.md "
+                   "is left alone; combine with --report-only --add)")
+    p.add_argument("--add", type=Path, action="append", default=[],
+                   help="with --report-only: merge the encoder rows of this results JSON (same episodes) first")
     p.add_argument("--quick", action="store_true", help="10 sentences per intent, 8 episodes, 1 step; prints only")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
@@ -289,6 +315,11 @@ def main() -> None:
     args.baselines = not args.only or bool(args.only & {"lora0", "full"})
     if args.report_only:
         res = json.loads(JSON.read_text())
+        for path in args.add:
+            add_rows(res, json.loads(path.read_text()), path)
+            res["commands"].append(f"uv run python benchmarks/text.py --report-only --add {path}")
+        if args.add:
+            write_json(JSON, res)
     else:
         runs = dict(item.split("=", 1) for item in args.run)
         unknown = set(runs) - set(RUN_ROWS)
@@ -296,19 +327,7 @@ def main() -> None:
             sys.exit(f"--run names must be among {', '.join(RUN_ROWS)}, got {sorted(unknown)}")
         encoder, config, tokenizer = load_encoder(None)
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
-        if args.merge and JSON.is_file():  # encoder rows measured before, on the same episodes
-            old = json.loads(JSON.read_text())
-            if (old["episodes"], old["steps"], old.get("encoder_episodes")) != (args.episodes, args.steps,
-                                                                                args.encoder_episodes):
-                sys.exit(f"--merge: {JSON} was measured with other --episodes / --steps / --encoder-episodes")
-            for key, rows in old["cells"].items():
-                for name, row in rows.items():
-                    if name in ("lora0", "full", *RUN_ROWS) and name not in args.only:
-                        cells.setdefault(key, {})[name] = row
-            all_runs = {**old.get("runs", {}), **runs}
-            commands = old.get("commands", [old.get("command")])
-        else:
-            all_runs, commands = runs, []
+        all_runs, commands = runs, []
         info = []
         for name, run in all_runs.items():
             c = TR.stored_config(run)
@@ -326,13 +345,14 @@ def main() -> None:
             for key, rows in encoder_cells.items():
                 cells.setdefault(key, {}).update(rows)
             if not args.quick:
-                JSON.write_text(json.dumps(res, indent=1) + "\n")
-                write_section(RESULTS, BEGIN, END, "## Text: few-shot intent classification", render(res))
+                write_json(args.json, res)
+                if args.json.resolve() == JSON.resolve():
+                    write_section(RESULTS, BEGIN, END, "## Text: few-shot intent classification", render(res))
 
         done({})
         if runs and not args.frozen_only:
             done(encoder_rows(args, runs, args.steps, protos, done))
-        if args.quick:
+        if args.quick or args.json.resolve() != JSON.resolve():
             print(render(res))
             return
     write_section(RESULTS, BEGIN, END, "## Text: few-shot intent classification", render(res))

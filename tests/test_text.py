@@ -366,3 +366,19 @@ def test_cli_encoder_flag_chooses_the_encoder_folder(tmp_path):
                                       "clinc_5w5s_lora.yaml"), "--encoder", str(folder)])
     assert result.exit_code == 2
     assert f"error: the encoder folder {folder} lacks model.safetensors, tokenizer.json" in result.output
+
+
+def test_benchmark_add_rows_merges_encoder_rows_measured_apart():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.text import add_rows
+
+    base = {"episodes": 500, "steps": 5, "encoder_episodes": 50, "runs": {"reptile": "a"}, "commands": ["one"],
+            "cells": {"X|1": {"prototypes": {"accuracy": [1]}, "reptile": {"accuracy": [2]}}}}
+    other = {"episodes": 500, "steps": 5, "encoder_episodes": 50, "runs": {"fomaml": "b"}, "commands": ["two"],
+             "cells": {"X|1": {"prototypes": {"accuracy": [9]}, "fomaml": {"accuracy": [3]}}}}
+    add_rows(base, other, "other.json")
+    assert base["cells"]["X|1"] == {"prototypes": {"accuracy": [1]}, "reptile": {"accuracy": [2]},
+                                    "fomaml": {"accuracy": [3]}}  # frozen rows are not taken from the other file
+    assert base["runs"] == {"reptile": "a", "fomaml": "b"} and base["commands"] == ["one", "two"]
+    with pytest.raises(SystemExit, match="other --episodes"):
+        add_rows(base, {**other, "encoder_episodes": 40}, "odd.json")
