@@ -18,6 +18,7 @@ from reptile_fn.evaluate import per_episode_curves
 from reptile_fn.losses import accuracy, cross_entropy
 from reptile_fn.models import dense
 from reptile_fn.tasks import Episode
+from reptile_fn.tasks.text import trim
 from reptile_fn.text.encoder import EncoderConfig, encode
 from reptile_fn.tree import Tree
 
@@ -50,9 +51,11 @@ def embed_classes(params: Tree, config: EncoderConfig, x: mx.array, counts: mx.a
     n_classes, n_max = x.shape[:2]
     rows = np.flatnonzero(np.arange(n_max)[None, :] < np.array(counts)[:, None])  # real sentences, flat index
     flat = x.reshape(n_classes * n_max, *x.shape[2:])
+    # shortest first, each chunk cut to its own longest sentence (padding is masked: the same embeddings)
+    rows = rows[np.argsort(np.array(flat[mx.array(rows), 1].sum(-1)), kind="stable")]
     parts = []
     for i in range(0, len(rows), chunk):
-        parts.append(run(flat[mx.array(rows[i:i + chunk])]))
+        parts.append(run(trim(flat[mx.array(rows[i:i + chunk])])))
         mx.eval(parts[-1])
     embedded = mx.concatenate(parts)
     out = mx.zeros((n_classes * n_max, embedded.shape[-1]), dtype=embedded.dtype)
