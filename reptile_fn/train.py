@@ -24,7 +24,6 @@ from typing import Callable, NamedTuple
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_map
 
 from reptile_fn import checkpoint, distributed
 from reptile_fn import config as C
@@ -127,8 +126,7 @@ def setup(cfg: C.Config, group=None) -> Setup:
         base_model = model
         model = pf.model
         initial_params = _peft_initial_params(cfg, pf, base_model, loss, tasks)
-        if cfg.algorithm != "reptile" or p.head == "zero":
-            extra["meta_trainable"] = meta_trainable
+        extra["meta_trainable"] = meta_trainable  # Reptile: what adapts but is not meta-learned (a zero head) stays
     defaults = DEFAULTS[cfg.algorithm]
     betas = tuple(cfg.inner_adam_betas)
     inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size,
@@ -180,7 +178,7 @@ def zero_head(params):
     from reptile_fn import peft
 
     head, rest = T.partition(params, T.match(peft.HEAD))
-    return T.combine(tree_map(mx.zeros_like, head), rest)
+    return T.combine(T.zeros_like(head), rest)
 
 
 def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
