@@ -1,7 +1,8 @@
 """reptile_fn: functional meta-learning (Reptile, MAML and kin) on MLX."""
 
-from reptile_fn import _blas
+from reptile_fn import _blas, _malloc
 
 _blas.load()  # must run before the first `import mlx.core` (see _blas.py)
+_malloc.tune()  # keep freed buffers for reuse instead of page-faulting them in anew (see _malloc.py)
 
 __version__ = "0.1.0"

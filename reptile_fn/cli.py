@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 import reptile_fn
-from reptile_fn import _blas
+from reptile_fn import _blas, _malloc
 from reptile_fn.errors import ReptileFnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -69,6 +69,7 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
         ("device", str(mx.default_device())),
         ("gpu available", str(mx.is_available(mx.gpu))),
         ("blas", _blas.status()),
+        ("malloc", _malloc.status()),
         ("task families", ", ".join(f"{n} ({f.kind})" for n, f in FAMILIES.items())),
         ("algorithms", ", ".join(ALGORITHMS)),
     ]

@@ -10,7 +10,7 @@ import mlx.core as mx
 import pytest
 from typer.testing import CliRunner
 
-from reptile_fn import _blas
+from reptile_fn import _blas, _malloc
 from reptile_fn import config as C
 from reptile_fn.algorithms import ALGORITHMS
 from reptile_fn.cli import app
@@ -58,6 +58,7 @@ def test_info():
     rows = {line.split(None, 1)[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert mx.__version__ in rows["mlx"]
     assert rows["blas"].split(None, 1)[1] == _blas.status()
+    assert rows["malloc"].split(None, 1)[1] == _malloc.status()
     families = next(line for line in result.stdout.splitlines() if line.startswith("task families"))
     for name, family in FAMILIES.items():
         assert f"{name} ({family.kind})" in families
