@@ -54,6 +54,7 @@ class EvalConfig:
     every: int = 500  # held-out evaluation during training, every this many meta-iterations
     during_training_episodes: int = 100
     transductive: bool = True  # batch-norm statistics over the whole query set; false: one query at a time
+    inner_batch_size: int | None = None  # examples per adaptation step at evaluation; None: the training inner_batch_size
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ CHOICES = {
 POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
-            "eval.during_training_episodes", "eval.inner_lr", "inner_batch_size", "peft.rank", "peft.scale",
+            "eval.during_training_episodes", "eval.inner_lr", "eval.inner_batch_size", "inner_batch_size", "peft.rank", "peft.scale",
             "peft.base_pretrain_iterations", "peft.target_rank"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 

@@ -129,7 +129,8 @@ def setup(cfg: C.Config, group=None) -> Setup:
         extra["meta_trainable"] = meta_trainable  # Reptile: what adapts but is not meta-learned (a zero head) stays
     defaults = DEFAULTS[cfg.algorithm]
     betas = tuple(cfg.inner_adam_betas)
-    inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable, inner_batch_size=cfg.inner_batch_size,
+    inner = dict(optimizer=cfg.inner_optimizer, trainable=trainable,
+                 inner_batch_size=cfg.eval.inner_batch_size or cfg.inner_batch_size,
                  adam_betas=betas, transductive=cfg.eval.transductive)
     meta = ALGORITHMS[cfg.algorithm](
         model.apply, loss, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,

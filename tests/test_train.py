@@ -434,3 +434,25 @@ def test_persistent_inner_state_resumes_exactly_and_reaches_evaluation(tmp_path)
     assert with_state["loss"]["mean"][-1] != fresh["loss"]["mean"][-1]
     with pytest.raises(ConfigError, match="inner_state = persistent .* needs algorithm = reptile and inner_optimizer = adam"):
         C.load(None, ["inner_state=persistent"])
+
+
+def test_eval_inner_batch_size_sets_the_evaluation_minibatch_only(tmp_path):
+    # supervised-reptile trains on inner batches of 10 but evaluates on 5 (--eval-batch)
+    base = C.load(None, [*TINY, "tasks.k_shot=10", "inner_batch_size=8"])
+    cfg = C.with_overrides(base, ["eval.inner_batch_size=3"])
+    s, s_default = TR.setup(cfg), TR.setup(base)
+    assert s.inner_kwargs["inner_batch_size"] == 3 and s_default.inner_kwargs["inner_batch_size"] == 8
+    params = s.model.init(TR.run_keys(cfg.seed).init)
+    key = TR.run_keys(cfg.seed).eval_final
+    small = TR.evaluate_init(s, params, key, 20, 3)
+    default = TR.evaluate_init(s_default, params, key, 20, 3)
+    assert small["loss"]["mean"][0] == default["loss"]["mean"][0]  # same episodes, same start
+    assert small["loss"]["mean"][-1] != default["loss"]["mean"][-1]  # adapted on other minibatches
+    # training is unchanged: the algorithm still takes minibatches of 8
+    p0 = s.meta.init(params)
+    batch = s.sample_train(mx.random.key(1), cfg.meta_batch_size)
+    a = s.meta.step(params, p0, batch, mx.random.key(2))
+    b = s_default.meta.step(params, s_default.meta.init(params), batch, mx.random.key(2))
+    assert all(mx.array_equal(x, y).item() for (_, x), (_, y) in zip(tree_flatten(a[0]), tree_flatten(b[0])))
+    with pytest.raises(ConfigError, match="eval.inner_batch_size"):
+        C.load(None, ["eval.inner_batch_size=0"])
