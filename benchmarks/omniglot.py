@@ -6,6 +6,13 @@
     uv run python benchmarks/omniglot.py --report-only      # re-render results.md from research/omniglot.json
     uv run python benchmarks/omniglot.py --run 5=... --ship # also write reptile_fn/pretrained/omniglot-5w{1,5}s
 
+Scoring is one core's work (``OPENBLAS_NUM_THREADS=1`` runs as fast), so the shot counts can be
+scored by two processes at once, each into its own file, then joined into the table:
+
+    OPENBLAS_NUM_THREADS=1 uv run python benchmarks/omniglot.py --run 20=RUN --shots 1 --json a.json &
+    OPENBLAS_NUM_THREADS=1 uv run python benchmarks/omniglot.py --run 20=RUN --shots 5 --json b.json
+    uv run python benchmarks/omniglot.py --report-only --add a.json --add b.json
+
 With ``train_shots: 10`` (the supervised-reptile setting) 1-shot and 5-shot training are the same
 run, so one N-way run is scored at both shot counts: the shipped ``omniglot-5w1s`` and ``omniglot-5w5s``
 hold the same parameters with the config's ``k_shot`` set to 1 and 5. Each cell is the query
@@ -31,7 +38,7 @@ import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core
 import mlx.core as mx  # noqa: E402
 
 from benchmarks.report import shown_argv, write_section  # noqa: E402
-from reptile_fn import _blas, checkpoint  # noqa: E402
+from reptile_fn import _blas, checkpoint, pretrained  # noqa: E402
 from reptile_fn import config as C  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
 
@@ -45,21 +52,25 @@ PAPER = {(5, 1): (97.68, 95.39), (5, 5): (99.48, 98.90), (20, 1): (89.43, 88.14)
 PAPER_ITERATIONS = {5: 100_000, 20: 200_000}
 
 
-def score(ckpt: Path, data_dir: str | None, shots: int, transductive: bool, episodes: int) -> dict:
-    overrides = [f"tasks.k_shot={shots}", f"eval.transductive={str(transductive).lower()}"]
+def score(ckpt: Path | str, data_dir: str | None, shots: int, transductive: bool, episodes: int,
+          extra: list[str] = ()) -> dict:
+    overrides = [f"tasks.k_shot={shots}", f"eval.transductive={str(transductive).lower()}", *extra]
     if data_dir:
         overrides.append(f"tasks.data_dir={data_dir}")
     s, params, state, iteration = TR.load_run(ckpt, overrides)
     t0 = time.perf_counter()
     k = s.cfg.eval.inner_steps
-    # the same episodes as `reptile-fn eval` (the run's final-evaluation key); scored at 0 and k steps only
+    # the same episodes and inner optimizer state as `reptile-fn eval` (the run's final-evaluation key;
+    # `inner_state: persistent` runs start every episode from the kept inner Adam state); scored at 0 and k only
     curve = TR.evaluate_init(s, params, TR.run_keys(s.cfg.seed).eval_final, episodes, k,
-                             inner_lr=s.meta.inner_lr(state), record=[0, k])
+                             inner_lr=s.meta.inner_lr(state), record=[0, k], inner_opt=s.meta.inner_opt(state))
     i = curve["steps"].index(k)
     return {"accuracy": 100 * curve["metric"]["mean"][i], "ci95": 100 * curve["metric"]["ci95"][i],
             "accuracy_0": 100 * curve["metric"]["mean"][0], "steps": k, "episodes": episodes,
             "iteration": iteration, "seconds": round(time.perf_counter() - t0, 1), "split": s.cfg.tasks.test_split,
-            "protocol": s.tasks.protocol if hasattr(s.tasks, "protocol") else None}
+            "protocol": s.tasks.protocol if hasattr(s.tasks, "protocol") else None,
+            "eval_batch": s.inner_kwargs["inner_batch_size"],
+            "inner_state": "persistent" if s.meta.inner_opt(state) is not None else "fresh"}
 
 
 def learning_curve(run: Path) -> list[dict]:
@@ -110,6 +121,15 @@ def fmt(cell: dict | None) -> str:
     return f"{cell['accuracy']:.2f} ± {cell['ci95']:.2f}" if cell else "not run"
 
 
+def merge(res: dict, other: dict) -> dict:
+    """``res`` with the runs and cells of ``other`` added (``other`` wins where both scored a cell)."""
+    res = {**res, "runs": {**res.get("runs", {}), **other.get("runs", {})}, "cells": dict(res.get("cells", {}))}
+    for key, cell in other.get("cells", {}).items():
+        res["cells"][key] = {**res["cells"].get(key, {}), **cell}
+    res["protocol"] = res.get("protocol") or other.get("protocol")
+    return res
+
+
 def render(res: dict) -> str:
     lines = [BEGIN, ""]
     proto = res["protocol"]
@@ -125,12 +145,16 @@ def render(res: dict) -> str:
         f"Cells: query accuracy (%) after 50 inner Adam steps, mean ± 95% CI over {proto['episodes']:,} held-out "
         "episodes; transductive = batch-norm statistics over the query batch (the paper's main numbers), "
         "non-transductive = each query example normalised together with the support set, one at a time. "
-        f"Machine: {proto['machine']}. Command: `{proto['command']}`.",
+        "Evaluation adapts on minibatches of 5 (5-way) and 10 (20-way) support examples, the paper's "
+        "`--eval-batch`, starting from the run's inner Adam state where it kept one. "
+        f"Machine: {proto['machine']}. Commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", proto["command"])
+                                                    for cell in res["cells"].values() for r in cell.values())) + ".",
         "",
         "| setting | meta-iterations (paper) | transductive | paper | non-transductive | paper |",
         "|---|---|---|---|---|---|",
     ]
-    for key, cell in res["cells"].items():
+    for key, cell in sorted(res["cells"].items(), key=lambda kv: tuple(int(x) for x in kv[0].split("w"))):
         way, shots = (int(x) for x in key.split("w"))
         paper = PAPER[(way, shots)]
         t, n = cell.get("transductive"), cell.get("non_transductive")
@@ -157,45 +181,76 @@ def write_report(res: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", default=[], metavar="WAY=DIR", help="e.g. 5=runs/omniglot-5way")
+    ap.add_argument("--run", action="append", default=[], metavar="WAY=DIR",
+                    help="e.g. 5=runs/omniglot-5way; a checkpoint file or shipped name (omniglot-5w1s) re-scores "
+                         "a run already in the table")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for scoring, e.g. eval.inner_batch_size=5")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--episodes", type=int, default=1000)
     ap.add_argument("--shots", default="1,5")
     ap.add_argument("--modes", default="transductive,non_transductive")
     ap.add_argument("--ship", action="store_true", help="write reptile_fn/pretrained/omniglot-5w{1,5}s from the 5-way run")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--json", type=Path, default=JSON, help=f"results file (default {JSON.relative_to(ROOT)})")
+    ap.add_argument("--add", action="append", default=[], type=Path, metavar="FILE",
+                    help="join the runs and cells of another --json FILE into the table (with --report-only)")
     args = ap.parse_args()
     if args.report_only:
-        res = json.loads(JSON.read_text())
+        res = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}, "runs": {}}
+        for extra in args.add:
+            res = merge(res, json.loads(extra.read_text()))
+        _write(JSON, res)
         plot(res)
         write_report(res)
         return
-    res = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}, "runs": {}}
+    out = args.json
+    res = json.loads(out.read_text()) if out.exists() else {"cells": {}, "runs": {}}
+    command = "uv run python benchmarks/omniglot.py " + " ".join(shown_argv(sys.argv)[1:])
     res["protocol"] = {"episodes": args.episodes, "machine": f"{_blas.status()}, mlx {mx.__version__}",
-                       "command": "uv run python benchmarks/omniglot.py " + " ".join(shown_argv(sys.argv)[1:]), "split": "test"}
+                       "command": command, "split": "test"}
     for item in args.run:
         way, run = item.split("=", 1)
-        run = Path(run)
-        summary = json.loads((run / TR.SUMMARY).read_text()) if (run / TR.SUMMARY).exists() else {}
-        stored = TR.stored_config(run)
-        res["runs"][way] = {"iteration": summary.get("iteration") or stored.meta_iterations,
-                            "meta_steps_per_s": summary.get("meta_steps_per_s"), "curve": learning_curve(run),
-                            "during_training_episodes": stored.eval.during_training_episodes, "run": str(run),
-                            "inner_state": stored.inner_state}
+        if Path(run).is_dir():
+            run = Path(run)
+            ckpt = run / TR.CHECKPOINT
+            summary = json.loads((run / TR.SUMMARY).read_text()) if (run / TR.SUMMARY).exists() else {}
+            stored = TR.stored_config(run)
+            res["runs"][way] = {"iteration": summary.get("iteration") or stored.meta_iterations,
+                                "meta_steps_per_s": summary.get("meta_steps_per_s"), "curve": learning_curve(run),
+                                "during_training_episodes": stored.eval.during_training_episodes, "run": str(run),
+                                "inner_state": stored.inner_state}
+        else:  # re-score a run the table already has from its checkpoint (e.g. the shipped init)
+            ckpt = run
+            if way not in res["runs"]:
+                raise SystemExit(f"--run {item}: not a run directory, and no {way}-way run is in {out} to re-score")
+            iteration = checkpoint.load(pretrained.resolve(ckpt))[1].get("iteration")
+            if iteration != res["runs"][way]["iteration"]:
+                raise SystemExit(f"--run {item}: checkpoint is from iteration {iteration}, the table's {way}-way run "
+                                 f"from {res['runs'][way]['iteration']}")
         for shots in (int(x) for x in args.shots.split(",")):
             cell = res["cells"].setdefault(f"{way}w{shots}", {})
             for mode in args.modes.split(","):
-                r = score(run / TR.CHECKPOINT, args.data_dir, shots, mode == "transductive", args.episodes)
+                r = score(ckpt, args.data_dir, shots, mode == "transductive", args.episodes, args.set)
+                r["command"] = command
                 res["protocol"]["split"] = r["split"]
                 cell[mode] = r
                 print(f"{way}-way {shots}-shot {mode}: {r['accuracy']:.2f} ± {r['ci95']:.2f} ({r['seconds']} s)", flush=True)
-                JSON.write_text(json.dumps(res, indent=2))
+                _write(out, res)
         if args.ship and way == "5":
             print("shipped", *ship(run, 5))
-    JSON.write_text(json.dumps(res, indent=2))
-    plot(res)
-    write_report(res)
+    _write(out, res)
+    if out == JSON:
+        plot(res)
+        write_report(res)
     print(render(res))
+
+
+def _write(path: Path, res: dict) -> None:
+    """Write atomically: a killed run leaves the previous file whole."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
