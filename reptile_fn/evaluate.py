@@ -32,9 +32,11 @@ def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return m, Z95 * values.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
-# non-transductive evaluation holds (episodes × queries × (support + 1)) inputs per step; 250 Omniglot
-# 5-way 1-shot episodes (25 × 6 images each) ran, 250 5-shot ones (25 × 26) were killed for memory
-NONTRANSDUCTIVE_IMAGES = 250 * 25 * 6
+# Episodes adapted at once are bounded by their input size (elements of x): a step holds activations of
+# every image of the chunk, and past a few thousand 28×28 images they leave the CPU caches. Omniglot conv4,
+# one core: 100 images per episode forward in 250 µs/image vmapped over 10 episodes, 480 µs over 80; a
+# non-transductive chunk of 37,500 images (the old bound, set for memory) ran at 780 µs/image.
+CHUNK_INPUT_ELEMENTS = 2000 * 28 * 28
 
 
 def per_episode_curves(
@@ -88,9 +90,11 @@ def per_episode_curves(
                                    in_axes=per_episode[:5] + (0, 0)))
     step_mini = mx.compile(mx.vmap(step, in_axes=per_episode))
     first = mx.compile(mx.vmap(lambda sx, qx, qy: observe(fast0, sx, qx, qy)))
-    if not transductive:  # each query example runs with the whole support set: bound episodes × batch images
-        per_episode_images = episodes.query_x.shape[1] * (episodes.support_x.shape[1] + 1)
-        chunk_size = max(1, min(chunk_size, NONTRANSDUCTIVE_IMAGES // per_episode_images))
+    n_support, n_query = episodes.support_x.shape[1], episodes.query_x.shape[1]
+    # non-transductive: each query example runs with the whole support set
+    inputs = n_support + n_query if transductive else n_query * (n_support + 1)
+    per_episode = inputs * int(np.prod(episodes.support_x.shape[2:]))
+    chunk_size = max(1, min(chunk_size, CHUNK_INPUT_ELEMENTS // per_episode))
     parts = []
     for start in range(0, n, chunk_size):
         sl = slice(start, start + chunk_size)

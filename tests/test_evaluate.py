@@ -55,17 +55,24 @@ def test_nontransductive_scoring_equals_transductive_without_batch_statistics():
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
-def test_nontransductive_chunks_are_bounded_and_do_not_change_results(monkeypatch):
-    """Non-transductive evaluation splits episodes into smaller chunks (memory); the curves stay the same."""
+@pytest.mark.parametrize("transductive", [False, True])
+def test_chunks_are_bounded_by_input_size_and_do_not_change_results(monkeypatch, transductive):
+    """Evaluation splits episodes into chunks bounded by their input size; the curves stay the same."""
     import reptile_fn.evaluate as E
 
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(4))
     episodes = regression_batch(4, 7)
-    kw = dict(inner_lr=0.05, steps=2, transductive=False, inner_batch_size=3, key=mx.random.key(5))
+    kw = dict(inner_lr=0.05, steps=2, transductive=transductive, inner_batch_size=3, key=mx.random.key(5))
     whole = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
-    per_episode = episodes.query_x.shape[1] * (episodes.support_x.shape[1] + 1)
-    monkeypatch.setattr(E, "NONTRANSDUCTIVE_IMAGES", 2 * per_episode)  # chunks of 2 episodes: 2, 2, 2, 1
+    n_s, n_q = episodes.support_x.shape[1], episodes.query_x.shape[1]
+    per_episode = (n_q * (n_s + 1) if not transductive else n_s + n_q) * episodes.support_x.shape[2]
+    calls = []
+    original = E.np.stack
+    monkeypatch.setattr(E.np, "stack", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(E, "CHUNK_INPUT_ELEMENTS", 2 * per_episode)  # chunks of 2 episodes: 2, 2, 2, 1
+    calls.clear()
     chunked = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    assert len(calls) == 4  # one stacked result per chunk
     assert chunked.shape == whole.shape == (7, 3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
