@@ -62,11 +62,13 @@ def score(ckpt: Path | str, data_dir: str | None, shots: int, transductive: bool
     k = s.cfg.eval.inner_steps
     # the same episodes and inner optimizer state as `reptile-fn eval` (the run's final-evaluation key;
     # `inner_state: persistent` runs start every episode from the kept inner Adam state); scored at 0 and k only
+    # (non-transductive scoring runs the support set once per query example: only after k steps, the table's column)
+    record = [0, k] if transductive else [k]
     curve = TR.evaluate_init(s, params, TR.run_keys(s.cfg.seed).eval_final, episodes, k,
-                             inner_lr=s.meta.inner_lr(state), record=[0, k], inner_opt=s.meta.inner_opt(state))
+                             inner_lr=s.meta.inner_lr(state), record=record, inner_opt=s.meta.inner_opt(state))
     i = curve["steps"].index(k)
     return {"accuracy": 100 * curve["metric"]["mean"][i], "ci95": 100 * curve["metric"]["ci95"][i],
-            "accuracy_0": 100 * curve["metric"]["mean"][0], "steps": k, "episodes": episodes,
+            "accuracy_0": 100 * curve["metric"]["mean"][0] if 0 in record else None, "steps": k, "episodes": episodes,
             "iteration": iteration, "seconds": round(time.perf_counter() - t0, 1), "split": s.cfg.tasks.test_split,
             "protocol": s.tasks.protocol if hasattr(s.tasks, "protocol") else None,
             "eval_batch": s.inner_kwargs["inner_batch_size"],
@@ -117,8 +119,12 @@ def ship(run: Path, way: int) -> list[Path]:
     return out
 
 
-def fmt(cell: dict | None) -> str:
-    return f"{cell['accuracy']:.2f} ± {cell['ci95']:.2f}" if cell else "not run"
+def fmt(cell: dict | None, episodes: int) -> str:
+    """``mean ± ci``, with the episode count where it is not the table's."""
+    if not cell:
+        return "not run"
+    other = f" ({cell['episodes']:,} episodes)" if cell["episodes"] != episodes else ""
+    return f"{cell['accuracy']:.2f} ± {cell['ci95']:.2f}{other}"
 
 
 def merge(res: dict, other: dict) -> dict:
@@ -159,8 +165,8 @@ def render(res: dict) -> str:
         paper = PAPER[(way, shots)]
         t, n = cell.get("transductive"), cell.get("non_transductive")
         its = res["runs"][str(way)]["iteration"]
-        lines.append(f"| {way}-way {shots}-shot | {its:,} ({PAPER_ITERATIONS[way]:,}) | {fmt(t)} | {paper[0]:.2f} | "
-                     f"{fmt(n)} | {paper[1]:.2f} |")
+        lines.append(f"| {way}-way {shots}-shot | {its:,} ({PAPER_ITERATIONS[way]:,}) | {fmt(t, proto['episodes'])} | "
+                     f"{paper[0]:.2f} | {fmt(n, proto['episodes'])} | {paper[1]:.2f} |")
     n_during = next(iter(res["runs"].values()))["during_training_episodes"]
     lines += ["", f"Learning curve (held-out accuracy during meta-training, {n_during} episodes each): "
               f"![Omniglot learning curve](figures/{FIGURE.name})", ""]
