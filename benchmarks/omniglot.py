@@ -71,7 +71,7 @@ def score(ckpt: Path | str, data_dir: str | None, shots: int, transductive: bool
             "accuracy_0": 100 * curve["metric"]["mean"][0] if 0 in record else None, "steps": k, "episodes": episodes,
             "iteration": iteration, "seconds": round(time.perf_counter() - t0, 1), "split": s.cfg.tasks.test_split,
             "protocol": s.tasks.protocol if hasattr(s.tasks, "protocol") else None,
-            "eval_batch": s.inner_kwargs["inner_batch_size"],
+            "eval_batch": s.inner_kwargs["inner_batch_size"], "query_size": s.cfg.tasks.query_size,
             "inner_state": "persistent" if s.meta.inner_opt(state) is not None else "fresh"}
 
 
@@ -136,6 +136,14 @@ def merge(res: dict, other: dict) -> dict:
     return res
 
 
+def _query_sizes(res: dict) -> dict[int, int]:
+    out = {}
+    for key, cell in res["cells"].items():
+        for r in cell.values():
+            out.setdefault(int(key.split("w")[0]), r.get("query_size", 5))  # the 5-way run's configs had 5
+    return dict(sorted(out.items()))
+
+
 def render(res: dict) -> str:
     lines = [BEGIN, ""]
     proto = res["protocol"]
@@ -152,7 +160,9 @@ def render(res: dict) -> str:
         "episodes; transductive = batch-norm statistics over the query batch (the paper's main numbers), "
         "non-transductive = each query example normalised together with the support set, one at a time. "
         "Evaluation adapts on minibatches of 5 (5-way) and 10 (20-way) support examples, the paper's "
-        "`--eval-batch`, starting from the run's inner Adam state where it kept one. "
+        "`--eval-batch`, starting from the run's inner Adam state where it kept one. Query examples per class: "
+        + ", ".join(f"{q} ({way}-way)" for way, q in _query_sizes(res).items())
+        + " (the paper's evaluation draws one per class). "
         f"Machine: {proto['machine']}. Commands: "
         + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", proto["command"])
                                                     for cell in res["cells"].values() for r in cell.values())) + ".",

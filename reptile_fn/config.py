@@ -119,8 +119,8 @@ CHOICES = {
 POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
-            "eval.during_training_episodes", "eval.inner_lr", "eval.inner_batch_size", "inner_batch_size", "peft.rank", "peft.scale",
-            "peft.base_pretrain_iterations", "peft.target_rank"}
+            "eval.during_training_episodes", "eval.inner_lr", "eval.inner_batch_size", "inner_batch_size",
+            "peft.rank", "peft.scale", "peft.base_pretrain_iterations", "peft.target_rank"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 
 
