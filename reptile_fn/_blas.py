@@ -16,14 +16,20 @@ CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.so")
 _state = {"loaded": None, "reason": "not attempted"}
 
 
+def skipped(opt_out_env: str) -> str | None:
+    """Why a Linux-only process setting does not apply here (another platform, or opted out), else None."""
+    if not sys.platform.startswith("linux"):
+        return f"not needed on {sys.platform}"
+    if os.environ.get(opt_out_env, "").strip() not in ("", "0"):
+        return f"disabled by {opt_out_env}"
+    return None
+
+
 def load() -> None:
     if _state["reason"] != "not attempted":
         return
-    if not sys.platform.startswith("linux"):
-        _state["reason"] = f"not needed on {sys.platform} (MLX uses the platform BLAS)"
-        return
-    if os.environ.get(OPT_OUT_ENV, "").strip() not in ("", "0"):
-        _state["reason"] = f"disabled by {OPT_OUT_ENV}"
+    if why := skipped(OPT_OUT_ENV):
+        _state["reason"] = why
         return
     if "mlx.core" in sys.modules:
         _state["reason"] = "mlx.core was imported before reptile_fn, too late to load OpenBLAS"

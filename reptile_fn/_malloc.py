@@ -14,8 +14,8 @@ back between steps. Set ``REPTILE_FN_NO_MALLOC_TUNING=1`` to opt out. ``status()
 from __future__ import annotations
 
 import ctypes
-import os
-import sys
+
+from reptile_fn import _blas
 
 OPT_OUT_ENV = "REPTILE_FN_NO_MALLOC_TUNING"
 # glibc <malloc.h>
@@ -27,11 +27,8 @@ _state = {"reason": "not attempted"}
 def tune() -> None:
     if _state["reason"] != "not attempted":
         return
-    if not sys.platform.startswith("linux"):
-        _state["reason"] = f"system allocator (not needed on {sys.platform})"
-        return
-    if os.environ.get(OPT_OUT_ENV, "").strip() not in ("", "0"):
-        _state["reason"] = f"glibc defaults (disabled by {OPT_OUT_ENV})"
+    if why := _blas.skipped(OPT_OUT_ENV):
+        _state["reason"] = f"system defaults ({why})"
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt
