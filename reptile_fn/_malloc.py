@@ -6,9 +6,10 @@ and returns them to the kernel on ``free``, and it trims the heap's free top; so
 that allocates the same large activations page-faults them in again, zero-filled by the kernel.
 On an Omniglot 20-way evaluation that was 3.3 million page faults in 15 s, half the time in the
 kernel. ``tune()`` calls ``mallopt`` so that freed memory stays for the next request: no ``mmap``
-for large blocks (``M_MMAP_MAX = 0``) and no trimming below 2 GiB of free heap
-(``M_TRIM_THRESHOLD``). The process's resident memory then stays near its peak instead of falling
-back between steps. Set ``REPTILE_FN_NO_MALLOC_TUNING=1`` to opt out. ``status()`` says what ran.
+for large blocks (``M_MMAP_MAX = 0``), no trimming below 2 GiB of free heap
+(``M_TRIM_THRESHOLD``), and the heap grown 64 MiB at a time (``M_TOP_PAD``). The process's
+resident memory then stays near its peak instead of falling back between steps. Set
+``REPTILE_FN_NO_MALLOC_TUNING=1`` to opt out. ``status()`` says what ran.
 """
 
 from __future__ import annotations
