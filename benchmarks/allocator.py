@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import shown_argv, write_section  # noqa: E402
+from benchmarks.report import shown_argv, write_json, write_section  # noqa: E402
 
 JSON = ROOT / "research" / "allocator.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -165,9 +165,7 @@ def main() -> None:
                "commands": [*dict.fromkeys([*old.get("commands", []), command])],
                "machine": f"{os.cpu_count()} cores {platform.machine()}, {_blas.status()}, mlx {mx.__version__}, "
                           f"{time.strftime('%Y-%m-%d')}"}
-        tmp = JSON.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        tmp.replace(JSON)
+        write_json(JSON, res)
     write_section(RESULTS, BEGIN, END, "### Allocator: freed memory kept for reuse", render(res))
     print(render(res))
 

@@ -37,7 +37,7 @@ import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core
 # isort: split
 import mlx.core as mx  # noqa: E402
 
-from benchmarks.report import shown_argv, write_section  # noqa: E402
+from benchmarks.report import shown_argv, write_json, write_section  # noqa: E402
 from reptile_fn import _blas, checkpoint, pretrained  # noqa: E402
 from reptile_fn import config as C  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
@@ -64,15 +64,16 @@ def score(ckpt: Path | str, data_dir: str | None, shots: int, transductive: bool
     # `inner_state: persistent` runs start every episode from the kept inner Adam state); scored at 0 and k only
     # (non-transductive scoring runs the support set once per query example: only after k steps, the table's column)
     record = [0, k] if transductive else [k]
+    inner_opt = s.meta.inner_opt(state)
     curve = TR.evaluate_init(s, params, TR.run_keys(s.cfg.seed).eval_final, episodes, k,
-                             inner_lr=s.meta.inner_lr(state), record=record, inner_opt=s.meta.inner_opt(state))
+                             inner_lr=s.meta.inner_lr(state), record=record, inner_opt=inner_opt)
     i = curve["steps"].index(k)
     return {"accuracy": 100 * curve["metric"]["mean"][i], "ci95": 100 * curve["metric"]["ci95"][i],
             "accuracy_0": 100 * curve["metric"]["mean"][0] if 0 in record else None, "steps": k, "episodes": episodes,
             "iteration": iteration, "seconds": round(time.perf_counter() - t0, 1), "split": s.cfg.tasks.test_split,
             "protocol": s.tasks.protocol if hasattr(s.tasks, "protocol") else None,
             "eval_batch": s.inner_kwargs["inner_batch_size"], "query_size": s.cfg.tasks.query_size,
-            "inner_state": "persistent" if s.meta.inner_opt(state) is not None else "fresh"}
+            "inner_state": "persistent" if inner_opt is not None else "fresh"}
 
 
 def learning_curve(run: Path) -> list[dict]:
@@ -216,7 +217,7 @@ def main() -> None:
         res = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}, "runs": {}}
         for extra in args.add:
             res = merge(res, json.loads(extra.read_text()))
-        _write(JSON, res)
+        write_json(JSON, res)
         plot(res)
         write_report(res)
         return
@@ -252,21 +253,14 @@ def main() -> None:
                 res["protocol"]["split"] = r["split"]
                 cell[mode] = r
                 print(f"{way}-way {shots}-shot {mode}: {r['accuracy']:.2f} ± {r['ci95']:.2f} ({r['seconds']} s)", flush=True)
-                _write(out, res)
+                write_json(out, res)
         if args.ship and way == "5":
             print("shipped", *ship(run, 5))
-    _write(out, res)
+    write_json(out, res)
     if out == JSON:
         plot(res)
         write_report(res)
     print(render(res))
-
-
-def _write(path: Path, res: dict) -> None:
-    """Write atomically: a killed run leaves the previous file whole."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

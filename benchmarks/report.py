@@ -78,6 +78,13 @@ def shown_argv(argv: list[str]) -> list[str]:
     return ["DIR" if i and argv[i - 1] == "--data-dir" else a for i, a in enumerate(argv)]
 
 
+def write_json(path: Path, res: dict, indent: int = 2) -> None:
+    """Write atomically (a stopped run never leaves half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=indent) + "\n")
+    os.replace(tmp, path)
+
+
 def write_section(path: Path, begin: str, end: str, heading: str, body: str) -> None:
     """Replace the text between two markers in a markdown file (appending them under ``heading`` if absent).
 

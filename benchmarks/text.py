@@ -52,7 +52,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_map_with_path  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import write_json, write_section  # noqa: E402
 from reptile_fn import _blas  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
 from reptile_fn import tree as T  # noqa: E402
@@ -211,13 +211,6 @@ def by_length(episodes, chunk: int):
         yield idx, type(episodes)(trim(sx), sy, trim(qx), qy)
 
 
-def write_json(path: Path, res: dict) -> None:
-    """Write atomically (a stopped run never leaves half a file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def add_rows(res: dict, other: dict, source) -> None:
     """Put the encoder rows (and runs, commands) of ``other`` into ``res``: both must be on the same episodes."""
     same = ("episodes", "steps", "encoder_episodes")
@@ -319,7 +312,7 @@ def main() -> None:
             add_rows(res, json.loads(path.read_text()), path)
             res["commands"].append(f"uv run python benchmarks/text.py --report-only --add {path}")
         if args.add:
-            write_json(JSON, res)
+            write_json(JSON, res, indent=1)
     else:
         runs = dict(item.split("=", 1) for item in args.run)
         unknown = set(runs) - set(RUN_ROWS)
@@ -345,7 +338,7 @@ def main() -> None:
             for key, rows in encoder_cells.items():
                 cells.setdefault(key, {}).update(rows)
             if not args.quick:
-                write_json(args.json, res)
+                write_json(args.json, res, indent=1)
                 if args.json.resolve() == JSON.resolve():
                     write_section(RESULTS, BEGIN, END, "## Text: few-shot intent classification", render(res))
 
