@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,74 +126,105 @@ def frozen_rows(args, encoder, config, tokenizer, steps: int) -> dict:
             cell["head"] = curve_summary(head, t_head, config.hidden_size * N_WAY + N_WAY)
             for row in ("prototypes", "head"):
                 cell[row]["episodes"] = args.episodes
+            cell["prototypes"]["correct"] = np.rint(proto * N_WAY * QUERY).astype(int).tolist()  # for the subset row
             protos[f"{target}|{k}"] = proto
-            if args.encoder_episodes < args.episodes:  # the bar on exactly the encoder rows' episodes
-                cell["prototypes-subset"] = curve_summary(np.repeat(proto[:args.encoder_episodes, None], steps + 1, axis=1),
-                                                          t_proto, 0)
-                cell["prototypes-subset"]["episodes"] = args.encoder_episodes
             print(f"  {k}-shot: prototypes {100 * proto.mean():.2f}%, head {100 * head[:, -1].mean():.2f}% after "
                   f"{steps} steps", flush=True)
     return out, {"head_lr": head_lr, "head_lr_validation": lr_val}, protos
 
 
-def encoder_rows(args, runs: dict, steps: int, protos: dict, done=lambda cells: None) -> dict:
-    """(c)-(f): the first ``--encoder-episodes`` of the frozen rows' episodes, the encoder run in every step.
+def encoder_inits(args, name: str, run: str, first: bool, target: str, split: str, k: int):
+    """The rows one run gives in one cell: {row: (setup, params, trainable, lr, inner_opt, iteration)}.
 
     (c) and (f) start from the first run's pretrained base (``train.baseline_inits``): (c) a fresh
     adapter adapted exactly like the runs; (f) every encoder weight and the head, with Adam at
-    ``--full-lr`` for the encoder and the runs' inner rate for the head. ``protos`` holds the
-    prototype accuracy of every episode per cell: (d) and (e) are compared with it episode by episode.
-    ``done(cells)`` is called after every row, so a long run leaves what it measured if it is stopped.
+    ``--full-lr`` for the encoder and the runs' inner rate for the head.
     """
-    out = {}
-    m = args.encoder_episodes
+    overrides = [f"tasks.k_shot={k}", f"tasks.test_split={split}", f"tasks.query_size={QUERY}"]
+    if args.data_dir:
+        overrides.append(f"tasks.data_dir={args.data_dir}")
+    s, params, state, iteration = TR.load_run(Path(run) / TR.CHECKPOINT, overrides)
+    s = s._replace(tasks=capped(s.tasks, args.per_class))
+    rows = {name: (s, params, "run", s.meta.inner_lr(state), s.meta.inner_opt(state), iteration)}
+    if first and args.baselines:  # the baselines once per cell, from the first run's base
+        b = TR.baseline_inits(s, ("lora0", "base-full"))
+        fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
+        full_lr = tree_map_with_path(lambda path, a: s.cfg.inner_lr if path.startswith("base.head") else args.full_lr,
+                                     fast, is_leaf=lambda a: isinstance(a, mx.array))
+        rows["lora0"] = (s, b["lora0"].params, b["lora0"].trainable, s.cfg.inner_lr, None, None)
+        rows["full"] = (s, b["base-full"].params, b["base-full"].trainable, full_lr, None, None)
+    return {row: v for row, v in rows.items() if not args.only or row in args.only}
+
+
+def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done=lambda cells: None) -> dict:
+    """(c)-(f) on the first ``--encoder-episodes`` of the frozen rows' episodes, the encoder run in every step.
+
+    Episodes go in blocks of ``--block``: every row of every cell gets its next block before any row
+    gets the one after, so a run stopped at any time leaves all rows on about as many episodes, and
+    ``done(cells)`` is called after every block of every row. Each row keeps the number of query
+    sentences right in every episode (``correct``), so ``resumed`` (rows of an earlier, stopped
+    run on the same episodes: ``--resume``) is continued where it stopped, not redone. ``protos``
+    holds the prototype accuracy of every episode per cell: (d) and (e) are compared with it
+    episode by episode.
+    """
+    out = {key: {row: dict(r) for row, r in rows.items() if "correct" in r} for key, rows in resumed.items()}
+    m, n_query = args.encoder_episodes, N_WAY * QUERY
     record = shown_steps(steps)  # scoring the query set costs a third of a 5-shot step: only the table's steps
-    for target, split in TARGETS.items():
-        for k in SHOTS:
-            cell = out.setdefault(f"{target}|{k}", {})
-            for i, (name, run) in enumerate(runs.items()):
-                overrides = [f"tasks.k_shot={k}", f"tasks.test_split={split}", f"tasks.query_size={QUERY}"]
-                if args.data_dir:
-                    overrides.append(f"tasks.data_dir={args.data_dir}")
-                s, params, state, iteration = TR.load_run(Path(run) / TR.CHECKPOINT, overrides)
-                s = s._replace(tasks=capped(s.tasks, args.per_class))
-                sample_key, adapt_key = mx.random.split(TR.run_keys(s.cfg.seed).eval_final)  # as evaluate_init
-                full = s.tasks.sample_test(sample_key, args.episodes)
-                episodes = type(full)(*(a[:m] for a in full))
-                inits = {name: (params, "run", s.meta.inner_lr(state), s.meta.inner_opt(state))}
-                if i == 0 and args.baselines:  # the baselines once per cell, from the first run's base
-                    b = TR.baseline_inits(s, ("lora0", "base-full"))
-                    fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
-                    full_lr = tree_map_with_path(lambda path, a: s.cfg.inner_lr if path.startswith("base.head")
-                                                 else args.full_lr, fast, is_leaf=lambda a: isinstance(a, mx.array))
-                    inits["lora0"] = (b["lora0"].params, b["lora0"].trainable, s.cfg.inner_lr, None)
-                    inits["full"] = (b["base-full"].params, b["base-full"].trainable, full_lr, None)
-                for row, (p, trainable, lr, inner_opt) in inits.items():
-                    if args.only and row not in args.only:
+    cells = {}  # (target, k) -> (episodes, adapt key, {row: init}): built once, on first use
+    for hi in [*range(args.block, m, args.block), m]:
+        for target, split in TARGETS.items():
+            for k in SHOTS:
+                key = f"{target}|{k}"
+                cell = out.setdefault(key, {})
+                if (target, k) not in cells:
+                    inits = {}
+                    for i, (name, run) in enumerate(runs.items()):
+                        inits.update(encoder_inits(args, name, run, i == 0, target, split, k))
+                    s = next(iter(inits.values()))[0] if inits else None
+                    sample_key, adapt_key = mx.random.split(TR.run_keys(s.cfg.seed).eval_final) if s else (None, None)
+                    cells[target, k] = (s.tasks.sample_test(sample_key, args.episodes) if s else None, adapt_key, inits)
+                episodes, adapt_key, inits = cells[target, k]
+                for row, (s, p, trainable, lr, inner_opt, iteration) in inits.items():
+                    have = cell.get(row, {}).get("correct", [])
+                    if len(have) >= hi:
                         continue
                     kw = TR._inner_kwargs(s, trainable)
                     if inner_opt is not None:
                         kw.update(opt_state=inner_opt[0], t0=inner_opt[1])
-                    n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
+                    part = type(episodes)(*(a[len(have):hi] for a in episodes))
                     chunk = args.chunk if row != "full" else max(1, args.chunk // 4)
                     t0 = time.perf_counter()
-                    acc = np.zeros((m, len(record)))
-                    for idx, part in by_length(episodes, chunk):
-                        acc[idx] = per_episode_curves(s.model.apply, s.loss, p, part, inner_lr=lr, steps=steps,
+                    acc = np.zeros((hi - len(have), len(record)))
+                    for idx, piece in by_length(part, chunk):
+                        acc[idx] = per_episode_curves(s.model.apply, s.loss, p, piece, inner_lr=lr, steps=steps,
                                                       metric=s.metric, key=adapt_key, chunk_size=chunk, record=record,
                                                       **kw)["metric"]
-                    seconds = (time.perf_counter() - t0) / m
-                    cell[row] = curve_summary(acc, seconds, n_adapt)
-                    cell[row].update(episodes=m, steps=record)
-                    cell[row]["support_examples_per_s"] = N_WAY * k * steps / seconds
-                    if row in RUN_ROWS:
+                    seconds = cell.get(row, {}).get("seconds_total", 0.0) + time.perf_counter() - t0
+                    correct = have + np.rint(acc * n_query).astype(int).tolist()
+                    n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
+                    cell[row] = encoder_row(correct, n_query, seconds, n_adapt, record, k, steps,
+                                            protos[key][:len(correct)] if row in RUN_ROWS else None)
+                    if iteration is not None:
                         cell[row]["meta_iterations"] = iteration
-                        d, ci = mean_ci(100 * (acc[:, -1] - protos[f"{target}|{k}"][:m]))
-                        cell[row]["vs_prototypes"] = {"difference": float(d), "ci95": float(ci), "episodes": m}
-                    print(f"{target} {k}-shot {row}: {cell[row]['accuracy'][-1]:.2f}% after {steps} steps "
-                          f"({seconds:.2f} s / adaptation)", flush=True)
+                    print(f"{target} {k}-shot {row}: {cell[row]['accuracy'][-1]:.2f}% after {steps} steps on "
+                          f"{len(correct)} episodes ({cell[row]['seconds_per_adaptation']:.2f} s / adaptation)",
+                          flush=True)
                     done(out)
     return out
+
+
+def encoder_row(correct: list, n_query: int, seconds: float, n_adapt: int, record: list[int], k: int, steps: int,
+                protos: np.ndarray | None) -> dict:
+    """One encoder row's summary from its per-episode counts of correct query sentences."""
+    acc = np.array(correct) / n_query
+    m = len(correct)
+    row = curve_summary(acc, seconds / m, n_adapt)
+    row.update(episodes=m, steps=record, correct=correct, query=n_query, seconds_total=seconds,
+               support_examples_per_s=N_WAY * k * steps / (seconds / m))
+    if protos is not None:
+        d, ci = mean_ci(100 * (acc[:, -1] - protos))
+        row["vs_prototypes"] = {"difference": float(d), "ci95": float(ci), "episodes": m}
+    return row
 
 
 def by_length(episodes, chunk: int):
@@ -212,10 +244,11 @@ def by_length(episodes, chunk: int):
 
 
 def add_rows(res: dict, other: dict, source) -> None:
-    """Put the encoder rows (and runs, commands) of ``other`` into ``res``: both must be on the same episodes."""
-    same = ("episodes", "steps", "encoder_episodes")
+    """Put the encoder rows (and runs, commands) of ``other`` into ``res``: both must sample the same episodes
+    (each row says on how many of them it was measured)."""
+    same = ("episodes", "steps")
     if any(res.get(k) != other.get(k) for k in same):
-        sys.exit(f"--add {source}: measured with other --episodes / --steps / --encoder-episodes than {JSON}")
+        sys.exit(f"--add {source}: measured with other --episodes / --steps than {JSON}")
     for key, rows in other["cells"].items():
         for name, row in rows.items():
             if name in ("lora0", "full", *RUN_ROWS):
@@ -225,6 +258,20 @@ def add_rows(res: dict, other: dict, source) -> None:
     res["commands"] = res.get("commands", []) + [c for c in other.get("commands", []) if c not in res.get("commands", [])]
     infos = [i for i in (res.get("runs_info", ""), other.get("runs_info", "")) if i]
     res["runs_info"] = " ".join(dict.fromkeys(infos))
+
+
+def with_subset(cell: dict, steps: int) -> dict:
+    """``cell`` with the row "(a) on the (c)-(f) episodes": prototypes on the first episodes, as many as the
+    encoder row with the fewest has (when that is fewer than all)."""
+    proto = cell.get("prototypes", {})
+    counts = [r["episodes"] for name, r in cell.items() if name in ("lora0", "full", *RUN_ROWS) and "episodes" in r]
+    if "correct" not in proto or not counts or min(counts) >= len(proto["correct"]):
+        return cell
+    m = min(counts)
+    acc = np.array(proto["correct"][:m]) / (N_WAY * QUERY)
+    subset = curve_summary(np.repeat(acc[:, None], steps + 1, axis=1), proto["seconds_per_adaptation"], 0)
+    subset["episodes"] = m
+    return {**cell, "prototypes-subset": subset}
 
 
 def shown_steps(steps: int) -> list[int]:
@@ -245,7 +292,7 @@ def render(res: dict) -> str:
         lines += [res["runs_info"], ""]
     for target in TARGETS:
         for k in SHOTS:
-            cell = res["cells"].get(f"{target}|{k}", {})
+            cell = with_subset(res["cells"].get(f"{target}|{k}", {}), steps)
             lines += [f"**{target}, {k}-shot**", "",
                       "| method | trainable | episodes | " + " | ".join(f"{t} steps" for t in show)
                       + " | s / adaptation | support ex. / s |",
@@ -279,6 +326,11 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+def machine() -> str:
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    return f"{_blas.status()} ({threads} BLAS threads), mlx {mx.__version__}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
@@ -290,6 +342,10 @@ def main() -> None:
                    help="rows (c)-(f) on the first N of the episodes (default: all; the encoder runs in every step)")
     p.add_argument("--full-lr", type=float, default=1e-4, help="(f): Adam learning rate of the encoder weights")
     p.add_argument("--chunk", type=int, default=20, help="episodes adapted at once in (c)-(e) ((f): a quarter)")
+    p.add_argument("--block", type=int, default=50, help="(c)-(f): every row gets this many more episodes before any "
+                   "row gets more (results are written after each block)")
+    p.add_argument("--resume", action="store_true", help="continue the encoder rows in --json where a stopped run "
+                   "left them (same --episodes and --steps) instead of starting them again")
     p.add_argument("--val-episodes", type=int, default=VAL_EPISODES)
     p.add_argument("--frozen-only", action="store_true")
     p.add_argument("--only", default="", help="comma list of encoder rows to run (reptile, fomaml, lora0, full, ...)")
@@ -318,6 +374,13 @@ def main() -> None:
         unknown = set(runs) - set(RUN_ROWS)
         if unknown:
             sys.exit(f"--run names must be among {', '.join(RUN_ROWS)}, got {sorted(unknown)}")
+        resumed = {}
+        if args.resume and args.json.is_file():
+            before = json.loads(args.json.read_text())
+            if (before.get("episodes"), before.get("steps")) != (args.episodes, args.steps):
+                sys.exit(f"--resume: {args.json} was measured with --episodes {before.get('episodes')} --steps "
+                         f"{before.get('steps')}; run with those, or without --resume to start again")
+            resumed = before["cells"]
         encoder, config, tokenizer = load_encoder(None)
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
         all_runs, commands = runs, []
@@ -330,7 +393,7 @@ def main() -> None:
         res = {"cells": cells, "frozen": frozen, "episodes": args.episodes, "steps": args.steps,
                "runs_info": ("Runs (configs/clinc_5w5s_lora.yaml): " + "; ".join(info) + ".") if info else "",
                "runs": all_runs, "full_lr": args.full_lr,
-               "encoder_episodes": args.encoder_episodes, "machine": f"{_blas.status()}, mlx {mx.__version__}",
+               "encoder_episodes": args.encoder_episodes, "machine": machine(),
                "commands": commands + ["uv run python benchmarks/text.py "
                                        + " ".join(sys.argv[1:]).replace(str(args.data_dir), "DIR")]}
 
@@ -344,7 +407,7 @@ def main() -> None:
 
         done({})
         if runs and not args.frozen_only:
-            done(encoder_rows(args, runs, args.steps, protos, done))
+            done(encoder_rows(args, runs, args.steps, protos, resumed, done))
         if args.quick or args.json.resolve() != JSON.resolve():
             print(render(res))
             return

@@ -100,6 +100,32 @@ def test_batch_of_different_lengths_equals_one_at_a_time(minilm):
     assert mx.allclose(E.encode_texts(params, config, tokenizer, sentences, batch_size=2), batch, atol=1e-5)
 
 
+def test_erf_and_gelu_gradient_match_mlx_erf():
+    """The encoder's multiply-add erf (fast on the Linux CPU wheel) and GELU's written-out gradient equal
+    the math they replace: erf to float32 precision, the gradient to autodiff of mx.erf's GELU, also
+    under vmap and compile, and the gradient's own gradient (second-order MAML through the encoder)."""
+    import math
+
+    x = np.linspace(-7, 7, 20001).astype(np.float32)
+    np.testing.assert_allclose(np.array(E.erf(mx.array(x))), [math.erf(float(v)) for v in x], atol=1e-6)
+
+    def exact(v):
+        return 0.5 * v * (1.0 + mx.erf(v / math.sqrt(2.0)))
+
+    xs = mx.array(x)
+    np.testing.assert_allclose(np.array(E.gelu(xs)), np.array(exact(xs)), atol=2e-6)
+    want = mx.grad(lambda v: (exact(v) * mx.cos(v)).sum())(xs)  # a cotangent other than ones
+    for grad in (mx.grad(lambda v: (E.gelu(v) * mx.cos(v)).sum()),
+                 mx.compile(mx.grad(lambda v: (E.gelu(v) * mx.cos(v)).sum()))):
+        np.testing.assert_allclose(np.array(grad(xs)), np.array(want), atol=2e-5)
+    batched = mx.vmap(mx.grad(lambda v: E.gelu(v).sum()))(xs[:20000].reshape(4, -1))
+    np.testing.assert_allclose(np.array(batched).reshape(-1), np.array(mx.grad(lambda v: exact(v).sum())(xs[:20000])),
+                               atol=2e-5)
+    second = mx.grad(lambda v: mx.grad(lambda u: E.gelu(u).sum())(v).sum())(xs)
+    np.testing.assert_allclose(np.array(second), np.array(mx.grad(lambda v: mx.grad(lambda u: exact(u).sum())(v).sum())(xs)),
+                               atol=2e-4)
+
+
 def test_classifier_under_vmap_and_compile_equals_per_task(minilm):
     params, config, tokenizer = minilm
     sentences = CARD + ["ok", "where is my card", "set an alarm", "what's the time", "play some jazz"]
@@ -380,5 +406,24 @@ def test_benchmark_add_rows_merges_encoder_rows_measured_apart():
     assert base["cells"]["X|1"] == {"prototypes": {"accuracy": [1]}, "reptile": {"accuracy": [2]},
                                     "fomaml": {"accuracy": [3]}}  # frozen rows are not taken from the other file
     assert base["runs"] == {"reptile": "a", "fomaml": "b"} and base["commands"] == ["one", "two"]
+    add_rows(base, {**other, "encoder_episodes": 40}, "more.json")  # rows say how many episodes each has
     with pytest.raises(SystemExit, match="other --episodes"):
-        add_rows(base, {**other, "encoder_episodes": 40}, "odd.json")
+        add_rows(base, {**other, "episodes": 400}, "odd.json")
+
+
+def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.text import encoder_row, with_subset
+
+    correct = [[5, 20, 25], [4, 10, 15], [6, 25, 25]]  # 3 episodes, query of 25, steps 0, 1, 5
+    protos = np.array([1.0, 0.6, 0.8])
+    row = encoder_row(correct, 25, 6.0, 100, [0, 1, 5], 5, 5, protos)
+    np.testing.assert_allclose(row["accuracy"], [20.0, 73.333333, 86.666667], atol=1e-4)
+    assert row["episodes"] == 3 and row["seconds_per_adaptation"] == 2.0 and row["support_examples_per_s"] == 5 * 5 * 5 / 2.0
+    assert row["vs_prototypes"]["difference"] == pytest.approx(100 * np.mean([0.0, 0.0, 0.2]))  # paired, per episode
+    # the prototype row on the encoder rows' episodes: as many as the row with the fewest
+    cell = {"prototypes": {"correct": [25, 15, 20, 5], "seconds_per_adaptation": 0.0},
+            "lora0": {"episodes": 3}, "full": {"episodes": 2}}
+    sub = with_subset(cell, 5)["prototypes-subset"]
+    assert sub["episodes"] == 2 and sub["accuracy"] == pytest.approx([80.0] * 6)
+    assert "prototypes-subset" not in with_subset({**cell, "full": {"episodes": 4}, "lora0": {"episodes": 4}}, 5)
