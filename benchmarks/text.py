@@ -4,13 +4,15 @@
     uv run reptile-fn train --config configs/clinc_5w5s_lora.yaml --data-dir DIR --set algorithm=fomaml \\
         --set outer_lr=null --set outer_lr_final=null --set outer_optimizer=null --out runs/clinc-fomaml
     uv run python benchmarks/text.py --data-dir DIR --run reptile=runs/clinc-reptile --run fomaml=runs/clinc-fomaml \\
-        [--encoder-episodes N]                                    # rows (c)-(f) on the first N episodes only
+        [--encoder-episodes N] [--resume]   # rows (c)-(f) on the first N episodes only; --resume: go on from
+                                            # where a stopped run left research/text.json (blocks of --block)
     uv run python benchmarks/text.py --data-dir DIR --only fomaml --run fomaml=runs/clinc-fomaml \\
         --json runs/text-fomaml.json [--encoder-episodes N]       # one more row, measured on its own, then
     uv run python benchmarks/text.py --report-only --add runs/text-fomaml.json   # merged into the table
     uv run python benchmarks/text.py --data-dir DIR --frozen-only   # rows (a), (b) only: minutes on a CPU
     uv run python benchmarks/text.py --data-dir DIR --quick         # smoke run: 10 sentences per intent, prints only
     uv run python benchmarks/text.py --report-only                  # re-render results.md from research/text.json
+    uv run python benchmarks/text.py --profile        # encoder forward / LoRA gradient, GELU via mx.erf vs ours
 
 Meta-train on CLINC150's training intents (split by domain, seed 0), test on held-out intents:
 CLINC150's test domains, and Banking77 (another domain entirely). 5-way 1-shot and 5-shot, query 5
@@ -30,7 +32,9 @@ in meta-training), mean ± 95% CI:
 (a) and (b) run on cached embeddings (every sentence embedded once, ``text.frozen.embed_classes``);
 (c)-(f) run the encoder in every inner step. Also reported: trainable parameters and seconds per
 adaptation (K steps of one episode) and support examples adapted per second on this machine. Writes
-research/text.json and the "Text" section of research/results.md, after every row of (c)-(f) too.
+research/text.json and the "Text" section of research/results.md, after every block of every row of
+(c)-(f) too. Rows (c)-(f) keep each episode's count of correct query sentences, so a stopped run is
+continued with ``--resume`` (same command) and every row is paired with the prototypes episode by episode.
 """
 
 from __future__ import annotations
@@ -326,6 +330,50 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+def profile(episodes: int = 20, sentences: int = 25, length: int = 20, repeats: int = 3) -> dict:
+    """Seconds for the encoder's two costs in a 5-shot LoRA step, GELU from ``mx.erf`` vs the library's.
+
+    ``episodes`` episodes of ``sentences`` sentences of ``length`` random tokens (a chunk of 5-way
+    5-shot CLINC150 support sets): the compiled, vmapped forward, and value-and-gradient with
+    respect to a rank-4 LoRA adapter on every query/value weight (as the runs), medians of ``repeats``.
+    """
+    from reptile_fn import peft
+    from reptile_fn.losses import cross_entropy
+    from reptile_fn.text import encoder as EN
+
+    encoder, config, _ = load_encoder(None)
+    model = EN.text_classifier(encoder, config, N_WAY)
+    base = model.init(mx.random.key(0))
+    adapter = peft.lora_init(mx.random.key(1), base, targets=("encoder.layers.*.query.w", "encoder.layers.*.value.w"))
+    apply = peft.lora_apply(model.apply)
+    ids = mx.random.randint(1000, config.vocab_size, (episodes, sentences, length))
+    x = mx.stack([ids, mx.ones_like(ids)], axis=-2).astype(mx.int32)
+    y = mx.random.randint(0, N_WAY, (episodes, sentences))
+    batched = tree_map_with_path(lambda _, a: mx.broadcast_to(a, (episodes, *a.shape)), adapter)
+
+    def timed(f, *a) -> float:
+        mx.eval(f(*a))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            mx.eval(f(*a))
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    library, out = EN.gelu, {"tokens": episodes * sentences * length, "machine": machine()}
+    for name, gelu in (("mx.erf", lambda v: 0.5 * v * (1.0 + mx.erf(v * (2 ** -0.5)))), ("library", library)):
+        EN.gelu = gelu
+        try:
+            fwd = mx.compile(mx.vmap(lambda a, xb: apply(base, a, xb)))
+            grad = mx.compile(mx.vmap(mx.value_and_grad(lambda a, xb, yb: cross_entropy(apply(base, a, xb), yb))))
+            out[name] = {"forward_s": timed(fwd, batched, x), "value_and_grad_s": timed(grad, batched, x, y)}
+        finally:
+            EN.gelu = library
+        print(f"GELU via {name}: forward {out[name]['forward_s']:.2f} s, LoRA value_and_grad "
+              f"{out[name]['value_and_grad_s']:.2f} s for {out['tokens']} tokens", flush=True)
+    return out
+
+
 def machine() -> str:
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     return f"{_blas.status()} ({threads} BLAS threads), mlx {mx.__version__}"
@@ -355,7 +403,12 @@ def main() -> None:
                    help="with --report-only: merge the encoder rows of this results JSON (same episodes) first")
     p.add_argument("--quick", action="store_true", help="10 sentences per intent, 8 episodes, 1 step; prints only")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--profile", action="store_true", help="only time the encoder's forward and LoRA gradient with "
+                   "GELU from mx.erf vs the library's, into research/text_profile.json")
     args = p.parse_args()
+    if args.profile:
+        write_json(ROOT / "research" / "text_profile.json", profile(), indent=1)
+        return
     args.per_class = 10 if args.quick else None
     if args.quick:
         args.episodes, args.steps, args.val_episodes, args.encoder_episodes = 8, 1, 20, 4

@@ -214,34 +214,34 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
-def _horner(coefs: tuple[float, ...], s: mx.array) -> tuple[mx.array, mx.array]:
-    """The polynomial with these coefficients (highest power first) and its derivative, at s."""
-    value, slope = coefs[0] + 0 * s, 0 * s
+# the derivatives' coefficients, highest power of x² first
+_ERF_DP = tuple((len(_ERF_P) - 1 - i) * c for i, c in enumerate(_ERF_P[:-1]))
+_ERF_DQ = tuple((len(_ERF_Q) - 1 - i) * c for i, c in enumerate(_ERF_Q[:-1]))
+
+
+def _poly(coefs: tuple[float, ...], s: mx.array) -> mx.array:
+    """Horner: the polynomial with these coefficients (highest power first) at s."""
+    value = coefs[0]
     for c in coefs[1:]:
-        slope = slope * s + value
         value = value * s + c
-    return value, slope
+    return value
 
 
 def erf(x: mx.array) -> mx.array:
     """The error function in float32 from multiplies and adds only (see ``_ERF_P``); differentiable."""
     x = mx.clip(x, -4.0, 4.0)
     s = x * x
-    p, q = _ERF_P[0], _ERF_Q[0]
-    for c in _ERF_P[1:]:
-        p = p * s + c
-    for c in _ERF_Q[1:]:
-        q = q * s + c
-    return x * p / q
+    return x * _poly(_ERF_P, s) / _poly(_ERF_Q, s)
 
 
 def _gelu_grad(x: mx.array) -> mx.array:
     """d gelu / dx = (1 + erf(u))/2 + x·erf'(u)/(2√2), u = x/√2, erf' the derivative of ``erf``'s rational function."""
     u = mx.clip(x * _SQRT_HALF, -4.0, 4.0)
     s = u * u
-    (p, dp), (q, dq) = _horner(_ERF_P, s), _horner(_ERF_Q, s)
-    d_erf = mx.where(mx.abs(x * _SQRT_HALF) < 4.0, (p + 2 * s * dp) / q - 2 * s * p * dq / (q * q), 0.0)
-    return 0.5 * (1.0 + u * p / q) + (0.5 * _SQRT_HALF) * x * d_erf
+    p, q, dp, dq = _poly(_ERF_P, s), _poly(_ERF_Q, s), _poly(_ERF_DP, s), _poly(_ERF_DQ, s)
+    r = 1.0 / q
+    d_erf = (p + 2.0 * s * (dp - p * dq * r)) * r  # d/du of u·p(u²)/q(u²); 0 where u was clipped
+    return 0.5 + 0.5 * u * p * r + (0.5 * _SQRT_HALF) * x * d_erf * (mx.abs(x * _SQRT_HALF) < 4.0)
 
 
 @mx.custom_function
