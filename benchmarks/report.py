@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -78,10 +79,22 @@ def shown_argv(argv: list[str]) -> list[str]:
     return ["DIR" if i and argv[i - 1] == "--data-dir" else a for i, a in enumerate(argv)]
 
 
+_STRING = r'"(?:[^"\\]|\\.)*"'  # a JSON string literal: matched first, so nothing inside one is touched
+_NUMBERS = r'\[[^\[\]{}"]*\]'  # a list of numbers (no strings, objects or lists inside)
+
+
+def _one_line(match: re.Match) -> str:
+    text = match.group()
+    return text if text.startswith('"') else re.sub(r"\s+", " ", text).replace("[ ", "[").replace(" ]", "]")
+
+
 def write_json(path: Path, res: dict, indent: int = 2) -> None:
-    """Write atomically (a stopped run never leaves half a file)."""
+    """Write atomically (a stopped run never leaves half a file); lists of numbers, and lists of such
+    lists (per-episode results), each on one line."""
+    text = re.sub(f"{_STRING}|{_NUMBERS}", _one_line, json.dumps(res, indent=indent))
+    text = re.sub(rf"{_STRING}|\[(?:\s*{_NUMBERS},?)+\s*\]", _one_line, text)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=indent) + "\n")
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 
