@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ from reptile_fn import _blas  # noqa: E402
 from reptile_fn import train as TR  # noqa: E402
 from reptile_fn import tree as T  # noqa: E402
 from reptile_fn.evaluate import mean_ci, per_episode_curves  # noqa: E402
-from reptile_fn.tasks.text import make_text_tasks, sample_episodes, trim  # noqa: E402
+from reptile_fn.tasks.text import EVAL_CHUNK, by_length, make_text_tasks, sample_episodes  # noqa: E402
 from reptile_fn.text.encoder import load_encoder  # noqa: E402
 from reptile_fn.text.frozen import embed_classes, head_curves, prototype_accuracy  # noqa: E402
 
@@ -198,11 +199,9 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
                     part = type(episodes)(*(a[len(have):hi] for a in episodes))
                     chunk = args.chunk if row != "full" else max(1, args.chunk // 4)
                     t0 = time.perf_counter()
-                    acc = np.zeros((hi - len(have), len(record)))
-                    for idx, piece in by_length(part, chunk):
-                        acc[idx] = per_episode_curves(s.model.apply, s.loss, p, piece, inner_lr=lr, steps=steps,
-                                                      metric=s.metric, key=adapt_key, chunk_size=chunk, record=record,
-                                                      **kw)["metric"]
+                    acc = per_episode_curves(s.model.apply, s.loss, p, part, inner_lr=lr, steps=steps, metric=s.metric,
+                                             key=adapt_key, record=record, split=partial(by_length, chunk=chunk),
+                                             **kw)["metric"]
                     seconds = cell.get(row, {}).get("seconds_total", 0.0) + time.perf_counter() - t0
                     correct = have + np.rint(acc * n_query).astype(int).tolist()
                     n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
@@ -229,22 +228,6 @@ def encoder_row(correct: list, n_query: int, seconds: float, n_adapt: int, recor
         d, ci = mean_ci(100 * (acc[:, -1] - protos))
         row["vs_prototypes"] = {"difference": float(d), "ci95": float(ci), "episodes": m}
     return row
-
-
-def by_length(episodes, chunk: int):
-    """(indices, episodes) in chunks of similar longest sentence, each cut to its own length (``tasks.text.trim``).
-
-    Padding is masked, so results do not change; a chunk of short episodes runs at ~20 tokens instead
-    of the 33 (CLINC150) or 64 (Banking77) every episode is padded to.
-    """
-    longest = np.maximum(np.array(episodes.support_x[..., 1, :].sum(-1).max(-1)),
-                         np.array(episodes.query_x[..., 1, :].sum(-1).max(-1)))
-    order = np.argsort(longest, kind="stable")
-    for i in range(0, len(order), chunk):
-        idx = order[i:i + chunk]
-        j = mx.array(idx)
-        sx, sy, qx, qy = (a[j] for a in episodes)
-        yield idx, type(episodes)(trim(sx), sy, trim(qx), qy)
 
 
 def add_rows(res: dict, other: dict, source) -> None:
@@ -389,10 +372,8 @@ def main() -> None:
     p.add_argument("--encoder-episodes", type=int, default=None,
                    help="rows (c)-(f) on the first N of the episodes (default: all; the encoder runs in every step)")
     p.add_argument("--full-lr", type=float, default=1e-4, help="(f): Adam learning rate of the encoder weights")
-    # Banking77 5-shot fresh LoRA, 20 episodes (another benchmark running): 14.5 s per episode adapted 20 at a
-    # time, 7.3 at 5, 5.7 at 2, 6.1 at 1. Small chunks are cut to a tighter longest sentence (by_length) and keep
-    # a step's activations (50 sentences x 384-1,536 features per token) in the caches.
-    p.add_argument("--chunk", type=int, default=2, help="episodes adapted at once in (c)-(e) ((f): a quarter, >= 1)")
+    p.add_argument("--chunk", type=int, default=EVAL_CHUNK, help="episodes adapted at once in (c)-(e) ((f): a quarter, "
+                   ">= 1; tasks.text.EVAL_CHUNK says why so few)")
     p.add_argument("--block", type=int, default=50, help="(c)-(f): every row gets this many more episodes before any "
                    "row gets more (results are written after each block)")
     p.add_argument("--resume", action="store_true", help="continue the encoder rows in --json where a stopped run "

@@ -7,7 +7,7 @@ the normal approximation 1.96 · s / √n with s the sample standard deviation o
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import mlx.core as mx
 import numpy as np
@@ -58,6 +58,7 @@ def per_episode_curves(
     record: list[int] | None = None,
     opt_state=None,
     t0=0,
+    split: Callable[[Episode], Iterable[tuple[np.ndarray, Episode]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Query loss (and metric) of every episode after the ``record`` steps (default ``recorded_steps(steps)``):
     arrays (n_episodes, len(record)).
@@ -67,6 +68,9 @@ def per_episode_curves(
     query example on its own batch (support ∪ {x}), so batch-norm statistics never mix query
     examples (``models.nontransductive``). ``opt_state`` / ``t0``: the inner optimizer starts from
     this state and step count (``MetaStep.inner_opt``) instead of fresh, for every episode.
+    ``split(episodes)``: the chunks to adapt at once, as (episode indices, episodes) pairs covering
+    every episode once (e.g. ``tasks.text.by_length``: text episodes of similar length, cut to it);
+    default: ``chunk_size`` consecutive episodes. Each episode keeps its own key either way.
     """
     score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
     record = set(recorded_steps(steps) if record is None else record)
@@ -95,11 +99,16 @@ def per_episode_curves(
     inputs = n_support + n_query if transductive else n_query * (n_support + 1)
     per_episode = inputs * int(np.prod(episodes.support_x.shape[2:]))
     chunk_size = max(1, min(chunk_size, CHUNK_INPUT_ELEMENTS // per_episode))
-    parts = []
-    for start in range(0, n, chunk_size):
-        sl = slice(start, start + chunk_size)
-        sx, sy, qx, qy = (a[sl] for a in episodes)
+    if split is None:
+        pieces = ((np.arange(i, min(i + chunk_size, n)), type(episodes)(*(a[i:i + chunk_size] for a in episodes)))
+                  for i in range(0, n, chunk_size))
+    else:
+        pieces = split(episodes)
+    parts, order = [], []
+    for rows, (sx, sy, qx, qy) in pieces:
         m = sx.shape[0]
+        order.append(np.asarray(rows))
+        sl = mx.array(order[-1])
         mini = inner_batch_size is not None and inner_batch_size < sx.shape[1] and steps > 0
         idx = mx.vmap(lambda k: minibatch_indices(k, sx.shape[1], inner_batch_size, steps))(keys[sl]) if mini else None
         fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
@@ -117,7 +126,14 @@ def per_episode_curves(
                 seen.append(obs)
         parts.append([np.stack([np.array(o[i]) for o in seen], axis=1) for i in range(len(seen[0]))])
     names = ["loss", "metric"][: len(parts[0])]
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+    order = np.concatenate(order)
+    if sorted(order.tolist()) != list(range(n)):
+        raise ValueError(f"per_episode_curves: split must give every one of the {n} episodes exactly once")
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = np.empty((n, len(record)), dtype=parts[0][i].dtype)
+        out[name][order] = np.concatenate([p[i] for p in parts])
+    return out
 
 
 def recorded_steps(steps: int) -> list[int]:

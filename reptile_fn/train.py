@@ -58,6 +58,7 @@ class Setup(NamedTuple):
     initial_params: Callable  # (key) -> the starting parameters (PEFT: the pretrained base + a fresh adapter)
     peft: object = None  # peft.Peft for PEFT runs, else None
     meta_trainable: object = None  # predicate of what the outer loop learns (None: as the algorithm decides)
+    eval_split: Callable | None = None  # how evaluation chunks episodes (evaluate.per_episode_curves's split)
 
 
 class Keys(NamedTuple):
@@ -148,8 +149,13 @@ def setup(cfg: C.Config, group=None) -> Setup:
         n = cfg.meta_iterations
         meta = with_rank_allocation(meta, target_rank=cfg.peft.target_rank or max(initial // 2, 1), total_steps=n,
                                     init_warmup=int(cfg.peft.rank_warmup * n), final_warmup=int(cfg.peft.rank_final * n))
+    eval_split = None
+    if cfg.model.kind == "text":  # episodes of similar length, cut to it, two at a time (tasks.text.EVAL_CHUNK)
+        from reptile_fn.tasks.text import by_length
+
+        eval_split = by_length
     return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, train_tasks.sample_train,
-                 initial_params, pf, meta_trainable)
+                 initial_params, pf, meta_trainable, eval_split)
 
 
 def peft_ranks_initial(model: Model) -> dict[str, int]:
@@ -221,7 +227,8 @@ def evaluate_init(s: Setup, params, key: mx.array, episodes: int, steps: int | N
     return few_shot_curve(s.model.apply, s.loss, params, batch, inner_lr=lr,
                           steps=cfg.eval.inner_steps if steps is None else steps, metric=s.metric,
                           key=adapt_key, record=sorted(record) if record else None, **_inner_kwargs(s, trainable),
-                          **(dict(opt_state=inner_opt[0], t0=inner_opt[1]) if inner_opt is not None else {}))
+                          **(dict(opt_state=inner_opt[0], t0=inner_opt[1]) if inner_opt is not None else {}),
+                          split=s.eval_split)
 
 
 def _inner_kwargs(s: Setup, trainable) -> dict:

@@ -75,3 +75,22 @@ def test_chunks_are_bounded_by_input_size_and_do_not_change_results(monkeypatch,
     assert len(calls) == 4
     assert chunked.shape == whole.shape == (7, 3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+
+
+def test_split_chunks_in_any_order_give_each_episode_its_own_curve():
+    """``split`` (e.g. text episodes grouped by length) may chunk episodes in any order: every episode
+    keeps its own key (minibatches) and its own row in the result; a split that loses one is an error."""
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(6))
+    episodes = regression_batch(6, 7)
+    kw = dict(inner_lr=0.05, steps=3, inner_batch_size=3, key=mx.random.key(7))
+    whole = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+
+    def shuffled(eps, groups=([5, 0], [3], [6, 1, 4], [2])):
+        for g in groups:
+            yield np.array(g), type(eps)(*(a[mx.array(g)] for a in eps))
+
+    np.testing.assert_allclose(per_episode_curves(model.apply, mse, params, episodes, split=shuffled, **kw)["loss"],
+                               whole, rtol=1e-5)
+    with pytest.raises(ValueError, match="every one of the 7 episodes exactly once"):
+        per_episode_curves(model.apply, mse, params, episodes, split=lambda e: shuffled(e, ([0, 1], [1, 2])), **kw)

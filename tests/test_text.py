@@ -282,6 +282,14 @@ def test_text_config_wiring_through_setup_one_meta_step(data_dir):
     moved = {p for p, a in tree_flatten(params) if not mx.array_equal(a, after[p])}
     assert moved and all(p.startswith("adapter.") or p.startswith("base.head.") for p in moved)
     assert s.tasks.in_dim[0] == 2 and s.tasks.out_dim == 5
+    # evaluation adapts text episodes in chunks of similar length, cut to it: the same curves as padded
+    from reptile_fn.train import evaluate_init
+
+    assert s.eval_split is TT.by_length
+    grouped = evaluate_init(s, new, keys.eval_final, 5, steps=2)
+    padded = evaluate_init(s._replace(eval_split=None), new, keys.eval_final, 5, steps=2)
+    np.testing.assert_allclose(grouped["loss"]["mean"], padded["loss"]["mean"], rtol=1e-4)
+    assert grouped["metric"]["mean"] == padded["metric"]["mean"]
 
 
 def test_text_config_errors():
@@ -354,9 +362,7 @@ def test_trim_cuts_padding_without_changing_the_classifier(minilm):
                                np.array(mx.vmap(model.apply, in_axes=(None, 0))(p, x)), atol=1e-5)
 
 
-def test_benchmark_chunks_by_length_keep_every_episode_and_every_token():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.text import by_length
+def test_chunks_by_length_keep_every_episode_and_every_token():
     from reptile_fn.tasks import Episode
 
     rng = np.random.default_rng(0)
@@ -370,7 +376,7 @@ def test_benchmark_chunks_by_length_keep_every_episode_and_every_token():
 
     episodes = Episode(tokens((n, per)), mx.zeros((n, per), mx.int32), tokens((n, per)), mx.ones((n, per), mx.int32))
     seen = []
-    for idx, part in by_length(episodes, 4):
+    for idx, part in TT.by_length(episodes, 4):
         seen += list(idx)
         for got, full in ((part.support_x, episodes.support_x), (part.query_x, episodes.query_x)):
             orig = full[mx.array(idx)]

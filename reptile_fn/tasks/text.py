@@ -238,6 +238,29 @@ def trim(x: mx.array, multiple: int = 4) -> mx.array:
     return x[..., :min(x.shape[-1], -(-max(longest, 1) // multiple) * multiple)]
 
 
+EVAL_CHUNK = 2
+"""Text episodes adapted at once in evaluation (``by_length``). Banking77 5-shot, fresh LoRA, 20 episodes on
+2 cores (another job running): 14.5 s per episode at 20 at a time, 7.3 at 5, 5.7 at 2, 6.1 at 1: small
+chunks are cut to a tighter longest sentence and keep a step's activations in the caches."""
+
+
+def by_length(episodes: Episode, chunk: int = EVAL_CHUNK):
+    """(indices, episodes) in chunks of similar longest sentence, each cut to its own length (``trim``).
+
+    The ``split`` of ``evaluate.per_episode_curves`` for text. Padding is masked, so results do not
+    change; a chunk of short episodes runs at ~20 tokens instead of the 33 (CLINC150) or 64
+    (Banking77) every episode is padded to.
+    """
+    longest = np.maximum(np.array(episodes.support_x[..., 1, :].sum(-1).max(-1)),
+                         np.array(episodes.query_x[..., 1, :].sum(-1).max(-1)))
+    order = np.argsort(longest, kind="stable")
+    for i in range(0, len(order), chunk):
+        idx = order[i:i + chunk]
+        j = mx.array(idx)
+        sx, sy, qx, qy = (a[j] for a in episodes)
+        yield idx, type(episodes)(trim(sx), sy, trim(qx), qy)
+
+
 def sample_episodes(x: mx.array, counts: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,
                     query_size: int) -> Episode:
     """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``."""
