@@ -261,6 +261,17 @@ def with_subset(cell: dict, steps: int) -> dict:
     return {**cell, "prototypes-subset": subset}
 
 
+def vs_prototypes(cell: dict, name: str) -> dict | None:
+    """Row ``name`` minus the prototypes after the last step, episode by episode: from both rows' per-episode
+    counts where kept, else the row's stored comparison (meta-learned rows of older results)."""
+    row, proto = cell.get(name, {}), cell.get("prototypes", {})
+    if "correct" not in row or "correct" not in proto:
+        return row.get("vs_prototypes")
+    m = len(row["correct"])
+    d, ci = mean_ci(100 * (np.array(row["correct"])[:, -1] - np.array(proto["correct"][:m])) / (N_WAY * QUERY))
+    return {"difference": float(d), "ci95": float(ci), "episodes": m}
+
+
 def shown_steps(steps: int) -> list[int]:
     return sorted({0, 1, min(5, steps), steps})
 
@@ -299,8 +310,8 @@ def render(res: dict) -> str:
     for target in TARGETS:
         for k in SHOTS:
             cell = res["cells"].get(f"{target}|{k}", {})
-            for name in RUN_ROWS:
-                v = cell.get(name, {}).get("vs_prototypes")
+            for name in ("lora0", *RUN_ROWS, "full"):
+                v = vs_prototypes(cell, name)
                 if v:
                     d, ci = v["difference"], v["ci95"]
                     word = "beats" if d - ci > 0 else "loses to" if d + ci < 0 else "ties with"
@@ -308,7 +319,7 @@ def render(res: dict) -> str:
                                     f"{d:+.2f} ± {ci:.2f} points after {steps} steps (paired over the same "
                                     f"{v['episodes']} episodes).")
     lines += ["**Does meta-learned LoRA beat prototypes?** "
-              + ("Episode by episode:" if verdicts else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
+              + ("Every encoder row against it, episode by episode:" if verdicts else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
     lines += verdicts + ["", END]
     return "\n".join(lines)
 

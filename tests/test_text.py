@@ -419,7 +419,7 @@ def test_benchmark_add_rows_merges_encoder_rows_measured_apart():
 
 def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.text import encoder_row, with_subset
+    from benchmarks.text import encoder_row, vs_prototypes, with_subset
 
     correct = [[5, 20, 25], [4, 10, 15], [6, 25, 25]]  # 3 episodes, query of 25, steps 0, 1, 5
     protos = np.array([1.0, 0.6, 0.8])
@@ -433,3 +433,6 @@ def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
     sub = with_subset(cell, 5)["prototypes-subset"]
     assert sub["episodes"] == 2 and sub["accuracy"] == pytest.approx([80.0] * 6)
     assert "prototypes-subset" not in with_subset({**cell, "full": {"episodes": 4}, "lora0": {"episodes": 4}}, 5)
+    # any row with per-episode counts is paired with the prototypes on its own first episodes
+    paired = vs_prototypes({"prototypes": {"correct": [25, 15, 20, 5]}, "lora0": row}, "lora0")
+    assert paired["episodes"] == 3 and paired["difference"] == pytest.approx(100 * np.mean([0, 0, 5]) / 25)
