@@ -176,6 +176,7 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
     m, n_query = args.encoder_episodes, N_WAY * QUERY
     record = shown_steps(steps)  # scoring the query set costs a third of a 5-shot step: only the table's steps
     cells = {}  # (target, k) -> (episodes, adapt key, {row: init}): built once, on first use
+    timed = {}  # (cell, row) -> [episodes, seconds] adapted by this process: the timing reported (this code)
     for hi in [*range(args.block, m, args.block), m]:
         for target, split in TARGETS.items():
             for k in SHOTS:
@@ -202,11 +203,13 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
                     acc = per_episode_curves(s.model.apply, s.loss, p, part, inner_lr=lr, steps=steps, metric=s.metric,
                                              key=adapt_key, record=record, split=partial(by_length, chunk=chunk),
                                              **kw)["metric"]
-                    seconds = cell.get(row, {}).get("seconds_total", 0.0) + time.perf_counter() - t0
+                    took = time.perf_counter() - t0
+                    seconds = cell.get(row, {}).get("seconds_total", 0.0) + took
+                    timed[key, row] = [a + b for a, b in zip(timed.get((key, row), (0, 0.0)), (len(part.support_y), took))]
                     correct = have + np.rint(acc * n_query).astype(int).tolist()
                     n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
                     cell[row] = encoder_row(correct, n_query, seconds, n_adapt, record, k, steps,
-                                            protos[key][:len(correct)] if row in RUN_ROWS else None)
+                                            protos[key][:len(correct)] if row in RUN_ROWS else None, timed[key, row])
                     if iteration is not None:
                         cell[row]["meta_iterations"] = iteration
                     print(f"{target} {k}-shot {row}: {cell[row]['accuracy'][-1]:.2f}% after {steps} steps on "
@@ -217,13 +220,18 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
 
 
 def encoder_row(correct: list, n_query: int, seconds: float, n_adapt: int, record: list[int], k: int, steps: int,
-                protos: np.ndarray | None) -> dict:
-    """One encoder row's summary from its per-episode counts of correct query sentences."""
+                protos: np.ndarray | None, timed: tuple[int, float] | None = None) -> dict:
+    """One encoder row's summary from its per-episode counts of correct query sentences.
+
+    ``seconds`` is the time of all its episodes (``seconds_total``, over every resumed run); ``timed``
+    (episodes, seconds) those of the latest run, which give the speed reported (the code as it is now).
+    """
     acc = np.array(correct) / n_query
     m = len(correct)
-    row = curve_summary(acc, seconds / m, n_adapt)
+    timed_m, timed_s = timed if timed is not None else (m, seconds)
+    row = curve_summary(acc, timed_s / timed_m, n_adapt)
     row.update(episodes=m, steps=record, correct=correct, query=n_query, seconds_total=seconds,
-               support_examples_per_s=N_WAY * k * steps / (seconds / m))
+               timed_episodes=timed_m, support_examples_per_s=N_WAY * k * steps / (timed_s / timed_m))
     if protos is not None:
         d, ci = mean_ci(100 * (acc[:, -1] - protos))
         row["vs_prototypes"] = {"difference": float(d), "ci95": float(ci), "episodes": m}
@@ -284,7 +292,9 @@ def render(res: dict) -> str:
              "ones of them, where fewer). Encoder: all-MiniLM-L6-v2; frozen head: SGD at learning rate "
              f"{res['frozen']['head_lr']}, chosen on CLINC150's validation domains; (c)-(e) adapt like the runs' inner "
              "loop (Adam); (f) Adam at " + f"{res.get('full_lr', 'n/a')} for the encoder and the runs' rate for the head "
-             f"(not tuned). Machine: {res['machine']}. Commands: "
+             "(not tuned). Seconds per adaptation: (c)-(f) timed over the episodes of each row's latest run "
+             "(`timed_episodes` in the JSON; sentences packed into shared rows, `tasks.text.by_length`), "
+             f"(a)-(b) with cached embeddings. Machine: {res['machine']}. Commands: "
              + "; then ".join(f"`{c}`" for c in res.get("commands", [res.get("command")])) + ".", ""]
     if res.get("runs_info"):
         lines += [res["runs_info"], ""]
@@ -319,7 +329,8 @@ def render(res: dict) -> str:
                                     f"{d:+.2f} ± {ci:.2f} points after {steps} steps (paired over the same "
                                     f"{v['episodes']} episodes).")
     lines += ["**Does meta-learned LoRA beat prototypes?** "
-              + ("Every encoder row against it, episode by episode:" if verdicts else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
+              + ("Every encoder row against it, episode by episode:" if verdicts
+                 else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
     lines += verdicts + ["", END]
     return "\n".join(lines)
 

@@ -106,11 +106,15 @@ def per_episode_curves(
         pieces = split(episodes)
     parts, order = [], []
     for rows, (sx, sy, qx, qy) in pieces:
-        m = sx.shape[0]
+        m = sy.shape[0]  # inputs may be trees (packed text, tasks.text.by_length): count by the labels
         order.append(np.asarray(rows))
         sl = mx.array(order[-1])
-        mini = inner_batch_size is not None and inner_batch_size < sx.shape[1] and steps > 0
-        idx = mx.vmap(lambda k: minibatch_indices(k, sx.shape[1], inner_batch_size, steps))(keys[sl]) if mini else None
+        mini = inner_batch_size is not None and inner_batch_size < sy.shape[1] and steps > 0
+        if mini and not isinstance(sx, mx.array):
+            raise ValueError("per_episode_curves: mini-batch inner steps (inner_batch_size) need array inputs, the "
+                             "split gave a tree (packed sentences?); use full-batch steps or a split that does not "
+                             "pack (tasks.text.by_length(..., pack=False))")
+        idx = mx.vmap(lambda k: minibatch_indices(k, sy.shape[1], inner_batch_size, steps))(keys[sl]) if mini else None
         fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
         start = init_opt_state(fast0, optimizer) if opt_state is None else opt_state
         opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), start)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -150,10 +151,10 @@ def setup(cfg: C.Config, group=None) -> Setup:
         meta = with_rank_allocation(meta, target_rank=cfg.peft.target_rank or max(initial // 2, 1), total_steps=n,
                                     init_warmup=int(cfg.peft.rank_warmup * n), final_warmup=int(cfg.peft.rank_final * n))
     eval_split = None
-    if cfg.model.kind == "text":  # episodes of similar length, cut to it, two at a time (tasks.text.EVAL_CHUNK)
-        from reptile_fn.tasks.text import by_length
+    if cfg.model.kind == "text":  # episodes of similar length, cut to it, two at a time (tasks.text.EVAL_CHUNK),
+        from reptile_fn.tasks.text import by_length  # sentences packed into shared rows unless steps take mini-batches
 
-        eval_split = by_length
+        eval_split = by_length if (cfg.eval.inner_batch_size or cfg.inner_batch_size) is None else partial(by_length, pack=False)
     return Setup(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, train_tasks.sample_train,
                  initial_params, pf, meta_trainable, eval_split)
 

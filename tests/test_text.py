@@ -16,6 +16,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlx.utils import tree_flatten
 
 pytest.importorskip("tokenizers", reason="the text extra is not installed: uv sync --extra text")
@@ -138,6 +140,69 @@ def test_classifier_under_vmap_and_compile_equals_per_task(minilm):
     assert batched.shape == (2, 4, 3)
     np.testing.assert_allclose(np.array(batched), np.array(per_task), atol=1e-5)
     np.testing.assert_allclose(np.array(compiled), np.array(per_task), atol=1e-5)
+
+
+def test_packed_sentences_equal_padded_ones(minilm):
+    """Sentences packed into shared rows (own positions, attention within the sentence, pooled by
+    their own tokens) give the padded batch's embeddings, logits and gradients, also vmapped over
+    episodes and compiled."""
+    params, config, tokenizer = minilm
+    sentences = CARD + ["ok", "Please transfer two hundred dollars from my checking account to savings by Friday.",
+                        "set an alarm", "hi", "what's the time", "play some jazz", "turn off the lights"]
+    ids, mask = E.tokenize(tokenizer, sentences)
+    packed = {k: mx.array(a) for k, a in E.pack(ids, mask).items()}
+    assert packed["ids"].shape[0] < len(sentences) and packed["pool"].shape[0] == len(sentences)
+    np.testing.assert_allclose(np.array(E.encode_packed(params, config, packed)),
+                               np.array(E.encode(params, config, ids, mask)), atol=1e-5)
+
+    model = E.text_classifier(params, config, 3)
+    p = model.init(mx.random.key(0))
+    x, y = E.stack_inputs(ids, mask), mx.arange(len(sentences)) % 3
+    grad = mx.value_and_grad(lambda q, inp: losses.cross_entropy(model.apply(q, inp), y))
+    (lp, gp), (lx, gx) = grad(p, packed), grad(p, x)
+    assert abs(lp.item() - lx.item()) < 1e-5
+    gx = dict(tree_flatten(gx))
+    for path, g in tree_flatten(gp):  # word and position embeddings included: gathered differently
+        np.testing.assert_allclose(np.array(g), np.array(gx[path]), atol=1e-5, err_msg=path)
+
+    episodes = x.reshape(2, 5, 2, -1)  # 2 episodes of 5 sentences, packed per episode into the same rows
+    both = {k: mx.array(a) for k, a in E.pack(ids.reshape(2, 5, -1), mask.reshape(2, 5, -1)).items()}
+    want = mx.vmap(model.apply, in_axes=(None, 0))(p, episodes)
+    for f in (mx.vmap(model.apply, in_axes=(None, 0)), mx.compile(mx.vmap(model.apply, in_axes=(None, 0)))):
+        np.testing.assert_allclose(np.array(f(p, both)), np.array(want), atol=1e-5)
+    with pytest.raises(ConfigError, match="build it with reptile_fn.text.encoder.pack"):
+        E.encode_packed(params, config, {"ids": packed["ids"]})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3).flatmap(lambda b: st.integers(1, 12).flatmap(
+    lambda n: st.lists(st.lists(st.integers(1, 30), min_size=n, max_size=n), min_size=b, max_size=b))),
+    st.sampled_from([1, 4, 8]))
+def test_pack_keeps_every_token_once_in_rows_that_cannot_merge(lengths, multiple):
+    lengths = np.array(lengths)
+    b, n = lengths.shape
+    longest = int(lengths.max())
+    mask = (np.arange(longest + 3) < lengths[..., None]).astype(np.int32)
+    ids = np.random.default_rng(0).integers(1, 30000, size=mask.shape) * mask
+    out = E.pack(ids, mask, multiple=multiple)
+    rows, width = out["ids"].shape[1:]
+    assert width % multiple == 0 and longest <= width < longest + multiple and rows <= n
+    for e in range(b):
+        seg = out["segments"][e]
+        used = (seg >= 0).sum(-1)
+        assert seg.reshape(-1).tolist().count(-1) == rows * width - lengths[e].sum()
+        for i in range(n):
+            r, t = np.nonzero(seg == i)
+            k = lengths[e, i]
+            assert len(set(r)) == 1 and np.array_equal(t, np.arange(t[0], t[0] + k))  # one row, contiguous
+            assert np.array_equal(out["ids"][e, r[0], t], ids[e, i, :k])
+            assert np.array_equal(out["positions"][e, r[0], t], np.arange(k))
+            pool = out["pool"][e, i].reshape(rows, width)
+            assert np.allclose(pool[r, t], 1.0 / k) and np.isclose(pool.sum(), 1.0) and (pool > 0).sum() == k
+        assert (out["ids"][e][seg < 0] == 0).all()
+        # first fit: a later non-empty row did not fit in any earlier row, so no two rows could be merged
+        full = used[used > 0]
+        assert all(full[a] + full[c] > width for a in range(len(full)) for c in range(a + 1, len(full)))
 
 
 def test_encoder_path_errors(tmp_path, monkeypatch):
@@ -376,7 +441,7 @@ def test_chunks_by_length_keep_every_episode_and_every_token():
 
     episodes = Episode(tokens((n, per)), mx.zeros((n, per), mx.int32), tokens((n, per)), mx.ones((n, per), mx.int32))
     seen = []
-    for idx, part in TT.by_length(episodes, 4):
+    for idx, part in TT.by_length(episodes, 4, pack=False):
         seen += list(idx)
         for got, full in ((part.support_x, episodes.support_x), (part.query_x, episodes.query_x)):
             orig = full[mx.array(idx)]
@@ -384,6 +449,23 @@ def test_chunks_by_length_keep_every_episode_and_every_token():
             assert mx.array_equal(got, orig[..., :got.shape[-1]])  # a prefix of each input ...
             assert mx.array_equal(got[..., 1, :].sum(-1), orig[..., 1, :].sum(-1))  # ... that keeps every real token
     assert sorted(seen) == list(range(n))
+    # packed (the default): each chunk's sentences in shared rows, every real token kept once
+    for idx, part in TT.by_length(episodes, 4):
+        for got, full in ((part.support_x, episodes.support_x), (part.query_x, episodes.query_x)):
+            orig = np.array(full[mx.array(idx)])
+            assert set(got) == set(E.PACKED_KEYS) and got["pool"].shape[:2] == (len(idx), per)
+            assert np.array_equal(np.sort(np.array(got["ids"])[np.array(got["segments"]) >= 0]),
+                                  np.sort(orig[..., 0, :][orig[..., 1, :] == 1]))
+
+
+def test_packed_evaluation_needs_full_batch_steps(clinc_tasks, minilm):
+    from reptile_fn.evaluate import per_episode_curves
+
+    model = E.text_classifier(minilm[0], minilm[1], 5)
+    episodes = clinc_tasks.sample_test(mx.random.key(0), 2)
+    with pytest.raises(ValueError, match="mini-batch inner steps .* need array inputs"):
+        per_episode_curves(model.apply, losses.cross_entropy, model.init(mx.random.key(0)), episodes, inner_lr=0.1,
+                           steps=1, inner_batch_size=5, key=mx.random.key(1), split=TT.by_length)
 
 
 def test_cli_encoder_flag_chooses_the_encoder_folder(tmp_path):
