@@ -3,28 +3,56 @@
 Leaves are stored under ``params.<path>`` and ``state.<path>``; metadata holds the run config,
 the iteration and a format tag. Writes are atomic: a temporary file in the same folder, then
 ``os.replace``, so a crash never leaves a half-written checkpoint in place of a good one.
+
+A parameter leaf still equal to the ``reference`` the writer gives (the model's own init from the
+run's seed, which the reader rebuilds: a frozen pretrained encoder, say) is stored as the SHA-256 of
+its bytes only, if larger than that (``derived.params.<path>``), and ``restore`` takes it from the tree it is given after
+checking that digest. A LoRA run over all-MiniLM-L6-v2 then writes its adapters, head and optimizer
+state (under 1 MB), not the 90 MB encoder again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from reptile_fn.errors import CheckpointError
 from reptile_fn.tree import Tree
 
 FORMAT = "reptile_fn/1"
+DERIVED = "derived"
+DIGEST_BYTES = 32  # leaves this small are stored as they are
 
 
-def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: dict | None = None) -> Path:
-    """Atomically write params (and optional state) with JSON-serialisable metadata."""
+def digest(a: mx.array) -> mx.array:
+    """SHA-256 (uint8, 32) of an array's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{a.dtype}{tuple(a.shape)}".encode())
+    h.update(np.ascontiguousarray(np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a)).tobytes())
+    return mx.array(np.frombuffer(h.digest(), dtype=np.uint8))
+
+
+def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: dict | None = None, *,
+         reference: Tree | None = None) -> Path:
+    """Atomically write params (and optional state) with JSON-serialisable metadata.
+
+    ``reference``: a tree the reader rebuilds (``restore``'s ``like``); params leaves equal to it (and
+    larger than a digest) are written as their digest only.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"params.{k}": v for k, v in tree_flatten(params)}
+    ref = dict(tree_flatten(reference)) if reference is not None else {}
+    arrays = {}
+    for k, v in tree_flatten(params):
+        r = ref.get(k)
+        same = (r is not None and r.shape == v.shape and r.dtype == v.dtype and v.nbytes > DIGEST_BYTES
+                and (r is v or mx.array_equal(r, v).item()))
+        arrays[f"{DERIVED}.params.{k}" if same else f"params.{k}"] = digest(v) if same else v
     arrays.update({f"state.{k}": v for k, v in tree_flatten(state or {})})
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")
@@ -59,6 +87,12 @@ def restore(arrays: dict[str, mx.array], prefix: str, like: Tree, *, source: str
 
     def pick(path: str, ref: mx.array) -> mx.array:
         key = f"{prefix}.{path}"
+        if key not in arrays and f"{DERIVED}.{key}" in arrays:  # saved as the reference's own value
+            if not np.array_equal(np.array(arrays[f"{DERIVED}.{key}"]), np.array(digest(ref))):
+                raise CheckpointError(f"{source} stores {key} as the model's initial value (it was not trained), but "
+                                      "the model built now has another value there; build it as the run did (the same "
+                                      "model.encoder / peft.base files and seed)")
+            return ref
         if key not in arrays:
             raise CheckpointError(f"{source} has no tensor {key!r}; it was written for a different model or algorithm")
         got = arrays[key]

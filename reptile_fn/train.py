@@ -468,6 +468,7 @@ def train(
             _atomic_write(out / "config.yaml", C.dump(cfg))
             (out / METRICS).unlink(missing_ok=True)
     last_good = start if resume else None
+    reference = s.model.init(run_keys(cfg.seed).init)  # what restore rebuilds: the `like` of resuming and load_run
     run = _Progress(params, state, start, window, n_window)
 
     def lost(reason: str) -> str:
@@ -507,7 +508,8 @@ def train(
         # The open log window travels with the checkpoint, so a resumed run logs the same means.
         window = {"count": run.n_window, "sums": {k: float(v) for k, v in run.window.items()}}
         checkpoint.save(ckpt_path, run.params, run.state,
-                        {"config": C.to_dict(cfg), "iteration": run.iteration, "log_window": window})
+                        {"config": C.to_dict(cfg), "iteration": run.iteration, "log_window": window},
+                        reference=reference)  # leaves still at the init (a frozen encoder): a digest, not a copy
         if s.peft is not None:
             save_adapter_files(s, run.params, out / ADAPTER_DIR)
 

@@ -238,3 +238,27 @@ def test_failed_save_leaves_no_checkpoint_where_there_was_none(tmp_path, monkeyp
     with pytest.raises(RuntimeError):
         ck.save(path, _params())
     assert not path.exists()
+
+
+def test_leaves_equal_to_the_reference_are_stored_as_digests(tmp_path):
+    """A leaf still at the reference (e.g. a frozen pretrained encoder) is written as its SHA-256 and taken back
+    from the reader's tree after the digest is checked; trained leaves are written in full."""
+    params, state = {**_params(), "big": mx.random.normal((64, 64), key=mx.random.key(5))}, _state()
+    reference = {**params, "out": {"w": params["out"]["w"] + 1.0, "b": params["out"]["b"]}}  # out.w "trained"
+    path = ck.save(tmp_path / "c.safetensors", params, state, {"iteration": 3}, reference=reference)
+    arrays, meta = ck.load(path)
+    # equal and larger than a digest (32 bytes): layer0.w (48 bytes) and big; out.b and scale are smaller
+    assert {k for k in arrays if k.startswith("params.")} == {"params.out.w", "params.layer0.b", "params.out.b",
+                                                               "params.scale"}
+    assert {k for k in arrays if k.startswith("derived.")} == {"derived.params.layer0.w", "derived.params.big"}
+    assert all(arrays[k].shape == (32,) and arrays[k].dtype == mx.uint8 for k in arrays if k.startswith("derived."))
+    _assert_tree_equal(ck.restore(arrays, "params", reference), params)
+    _assert_tree_equal(ck.restore(arrays, "state", _like(state)), state)
+    assert os.path.getsize(path) < os.path.getsize(ck.save(tmp_path / "full.safetensors", params, state)) - 64 * 64 * 3
+    # a reader whose tree differs where the file holds only a digest (another encoder, say) gets an error
+    other = {**reference, "big": reference["big"] + 1e-6}
+    with pytest.raises(CheckpointError, match="params.big as the model's initial value .* another value there"):
+        ck.restore(arrays, "params", other)
+    # same values, another shape or dtype: not derived, stored in full
+    arrays2, _ = ck.load(ck.save(tmp_path / "d.safetensors", params, reference={"big": params["big"].astype(mx.float16)}))
+    assert "params.big" in arrays2 and not any(k.startswith("derived.") for k in arrays2)

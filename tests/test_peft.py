@@ -381,3 +381,22 @@ def test_zero_head_config_runs_and_keeps_the_head_at_zero(tmp_path):
                 ["peft.method=lora", "peft.train_head=false"]):
         with pytest.raises(ConfigError, match="peft.head = zero"):
             C.load(None, [*bad, "peft.head=zero"])
+
+
+def test_frozen_base_is_not_copied_into_the_checkpoint(tmp_path):
+    """peft.base=init: the base stays at the model's init, so checkpoints hold its digest, and resuming and
+    load_run rebuild it (a LoRA run over a 90 MB pretrained encoder writes its adapters, not the encoder)."""
+    from reptile_fn import checkpoint as ck
+
+    cfg = C.load(None, TINY + ("peft.method=lora", "peft.base=init", "meta_iterations=6", "checkpoint_every=3",
+                               "eval.every=100"))
+    train(cfg, tmp_path / "whole", progress=False, log=quiet)
+    arrays, _ = ck.load(tmp_path / "whole" / "checkpoint.safetensors")
+    derived = {k for k in arrays if k.startswith("derived.params.")}
+    assert derived and all(k.startswith("derived.params.base.") for k in derived)
+    assert not any(k.startswith("params.base.") and not k.startswith("params.base.head") for k in arrays)
+    train(cfg, tmp_path / "part", progress=False, log=quiet, stop_at=3)
+    train(None, tmp_path / "part", resume=True, progress=False, log=quiet)
+    _, whole, _, it = load_run(tmp_path / "whole" / "checkpoint.safetensors")
+    _, part, _, _ = load_run(tmp_path / "part" / "checkpoint.safetensors")
+    assert it == 6 and max_abs_diff(whole, part) == 0.0
