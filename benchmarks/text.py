@@ -13,6 +13,7 @@
     uv run python benchmarks/text.py --data-dir DIR --quick         # smoke run: 10 sentences per intent, prints only
     uv run python benchmarks/text.py --report-only                  # re-render results.md from research/text.json
     uv run python benchmarks/text.py --profile        # encoder forward / LoRA gradient, GELU via mx.erf vs ours
+    uv run python benchmarks/text.py --data-dir DIR --packing   # row (c): sentences padded vs packed into rows
 
 Meta-train on CLINC150's training intents (split by domain, seed 0), test on held-out intents:
 CLINC150's test domains, and Banking77 (another domain entirely). 5-way 1-shot and 5-shot, query 5
@@ -379,6 +380,43 @@ def profile(episodes: int = 20, sentences: int = 25, length: int = 20, repeats: 
     return out
 
 
+def packing(data_dir, episodes: int = 8) -> dict:
+    """Seconds per 5-step adaptation of a fresh rank-4 LoRA + head (row (c)), 5-shot, with each episode's
+    sentences padded to its longest vs packed into shared rows (``tasks.text.by_length(pack=...)``), on the
+    same ``episodes`` held-out episodes of CLINC150 and Banking77; each way timed twice, alternating, after
+    one episode of warm-up; and the largest difference of their query losses."""
+    from reptile_fn import config as C
+
+    out = {"episodes": episodes, "chunk": EVAL_CHUNK, "machine": machine()}
+    for target, split in TARGETS.items():
+        cfg = C.load(ROOT / "configs" / "clinc_5w5s_lora.yaml", [f"tasks.data_dir={data_dir}", f"tasks.test_split={split}"])
+        s = TR.setup(cfg)
+        init = TR.baseline_inits(s, ("lora0",))["lora0"]
+        key = TR.run_keys(cfg.seed).eval_final
+        batch = s.tasks.sample_test(key, episodes)
+        kw = dict(inner_lr=cfg.inner_lr, steps=5, metric=s.metric, key=key, record=[0, 5], **TR._inner_kwargs(s, init.trainable))
+
+        def run(pack: bool, part=batch) -> dict:
+            return per_episode_curves(s.model.apply, s.loss, init.params, part, split=partial(by_length, pack=pack), **kw)
+
+        row, curves = {"padded": [], "packed": []}, {}
+        for pack in (False, True):
+            run(pack, type(batch)(*(a[:1] for a in batch)))  # compile
+        for _ in range(2):
+            for pack in (False, True):
+                t0 = time.perf_counter()
+                curves[pack] = run(pack)
+                row["packed" if pack else "padded"].append((time.perf_counter() - t0) / episodes)
+        row = {k: float(np.median(v)) for k, v in row.items()}
+        row.update(max_loss_difference=float(np.abs(curves[True]["loss"] - curves[False]["loss"]).max()),
+                   same_accuracy=bool((curves[True]["metric"] == curves[False]["metric"]).all()),
+                   accuracy_after_5=float(100 * curves[True]["metric"][:, -1].mean()))
+        out[target] = row
+        print(f"{target} 5-shot fresh LoRA: padded {row['padded']:.2f} s, packed {row['packed']:.2f} s per adaptation "
+              f"({episodes} episodes); query losses differ by <= {row['max_loss_difference']:.1e}", flush=True)
+    return out
+
+
 def machine() -> str:
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     return f"{_blas.status()} ({threads} BLAS threads), mlx {mx.__version__}"
@@ -411,9 +449,14 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--profile", action="store_true", help="only time the encoder's forward and LoRA gradient with "
                    "GELU from mx.erf vs the library's, into research/text_profile.json")
+    p.add_argument("--packing", action="store_true", help="only time row (c) with sentences padded vs packed "
+                   "(5-shot, 8 episodes per dataset), into research/text_packing.json")
     args = p.parse_args()
     if args.profile:
         write_json(ROOT / "research" / "text_profile.json", profile(), indent=1)
+        return
+    if args.packing:
+        write_json(ROOT / "research" / "text_packing.json", packing(args.data_dir), indent=1)
         return
     args.per_class = 10 if args.quick else None
     if args.quick:
