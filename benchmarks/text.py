@@ -177,7 +177,7 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
     m, n_query = args.encoder_episodes, N_WAY * QUERY
     record = shown_steps(steps)  # scoring the query set costs a third of a 5-shot step: only the table's steps
     cells = {}  # (target, k) -> (episodes, adapt key, {row: init}): built once, on first use
-    timed = {}  # (cell, row) -> [episodes, seconds] adapted by this process: the timing reported (this code)
+    timed = {}  # (cell, row) -> (episodes, seconds) adapted by this process: the timing reported (this code)
     for hi in [*range(args.block, m, args.block), m]:
         for target, split in TARGETS.items():
             for k in SHOTS:
@@ -206,7 +206,8 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
                                              **kw)["metric"]
                     took = time.perf_counter() - t0
                     seconds = cell.get(row, {}).get("seconds_total", 0.0) + took
-                    timed[key, row] = [a + b for a, b in zip(timed.get((key, row), (0, 0.0)), (len(part.support_y), took))]
+                    n_timed, s_timed = timed.get((key, row), (0, 0.0))
+                    timed[key, row] = (n_timed + len(part.support_y), s_timed + took)
                     correct = have + np.rint(acc * n_query).astype(int).tolist()
                     n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
                     cell[row] = encoder_row(correct, n_query, seconds, n_adapt, record, k, steps,

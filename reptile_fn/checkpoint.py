@@ -50,9 +50,11 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
     arrays = {}
     for k, v in tree_flatten(params):
         r = ref.get(k)
-        same = (r is not None and r.shape == v.shape and r.dtype == v.dtype and v.nbytes > DIGEST_BYTES
-                and (r is v or mx.array_equal(r, v).item()))
-        arrays[f"{DERIVED}.params.{k}" if same else f"params.{k}"] = digest(v) if same else v
+        if (r is not None and r.shape == v.shape and r.dtype == v.dtype and v.nbytes > DIGEST_BYTES
+                and (r is v or mx.array_equal(r, v).item())):
+            arrays[f"{DERIVED}.params.{k}"] = digest(v)
+        else:
+            arrays[f"params.{k}"] = v
     arrays.update({f"state.{k}": v for k, v in tree_flatten(state or {})})
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")

@@ -74,6 +74,12 @@ def run_keys(seed: int) -> Keys:
     return Keys(*mx.random.split(mx.random.key(seed), 5))
 
 
+def rebuilt_init(s: Setup) -> dict:
+    """The model's init from the run's seed: the tree a checkpoint is restored into, and the reference it is
+    saved against (leaves still equal to it, such as a frozen pretrained encoder, are stored as digests)."""
+    return s.model.init(run_keys(s.cfg.seed).init)
+
+
 def trainable_predicate(patterns: tuple[str, ...]):
     return None if tuple(patterns) == ("*",) else T.match(patterns)
 
@@ -447,7 +453,8 @@ def train(
         cfg, params, state, start, window, n_window = _resume(cfg, ckpt_path)
         block = distributed.shard(cfg.meta_batch_size, w)
         s = setup(cfg, w.group)
-        params = checkpoint.restore(params, "params", s.model.init(run_keys(cfg.seed).init), source=str(ckpt_path))
+        reference = rebuilt_init(s)
+        params = checkpoint.restore(params, "params", reference, source=str(ckpt_path))
         state = checkpoint.restore(state, "state", s.meta.init(params), source=str(ckpt_path))
         if w.is_main:
             _truncate_metrics(out / METRICS, start)
@@ -461,6 +468,7 @@ def train(
         block = distributed.shard(cfg.meta_batch_size, w)
         s = setup(cfg, w.group)
         params = s.initial_params(run_keys(cfg.seed).init)
+        reference = rebuilt_init(s)
         state = s.meta.init(params)
         start, window, n_window = 0, {}, 0
         if w.is_main:
@@ -468,7 +476,6 @@ def train(
             _atomic_write(out / "config.yaml", C.dump(cfg))
             (out / METRICS).unlink(missing_ok=True)
     last_good = start if resume else None
-    reference = s.model.init(run_keys(cfg.seed).init)  # what restore rebuilds: the `like` of resuming and load_run
     run = _Progress(params, state, start, window, n_window)
 
     def lost(reason: str) -> str:
@@ -509,7 +516,7 @@ def train(
         window = {"count": run.n_window, "sums": {k: float(v) for k, v in run.window.items()}}
         checkpoint.save(ckpt_path, run.params, run.state,
                         {"config": C.to_dict(cfg), "iteration": run.iteration, "log_window": window},
-                        reference=reference)  # leaves still at the init (a frozen encoder): a digest, not a copy
+                        reference=reference)
         if s.peft is not None:
             save_adapter_files(s, run.params, out / ADAPTER_DIR)
 
@@ -639,7 +646,7 @@ def load_run(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[Se
     if overrides:
         cfg = C.with_overrides(cfg, overrides)
     s = setup(cfg)
-    params = checkpoint.restore(arrays, "params", s.model.init(run_keys(cfg.seed).init), source=str(checkpoint_path))
+    params = checkpoint.restore(arrays, "params", rebuilt_init(s), source=str(checkpoint_path))
     state = checkpoint.restore(arrays, "state", s.meta.init(params), source=str(checkpoint_path))
     return s, params, state, int(meta.get("iteration", 0))
 

@@ -304,10 +304,11 @@ def encode(params: Tree, config: EncoderConfig, ids: mx.array, mask: mx.array, *
     if ids.shape[-1] > config.max_positions:
         raise ConfigError(f"{ids.shape[-1]} tokens per sentence but the encoder has {config.max_positions} positions; "
                           f"tokenize with max_length <= {config.max_positions}")
-    pooled = mean_pool(hidden_states(params, config, ids, mask), mask)
-    if normalize:
-        pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-    return pooled
+    return _normalized(mean_pool(hidden_states(params, config, ids, mask), mask), normalize)
+
+
+def _normalized(pooled: mx.array, normalize: bool) -> mx.array:
+    return pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12) if normalize else pooled
 
 
 # --- packed sentences ------------------------------------------------------------------------------
@@ -369,10 +370,7 @@ def encode_packed(params: Tree, config: EncoderConfig, packed: dict, *, normaliz
                           f"tokenize with max_length <= {config.max_positions}")
     bias = mx.where(segments[..., :, None] == segments[..., None, :], 0.0, -1e9)[..., None, :, :]  # (R, 1, W, W)
     h = _layers(params, config, ids, params["embeddings"]["position"][positions], bias)
-    pooled = packed["pool"] @ h.reshape(-1, h.shape[-1])
-    if normalize:
-        pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-    return pooled
+    return _normalized(packed["pool"] @ h.reshape(-1, h.shape[-1]), normalize)
 
 
 def _int32(a) -> mx.array:
