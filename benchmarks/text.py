@@ -309,6 +309,8 @@ def render(res: dict) -> str:
                       "|---|---:|---:|" + "---:|" * (len(show) + 2)]
             for key, label in ROWS.items():
                 row = cell.get(key)
+                if row is None and key == "prototypes-subset":
+                    continue  # only shown while some encoder row is on fewer episodes than (a)
                 if row is None:
                     lines.append(f"| {label} | | | " + " | ".join("not run" for _ in show) + " | | |")
                     continue
