@@ -515,6 +515,16 @@ def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
     sub = with_subset(cell, 5)["prototypes-subset"]
     assert sub["episodes"] == 2 and sub["accuracy"] == pytest.approx([80.0] * 6)
     assert "prototypes-subset" not in with_subset({**cell, "full": {"episodes": 4}, "lora0": {"episodes": 4}}, 5)
+    # the table shows that row only while some encoder row is on fewer episodes than the prototypes
+    from benchmarks.text import render
+    proto = {"correct": [25, 15, 20, 5], "accuracy": [65.0] * 6, "ci95": [1.0] * 6, "seconds_per_adaptation": 0.0,
+             "trainable": 0, "episodes": 4}
+    lora = {**proto, "correct": [[c] * 3 for c in proto["correct"]], "steps": [0, 1, 5], "trainable": 10}
+    res = {"steps": 5, "episodes": 4, "frozen": {"head_lr": 1.0}, "machine": "m", "commands": ["c"],
+           "cells": {"CLINC150 held-out domains|1": {"prototypes": proto, "lora0": lora}}}
+    assert "(a) on the (c)-(f) episodes" not in render(res)
+    res["cells"]["CLINC150 held-out domains|1"]["lora0"] = {**lora, "correct": lora["correct"][:3], "episodes": 3}
+    assert "| (a) on the (c)-(f) episodes | 0 | 3 |" in render(res)
     # any row with per-episode counts is paired with the prototypes on its own first episodes
     paired = vs_prototypes({"prototypes": {"correct": [25, 15, 20, 5]}, "lora0": row}, "lora0")
     assert paired["episodes"] == 3 and paired["difference"] == pytest.approx(100 * np.mean([0, 0, 5]) / 25)
