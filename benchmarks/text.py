@@ -25,8 +25,9 @@ in meta-training), mean ± 95% CI:
   (b) frozen encoder + linear head, zero-initialised, trained by the inner loop (SGD; its learning
       rate chosen on CLINC150's validation domains)
   (c) a fresh LoRA adapter + head on the encoder, adapted like the runs (the runs' ``lora0`` baseline)
-  (d) Reptile-meta-learned LoRA + head init (``--run reptile=DIR``)
+  (d) Reptile-meta-learned LoRA + head init (``--run reptile=DIR``: the run chosen on validation domains)
   (d') the same with ``peft.head: zero`` (``--run reptile-zero=DIR``; optional)
+  (d'') another Reptile run, not chosen (``--run reptile-untuned=DIR``; optional)
   (e) FOMAML-meta-learned LoRA + head init (``--run fomaml=DIR``)
   (f) full fine-tuning of encoder + head (the runs' ``base-full`` baseline)
 
@@ -76,10 +77,11 @@ SHOTS = (1, 5)
 N_WAY, QUERY = 5, 5
 HEAD_LRS = (1.0, 3.0, 10.0, 30.0)  # frozen head: chosen on CLINC150's validation domains
 VAL_EPISODES = 200
-RUN_ROWS = ("reptile", "reptile-zero", "fomaml")  # --run NAME=DIR: meta-trained inits
+RUN_ROWS = ("reptile", "reptile-zero", "reptile-untuned", "fomaml")  # --run NAME=DIR: meta-trained inits
 ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on the (c)-(f) episodes",
         "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
         "reptile": "(d) Reptile LoRA + head", "reptile-zero": "(d') Reptile LoRA, zero head",
+        "reptile-untuned": "(d'') Reptile LoRA + head, not chosen",
         "fomaml": "(e) FOMAML LoRA + head", "full": "(f) full fine-tuning"}
 
 
@@ -253,8 +255,7 @@ def add_rows(res: dict, other: dict, source) -> None:
     res["runs"] = {**res.get("runs", {}), **other.get("runs", {})}
     res.setdefault("commands", [res.pop("command")] if "command" in res else [])
     res["commands"] = res.get("commands", []) + [c for c in other.get("commands", []) if c not in res.get("commands", [])]
-    infos = [i for i in (res.get("runs_info", ""), other.get("runs_info", "")) if i]
-    res["runs_info"] = " ".join(dict.fromkeys(infos))
+    res["run_info"] = {**res.get("run_info", {}), **other.get("run_info", {})}
 
 
 def with_subset(cell: dict, steps: int) -> dict:
@@ -298,8 +299,10 @@ def render(res: dict) -> str:
              "(`timed_episodes` in the JSON; sentences packed into shared rows, `tasks.text.by_length`), "
              f"(a)-(b) with cached embeddings. Machine: {res['machine']}. Commands: "
              + "; then ".join(f"`{c}`" for c in res.get("commands", [res.get("command")])) + ".", ""]
-    if res.get("runs_info"):
-        lines += [res["runs_info"], ""]
+    info = res.get("run_info", {})
+    if info:
+        lines += ["Runs (configs/clinc_5w5s_lora.yaml): " + "; ".join(f"{ROWS[r]}: {info[r]}" for r in ROWS if r in info)
+                  + ".", ""]
     for target in TARGETS:
         for k in SHOTS:
             cell = with_subset(res["cells"].get(f"{target}|{k}", {}), steps)
@@ -486,17 +489,22 @@ def main() -> None:
                 sys.exit(f"--resume: {args.json} was measured with --episodes {before.get('episodes')} --steps "
                          f"{before.get('steps')}; run with those, or without --resume to start again")
             resumed = before["cells"]
+            for name, run in runs.items():
+                if before.get("runs", {}).get(name, run) != run:
+                    sys.exit(f"--resume: row {name} in {args.json} was measured on {before['runs'][name]}, not {run}; "
+                             f"give that run, or measure this one with --only {name} --json FILE and --add it")
         encoder, config, tokenizer = load_encoder(None)
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
         all_runs, commands = runs, []
-        info = []
+        info = {}
         for name, run in all_runs.items():
             c = TR.stored_config(run)
-            info.append(f"{ROWS[name]}: {c.meta_iterations} meta-iterations of {c.algorithm}, meta-batch {c.meta_batch_size}, "
-                        f"inner {c.inner_optimizer} at {c.inner_lr} for {c.inner_steps} steps, outer lr "
-                        f"{'the algorithm default' if c.outer_lr is None else c.outer_lr}")
+            info[name] = (f"{c.meta_iterations} meta-iterations of {c.algorithm}, meta-batch {c.meta_batch_size}, "
+                          f"inner {c.inner_optimizer} at {c.inner_lr} for {c.inner_steps} steps, outer lr "
+                          f"{'the algorithm default' if c.outer_lr is None else c.outer_lr}"
+                          + ("" if c.outer_lr_final is None else f" annealed to {c.outer_lr_final}"))
         res = {"cells": cells, "frozen": frozen, "episodes": args.episodes, "steps": args.steps,
-               "runs_info": ("Runs (configs/clinc_5w5s_lora.yaml): " + "; ".join(info) + ".") if info else "",
+               "run_info": info,
                "runs": all_runs, "full_lr": args.full_lr,
                "encoder_episodes": args.encoder_episodes, "machine": machine(),
                "commands": commands + ["uv run python benchmarks/text.py "

@@ -487,13 +487,16 @@ def test_benchmark_add_rows_merges_encoder_rows_measured_apart():
     from benchmarks.text import add_rows
 
     base = {"episodes": 500, "steps": 5, "encoder_episodes": 50, "runs": {"reptile": "a"}, "commands": ["one"],
+            "run_info": {"reptile": "outer lr 1.0"},
             "cells": {"X|1": {"prototypes": {"accuracy": [1]}, "reptile": {"accuracy": [2]}}}}
     other = {"episodes": 500, "steps": 5, "encoder_episodes": 50, "runs": {"fomaml": "b"}, "commands": ["two"],
+             "run_info": {"fomaml": "outer Adam"},
              "cells": {"X|1": {"prototypes": {"accuracy": [9]}, "fomaml": {"accuracy": [3]}}}}
     add_rows(base, other, "other.json")
     assert base["cells"]["X|1"] == {"prototypes": {"accuracy": [1]}, "reptile": {"accuracy": [2]},
                                     "fomaml": {"accuracy": [3]}}  # frozen rows are not taken from the other file
     assert base["runs"] == {"reptile": "a", "fomaml": "b"} and base["commands"] == ["one", "two"]
+    assert base["run_info"] == {"reptile": "outer lr 1.0", "fomaml": "outer Adam"}  # each row says how it was trained
     add_rows(base, {**other, "encoder_episodes": 40}, "more.json")  # rows say how many episodes each has
     with pytest.raises(SystemExit, match="other --episodes"):
         add_rows(base, {**other, "episodes": 400}, "odd.json")
