@@ -258,6 +258,19 @@ def add_rows(res: dict, other: dict, source) -> None:
     res["run_info"] = {**res.get("run_info", {}), **other.get("run_info", {})}
 
 
+def resumable(before: dict, runs: dict, episodes: int, steps: int, source) -> dict:
+    """The encoder rows of ``before`` (an earlier results JSON) that ``--resume`` continues: it must have sampled
+    the same episodes, and every run row the same run directory as ``runs`` gives now."""
+    if (before.get("episodes"), before.get("steps")) != (episodes, steps):
+        sys.exit(f"--resume: {source} was measured with --episodes {before.get('episodes')} --steps "
+                 f"{before.get('steps')}; run with those, or without --resume to start again")
+    for name, run in runs.items():
+        if before.get("runs", {}).get(name, run) != run:
+            sys.exit(f"--resume: row {name} in {source} was measured on {before['runs'][name]}, not {run}; give that "
+                     f"run, or measure this one with --only {name} --json FILE and merge it with --report-only --add FILE")
+    return before["cells"]
+
+
 def with_subset(cell: dict, steps: int) -> dict:
     """``cell`` with the row "(a) on the (c)-(f) episodes": prototypes on the first episodes, as many as the
     encoder row with the fewest has (when that is fewer than all)."""
@@ -484,15 +497,7 @@ def main() -> None:
             sys.exit(f"--run names must be among {', '.join(RUN_ROWS)}, got {sorted(unknown)}")
         resumed = {}
         if args.resume and args.json.is_file():
-            before = json.loads(args.json.read_text())
-            if (before.get("episodes"), before.get("steps")) != (args.episodes, args.steps):
-                sys.exit(f"--resume: {args.json} was measured with --episodes {before.get('episodes')} --steps "
-                         f"{before.get('steps')}; run with those, or without --resume to start again")
-            resumed = before["cells"]
-            for name, run in runs.items():
-                if before.get("runs", {}).get(name, run) != run:
-                    sys.exit(f"--resume: row {name} in {args.json} was measured on {before['runs'][name]}, not {run}; "
-                             f"give that run, or measure this one with --only {name} --json FILE and --add it")
+            resumed = resumable(json.loads(args.json.read_text()), runs, args.episodes, args.steps, args.json)
         encoder, config, tokenizer = load_encoder(None)
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
         all_runs, commands = runs, []

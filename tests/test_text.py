@@ -502,6 +502,18 @@ def test_benchmark_add_rows_merges_encoder_rows_measured_apart():
         add_rows(base, {**other, "episodes": 400}, "odd.json")
 
 
+def test_benchmark_resume_continues_only_rows_of_the_same_runs_and_episodes():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.text import resumable
+
+    before = {"episodes": 500, "steps": 5, "runs": {"reptile": "runs/a"}, "cells": {"X|1": {"reptile": {}}}}
+    assert resumable(before, {"reptile": "runs/a", "fomaml": "runs/f"}, 500, 5, "t.json") == before["cells"]
+    with pytest.raises(SystemExit, match="row reptile in t.json was measured on runs/a, not runs/b"):
+        resumable(before, {"reptile": "runs/b"}, 500, 5, "t.json")
+    with pytest.raises(SystemExit, match="measured with --episodes 500 --steps 5"):
+        resumable(before, {"reptile": "runs/a"}, 500, 10, "t.json")
+
+
 def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.text import encoder_row, vs_prototypes, with_subset
