@@ -296,6 +296,18 @@ def vs_prototypes(cell: dict, name: str) -> dict | None:
     return {"difference": float(d), "ci95": float(ci), "episodes": m}
 
 
+def vs_fresh(cell: dict, name: str) -> dict[int, tuple[float, float]]:
+    """Meta-learned row ``name`` minus (c) the fresh adapter, episode by episode on the episodes both have:
+    {inner steps: (mean difference in points, 95% CI)} at each recorded step after the first (0 steps is chance)."""
+    row, fresh = cell.get(name, {}), cell.get("lora0", {})
+    if "correct" not in row or "correct" not in fresh or row.get("steps") != fresh.get("steps"):
+        return {}
+    m = min(len(row["correct"]), len(fresh["correct"]))
+    diff = 100 * (np.array(row["correct"][:m]) - np.array(fresh["correct"][:m])) / (N_WAY * QUERY)
+    return {t: tuple(float(v) for v in mean_ci(diff[:, i])) for i, t in enumerate(row["steps"]) if t > 0} | {
+        "episodes": m}
+
+
 def shown_steps(steps: int) -> list[int]:
     return sorted({0, 1, min(5, steps), steps})
 
@@ -351,7 +363,22 @@ def render(res: dict) -> str:
     lines += ["**Does meta-learned LoRA beat prototypes?** "
               + ("Every encoder row against it, episode by episode:" if verdicts
                  else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
-    lines += verdicts + ["", END]
+    lines += verdicts
+    fresh = []
+    for target in TARGETS:
+        for k in SHOTS:
+            cell = res["cells"].get(f"{target}|{k}", {})
+            for name in RUN_ROWS:
+                v = vs_fresh(cell, name)
+                if v:
+                    m = v.pop("episodes")
+                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} " + ", ".join(
+                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t > 1)}" for t, (d, ci) in v.items())
+                        + f" (paired over the same {m} episodes).")
+    if fresh:
+        lines += ["", "**Does meta-learning help over a fresh adapter?** Each meta-learned row minus (c), episode by "
+                  "episode, in points:"] + fresh
+    lines += ["", END]
     return "\n".join(lines)
 
 
