@@ -296,16 +296,16 @@ def vs_prototypes(cell: dict, name: str) -> dict | None:
     return {"difference": float(d), "ci95": float(ci), "episodes": m}
 
 
-def vs_fresh(cell: dict, name: str) -> dict[int, tuple[float, float]]:
-    """Meta-learned row ``name`` minus (c) the fresh adapter, episode by episode on the episodes both have:
-    {inner steps: (mean difference in points, 95% CI)} at each recorded step after the first (0 steps is chance)."""
+def vs_fresh(cell: dict, name: str) -> tuple[int, dict[int, tuple[float, float]]] | None:
+    """Meta-learned row ``name`` minus (c) the fresh adapter, episode by episode on the first episodes both have:
+    (their number, {inner steps: (mean difference in points, 95% CI)}) at each recorded step after the first
+    (0 steps is chance); None where either row lacks per-episode counts at the same steps."""
     row, fresh = cell.get(name, {}), cell.get("lora0", {})
     if "correct" not in row or "correct" not in fresh or row.get("steps") != fresh.get("steps"):
-        return {}
+        return None
     m = min(len(row["correct"]), len(fresh["correct"]))
     diff = 100 * (np.array(row["correct"][:m]) - np.array(fresh["correct"][:m])) / (N_WAY * QUERY)
-    return {t: tuple(float(v) for v in mean_ci(diff[:, i])) for i, t in enumerate(row["steps"]) if t > 0} | {
-        "episodes": m}
+    return m, {t: tuple(float(v) for v in mean_ci(diff[:, i])) for i, t in enumerate(row["steps"]) if t > 0}
 
 
 def shown_steps(steps: int) -> list[int]:
@@ -371,9 +371,9 @@ def render(res: dict) -> str:
             for name in RUN_ROWS:
                 v = vs_fresh(cell, name)
                 if v:
-                    m = v.pop("episodes")
+                    m, by_step = v
                     fresh.append(f"- {target}, {k}-shot: {ROWS[name]} " + ", ".join(
-                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t > 1)}" for t, (d, ci) in v.items())
+                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t > 1)}" for t, (d, ci) in by_step.items())
                         + f" (paired over the same {m} episodes).")
     if fresh:
         lines += ["", "**Does meta-learning help over a fresh adapter?** Each meta-learned row minus (c), episode by "

@@ -544,10 +544,10 @@ def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
     from benchmarks.text import vs_fresh
 
     fresh = {"lora0": {"correct": [[5, 10, 25], [5, 15, 20]], "steps": [0, 1, 5]}}
-    v = vs_fresh({**fresh, "reptile": row}, "reptile")
-    assert v["episodes"] == 2 and set(v) == {1, 5, "episodes"}
+    m, v = vs_fresh({**fresh, "reptile": row}, "reptile")
+    assert m == 2 and set(v) == {1, 5}
     assert v[1][0] == pytest.approx(100 * np.mean([10, -5]) / 25) and v[5][0] == pytest.approx(100 * np.mean([0, -5]) / 25)
-    assert vs_fresh({**fresh, "reptile": {**row, "steps": [0, 5]}}, "reptile") == {}  # other steps: not comparable
+    assert vs_fresh({**fresh, "reptile": {**row, "steps": [0, 5]}}, "reptile") is None  # other steps: not comparable
     # any row with per-episode counts is paired with the prototypes on its own first episodes
     paired = vs_prototypes({"prototypes": {"correct": [25, 15, 20, 5]}, "lora0": row}, "lora0")
     assert paired["episodes"] == 3 and paired["difference"] == pytest.approx(100 * np.mean([0, 0, 5]) / 25)
