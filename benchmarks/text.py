@@ -348,7 +348,7 @@ def render(res: dict) -> str:
                 lines.append(f"| {label} | {row['trainable']:,} | {row.get('episodes', res['episodes'])} | {vals} | "
                              f"{row['seconds_per_adaptation']:.4f} | {'' if rate is None else f'{rate:.0f}'} |")
             lines.append("")
-    verdicts = []
+    verdicts, fresh = [], []  # every encoder row vs the prototypes; every meta-learned row vs (c)
     for target in TARGETS:
         for k in SHOTS:
             cell = res["cells"].get(f"{target}|{k}", {})
@@ -360,21 +360,16 @@ def render(res: dict) -> str:
                     verdicts.append(f"- {target}, {k}-shot: {ROWS[name]} {word} the prototype baseline: "
                                     f"{d:+.2f} ± {ci:.2f} points after {steps} steps (paired over the same "
                                     f"{v['episodes']} episodes).")
+                f = vs_fresh(cell, name) if name in RUN_ROWS else None
+                if f:
+                    m, by_step = f
+                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} " + ", ".join(
+                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t > 1)}" for t, (d, ci) in by_step.items())
+                        + f" (paired over the same {m} episodes).")
     lines += ["**Does meta-learned LoRA beat prototypes?** "
               + ("Every encoder row against it, episode by episode:" if verdicts
                  else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
     lines += verdicts
-    fresh = []
-    for target in TARGETS:
-        for k in SHOTS:
-            cell = res["cells"].get(f"{target}|{k}", {})
-            for name in RUN_ROWS:
-                v = vs_fresh(cell, name)
-                if v:
-                    m, by_step = v
-                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} " + ", ".join(
-                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t > 1)}" for t, (d, ci) in by_step.items())
-                        + f" (paired over the same {m} episodes).")
     if fresh:
         lines += ["", "**Does meta-learning help over a fresh adapter?** Each meta-learned row minus (c), episode by "
                   "episode, in points:"] + fresh
