@@ -9,7 +9,7 @@
 
 Every algorithm is meta-trained from the same initialization, with the same meta-iteration keys and
 the same number of meta-iterations as the others in its table, by the same loop as `reptile-fn train`
-(``train.setup`` builds tasks, model and the compiled meta-step from a Config; one compiled call per
+(``run.build`` builds tasks, model and the compiled meta-step from a Config; one compiled call per
 meta-iteration samples the tasks on the device and steps). It is then scored on the same fresh
 held-out tasks: query loss/accuracy after 0..10 inner SGD steps, mean ± 95% CI over episodes, and
 the paired difference to MAML on the same episodes. The protocol is written into the generated
@@ -27,23 +27,22 @@ import sys
 import time
 from pathlib import Path
 
+import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
+from reptile_fn import io
+from reptile_fn import config as C
+from reptile_fn import run as R
+from reptile_fn import tree as T
+from reptile_fn.evaluate import mean_ci, per_episode_curves
+from reptile_fn.tasks import make_distribution
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core on Linux)
-
-# isort: split
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
 from benchmarks.report import write_section  # noqa: E402
-from reptile_fn import _blas  # noqa: E402
-from reptile_fn import config as C  # noqa: E402
-from reptile_fn import train as TR  # noqa: E402
-from reptile_fn import tree as T  # noqa: E402
-from reptile_fn.evaluate import mean_ci, per_episode_curves  # noqa: E402
-from reptile_fn.tasks import make_distribution  # noqa: E402
 
 JSON = ROOT / "research" / "algorithms.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -85,21 +84,21 @@ def sine_rows(reptile_choice: list[float]) -> dict[str, list[str]]:
 
 # --- training and evaluation -----------------------------------------------------------------------
 
-def meta_train(s: TR.Setup) -> dict:
+def meta_train(run: R.Run) -> dict:
     """Meta-train exactly as ``reptile-fn train`` does (same keys, same compiled iteration) and time it.
 
     The first iteration (tracing and compiling) is not timed; the rest are, including on-device sampling.
     """
-    cfg = s.cfg
-    keys = TR.run_keys(cfg.seed)
-    params = s.model.init(keys.init)
-    state = s.meta.init(params)
+    cfg = run.cfg
+    keys = R.run_keys(cfg.seed)
+    params = run.initial_params(keys.init)
+    state = run.meta.init(params)
     iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
 
     @mx.compile
     def iteration(params, state, key):
         sample_key, step_key = mx.random.split(key)
-        return s.meta.step(params, state, s.tasks.sample_train(sample_key, cfg.meta_batch_size), step_key)
+        return run.meta.step(params, state, run.sample_train(sample_key, cfg.meta_batch_size), step_key)
 
     log_every = max(1, cfg.meta_iterations // 10)
     params, state, window = iteration(params, state, iteration_keys[0])
@@ -131,18 +130,16 @@ def finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def curves(s: TR.Setup, tasks, params, lr, key: mx.array, episodes: int) -> dict[str, np.ndarray]:
-    """Per-episode query loss (and accuracy) after 0..10 steps, as ``train.evaluate_init`` draws them."""
+def curves(run: R.Run, tasks, params, key: mx.array, episodes: int, state=None) -> dict[str, np.ndarray]:
+    """Per-episode query loss (and accuracy) after 0..10 steps, as ``run.evaluate_init`` draws them.
+
+    With the algorithm ``state``: the meta-learned init's loop (Meta-SGD: its learned per-parameter rates);
+    without: a baseline's (the config's evaluation inner lr). ANIL adapts only the head either way.
+    """
     sample_key, adapt_key = mx.random.split(key)
     batch = tasks.sample_test(sample_key, episodes)
-    return per_episode_curves(s.model.apply, s.loss, params, batch, inner_lr=lr, steps=EVAL_STEPS, metric=s.metric,
-                              key=adapt_key, **s.inner_kwargs)
-
-
-def eval_lr(s: TR.Setup, state):
-    """Meta-SGD's learned per-parameter rates, otherwise the config's evaluation inner lr."""
-    learned = s.meta.inner_lr(state)
-    return learned if isinstance(learned, dict) else (s.cfg.eval.inner_lr or s.cfg.inner_lr)
+    return per_episode_curves(R.evaluation_loop(run, state, steps=EVAL_STEPS), run.model.apply, run.loss, params, batch,
+                              metric=run.metric, key=adapt_key, transductive=run.cfg.eval.transductive)
 
 
 def finite_list(a: np.ndarray) -> list:
@@ -169,16 +166,16 @@ def run_table(rows: dict[str, list[str]], base: list[str], episodes: int, key_na
     shown under ``label`` (the diverged row stays in the table).
     """
     rows, todo = dict(rows), list(rows)
-    setups, trained, per_episode = {}, {}, {}
+    runs, trained, per_episode = {}, {}, {}
     while todo:
         name = todo.pop(0)
-        s = setups[name] = TR.setup(C.with_overrides(C.Config(), base + rows[name]))
+        run = runs[name] = R.build(C.with_overrides(C.Config(), base + rows[name]))
         load = os.getloadavg()[0]
-        trained[name] = r = meta_train(s)
-        key = getattr(TR.run_keys(s.cfg.seed), key_name)
-        per_episode[name] = curves(s, test_tasks or s.tasks, r["params"], eval_lr(s, r["state"]), key, episodes)
+        trained[name] = r = meta_train(run)
+        key = getattr(R.run_keys(run.cfg.seed), key_name)
+        per_episode[name] = curves(run, test_tasks or run.tasks, r["params"], key, episodes, state=r["state"])
         r["load_avg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
-        log(f"  {name:<10} {s.cfg.meta_iterations} it. {r['ms_per_iteration']:.2f} ms/it  "
+        log(f"  {name:<10} {run.cfg.meta_iterations} it. {r['ms_per_iteration']:.2f} ms/it  "
             f"after 10 steps: loss {per_episode[name]['loss'][:, -1].mean():.3f}"
             + (f", accuracy {per_episode[name]['metric'][:, -1].mean():.3f}" if "metric" in per_episode[name] else "")
             + ("" if r["finite"] else "  DIVERGED (NaN/Inf)"))
@@ -186,17 +183,16 @@ def run_table(rows: dict[str, list[str]], base: list[str], episodes: int, key_na
             label, extra = fallbacks[name]
             rows[label] = extra
             todo.insert(0, label)
-    s = setups["maml"]  # the random init adapts every parameter at the evaluation inner lr
-    keys = TR.run_keys(s.cfg.seed)
-    random = curves(s, test_tasks or s.tasks, s.model.init(keys.random_init), s.cfg.eval.inner_lr or s.cfg.inner_lr,
-                    getattr(keys, key_name), episodes)
+    run = runs["maml"]  # the random init adapts every parameter at the evaluation inner lr
+    keys = R.run_keys(run.cfg.seed)
+    random = curves(run, test_tasks or run.tasks, run.model.init(keys.random_init), getattr(keys, key_name), episodes)
     ref = per_episode["maml"]
-    out = {"base_config": base, "iterations": s.cfg.meta_iterations, "episodes": episodes, "rows": {}}
+    out = {"base_config": base, "iterations": run.cfg.meta_iterations, "episodes": episodes, "rows": {}}
     for name, r in trained.items():
         row = {"config": rows[name], "curve": summary(per_episode[name], ref),
                **{k: r[k] for k in ("ms_per_iteration", "ms_per_iteration_mean", "ms_per_iteration_windows", "seconds",
                                     "finite", "log", "load_avg_1min")}}
-        lr = eval_lr(setups[name], r["state"])
+        lr = runs[name].meta.inner(r["state"]).lr
         if isinstance(lr, dict):  # Meta-SGD: what it learned
             flat = np.concatenate([np.array(v).reshape(-1) for _, v in tree_flatten(lr)])
             row["learned_inner_lr"] = {"mean": float(flat.mean()), "min": float(flat.min()), "max": float(flat.max()),
@@ -207,12 +203,13 @@ def run_table(rows: dict[str, list[str]], base: list[str], episodes: int, key_na
 
 
 def choose_reptile(k: int, iterations: int, episodes: int, seed: int, log=print) -> dict:
-    """Pick Reptile's (inner lr, β) on validation tasks (train.run_keys(seed).eval_during, never the test stream)."""
+    """Pick Reptile's (inner lr, β) on validation tasks (run.run_keys(seed).eval_during, never the test stream)."""
     scores = []
     for inner_lr, beta in REPTILE_GRID:
-        s = TR.setup(C.with_overrides(C.Config(), sine_base(k, iterations, seed) + reptile_sine(inner_lr, beta)))
-        r = meta_train(s)
-        c = curves(s, s.tasks, r["params"], SINE_EVAL_LR, TR.run_keys(seed).eval_during, episodes)
+        run = R.build(C.with_overrides(C.Config(), sine_base(k, iterations, seed) + reptile_sine(inner_lr, beta)))
+        r = meta_train(run)
+        # no state: evaluated at the config's eval.inner_lr (SINE_EVAL_LR), as every row is
+        c = curves(run, run.tasks, r["params"], R.run_keys(seed).eval_during, episodes)
         mse = finite_or_none(c["loss"][:, -1].mean()) if r["finite"] else None  # None: diverged
         scores.append({"inner_lr": inner_lr, "outer_lr": beta, "val_mse_10_steps": mse})
         log(f"  reptile inner_lr={inner_lr} β={beta}: validation MSE after 10 steps {mse or float('nan'):.3f}")
@@ -245,7 +242,7 @@ PROTOCOL = """\
   `head.*` (the last layer) in the inner loop, and meta-learns everything.
 - **Reptile**: 5 inner SGD steps on the K support points, outer SGD with β annealed linearly to 0. The inner lr
   and the initial β are picked, for each K, from {0.01, 0.02} × {0.1, 1.0} by the query MSE after 10 steps on
-  500 K-shot validation tasks (`train.run_keys(seed).eval_during`, a stream the test tasks never use) after runs
+  500 K-shot validation tasks (`run.run_keys(seed).eval_during`, a stream the test tasks never use) after runs
   of 1/5 the length; see each table's validation line. If the chosen setting diverges in the full-length run,
   the table keeps it (marked) and adds the next-best validated setting. Reptile never sees the K query points
   of a training episode. (Nichol et al.'s own sine script, one task per meta-iteration with β = 0.1 → 0 and
@@ -254,7 +251,7 @@ PROTOCOL = """\
   loss over all tasks), then fine-tuned like the others. Finn et al. tuned its fine-tuning step size; we do not.
 - **Sine evaluation**: from the meta-learned initialization, 10 SGD steps at lr 0.01 on the K support points
   (Meta-SGD: its learned rates; ANIL: only the head adapts), query MSE on 100 fresh points of the task, on the
-  same fresh held-out tasks for every row (`train.run_keys(seed).eval_final`). Random init: the same
+  same fresh held-out tasks for every row (`run.run_keys(seed).eval_final`). Random init: the same
   network's initialization, adapted the same way.
 - **2-D families**: the default config (`reptile_fn.config.Config()`: mixture of linear/xor/circles/spiral,
   2-way 5-shot, 15 query examples per class, a pool of 10,000 training tasks, MLP 2-64-64-2, 5 inner SGD steps
@@ -393,7 +390,7 @@ def write_report(res: dict, path: Path = RESULTS) -> None:
 def machine() -> dict:
     return {"system": platform.system(), "machine": platform.machine(), "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "mlx": mx.__version__,
-            "blas": _blas.status(), "date": time.strftime("%Y-%m-%d")}
+            "blas": reptile_fn.blas_status(), "date": time.strftime("%Y-%m-%d")}
 
 
 SECTIONS = ("sine10", "sine5", "toy2d")
@@ -445,8 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
     md = render(res)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(res, indent=1))
+        io.write_json(json_path, res, indent=1)
         print(f"wrote {json_path}")
     if not (args.quick or args.no_report):
         write_report(res)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
 from benchmarks.report import shown_argv, write_json, write_section  # noqa: E402
 
@@ -41,14 +41,14 @@ TRAIN = [
 QUIET = ["eval.every=100000", "eval.episodes=1", "eval.inner_steps=1", "checkpoint_every=100000", "log_every=10"]
 EVAL = """
 import sys, time
-import reptile_fn, mlx.core as mx
-from reptile_fn import config as C, train as TR
+from reptile_fn import config as C, run as R
+import mlx.core as mx
 cfg = C.load("configs/omniglot_20w1s.yaml", ["tasks.data_dir=" + sys.argv[1]])
-s = TR.setup(cfg)
-params = s.model.init(mx.random.key(0))
-TR.evaluate_init(s, params, mx.random.key(1), 4, 2, record=[0, 2])  # compile
+run = R.build(cfg)
+params = run.model.init(mx.random.key(0))
+R.evaluate_init(run, params, mx.random.key(1), 4, 2, record=[0, 2])  # compile
 t0 = time.perf_counter()
-TR.evaluate_init(s, params, mx.random.key(1), int(sys.argv[2]), 50, record=[0, 50])
+R.evaluate_init(run, params, mx.random.key(1), int(sys.argv[2]), 50, record=[0, 50])
 print((time.perf_counter() - t0) / int(sys.argv[2]))
 """
 
@@ -151,19 +151,16 @@ def main() -> None:
     if args.report_only:
         res = json.loads(JSON.read_text())
     else:
-        import reptile_fn  # noqa: F401  (first: it loads OpenBLAS before mlx.core on Linux)
+        import reptile_fn
 
-        # isort: split
         import mlx.core as mx  # the version only; children do the work
-
-        from reptile_fn import _blas
         rows = measure(args.data_dir, args.episodes, args.threads.split(","), args.repeats)
         old = json.loads(JSON.read_text()) if JSON.exists() else {"rows": [], "commands": []}
         new = {r["threads"] for r in rows}
         command = "uv run python benchmarks/allocator.py " + " ".join(shown_argv(sys.argv)[1:])
         res = {"rows": [r for r in old["rows"] if r.get("threads") not in new] + rows,
                "commands": [*dict.fromkeys([*old.get("commands", []), command])],
-               "machine": f"{os.cpu_count()} cores {platform.machine()}, {_blas.status()}, mlx {mx.__version__}, "
+               "machine": f"{os.cpu_count()} cores {platform.machine()}, {reptile_fn.blas_status()}, mlx {mx.__version__}, "
                           f"{time.strftime('%Y-%m-%d')}"}
         write_json(JSON, res)
     write_section(RESULTS, BEGIN, END, "### Allocator: freed memory kept for reuse", render(res))

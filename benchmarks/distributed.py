@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
 from benchmarks.report import write_section  # noqa: E402
+from reptile_fn import io  # noqa: E402
 
 JSON = ROOT / "research" / "distributed.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -101,8 +102,8 @@ def figure(data: dict) -> None:
     ax.set_title(f"reptile-fn train, meta-batch 8 ({data['machine'].split(',')[0]})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=120)
+    with io.atomic_path(FIGURE, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -134,7 +135,7 @@ def main() -> None:
         data = json.loads(JSON.read_text())
     else:
         data = measure(args)
-        JSON.write_text(json.dumps(data, indent=2) + "\n")
+        io.write_json(JSON, data, indent=2)
         figure(data)
     write_section(RESULTS, BEGIN, END, "## Multi-process meta-training", render(data))
     print(f"wrote {JSON.relative_to(ROOT)}, {FIGURE.relative_to(ROOT)} and the section in "

@@ -29,18 +29,17 @@ import sys
 import time
 from pathlib import Path
 
+import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
+from reptile_fn import checkpoint, io, pretrained
+from reptile_fn import config as C
+from reptile_fn import run as R
+
+import mlx.core as mx
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core on Linux)
-
-# isort: split
-import mlx.core as mx  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
 from benchmarks.report import shown_argv, write_json, write_section  # noqa: E402
-from reptile_fn import _blas, checkpoint, pretrained  # noqa: E402
-from reptile_fn import config as C  # noqa: E402
-from reptile_fn import train as TR  # noqa: E402
 
 JSON = ROOT / "research" / "omniglot.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -57,27 +56,27 @@ def score(ckpt: Path | str, data_dir: str | None, shots: int, transductive: bool
     overrides = [f"tasks.k_shot={shots}", f"eval.transductive={str(transductive).lower()}", *extra]
     if data_dir:
         overrides.append(f"tasks.data_dir={data_dir}")
-    s, params, state, iteration = TR.load_run(ckpt, overrides)
+    run, params, state, iteration = R.load(ckpt, overrides)
     t0 = time.perf_counter()
-    k = s.cfg.eval.inner_steps
-    # the same episodes and inner optimizer state as `reptile-fn eval` (the run's final-evaluation key;
-    # `inner_state: persistent` runs start every episode from the kept inner Adam state); scored at 0 and k only
-    # (non-transductive scoring runs the support set once per query example: only after k steps, the table's column)
+    k = run.cfg.eval.inner_steps
+    # the same episodes and inner optimizer state as `reptile-fn eval` (the run's final-evaluation key; with the
+    # algorithm state, `inner_state: persistent` runs start every episode from the kept inner Adam state); scored at
+    # 0 and k only (non-transductive scoring runs the support set once per query example: only after k steps, the
+    # table's column)
     record = [0, k] if transductive else [k]
-    inner_opt = s.meta.inner_opt(state)
-    curve = TR.evaluate_init(s, params, TR.run_keys(s.cfg.seed).eval_final, episodes, k,
-                             inner_lr=s.meta.inner_lr(state), record=record, inner_opt=inner_opt)
+    loop = R.evaluation_loop(run, state)
+    curve = R.evaluate_init(run, params, R.run_keys(run.cfg.seed).eval_final, episodes, k, state=state, record=record)
     i = curve["steps"].index(k)
     return {"accuracy": 100 * curve["metric"]["mean"][i], "ci95": 100 * curve["metric"]["ci95"][i],
             "accuracy_0": 100 * curve["metric"]["mean"][0] if 0 in record else None, "steps": k, "episodes": episodes,
-            "iteration": iteration, "seconds": round(time.perf_counter() - t0, 1), "split": s.cfg.tasks.test_split,
-            "protocol": s.tasks.protocol if hasattr(s.tasks, "protocol") else None,
-            "eval_batch": s.inner_kwargs["inner_batch_size"], "query_size": s.cfg.tasks.query_size,
-            "inner_state": "persistent" if inner_opt is not None else "fresh"}
+            "iteration": iteration, "seconds": round(time.perf_counter() - t0, 1), "split": run.cfg.tasks.test_split,
+            "protocol": getattr(run.tasks, "protocol", None),
+            "eval_batch": loop.batch_size, "query_size": run.cfg.tasks.query_size,
+            "inner_state": "persistent" if loop.start is not None else "fresh"}
 
 
 def learning_curve(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / TR.METRICS).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (run / R.METRICS).read_text().splitlines() if line.strip()]
     return [{"iteration": r["iteration"], "accuracy": 100 * r["eval"]["metric"]} for r in rows if "eval" in r]
 
 
@@ -98,21 +97,22 @@ def plot(res: dict) -> None:
     ax.set_title("Omniglot, Reptile: accuracy during meta-training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(FIGURE, dpi=120)
+    with io.atomic_path(FIGURE, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
 def ship(run: Path, way: int) -> list[Path]:
     """Package the run's parameters as omniglot-{way}w{1,5}s (config k_shot 1 / 5, no data_dir, no state)."""
-    arrays, meta = checkpoint.load(run / TR.CHECKPOINT)
+    arrays, meta = checkpoint.load(run / R.CHECKPOINT)
     out = []
     for shots in (1, 5):
-        cfg = C.with_overrides(C.from_dict(meta["config"]), [f"tasks.k_shot={shots}", "tasks.data_dir=null"])
-        s = TR.setup(cfg)
-        params = checkpoint.restore(arrays, "params", s.model.init(mx.random.key(0)), source=str(run))
-        state = checkpoint.restore(arrays, "state", s.meta.init(params), source=str(run))
+        stored = C.from_dict(meta["config"], source=str(run), stored=True)
+        cfg = C.with_overrides(stored, [f"tasks.k_shot={shots}", "tasks.data_dir=null"])
+        built = R.build(cfg)
+        params = checkpoint.restore(arrays, "params", built.model.init(mx.random.key(0)), source=str(run))
+        state = checkpoint.restore(arrays, "state", built.meta.init(params), source=str(run))
         path = PRETRAINED / f"omniglot-{way}w{shots}s.safetensors"
         checkpoint.save(path, params, state, {"config": C.to_dict(cfg), "iteration": meta["iteration"],
                                               "source": f"benchmarks/omniglot.py --ship from {run.name}"})
@@ -224,15 +224,15 @@ def main() -> None:
     out = args.json
     res = json.loads(out.read_text()) if out.exists() else {"cells": {}, "runs": {}}
     command = "uv run python benchmarks/omniglot.py " + " ".join(shown_argv(sys.argv)[1:])
-    res["protocol"] = {"episodes": args.episodes, "machine": f"{_blas.status()}, mlx {mx.__version__}",
+    res["protocol"] = {"episodes": args.episodes, "machine": f"{reptile_fn.blas_status()}, mlx {mx.__version__}",
                        "command": command, "split": "test"}
     for item in args.run:
         way, run = item.split("=", 1)
         if Path(run).is_dir():
             run = Path(run)
-            ckpt = run / TR.CHECKPOINT
-            summary = json.loads((run / TR.SUMMARY).read_text()) if (run / TR.SUMMARY).exists() else {}
-            stored = TR.stored_config(run)
+            ckpt = run / R.CHECKPOINT
+            summary = json.loads((run / R.SUMMARY).read_text()) if (run / R.SUMMARY).exists() else {}
+            stored = R.stored_config(run)
             res["runs"][way] = {"iteration": summary.get("iteration") or stored.meta_iterations,
                                 "meta_steps_per_s": summary.get("meta_steps_per_s"), "curve": learning_curve(run),
                                 "during_training_episodes": stored.eval.during_training_episodes, "run": str(run),

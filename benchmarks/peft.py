@@ -23,6 +23,7 @@ drawn with a key that the test episodes never use); the test episodes are scored
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shlex
@@ -30,19 +31,18 @@ import sys
 import time
 from pathlib import Path
 
+import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
+from reptile_fn import io, peft
+from reptile_fn import config as C
+from reptile_fn import run as R
+from reptile_fn.errors import TrainingDivergedError
+
+import mlx.core as mx
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core on Linux)
-
-# isort: split
-import mlx.core as mx  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
 from benchmarks.report import write_section  # noqa: E402
-from reptile_fn import _blas  # noqa: E402
-from reptile_fn import config as C  # noqa: E402
-from reptile_fn import train as TR  # noqa: E402
-from reptile_fn.errors import TrainingDivergedError  # noqa: E402
 
 JSON = ROOT / "research" / "peft.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -71,18 +71,28 @@ def final_accuracy(curve: dict) -> float:
     return curve["metric"]["mean"][curve["steps"].index(max(SHOW))]
 
 
-def row(s: TR.Setup, params, lr, trainable, episodes: int, test_key, speed_s) -> dict:
-    curve = TR.evaluate_init(s, params, test_key, episodes, inner_lr=lr, trainable=trainable)
+def at_lr(run: R.Run, lr: float) -> R.Run:
+    """``run`` with ``eval.inner_lr = lr``: the rate its evaluation (``run.evaluate_init``, ``run.ms_per_step``) adapts at."""
+    cfg = run.cfg
+    return dataclasses.replace(run, cfg=dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, inner_lr=lr)))
+
+
+def row(run: R.Run, params, lr, trainable, episodes: int, test_key, speed_s, state=None) -> dict:
+    """Test accuracy at ``SHOW`` steps (and ms per inner step) of ``params`` adapted at ``lr``.
+
+    ``state``: the algorithm state of a meta-learned init, None for a baseline."""
+    run = at_lr(run, lr)
+    curve = R.evaluate_init(run, params, test_key, episodes, state=state, trainable=trainable)
     out = {"steps": [t for t in SHOW], "accuracy": [], "ci95": []}
     for t in SHOW:
         i = curve["steps"].index(t)
         out["accuracy"].append(100 * curve["metric"]["mean"][i])
         out["ci95"].append(100 * curve["metric"]["ci95"][i])
-    out["ms_per_step"] = round(TR._ms_per_step(s, params, lr, trainable), 4) if speed_s else None
+    out["ms_per_step"] = round(R.ms_per_step(run, params, state=state, trainable=trainable), 4) if speed_s else None
     return out
 
 
-def run(args) -> dict:
+def measure(args) -> dict:
     val_episodes, test_episodes = (40, 100) if args.quick else (300, 1000)
     iterations = 200 if args.quick else 4000
     results: dict = {"inits": {}, "iterations": iterations, "test_episodes": test_episodes,
@@ -94,40 +104,38 @@ def run(args) -> dict:
             cfg = build(method, algorithm, lr, iterations)
             t0 = time.perf_counter()
             try:
-                summary = TR.train(cfg, args.work / f"{method}-{algorithm}-{lr}", progress=False, log=lambda m: None)
+                summary = R.train(cfg, args.work / f"{method}-{algorithm}-{lr}", progress=False, log=lambda m: None)
             except TrainingDivergedError as e:  # a learning rate too large for this method: not a candidate
                 print(f"{name:<24} lr {lr:<5} diverged ({e})", flush=True)
                 results.setdefault("diverged", []).append(f"{name} at lr {lr}")
                 continue
-            s, params, state, _ = TR.load_run(args.work / f"{method}-{algorithm}-{lr}" / TR.CHECKPOINT)
-            val = TR.evaluate_init(s, params, mx.random.key(cfg.seed + VAL_KEY_OFFSET), val_episodes)
+            run, params, state, _ = R.load(args.work / f"{method}-{algorithm}-{lr}" / R.CHECKPOINT)
+            val = R.evaluate_init(run, params, mx.random.key(cfg.seed + VAL_KEY_OFFSET), val_episodes, state=state)
             acc = final_accuracy(val)
             print(f"{name:<24} lr {lr:<5} val {100 * acc:6.2f}%  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if best is None or acc > best[0]:
-                best = (acc, lr, s, params, summary)
-        acc, lr, s, params, summary = best
-        ref = ref or s
-        test_key = TR.run_keys(s.cfg.seed).eval_final
-        r = row(s, params, lr, "run", test_episodes, test_key, True)
+                best = (acc, lr, run, params, state, summary)
+        acc, lr, run, params, state, summary = best
+        ref = ref or run
+        test_key = R.run_keys(run.cfg.seed).eval_final
+        r = row(run, params, lr, "run", test_episodes, test_key, True, state=state)
         r.update(kind="meta", lr=lr, val_accuracy=100 * acc, adapted=summary["peft"]["adapted"],
                  meta_learned=summary["peft"]["meta_learned"], ranks=summary["peft"]["ranks"],
                  train_seconds=summary["seconds"], meta_steps_per_s=summary["meta_steps_per_s"])
         results["inits"][name] = r
-    inits = TR.baseline_inits(ref, tuple(BASELINES))
-    from reptile_fn import peft
-
+    inits = R.baseline_inits(ref, tuple(BASELINES))
     for key, label in BASELINES.items():
         b = inits[key]
         best = None
         for lr in LRS:
-            val = TR.evaluate_init(ref, b.params, mx.random.key(ref.cfg.seed + VAL_KEY_OFFSET), val_episodes,
-                                   inner_lr=lr, trainable=b.trainable)
+            val = R.evaluate_init(at_lr(ref, lr), b.params, mx.random.key(ref.cfg.seed + VAL_KEY_OFFSET), val_episodes,
+                                  trainable=b.trainable)
             acc = final_accuracy(val)
             print(f"{label:<24} lr {lr:<5} val {100 * acc:6.2f}%", flush=True)
             if best is None or acc > best[0]:
                 best = (acc, lr)
         acc, lr = best
-        r = row(ref, b.params, lr, b.trainable, test_episodes, TR.run_keys(ref.cfg.seed).eval_final, True)
+        r = row(ref, b.params, lr, b.trainable, test_episodes, R.run_keys(ref.cfg.seed).eval_final, True)
         counts = peft.counts(b.params, b.trainable, None)
         r.update(kind="baseline", lr=lr, val_accuracy=100 * acc, adapted=counts["adapted"], meta_learned=0)
         results["inits"][f"{label} ({key})"] = r
@@ -136,7 +144,7 @@ def run(args) -> dict:
 
 
 def machine() -> str:
-    return f"{platform.system()} {platform.machine()}, {_blas.status()}, mlx {mx.__version__}"
+    return f"{platform.system()} {platform.machine()}, {reptile_fn.blas_status()}, mlx {mx.__version__}"
 
 
 def render(res: dict) -> str:
@@ -182,11 +190,11 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(args.work)
-    res = run(args)
+    res = measure(args)
     res["protocol"]["argv"] = shlex.join(sys.argv[1:])
     print(render(res))
     if not args.quick:
-        JSON.write_text(json.dumps(res, indent=2))
+        io.write_json(JSON, res, indent=2)
         write_report(res)
 
 

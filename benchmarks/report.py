@@ -8,10 +8,11 @@ Everything between the two PERF markers in results.md is regenerated; the rest i
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from reptile_fn import io
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF = ROOT / "research" / "perf"
@@ -93,9 +94,7 @@ def write_json(path: Path, res: dict, indent: int = 2) -> None:
     lists (per-episode results), each on one line."""
     text = re.sub(f"{_STRING}|{_NUMBERS}", _one_line, json.dumps(res, indent=indent))
     text = re.sub(rf"{_STRING}|\[(?:\s*{_NUMBERS},?)+\s*\]", _one_line, text)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    io.write_text(path, text + "\n")
 
 
 def write_section(path: Path, begin: str, end: str, heading: str, body: str) -> None:
@@ -108,9 +107,7 @@ def write_section(path: Path, begin: str, end: str, heading: str, body: str) -> 
         text = text.rstrip() + f"\n\n{heading}\n\n" + begin + "\n" + end + "\n"
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    tmp = path.with_name(path.name + ".tmp")  # whole or not at all
-    tmp.write_text(head + body + tail)
-    os.replace(tmp, path)
+    io.write_text(path, head + body + tail)  # whole or not at all
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@
 
 Meta-train on CLINC150's training intents (split by domain, seed 0), test on held-out intents:
 CLINC150's test domains, and Banking77 (another domain entirely). 5-way 1-shot and 5-shot, query 5
-per class, the same ``--episodes`` held-out episodes for every row (``train.evaluate_init``'s
+per class, the same ``--episodes`` held-out episodes for every row (``run.evaluate_init``'s
 sampling with the run's final-evaluation key), accuracy after 0..K inner steps (``--steps``, default 5 as
 in meta-training), mean ± 95% CI:
 
@@ -50,24 +50,23 @@ import time
 from functools import partial
 from pathlib import Path
 
+import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
+from reptile_fn import run as R
+from reptile_fn import tree as T
+from reptile_fn.evaluate import mean_ci, per_episode_curves
+from reptile_fn.tasks.text import make_text_tasks, sample_episodes
+from reptile_fn.text.batching import EVAL_CHUNK, by_length
+from reptile_fn.text.encoder import load_encoder
+from reptile_fn.text.frozen import embed_classes, head_curves, prototype_accuracy
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_map_with_path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import reptile_fn  # noqa: E402, F401  (first: it loads OpenBLAS before mlx.core on Linux)
-
-# isort: split
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-from mlx.utils import tree_map_with_path  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
 from benchmarks.report import write_json, write_section  # noqa: E402
-from reptile_fn import _blas  # noqa: E402
-from reptile_fn import train as TR  # noqa: E402
-from reptile_fn import tree as T  # noqa: E402
-from reptile_fn.evaluate import mean_ci, per_episode_curves  # noqa: E402
-from reptile_fn.tasks.text import EVAL_CHUNK, by_length, make_text_tasks, sample_episodes  # noqa: E402
-from reptile_fn.text.encoder import load_encoder  # noqa: E402
-from reptile_fn.text.frozen import embed_classes, head_curves, prototype_accuracy  # noqa: E402
 
 JSON = ROOT / "research" / "text.json"
 RESULTS = ROOT / "research" / "results.md"
@@ -101,7 +100,7 @@ def curve_summary(acc: np.ndarray, seconds: float, params: int) -> dict:
 
 def frozen_rows(args, encoder, config, tokenizer, steps: int) -> dict:
     """(a) and (b) for every target and shot count, on cached embeddings."""
-    out, protos, eval_key = {}, {}, TR.run_keys(0).eval_final  # the runs' seed-0 final-evaluation key: the same episodes
+    out, protos, eval_key = {}, {}, R.run_keys(0).eval_final  # the runs' seed-0 final-evaluation key: the same episodes
     sample_key = mx.random.split(eval_key)[0]
     val = capped(make_text_tasks(args.data_dir, n_way=N_WAY, k_shot=5, query_size=QUERY, test_split="clinc150:val",
                                  tokenizer=tokenizer), args.per_class)
@@ -141,26 +140,28 @@ def frozen_rows(args, encoder, config, tokenizer, steps: int) -> dict:
     return out, {"head_lr": head_lr, "head_lr_validation": lr_val}, protos
 
 
-def encoder_inits(args, name: str, run: str, first: bool, target: str, split: str, k: int):
-    """The rows one run gives in one cell: {row: (setup, params, trainable, lr, inner_opt, iteration)}.
+def encoder_inits(args, name: str, run_dir: str, first: bool, target: str, split: str, k: int):
+    """The rows one run gives in one cell: {row: (run, params, inner loop, iteration)}.
 
-    (c) and (f) start from the first run's pretrained base (``train.baseline_inits``): (c) a fresh
-    adapter adapted exactly like the runs; (f) every encoder weight and the head, with Adam at
-    ``--full-lr`` for the encoder and the runs' inner rate for the head.
+    The meta-learned row adapts with the run's evaluation loop (``run.evaluation_loop`` with its algorithm
+    state: a kept inner Adam state is the start). (c) and (f) start from the first run's pretrained base
+    (``run.baseline_inits``): (c) a fresh adapter adapted exactly like the runs; (f) every encoder weight and
+    the head, with Adam at ``--full-lr`` for the encoder and the runs' inner rate for the head.
     """
     overrides = [f"tasks.k_shot={k}", f"tasks.test_split={split}", f"tasks.query_size={QUERY}"]
     if args.data_dir:
         overrides.append(f"tasks.data_dir={args.data_dir}")
-    s, params, state, iteration = TR.load_run(Path(run) / TR.CHECKPOINT, overrides)
-    s = s._replace(tasks=capped(s.tasks, args.per_class))
-    rows = {name: (s, params, "run", s.meta.inner_lr(state), s.meta.inner_opt(state), iteration)}
+    run, params, state, iteration = R.load(Path(run_dir) / R.CHECKPOINT, overrides)
+    run = dataclasses.replace(run, tasks=capped(run.tasks, args.per_class))
+    rows = {name: (run, params, R.evaluation_loop(run, state), iteration)}
     if first and args.baselines:  # the baselines once per cell, from the first run's base
-        b = TR.baseline_inits(s, ("lora0", "base-full"))
+        b = R.baseline_inits(run, ("lora0", "base-full"))
         fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
-        full_lr = tree_map_with_path(lambda path, a: s.cfg.inner_lr if path.startswith("base.head") else args.full_lr,
+        full_lr = tree_map_with_path(lambda path, a: run.cfg.inner_lr if path.startswith("base.head") else args.full_lr,
                                      fast, is_leaf=lambda a: isinstance(a, mx.array))
-        rows["lora0"] = (s, b["lora0"].params, b["lora0"].trainable, s.cfg.inner_lr, None, None)
-        rows["full"] = (s, b["base-full"].params, b["base-full"].trainable, full_lr, None, None)
+        rows["lora0"] = (run, b["lora0"].params, R.evaluation_loop(run, trainable=b["lora0"].trainable), None)
+        rows["full"] = (run, b["base-full"].params,
+                        R.evaluation_loop(run, trainable=b["base-full"].trainable)._replace(lr=full_lr), None)
     return {row: v for row, v in rows.items() if not args.only or row in args.only}
 
 
@@ -187,31 +188,31 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
                 cell = out.setdefault(key, {})
                 if (target, k) not in cells:
                     inits = {}
-                    for i, (name, run) in enumerate(runs.items()):
-                        inits.update(encoder_inits(args, name, run, i == 0, target, split, k))
-                    s = next(iter(inits.values()))[0] if inits else None
-                    sample_key, adapt_key = mx.random.split(TR.run_keys(s.cfg.seed).eval_final) if s else (None, None)
-                    cells[target, k] = (s.tasks.sample_test(sample_key, args.episodes) if s else None, adapt_key, inits)
+                    for i, (name, run_dir) in enumerate(runs.items()):
+                        inits.update(encoder_inits(args, name, run_dir, i == 0, target, split, k))
+                    first = next(iter(inits.values()))[0] if inits else None
+                    sample_key, adapt_key = (mx.random.split(R.run_keys(first.cfg.seed).eval_final) if first
+                                             else (None, None))
+                    cells[target, k] = (first.tasks.sample_test(sample_key, args.episodes) if first else None,
+                                        adapt_key, inits)
                 episodes, adapt_key, inits = cells[target, k]
-                for row, (s, p, trainable, lr, inner_opt, iteration) in inits.items():
+                for row, (run, p, loop, iteration) in inits.items():
                     have = cell.get(row, {}).get("correct", [])
                     if len(have) >= hi:
                         continue
-                    kw = TR._inner_kwargs(s, trainable)
-                    if inner_opt is not None:
-                        kw.update(opt_state=inner_opt[0], t0=inner_opt[1])
                     part = type(episodes)(*(a[len(have):hi] for a in episodes))
                     chunk = args.chunk if row != "full" else max(1, args.chunk // 4)
                     t0 = time.perf_counter()
-                    acc = per_episode_curves(s.model.apply, s.loss, p, part, inner_lr=lr, steps=steps, metric=s.metric,
-                                             key=adapt_key, record=record, split=partial(by_length, chunk=chunk),
-                                             **kw)["metric"]
+                    acc = per_episode_curves(loop._replace(steps=steps), run.model.apply, run.loss, p, part,
+                                             metric=run.metric, key=adapt_key, record=record,
+                                             transductive=run.cfg.eval.transductive,
+                                             split=partial(by_length, chunk=chunk))["metric"]
                     took = time.perf_counter() - t0
                     seconds = cell.get(row, {}).get("seconds_total", 0.0) + took
                     n_timed, s_timed = timed.get((key, row), (0, 0.0))
                     timed[key, row] = (n_timed + len(part.support_y), s_timed + took)
                     correct = have + np.rint(acc * n_query).astype(int).tolist()
-                    n_adapt = T.param_count(T.partition(p, kw["trainable"])[0])
+                    n_adapt = T.param_count(T.partition(p, loop.trainable)[0])
                     cell[row] = encoder_row(correct, n_query, seconds, n_adapt, record, k, steps,
                                             protos[key][:len(correct)] if row in RUN_ROWS else None, timed[key, row])
                     if iteration is not None:
@@ -321,7 +322,7 @@ def render(res: dict) -> str:
              f"{res['frozen']['head_lr']}, chosen on CLINC150's validation domains; (c)-(e) adapt like the runs' inner "
              "loop (Adam); (f) Adam at " + f"{res.get('full_lr', 'n/a')} for the encoder and the runs' rate for the head "
              "(not tuned). Seconds per adaptation: (c)-(f) timed over the episodes of each row's latest run "
-             "(`timed_episodes` in the JSON; sentences packed into shared rows, `tasks.text.by_length`), "
+             "(`timed_episodes` in the JSON; sentences packed into shared rows, `text.batching.by_length`), "
              f"(a)-(b) with cached embeddings. Machine: {res['machine']}. Commands: "
              + "; then ".join(f"`{c}`" for c in res.get("commands", [res.get("command")])) + ".", ""]
     info = res.get("run_info", {})
@@ -423,7 +424,7 @@ def profile(episodes: int = 20, sentences: int = 25, length: int = 20, repeats: 
 
 def packing(data_dir, episodes: int = 8) -> dict:
     """Seconds per 5-step adaptation of a fresh rank-4 LoRA + head (row (c)), 5-shot, with each episode's
-    sentences padded to its longest vs packed into shared rows (``tasks.text.by_length(pack=...)``), on the
+    sentences padded to its longest vs packed into shared rows (``text.batching.by_length(pack=...)``), on the
     same ``episodes`` held-out episodes of CLINC150 and Banking77; each way timed twice, alternating, after
     one episode of warm-up; and the largest difference of their query losses."""
     from reptile_fn import config as C
@@ -431,22 +432,24 @@ def packing(data_dir, episodes: int = 8) -> dict:
     out = {"episodes": episodes, "chunk": EVAL_CHUNK, "machine": machine()}
     for target, split in TARGETS.items():
         cfg = C.load(ROOT / "configs" / "clinc_5w5s_lora.yaml", [f"tasks.data_dir={data_dir}", f"tasks.test_split={split}"])
-        s = TR.setup(cfg)
-        init = TR.baseline_inits(s, ("lora0",))["lora0"]
-        key = TR.run_keys(cfg.seed).eval_final
-        batch = s.tasks.sample_test(key, episodes)
-        kw = dict(inner_lr=cfg.inner_lr, steps=5, metric=s.metric, key=key, record=[0, 5], **TR._inner_kwargs(s, init.trainable))
+        run = R.build(cfg)
+        init = R.baseline_inits(run, ("lora0",))["lora0"]
+        key = R.run_keys(cfg.seed).eval_final
+        batch = run.tasks.sample_test(key, episodes)
+        loop = R.evaluation_loop(run, steps=5, trainable=init.trainable)._replace(lr=cfg.inner_lr)
+        kw = dict(metric=run.metric, key=key, record=[0, 5], transductive=cfg.eval.transductive)
 
-        def run(pack: bool, part=batch) -> dict:
-            return per_episode_curves(s.model.apply, s.loss, init.params, part, split=partial(by_length, pack=pack), **kw)
+        def adapt_all(pack: bool, part=batch) -> dict:
+            return per_episode_curves(loop, run.model.apply, run.loss, init.params, part,
+                                      split=partial(by_length, pack=pack), **kw)
 
         row, curves = {"padded": [], "packed": []}, {}
         for pack in (False, True):
-            run(pack, type(batch)(*(a[:1] for a in batch)))  # compile
+            adapt_all(pack, type(batch)(*(a[:1] for a in batch)))  # compile
         for _ in range(2):
             for pack in (False, True):
                 t0 = time.perf_counter()
-                curves[pack] = run(pack)
+                curves[pack] = adapt_all(pack)
                 row["packed" if pack else "padded"].append((time.perf_counter() - t0) / episodes)
         row = {k: float(np.median(v)) for k, v in row.items()}
         row.update(max_loss_difference=float(np.abs(curves[True]["loss"] - curves[False]["loss"]).max()),
@@ -460,7 +463,7 @@ def packing(data_dir, episodes: int = 8) -> dict:
 
 def machine() -> str:
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
-    return f"{_blas.status()} ({threads} BLAS threads), mlx {mx.__version__}"
+    return f"{reptile_fn.blas_status()} ({threads} BLAS threads), mlx {mx.__version__}"
 
 
 def main() -> None:
@@ -474,7 +477,7 @@ def main() -> None:
                    help="rows (c)-(f) on the first N of the episodes (default: all; the encoder runs in every step)")
     p.add_argument("--full-lr", type=float, default=1e-4, help="(f): Adam learning rate of the encoder weights")
     p.add_argument("--chunk", type=int, default=EVAL_CHUNK, help="episodes adapted at once in (c)-(e) ((f): a quarter, "
-                   ">= 1; tasks.text.EVAL_CHUNK says why so few)")
+                   ">= 1; text.batching.EVAL_CHUNK says why so few)")
     p.add_argument("--block", type=int, default=50, help="(c)-(f): every row gets this many more episodes before any "
                    "row gets more (results are written after each block)")
     p.add_argument("--resume", action="store_true", help="continue the encoder rows in --json where a stopped run "
@@ -524,8 +527,8 @@ def main() -> None:
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
         all_runs, commands = runs, []
         info = {}
-        for name, run in all_runs.items():
-            c = TR.stored_config(run)
+        for name, run_dir in all_runs.items():
+            c = R.stored_config(run_dir)
             info[name] = (f"{c.meta_iterations} meta-iterations of {c.algorithm}, meta-batch {c.meta_batch_size}, "
                           f"inner {c.inner_optimizer} at {c.inner_lr} for {c.inner_steps} steps, outer lr "
                           f"{'the algorithm default' if c.outer_lr is None else c.outer_lr}"

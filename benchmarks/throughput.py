@@ -18,7 +18,6 @@ median meta-steps/s over repeated timed blocks after warm-up; peak memory is MLX
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,21 +26,22 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import reptile_fn  # reptile_fn before mlx.core: importing it loads OpenBLAS on Linux
+import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
+from reptile_fn import io, optim
+from reptile_fn.algorithms import ALGORITHMS, DEFAULTS
+from reptile_fn.algorithms.base import compile_iterations
+from reptile_fn.episode import Episode
+from reptile_fn.inner import InnerLoop
+from reptile_fn.losses import cross_entropy, mse
+from reptile_fn.models import conv4, mlp
+from reptile_fn.tasks import make_distribution
+
+import mlx.core as mx
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import reptile_fn  # noqa: E402  (first: it loads OpenBLAS before mlx.core on Linux)
-
-# isort: split
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from reptile_fn import _blas  # noqa: E402
-from reptile_fn.algorithms import ALGORITHMS  # noqa: E402
-from reptile_fn.algorithms.base import fuse  # noqa: E402
-from reptile_fn.losses import cross_entropy, mse  # noqa: E402
-from reptile_fn.models import conv4, mlp  # noqa: E402
-from reptile_fn.tasks import Episode, make_distribution  # noqa: E402
+sys.path.insert(0, str(ROOT))  # run as a script: makes benchmarks.peers (the JAX/PyTorch peers) importable
 
 POOL = 8  # pre-sampled meta-batches cycled through, so sampling is not timed (as in the peers)
 WORKLOADS = {
@@ -51,12 +51,11 @@ WORKLOADS = {
 
 
 def workload(name: str, meta_batch_size: int, conv_impl: str = "auto"):
-    """(model, loss, Reptile hyperparameters, list of pre-sampled meta-batches)."""
+    """(model, loss, inner loop, Reptile's outer step size, list of pre-sampled meta-batches)."""
     if name == "W1":
         tasks = make_distribution("sine", k_shot=10, query_size=10, num_train_tasks=0, seed=0)
         batches = [tasks.sample_train(mx.random.key(i), meta_batch_size) for i in range(POOL)]
-        hyper = dict(inner_lr=0.02, inner_steps=5, outer_lr=0.1)
-        return mlp(1, 1, hidden=40, depth=2), mse, hyper, batches
+        return mlp(1, 1, hidden=40, depth=2), mse, InnerLoop(lr=0.02, steps=5), 0.1, batches
     if name == "W2":
         rng = np.random.default_rng(0)
         batches = []
@@ -64,8 +63,8 @@ def workload(name: str, meta_batch_size: int, conv_impl: str = "auto"):
             x = mx.array(rng.uniform(size=(meta_batch_size, 50, 28, 28, 1)).astype(np.float32))
             y = mx.array(rng.integers(0, 5, size=(meta_batch_size, 50)).astype(np.int32))
             batches.append(Episode(x, y, x[:, :10], y[:, :10]))  # a query of 10 images for the MAML family
-        hyper = dict(inner_lr=1e-3, inner_steps=5, outer_lr=1.0, inner_batch_size=10)
-        return conv4((28, 28, 1), 5, conv_impl=conv_impl), cross_entropy, hyper, batches
+        inner = InnerLoop(lr=1e-3, steps=5, batch_size=10)
+        return conv4((28, 28, 1), 5, conv_impl=conv_impl), cross_entropy, inner, 1.0, batches
     raise SystemExit(f"unknown workload {name!r}; use W1 or W2")
 
 
@@ -92,20 +91,21 @@ def time_blocks(call: Callable[[int], object], steps_per_call: int, *, repeats: 
 
 def run_variant(name: str, variant: str, meta_batch_size: int, *, repeats: int, min_block_s: float,
                 fuse_n: int = 10, conv_impl: str = "auto", algorithm: str = "reptile") -> dict:
-    model, loss, hyper, batches = workload(name, meta_batch_size, conv_impl)
+    model, loss, inner, outer_lr, batches = workload(name, meta_batch_size, conv_impl)
     params = model.init(mx.random.key(0))
     keys = [mx.random.key(i) for i in range(POOL)]
     mx.eval(batches, keys, params)
     batched, compiled = {"serial": (False, False), "vmap": (True, False),
                          "unrolled+compile": (False, True)}.get(variant, (True, True))
     if algorithm != "reptile":  # the same inner loop; the MAML family's outer step is Adam at 1e-3
-        hyper = {**hyper, "outer_lr": 1e-3}
-    meta = ALGORITHMS[algorithm](model.apply, loss, batched=batched, compiled=compiled, **hyper)
+        outer_lr = 1e-3
+    outer = optim.make(DEFAULTS[algorithm]["outer_optimizer"], outer_lr)  # constant rate: Reptile SGD, the MAML family Adam
+    meta = ALGORITHMS[algorithm](model.apply, loss, inner, outer, batched=batched, compiled=compiled)
     box = {"params": params, "state": meta.init(params)}
     steps_per_call = 1
 
     if variant.startswith("fused"):
-        run = fuse(meta.step, fuse_n)
+        run = compile_iterations(meta.step, fuse_n)
         stacked = Episode(*(mx.stack([b[j] for b in (batches * fuse_n)[:fuse_n]]) for j in range(4)))
         stacked_keys = mx.stack((keys * fuse_n)[:fuse_n])
         mx.eval(stacked, stacked_keys)
@@ -166,7 +166,7 @@ def environment(device: str) -> dict:
         "machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "mlx": mx.__version__,
         "numpy": np.__version__, "device": str(mx.default_device()), "requested_device": device,
-        "blas": _blas.status(), "date": time.strftime("%Y-%m-%d"),
+        "blas": reptile_fn.blas_status(), "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -253,16 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['workload']:<9}{r['meta_batch_size']:>4}{r['meta_steps_per_s']:>14.1f}{r['ms_per_task']:>13.3f}"
                   f"{1000.0 / r['meta_steps_per_s']:>13.3f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         out = {"environment": env, "argv": sys.argv, "results": rows, "scaling": scaling,
                "best_peer": [{"workload": w, "meta_batch_size": m, "meta_steps_per_s": v} for (w, m), v in best_peer.items()]}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, args.json)
+        io.write_json(args.json, out, indent=2)
         print(f"\nwrote {args.json}")
     if args.report:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        import report
+        from benchmarks import report
 
         report.write()
         print(f"updated {report.RESULTS.relative_to(ROOT)}")

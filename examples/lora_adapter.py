@@ -14,34 +14,32 @@
 import argparse
 import tempfile
 
-import reptile_fn  # noqa: F401  (first: on Linux it loads OpenBLAS before mlx.core)
-
-# isort: split
-import mlx.core as mx
-from mlx.utils import tree_flatten
-
-from reptile_fn import peft
+from reptile_fn import optim, peft
 from reptile_fn import tree as T
 from reptile_fn.algorithms import reptile
 from reptile_fn.evaluate import few_shot_curve
+from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import accuracy, cross_entropy
 from reptile_fn.models import mlp
 
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
 
 def meta_train(model, tasks, params, iterations, trainable=None, seed=0):
-    meta = reptile.make_step(model.apply, cross_entropy, inner_lr=0.05, inner_steps=5, outer_lr=1.0,
-                             outer_lr_final=0.0, meta_iterations=iterations, trainable=trainable)
-    step = mx.compile(meta.step)
+    inner = InnerLoop(lr=0.05, steps=5, trainable=trainable)  # only `trainable` leaves adapt (and move)
+    outer = optim.sgd(optim.linear_schedule(1.0, 0.0, iterations))
+    meta = reptile.make_step(model.apply, cross_entropy, inner, outer)
     state = meta.init(params)
     for key in mx.random.split(mx.random.key(seed), iterations):
         sample_key, step_key = mx.random.split(key)
-        params, state, _ = step(params, state, tasks.sample_train(sample_key, 8), step_key)
+        params, state, _ = meta.step(params, state, tasks.sample_train(sample_key, 8), step_key)
     return params
 
 
 def score(model, params, held_out, trainable):
-    curve = few_shot_curve(model.apply, cross_entropy, params, held_out, inner_lr=0.05, steps=10, metric=accuracy,
-                           trainable=trainable)
+    loop = InnerLoop(lr=0.05, steps=10, trainable=trainable)
+    curve = few_shot_curve(loop, model.apply, cross_entropy, params, held_out, metric=accuracy)
     m, ci = curve["metric"]["mean"], curve["metric"]["ci95"]
     print(f"{100 * m[0]:5.1f}% before, {100 * m[10]:5.1f} ± {100 * ci[10]:.1f}% after 10 steps")
     return m[10]

@@ -13,23 +13,20 @@ papers' main tables):
 
 import argparse
 
-import reptile_fn  # noqa: F401  (first: on Linux it loads OpenBLAS before mlx.core)
-
-# isort: split
-import mlx.core as mx
-
 from reptile_fn import pretrained
-from reptile_fn import train as TR
+from reptile_fn import run as R
+
+import mlx.core as mx
 
 
 def main(name: str, data_dir: str | None, episodes: int, steps: int) -> dict:
     overrides = [f"tasks.data_dir={data_dir}"] if data_dir else []
-    s, params, state, iteration = TR.load_run(pretrained.resolve(name), overrides)
-    t = s.cfg.tasks
-    print(f"{name}: {s.cfg.algorithm} init after {iteration} meta-iterations, {t.n_way}-way {t.k_shot}-shot, "
+    run, params, state, iteration = R.load(name, overrides)  # a shipped name or a checkpoint path
+    t = run.cfg.tasks
+    print(f"{name}: {run.cfg.algorithm} init after {iteration} meta-iterations, {t.n_way}-way {t.k_shot}-shot, "
           f"test split {t.test_split!r}")
-    curve = TR.evaluate_init(s, params, mx.random.key(0), episodes, steps, inner_lr=s.meta.inner_lr(state),
-                             inner_opt=s.meta.inner_opt(state), record=[0, 1, steps])
+    # with its algorithm state: the init adapts as it was meta-learned to (e.g. a kept inner Adam state)
+    curve = R.evaluate_init(run, params, mx.random.key(0), episodes, steps, state=state, record=[0, 1, steps])
     for step, m, ci in zip(curve["steps"], curve["metric"]["mean"], curve["metric"]["ci95"]):
         print(f"  after {step:>2} steps: {100 * m:.2f} ± {100 * ci:.2f}% over {episodes} episodes")
     return curve

@@ -10,14 +10,11 @@ embedded once, and each query gets the class whose mean support embedding is nea
 
 import argparse
 
-import reptile_fn  # noqa: F401  (first: on Linux it loads OpenBLAS before mlx.core)
-
-# isort: split
-import mlx.core as mx
-
-from reptile_fn.tasks.text import make_text_tasks, sample_episodes
+from reptile_fn.tasks.text import make_text_tasks, sample_episodes  # reptile_fn before mlx.core: it loads OpenBLAS
 from reptile_fn.text import encode_texts, load_encoder
 from reptile_fn.text.frozen import embed_classes, prototype_accuracy
+
+import mlx.core as mx
 
 SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
 

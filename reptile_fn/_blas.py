@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import warnings
 
 OPT_OUT_ENV = "REPTILE_FN_NO_OPENBLAS"
 CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.so")
@@ -33,6 +34,8 @@ def load() -> None:
         return
     if "mlx.core" in sys.modules:
         _state["reason"] = "mlx.core was imported before reptile_fn, too late to load OpenBLAS"
+        warnings.warn("mlx.core was imported before reptile_fn, so MLX's CPU matmuls may run on the slow reference "
+                      "BLAS; import reptile_fn (or any reptile_fn module) first", RuntimeWarning, stacklevel=3)
         return
     for name in CANDIDATES:
         try:

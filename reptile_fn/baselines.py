@@ -18,12 +18,11 @@ import mlx.core as mx
 from reptile_fn import optim
 from reptile_fn import tree as T
 from reptile_fn.errors import ConfigError
-from reptile_fn.models import Model
-from reptile_fn.tasks import TaskDistribution
+from reptile_fn.episode import Sampler
+from reptile_fn.models import HEAD, Model
 from reptile_fn.tree import PathPredicate, Tree
 
 BASELINES = ("random", "transfer", "head")
-HEAD = ("head.*",)
 
 
 class Init(NamedTuple):
@@ -31,32 +30,32 @@ class Init(NamedTuple):
     trainable: PathPredicate | None  # None: every leaf adapts
 
 
-def pretrain(model: Model, loss: Callable, tasks: TaskDistribution, key: mx.array, *, iterations: int = 2000,
+def pretrain(model: Model, loss: Callable, tasks: Sampler, key: mx.array, *, iterations: int = 2000,
              tasks_per_batch: int = 8, lr: float = 1e-3) -> Tree:
     """Adam on the pooled support+query points of ``tasks_per_batch`` training tasks per step."""
     init_key, data_key = mx.random.split(key)
     params = model.init(init_key)
-    adam = optim.adam()
+    adam = optim.adam(lr)
     state = adam.init(params)
     value_and_grad = mx.value_and_grad(lambda p, x, y: loss(model.apply(p, x), y))
 
     @mx.compile
-    def step(params, state, k):
+    def step(params, state, k, t):
         ep = tasks.sample_train(k, tasks_per_batch)
         x = mx.concatenate([ep.support_x, ep.query_x], axis=1)
         y = mx.concatenate([ep.support_y, ep.query_y], axis=1)
         value, grads = value_and_grad(params, x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]))
-        updates, state = adam.update(grads, state, mx.array(lr))
-        return T.sub(params, updates), state, value
+        updates, state = adam.update(grads, state, t)
+        return optim.apply_updates(params, updates), state, value
 
-    for k in mx.random.split(data_key, iterations):
-        params, state, _ = step(params, state, k)
+    for t, k in enumerate(mx.random.split(data_key, iterations)):
+        params, state, _ = step(params, state, k, mx.array(t, dtype=mx.int32))
         mx.async_eval(params, state)
     mx.eval(params)
     return params
 
 
-def make_baselines(names, model: Model, loss: Callable, tasks: TaskDistribution, *, random_key: mx.array,
+def make_baselines(names, model: Model, loss: Callable, tasks: Sampler, *, random_key: mx.array,
                    transfer_key: mx.array, pretrain_iterations: int = 2000) -> dict[str, Init]:
     """The requested baselines (any of ``BASELINES``), deterministic given the keys."""
     unknown = [n for n in names if n not in BASELINES]

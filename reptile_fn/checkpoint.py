@@ -1,8 +1,8 @@
 """Checkpoints: one safetensors file holding the parameter and state trees, with JSON metadata.
 
 Leaves are stored under ``params.<path>`` and ``state.<path>``; metadata holds the run config,
-the iteration and a format tag. Writes are atomic: a temporary file in the same folder, then
-``os.replace``, so a crash never leaves a half-written checkpoint in place of a good one.
+the iteration and a format tag. Writes are atomic (``io.atomic_path``), so a crash never leaves a
+half-written checkpoint in place of a good one.
 
 A parameter leaf still equal to the ``reference`` the writer gives (the model's own init from the
 run's seed, which the reader rebuilds: a frozen pretrained encoder, say) is stored as the SHA-256 of
@@ -13,15 +13,14 @@ state (under 1 MB), not the 90 MB encoder again.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map_with_path
 
+from reptile_fn import io
 from reptile_fn.errors import CheckpointError
 from reptile_fn.tree import Tree
 
@@ -31,10 +30,8 @@ DIGEST_BYTES = 32  # leaves this small are stored as they are
 
 
 def digest(a: mx.array) -> mx.array:
-    """SHA-256 (uint8, 32) of an array's dtype, shape and bytes."""
-    h = hashlib.sha256(f"{a.dtype}{tuple(a.shape)}".encode())
-    h.update(np.ascontiguousarray(np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a)).tobytes())
-    return mx.array(np.frombuffer(h.digest(), dtype=np.uint8))
+    """``io.digest`` of an array as the uint8 (32,) tensor a checkpoint stores."""
+    return mx.array(np.frombuffer(bytes.fromhex(io.digest(a)), dtype=np.uint8))
 
 
 def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: dict | None = None, *,
@@ -57,12 +54,8 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
             arrays[f"params.{k}"] = v
     arrays.update({f"state.{k}": v for k, v in tree_flatten(state or {})})
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
-    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-    try:
+    with io.atomic_path(path, ".safetensors") as tmp:
         mx.save_safetensors(str(tmp), arrays, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

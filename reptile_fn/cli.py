@@ -1,4 +1,4 @@
-"""The ``reptile-fn`` command line: parsing and printing only; the work is done in train/evaluate."""
+"""The ``reptile-fn`` command line: parsing and printing only; the work is done in ``reptile_fn.run``."""
 
 from __future__ import annotations
 
@@ -85,16 +85,16 @@ def _describe_model(config: Optional[Path], set_: List[str]) -> str:
 
     from reptile_fn import config as C
     from reptile_fn import tree as T
-    from reptile_fn.train import peft_summary, setup
+    from reptile_fn.run import build, peft_summary
 
     cfg = C.load(config, set_)
-    s = setup(cfg)
-    params = s.model.init(mx.random.key(cfg.seed))  # shapes only: a random base stands in for a pretrained one
-    if s.peft is not None:
-        return f"{'parameters':<14} " + _format_peft(peft_summary(s, params))
+    run = build(cfg)
+    params = run.model.init(mx.random.key(cfg.seed))  # shapes only: a random base stands in for a pretrained one
+    if run.peft is not None:
+        return f"{'parameters':<14} " + _format_peft(peft_summary(run, params))
     total = T.param_count(params)
-    adapted = T.param_count(T.partition(params, s.inner_kwargs["trainable"])[0])
-    return f"{'parameters':<14} {cfg.model.kind}: {adapted:,} of {total:,} adapt per task, {total:,} meta-learned"
+    adapted = T.param_count(T.partition(params, run.inner.trainable)[0])
+    return f"{'parameters':<14} {C.model_kind(cfg)}: {adapted:,} of {total:,} adapt per task, {total:,} meta-learned"
 
 
 @app.command()
@@ -106,21 +106,21 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
 
     from reptile_fn import config as C
     from reptile_fn import tree as T
-    from reptile_fn.train import run_keys, setup
+    from reptile_fn.run import build, run_keys
 
     cfg = C.load(config, _with_data_dir(set_, data_dir, encoder))
-    s = setup(cfg)
+    run = build(cfg)
     keys = run_keys(cfg.seed)
-    params = s.model.init(keys.init)
-    batch = s.sample_train(keys.train, cfg.meta_batch_size)
-    new, _, metrics = s.meta.step(params, s.meta.init(params), batch, keys.train)
+    params = run.model.init(keys.init)
+    batch = run.sample_train(keys.train, cfg.meta_batch_size)
+    new, _, metrics = run.meta.step(params, run.meta.init(params), batch, keys.train)
     mx.eval(new, metrics)
     if not bool(T.all_finite(new)):
         raise ReptileFnError("one meta-step from the initialization already gives NaN/Inf; lower inner_lr or outer_lr")
     what = (", ".join(cfg.tasks.families) if cfg.tasks.dataset == "synthetic"
             else f"{cfg.tasks.dataset} {cfg.tasks.n_way}-way {cfg.tasks.k_shot}-shot")
     typer.echo(f"config OK ({config or 'built-in default'}): {cfg.algorithm} on {what} "
-               f"({s.tasks.kind}), {T.param_count(params)} parameters, blas: {_blas.status()}")
+               f"({run.tasks.kind}), {T.param_count(params)} parameters, blas: {_blas.status()}")
 
 
 @app.command()
@@ -137,8 +137,8 @@ def train(
     """Meta-train, then print held-out few-shot results of the meta-learned init vs a random init."""
     set_ = _with_data_dir(set_, data_dir, encoder)
     from reptile_fn import config as C
-    from reptile_fn.train import format_results, stored_config
-    from reptile_fn.train import train as run_train
+    from reptile_fn.run import format_results, stored_config
+    from reptile_fn.run import train as run_train
 
     name = config.stem if config else "default"
     out = out or Path("runs") / name
@@ -180,40 +180,26 @@ def eval_(
                                    help="Evaluate with a changed setting, e.g. tasks.k_shot=5 or eval.transductive=false."),
 ) -> None:
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
-    from reptile_fn.train import (
-        baseline_inits,
-        default_baselines,
-        final_evaluation,
-        format_results,
-        format_speed,
-        load_run,
-        write_figures,
-    )
+    from reptile_fn import pretrained
+    from reptile_fn.run import baseline_inits, default_baselines, final_evaluation, format_results, format_speed, load
+    from reptile_fn.run.report import save_results
 
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir, encoder)
-    from reptile_fn import pretrained
-
     checkpoint = pretrained.resolve(checkpoint)
-    shipped = pretrained.is_shipped(checkpoint)
-    s, params, state, iteration = load_run(checkpoint, overrides)
-    names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(s)
-    base = baseline_inits(s, names)
-    ev = final_evaluation(s, params, state, episodes=episodes, steps=steps, baselines=base,
+    run, params, state, iteration = load(checkpoint, overrides)
+    names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
+    base = baseline_inits(run, names)
+    ev = final_evaluation(run, params, state, episodes=episodes, steps=steps, baselines=base,
                           speed_steps=speed_steps or None)
-    k = s.cfg.eval.inner_steps if steps is None else steps
     typer.echo(f"{checkpoint} (meta-iteration {iteration})")
-    typer.echo(format_results(ev, max_step=k))
+    typer.echo(format_results(ev, max_step=run.cfg.eval.inner_steps if steps is None else steps))
     if "speed" in ev:
         typer.echo(format_speed(ev["speed"]))
-    out_dir = out or (Path("runs") / "eval" / checkpoint.stem if shipped else checkpoint.parent / "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"checkpoint": str(checkpoint), "iteration": iteration, **ev}, indent=2)
-    for target in filter(None, (out_dir / "results.json", json_out)):
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(payload)
-        tmp.replace(target)
-    figures = write_figures(s, params, state, ev, out_dir, checkpoint.parent / "metrics.jsonl", base)
-    typer.echo(f"wrote {out_dir / 'results.json'} and {', '.join(p.name for p in figures)}")
+    out_dir = out or (Path("runs") / "eval" / checkpoint.stem if pretrained.is_shipped(checkpoint)
+                      else checkpoint.parent / "eval")
+    written = save_results(run, params, state, ev, out_dir, checkpoint=checkpoint, iteration=iteration,
+                           baselines=base, json_out=json_out)
+    typer.echo(f"wrote {written[0]} and {', '.join(p.name for p in written[1:])}")
 
 
 @app.command()
@@ -223,30 +209,33 @@ def embed(
                                     "(synthetic classification families)."),
     family: List[str] = typer.Option([], "--family", help="Only these task families (repeatable; default: the run's)."),
     shots: int = typer.Option(5, "--shots", help="Support examples per class of every embedded task (k_shot)."),
-    tasks: int = typer.Option(400, "--tasks", help="Labelled bank tasks; half as many query tasks are identified."),
+    tasks_n: int = typer.Option(400, "--tasks", help="Labelled bank tasks; half as many query tasks are identified."),
     adapt_steps: int = typer.Option(5, "--adapt-steps", help="SGD steps on the support set before the Fisher."),
     seed: int = typer.Option(0, "--seed", help="Seed of the fresh held-out tasks."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where embed.json and the PNG go (default: <run>/embed)."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Family identification of fresh held-out tasks by handcrafted and Fisher (Task2Vec) embeddings, and a PCA plot."""
-    for name, value, low in (("--shots", shots, 1), ("--tasks", tasks, 2), ("--adapt-steps", adapt_steps, 0),
+    for name, value, low in (("--shots", shots, 1), ("--tasks", tasks_n, 2), ("--adapt-steps", adapt_steps, 0),
                              ("--seed", seed, 0)):
         if value < low:
             raise ReptileFnError(f"{name} must be >= {low}, got {value}; e.g. {name} {max(low, 5)}")
     import mlx.core as mx
 
-    from reptile_fn import plots
+    from reptile_fn import io, plots
     from reptile_fn.embed import similarity
-    from reptile_fn.train import load_run
+    from reptile_fn.run import load
+    from reptile_fn.run.report import probe
 
-    s, params, _, iteration = load_run(checkpoint, _with_data_dir([], data_dir))
-    similarity.check_distribution(s.tasks)
+    run, params, _, iteration = load(checkpoint, _with_data_dir([], data_dir))
+    tasks = run.tasks
+    similarity.check_distribution(tasks)
     if family:
-        s = s._replace(tasks=similarity.restrict_families(s.tasks, family))
-        similarity.check_distribution(s.tasks)
-    result = similarity.family_identification(s, params, k_shot=shots, bank_tasks=tasks, query_tasks=max(1, tasks // 2),
-                                              key=mx.random.key(seed), adapt_steps=adapt_steps)
+        tasks = similarity.restrict_families(tasks, family)
+        similarity.check_distribution(tasks)
+    result = similarity.family_identification(probe(run), tasks, params, k_shot=shots, bank_tasks=tasks_n,
+                                              query_tasks=max(1, tasks_n // 2), key=mx.random.key(seed),
+                                              adapt_steps=adapt_steps)
     families = result["families"]
     typer.echo(f"{checkpoint} (meta-iteration {iteration}): family identification of fresh held-out tasks, "
                f"{', '.join(families)}, k_shot={shots}")
@@ -255,10 +244,9 @@ def embed(
     typer.echo(f"  handcrafted  {100 * result['accuracy']['handcrafted']:5.1f}%")
     typer.echo(f"  fisher       {100 * result['accuracy']['fisher']:5.1f}%  (log-Fisher after {adapt_steps} steps)")
     out_dir = out or checkpoint.parent / "embed"
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = {k: result[k] for k in ("accuracy", "k_shot", "bank_tasks", "query_tasks", "adapt_steps")}
-    (out_dir / "embed.json").write_text(json.dumps({"checkpoint": str(checkpoint), "families": list(families),
-                                                    "seed": seed, **summary}, indent=2))
+    io.write_json(out_dir / "embed.json", {"checkpoint": str(checkpoint), "families": list(families), "seed": seed,
+                                           **summary})
     png = plots.task_embeddings(result, out_dir / "task_embeddings.png")
     typer.echo(f"wrote {out_dir / 'embed.json'} and {png}")
 
@@ -285,7 +273,7 @@ def download(
 @_errors_to_exit
 def compare(runs: List[Path] = typer.Argument(..., help="Run directories written by train (and eval).")) -> None:
     """A markdown table of several runs side by side (final few-shot results of each init)."""
-    from reptile_fn.train import compare_runs
+    from reptile_fn.run import compare_runs
 
     typer.echo(compare_runs(runs))
 

@@ -6,8 +6,7 @@ Every error is a ``ConfigError`` whose one-line message names the key and the fi
 
 from __future__ import annotations
 
-import difflib
-import types
+import sys
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from reptile_fn.coerce import coerce, suggest
 from reptile_fn.errors import ConfigError
 
 
@@ -35,7 +35,8 @@ class TasksConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "mlp"  # mlp | conv4
+    """The model follows ``tasks.dataset`` (``model_kind``): synthetic → mlp, omniglot → conv4, clinc150 → text."""
+
     hidden: int = 64  # mlp
     depth: int = 2  # mlp
     activation: str = "relu"  # mlp
@@ -65,7 +66,6 @@ class PeftConfig:
     rank: int = 4  # lora/adalora: rank r of each adapter (adalora: the initial rank)
     scale: float = 1.0  # lora: ΔW = scale · A · B (Hugging Face peft: scale = lora_alpha / r)
     targets: tuple[str, ...] = ("layer*.w", "conv*.w")  # glob patterns over base paths that get an adapter
-    dropout: float = 0.0  # must be 0: adapters are merged into the weights (see reptile_fn.peft.lora)
     train_head: bool = True  # the head adapts (and is meta-learned) beside the adapter
     head: str = "meta"  # meta: the head's init is meta-learned | zero: every task starts it at zero, never meta-learned
     meta_learn_base: bool = False  # also meta-learn the base (Reptile: the base then adapts too)
@@ -101,21 +101,48 @@ class Config:
     peft: PeftConfig = field(default_factory=PeftConfig)
 
 
-CHOICES = {
-    "tasks.dataset": ("synthetic", "omniglot", "clinc150"),
-    "tasks.test_split": ("test", "val", "evaluation", "banking77"),
-    "tasks.split_by": ("domain", "intent"),
-    "tasks.protocol": ("auto", "standard", "alphabets"),
-    "model.norm": ("batch",),
-    "model.conv_impl": ("auto", "native", "im2col"),
-    "inner_optimizer": ("sgd", "adam"),
-    "inner_state": ("task", "persistent"),
-    "outer_optimizer": ("sgd", "adam"),
-    "model.kind": ("mlp", "conv4", "text"),
-    "peft.method": ("none", "lora", "adalora", "full", "head"),
-    "peft.head": ("meta", "zero"),
-    "model.activation": ("relu", "tanh", "gelu", "silu", "sigmoid"),
+REMOVED = {
+    "model.kind": "the model follows tasks.dataset: synthetic → mlp, omniglot → conv4, clinc150 → text",
+    "peft.dropout": "adapters are merged into the weights, so there is no low-rank input to drop out",
 }
+"""Keys that carried no choice and were removed: a config that sets one to the value it could only have
+gets a one-line notice (a stored run's config, silently) and loads; any other value is an error."""
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every key with a fixed vocabulary, from the registries of the code they name."""
+    from reptile_fn import optim
+    from reptile_fn.algorithms import ALGORITHMS
+    from reptile_fn.models import ACTIVATIONS, CONV_IMPLS
+    from reptile_fn.peft import METHODS
+    from reptile_fn.tasks import DATASETS
+    from reptile_fn.tasks.omniglot import PROTOCOLS
+    from reptile_fn.tasks.text import SPLIT_BY
+
+    return {
+        "algorithm": tuple(ALGORITHMS),
+        "tasks.dataset": tuple(DATASETS),
+        "tasks.test_split": ("test", "val", "evaluation", "banking77"),
+        "tasks.split_by": SPLIT_BY,
+        "tasks.protocol": PROTOCOLS,
+        "model.norm": ("batch",),
+        "model.conv_impl": CONV_IMPLS,
+        "model.activation": tuple(ACTIVATIONS),
+        "inner_optimizer": optim.OPTIMIZERS,
+        "inner_state": ("task", "persistent"),
+        "outer_optimizer": optim.OPTIMIZERS,
+        "peft.method": ("none", *METHODS),
+        "peft.head": ("meta", "zero"),
+    }
+
+
+def model_kind(cfg: Config) -> str:
+    """The model a config's data set takes: ``mlp``, ``conv4`` or ``text``."""
+    from reptile_fn.tasks import DATASETS
+
+    return DATASETS[cfg.tasks.dataset]
+
+
 POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
@@ -136,13 +163,16 @@ def leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return out
 
 
-def from_dict(data: dict, *, source: str = "config") -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict."""
+def from_dict(data: dict, *, source: str = "config", stored: bool = False) -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict.
+
+    ``stored``: the config of a saved run (a checkpoint's metadata): removed keys are dropped silently.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
-    cfg = _build(Config, data, "", source)
+    cfg = _build(Config, _without_removed(data, source, quiet=stored), "", source)
     validate(cfg, source=source)
     return cfg
 
@@ -195,12 +225,14 @@ def resolve_key(key: str) -> str:
     keys = leaf_keys()
     if key in keys:
         return key
+    if key in REMOVED:
+        raise ConfigError(f"{key} is no longer a setting ({REMOVED[key]}); drop --set {key}")
     by_leaf = [k for k in keys if k.split(".")[-1] == key]
     if len(by_leaf) == 1:
         return by_leaf[0]
     if len(by_leaf) > 1:
         raise ConfigError(f"key {key!r} is ambiguous; use one of {', '.join(by_leaf)}")
-    raise ConfigError(f"unknown config key {key!r}{_suggest(key, keys)}")
+    raise ConfigError(f"unknown config key {key!r}{suggest(key, keys)}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -218,17 +250,16 @@ def dump(cfg: Config) -> str:
 
 def validate(cfg: Config, *, source: str = "config") -> None:
     """Check value ranges and cross-field constraints; raise ConfigError naming the key."""
-    from reptile_fn.algorithms import ALGORITHMS
     from reptile_fn.tasks import make_distribution  # the registries live with the code they name
 
-    choices = dict(CHOICES, algorithm=tuple(ALGORITHMS))
+    allowed = choices()
     for key in leaf_keys():
         v = get(cfg, key)
         if v is None:
             continue
-        if key in choices and v not in choices[key]:
-            raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(choices[key])}"
-                              f"{_suggest(str(v), choices[key])}")
+        if key in allowed and v not in allowed[key]:
+            raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(allowed[key])}"
+                              f"{suggest(str(v), allowed[key])}")
         if key in POSITIVE and v <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {v}")
         if key in NON_NEGATIVE and v < 0:
@@ -242,25 +273,16 @@ def validate(cfg: Config, *, source: str = "config") -> None:
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
     _validate_peft(cfg, source)
     if cfg.tasks.dataset == "clinc150":
-        if cfg.model.kind != "text":
-            raise ConfigError(f"{source}: tasks.dataset = clinc150 needs model.kind = text (the sentence encoder), "
-                              f"got {cfg.model.kind!r}")
         if cfg.tasks.test_split == "evaluation":
             raise ConfigError(f"{source}: tasks.test_split = evaluation is Omniglot's; for clinc150 use test, val or banking77")
         return
     if cfg.tasks.test_split == "banking77":
         raise ConfigError(f"{source}: tasks.test_split = banking77 is for tasks.dataset = clinc150")
-    if cfg.model.kind == "text":
-        raise ConfigError(f"{source}: model.kind = text needs text tasks (tasks.dataset = clinc150)")
     if cfg.tasks.dataset == "omniglot":
-        if cfg.model.kind != "conv4":
-            raise ConfigError(f"{source}: tasks.dataset = omniglot needs model.kind = conv4 (images), got {cfg.model.kind!r}")
         if max(cfg.tasks.k_shot, cfg.tasks.train_shots or 0) + cfg.tasks.query_size > 20:
             raise ConfigError(f"{source}: Omniglot has 20 drawers per character, so k_shot (or train_shots) + "
                               f"query_size must be <= 20; lower tasks.query_size")
         return
-    if cfg.model.kind == "conv4":
-        raise ConfigError(f"{source}: model.kind = conv4 needs image tasks (tasks.dataset = omniglot)")
     try:  # the samplers own the family checks (unknown names, mixed kinds, duplicates)
         make_distribution(cfg.tasks.families, k_shot=cfg.tasks.k_shot, query_size=cfg.tasks.query_size,
                           num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
@@ -275,9 +297,6 @@ def _validate_peft(cfg: Config, source: str) -> None:
     if tuple(cfg.trainable) != ("*",):
         raise ConfigError(f"{source}: trainable and peft.method = {p.method} both choose what adapts; "
                           "leave trainable at ['*'] (peft.train_head / peft.method decide)")
-    if p.dropout:
-        raise ConfigError(f"{source}: peft.dropout = {p.dropout} is not supported (adapters are merged into the "
-                          "weights, so there is no separate low-rank input to drop); set peft.dropout: 0")
     for key in ("rank_warmup", "rank_final"):
         if not 0 <= getattr(p, key) < 1:
             raise ConfigError(f"{source}: peft.{key} must be in [0, 1), got {getattr(p, key)}")
@@ -294,6 +313,27 @@ def _validate_peft(cfg: Config, source: str) -> None:
                           "(the base is pretrained on the run's training classes)")
     if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
         raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
+
+
+def _without_removed(data: dict, source: str, *, quiet: bool) -> dict:
+    """``data`` without the ``REMOVED`` keys; a value other than the only one they could take is an error."""
+    out = data
+    for key, why in REMOVED.items():
+        section, leaf = key.split(".")
+        if not isinstance(data.get(section), dict) or leaf not in data[section]:
+            continue
+        value = data[section][leaf]
+        dataset = (data.get("tasks") or {}).get("dataset", TasksConfig.dataset) if isinstance(data.get("tasks"), dict) \
+            else TasksConfig.dataset
+        from reptile_fn.tasks import DATASETS
+
+        expected = DATASETS.get(dataset, value) if key == "model.kind" else 0
+        if value != expected:
+            raise ConfigError(f"{source}: {key} is no longer a setting ({why}); remove it from the config")
+        if not quiet:
+            print(f"notice: {source}: {key} is no longer a setting ({why}); ignoring it", file=sys.stderr)
+        out = {**out, section: {k: v for k, v in data[section].items() if k != leaf}}
+    return out
 
 
 def get(cfg: Any, key: str) -> Any:
@@ -316,7 +356,7 @@ def _build(cls: type, data: dict, prefix: str, source: str):
     for k in data:
         if k not in names:
             full = prefix + str(k)
-            raise ConfigError(f"{source}: unknown key {full!r}{_suggest(full, leaf_keys() + _sections())}")
+            raise ConfigError(f"{source}: unknown key {full!r}{suggest(full, leaf_keys() + _sections())}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -329,42 +369,8 @@ def _build(cls: type, data: dict, prefix: str, source: str):
                 raise ConfigError(f"{source}: {key} must be a section (a mapping), got {v!r}")
             kwargs[f.name] = _build(t, v, key + ".", source)
         else:
-            kwargs[f.name] = _coerce(v, t, key, source)
+            kwargs[f.name] = coerce(v, t, key, source)
     return cls(**kwargs)
-
-
-def _coerce(v: Any, t: Any, key: str, source: str) -> Any:
-    origin, args = typing.get_origin(t), typing.get_args(t)
-    if origin in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(v, inner, key, source)
-    if origin is tuple:
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {v!r}")
-        return tuple(_coerce(x, args[0], key, source) for x in v)
-    if t is bool:
-        if isinstance(v, bool):
-            return v
-    elif t is int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    elif t is float:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
-            try:
-                return float(v)
-            except ValueError:
-                pass
-    elif t is str:
-        if isinstance(v, str):
-            return v
-    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
-    raise ConfigError(f"{source}: {key} must be {name}, got {v!r}")
 
 
 def _hint(cls: type, name: str) -> Any:
@@ -373,16 +379,6 @@ def _hint(cls: type, name: str) -> Any:
 
 def _sections() -> list[str]:
     return [f.name for f in fields(Config) if is_dataclass(_hint(Config, f.name))]
-
-
-def _suggest(word: str, options: Sequence[str]) -> str:
-    # Compare leaf names too, so that 'tasks.kshot' suggests 'tasks.k_shot'.
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    if not close:
-        leaf = word.split(".")[-1]
-        leaves = {o.split(".")[-1]: o for o in options}
-        close = [leaves[c] for c in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _deep_copy(d: dict) -> dict:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 from urllib.error import URLError
 from urllib.request import urlopen
 
+import numpy as np
+
 from reptile_fn.errors import DataError
+from reptile_fn.io import atomic_path
 
 DATA_ENV = "REPTILE_FN_DATA"
 CACHE_ENV = "REPTILE_FN_CACHE"
@@ -53,6 +56,48 @@ def cache_dir() -> Path:
     """Where derived files are cached: ``$REPTILE_FN_CACHE``, else ``~/.cache/reptile_fn``."""
     value = os.environ.get(CACHE_ENV)
     return Path(value).expanduser() if value else Path.home() / ".cache" / "reptile_fn"
+
+
+def cached_arrays(source: Path, kind: str, tag: str, build: Callable[[], dict[str, np.ndarray]], *,
+                  valid: Callable[[dict], bool], version: int, use: bool = True) -> dict[str, np.ndarray]:
+    """Arrays decoded from the file ``source``: from ``cache_dir()/<kind>/`` when current, else ``build()``
+    (then cached).
+
+    The cache file is an uncompressed ``.npz`` named after ``source``'s stem, ``tag``, and hashes of its
+    path and of its size, mtime and ``version``; a changed source gets a new file (the stale one is
+    removed). A cache file that is damaged, stale or fails ``valid(arrays)`` is rebuilt, never trusted;
+    one that cannot be written is skipped with a warning.
+    """
+    stat = source.stat()
+    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+    state = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{version}".encode()).hexdigest()[:12]
+    target = cache_dir() / kind / f"{source.stem}-{tag}-{where}-{state}.npz"
+    meta = [version, stat.st_size, stat.st_mtime_ns]
+    if use and target.is_file():
+        try:
+            with np.load(target, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            if arrays.pop("meta").tolist() == meta and valid(arrays):
+                return arrays
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt, never trusted
+            pass
+    arrays = build()
+    if use:
+        _write_cache(target, arrays, meta, kind)
+    return arrays
+
+
+def _write_cache(target: Path, arrays: dict, meta: list[int], kind: str) -> None:
+    try:
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays, meta=np.array(meta, dtype=np.int64))
+        stem, _, _ = target.stem.rpartition("-")  # the same source and tag, older contents
+        for stale in target.parent.glob(f"{stem}-*.npz"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    except OSError as e:
+        warnings.warn(f"could not write the {kind} cache {target} ({e}); loading will decode the data every time. "
+                      f"Set {CACHE_ENV} to a writable folder", stacklevel=4)
 
 
 def omniglot_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -123,12 +168,8 @@ def download_omniglot(
 
 def _download_verified(url: str, path: Path, size: int, sha256: str) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as e:
-        raise DataError(f"cannot write into {path.parent}: {e}; choose a writable --data-dir") from e
-    try:
-        digest, n = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
+        with atomic_path(path, ".part") as tmp, open(tmp, "wb") as out:
+            digest, n = hashlib.sha256(), 0
             try:
                 with urlopen(url, timeout=60) as response:
                     while chunk := response.read(_CHUNK):
@@ -141,17 +182,14 @@ def _download_verified(url: str, path: Path, size: int, sha256: str) -> None:
                     f"the file by hand into {path.parent}"
                 ) from e
             out.flush()
-            os.fsync(out.fileno())
-        if (n, digest.hexdigest()) != (size, sha256):
-            raise DataError(
-                f"the download of {url} does not match its published checksum: expected {size} bytes with "
-                f"SHA-256 {sha256}, got {n} bytes with SHA-256 {digest.hexdigest()}; nothing was saved. Try "
-                "again; if it keeps failing, the file upstream has changed"
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            if (n, digest.hexdigest()) != (size, sha256):
+                raise DataError(
+                    f"the download of {url} does not match its published checksum: expected {size} bytes with "
+                    f"SHA-256 {sha256}, got {n} bytes with SHA-256 {digest.hexdigest()}; nothing was saved. Try "
+                    "again; if it keeps failing, the file upstream has changed"
+                )
+    except OSError as e:
+        raise DataError(f"cannot write into {path.parent}: {e}; choose a writable --data-dir") from e
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

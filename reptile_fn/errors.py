@@ -1,4 +1,9 @@
-"""The one exception family of reptile_fn: every error a user can cause is a ReptileFnError."""
+"""The one exception family of reptile_fn: every error a user can cause is a ReptileFnError.
+
+And the two checks at the edge that raise them for task settings (``check_choice``, ``check_int``).
+"""
+
+import numbers
 
 
 class ReptileFnError(Exception):
@@ -23,3 +28,16 @@ class TrainingDivergedError(ReptileFnError):
 
 class EmbeddingError(ReptileFnError):
     """Task embeddings do not match what they are compared with (an adapter bank, a hypernetwork)."""
+
+
+def check_choice(name: str, value: object, choices) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_int(name: str, value: object, minimum: int, meaning: str) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}; "
+                          f"set it to {minimum} or more")

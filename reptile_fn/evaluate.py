@@ -1,8 +1,9 @@
 """Few-shot evaluation: query loss/metric after 0..K inner steps, mean ± 95% CI over episodes.
 
-For each held-out episode, the initialization is adapted on the support set with the shared
-inner loop (``inner.adapt``) and scored on the query set after every step. The interval is
-the normal approximation 1.96 · s / √n with s the sample standard deviation over episodes.
+For each held-out episode, the initialization is adapted on the support set with the run's
+``inner.InnerLoop`` (its ``init_state`` and ``step``: the loop training runs, not a copy) and scored
+on the query set after every step. The interval is the normal approximation 1.96 · s / √n with s
+the sample standard deviation over episodes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map
 
+from reptile_fn import inner
 from reptile_fn import tree as T
-from reptile_fn.inner import Apply, Loss, init_opt_state, inner_step, minibatch_indices, support_value_and_grad
+from reptile_fn.episode import Episode
+from reptile_fn.inner import Apply, InnerLoop, Loss
 from reptile_fn.models import nontransductive
-from reptile_fn.tasks.base import Episode
-from reptile_fn.tree import PathPredicate, Tree
+from reptile_fn.tree import Tree
 
 Z95 = 1.96
 
@@ -32,99 +34,70 @@ def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return m, Z95 * values.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
-# Episodes adapted at once are bounded by their input size (elements of x): a step holds activations of
-# every image of the chunk, and past a few thousand 28×28 images they leave the CPU caches. Omniglot conv4,
-# one core: 100 images per episode forward in 250 µs/image vmapped over 10 episodes, 480 µs over 80; a
-# non-transductive chunk of 37,500 images (the old bound, set for memory) ran at 780 µs/image.
+# Episodes adapted at once are bounded by their input size (elements of x): past a few thousand 28×28
+# images a step's activations leave the CPU caches (measurements: research/evaluation_chunks.md).
 CHUNK_INPUT_ELEMENTS = 2000 * 28 * 28
 
 
 def per_episode_curves(
+    loop: InnerLoop,
     apply: Apply,
     loss: Loss,
     params: Tree,
     episodes: Episode,
     *,
-    inner_lr: float | Tree,
-    steps: int,
     metric: Callable[[mx.array, mx.array], mx.array] | None = None,
     key: mx.array | None = None,
     chunk_size: int = 250,
     transductive: bool = True,
-    optimizer: str = "sgd",
-    trainable: PathPredicate | None = None,
-    inner_batch_size: int | None = None,
-    adam_betas: tuple[float, float] = (0.9, 0.999),
     record: list[int] | None = None,
-    opt_state=None,
-    t0=0,
     split: Callable[[Episode], Iterable[tuple[np.ndarray, Episode]]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Query loss (and metric) of every episode after the ``record`` steps (default ``recorded_steps(steps)``):
-    arrays (n_episodes, len(record)).
+    """Query loss (and metric) of every episode after the ``record`` steps of ``loop`` (default
+    ``recorded_steps(loop.steps)``): arrays (n_episodes, len(record)).
 
-    The inner loop is ``inner.adapt``'s, run one compiled, episode-batched step at a time (so a
-    50-step evaluation compiles one step, not 50 unrolled ones). ``transductive=False`` scores each
-    query example on its own batch (support ∪ {x}), so batch-norm statistics never mix query
-    examples (``models.nontransductive``). ``opt_state`` / ``t0``: the inner optimizer starts from
-    this state and step count (``MetaStep.inner_opt``) instead of fresh, for every episode.
-    ``split(episodes)``: the chunks to adapt at once, as (episode indices, episodes) pairs covering
-    every episode once (e.g. ``tasks.text.by_length``: text episodes of similar length, cut to it);
-    default: ``chunk_size`` consecutive episodes. Each episode keeps its own key either way.
+    Each episode adapts with the inner loop's own ``inner.init_state`` and ``inner.step``, run one
+    compiled, episode-batched step at a time (so a 50-step evaluation compiles one step, not 50
+    unrolled ones), starting from ``loop.start`` when the run kept an inner state.
+    ``transductive=False`` scores each query example on its own batch (support ∪ {x}), so batch-norm
+    statistics never mix query examples (``models.nontransductive``). ``split(episodes)``: the chunks
+    to adapt at once, as (episode indices, episodes) pairs covering every episode once (e.g.
+    ``text.batching.by_length``); default: ``chunk_size`` consecutive episodes. Each episode keeps its
+    own key either way.
     """
-    score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
+    steps = loop.steps
     record = set(recorded_steps(steps) if record is None else record)
     n = episodes.support_x.shape[0]
     keys = mx.random.split(key if key is not None else mx.random.key(0), n)
-    fast0, frozen = T.partition(params, trainable)
-    value_and_grad = support_value_and_grad(apply, loss)
-    kw = dict(optimizer=optimizer, adam_betas=adam_betas)
-
-    def observe(fast, sx, qx, qy):
-        out = score(T.combine(fast, frozen), sx, qx)
-        return (loss(out, qy), metric(out, qy)) if metric is not None else (loss(out, qy),)
-
-    def step(fast, opt, t, sx, sy, idx, qx, qy):
-        batch = (sx, sy) if idx is None else (sx[idx], sy[idx])
-        fast, opt, _ = inner_step(value_and_grad, fast, frozen, opt, batch, inner_lr, t0 + t, **kw)
-        return fast, opt, observe(fast, sx, qx, qy)
-
-    per_episode = (0, 0, None, 0, 0, 0, 0, 0)
-    step_full = mx.compile(mx.vmap(lambda f, o, t, sx, sy, qx, qy: step(f, o, t, sx, sy, None, qx, qy),
-                                   in_axes=per_episode[:5] + (0, 0)))
-    step_mini = mx.compile(mx.vmap(step, in_axes=per_episode))
-    first = mx.compile(mx.vmap(lambda sx, qx, qy: observe(fast0, sx, qx, qy)))
+    fast0, frozen = T.partition(params, loop.trainable)
+    start = inner.init_state(loop, fast0)
+    step_full, step_mini, first = _compiled_steps(loop, apply, loss, metric, fast0, frozen, transductive)
     n_support, n_query = episodes.support_x.shape[1], episodes.query_x.shape[1]
     # non-transductive: each query example runs with the whole support set
     inputs = n_support + n_query if transductive else n_query * (n_support + 1)
     per_episode = inputs * int(np.prod(episodes.support_x.shape[2:]))
     chunk_size = max(1, min(chunk_size, CHUNK_INPUT_ELEMENTS // per_episode))
-    if split is None:
-        pieces = ((np.arange(i, min(i + chunk_size, n)), type(episodes)(*(a[i:i + chunk_size] for a in episodes)))
-                  for i in range(0, n, chunk_size))
-    else:
-        pieces = split(episodes)
+    pieces = consecutive(episodes, chunk_size) if split is None else split(episodes)
     parts, order = [], []
     for rows, (sx, sy, qx, qy) in pieces:
-        m = sy.shape[0]  # inputs may be trees (packed text, tasks.text.by_length): count by the labels
+        m = sy.shape[0]  # inputs may be trees (packed text, text.batching.by_length): count by the labels
         order.append(np.asarray(rows))
         sl = mx.array(order[-1])
-        mini = inner_batch_size is not None and inner_batch_size < sy.shape[1] and steps > 0
+        mini = loop.batch_size is not None and loop.batch_size < sy.shape[1] and steps > 0
         if mini and not isinstance(sx, mx.array):
-            raise ValueError("per_episode_curves: mini-batch inner steps (inner_batch_size) need array inputs, the "
+            raise ValueError("per_episode_curves: mini-batch inner steps (batch_size) need array inputs, the "
                              "split gave a tree (packed sentences?); use full-batch steps or a split that does not "
-                             "pack (tasks.text.by_length(..., pack=False))")
-        idx = mx.vmap(lambda k: minibatch_indices(k, sy.shape[1], inner_batch_size, steps))(keys[sl]) if mini else None
+                             "pack (text.batching.by_length(..., pack=False))")
+        idx = mx.vmap(lambda k: inner.minibatch_indices(k, sy.shape[1], loop.batch_size, steps))(keys[sl]) if mini else None
         fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
-        start = init_opt_state(fast0, optimizer) if opt_state is None else opt_state
-        opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), start)
+        opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), start.opt)
         seen = [first(sx, qx, qy)] if 0 in record else []
         for t in range(steps):
             scored = (t + 1) in record  # scoring the query set costs more than the step itself
             if idx is None:
-                fast, opt, obs = step_full(fast, opt, mx.array(t), sx, sy, qx, qy)
+                fast, opt, obs = step_full(fast, opt, start.t + mx.array(t), sx, sy, qx, qy)
             else:
-                fast, opt, obs = step_mini(fast, opt, mx.array(t), sx, sy, idx[:, t], qx, qy)
+                fast, opt, obs = step_mini(fast, opt, start.t + mx.array(t), sx, sy, idx[:, t], qx, qy)
             mx.async_eval(fast, opt, *(obs if scored else ()))
             if scored:
                 seen.append(obs)
@@ -140,6 +113,36 @@ def per_episode_curves(
     return out
 
 
+def _compiled_steps(loop: InnerLoop, apply: Apply, loss: Loss, metric, fast0: Tree, frozen: Tree, transductive: bool):
+    """Compiled, episode-batched ``(step_full, step_mini, first)``: one inner step (on the whole support set,
+    or on mini-batch indices) followed by scoring the query set, and the score before any step."""
+    score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
+    value_and_grad = inner.support_value_and_grad(apply, loss)
+
+    def observe(fast, sx, qx, qy):
+        out = score(T.combine(fast, frozen), sx, qx)
+        return (loss(out, qy), metric(out, qy)) if metric is not None else (loss(out, qy),)
+
+    def step(fast, opt, t, sx, sy, idx, qx, qy):
+        batch = (sx, sy) if idx is None else (sx[idx], sy[idx])
+        fast, state, _ = inner.step(loop, value_and_grad, fast, frozen, inner.InnerState(opt, t), batch)
+        return fast, state.opt, observe(fast, sx, qx, qy)
+
+    per_episode = (0, 0, None, 0, 0, 0, 0, 0)
+    step_full = mx.compile(mx.vmap(lambda f, o, t, sx, sy, qx, qy: step(f, o, t, sx, sy, None, qx, qy),
+                                   in_axes=per_episode[:5] + (0, 0)))
+    step_mini = mx.compile(mx.vmap(step, in_axes=per_episode))
+    first = mx.compile(mx.vmap(lambda sx, qx, qy: observe(fast0, sx, qx, qy)))
+    return step_full, step_mini, first
+
+
+def consecutive(episodes: Episode, size: int) -> Iterable[tuple[np.ndarray, Episode]]:
+    """The default ``split``: chunks of ``size`` consecutive episodes, as (indices, episodes)."""
+    n = episodes.support_x.shape[0]
+    for i in range(0, n, size):
+        yield np.arange(i, min(i + size, n)), type(episodes)(*(a[i:i + size] for a in episodes))
+
+
 def recorded_steps(steps: int) -> list[int]:
     """Steps at which evaluation scores the query set: all up to 20, then 0..10 and every 5th (and the last)."""
     if steps <= 20:
@@ -147,13 +150,14 @@ def recorded_steps(steps: int) -> list[int]:
     return sorted(set(range(11)) | set(range(0, steps + 1, 5)) | {steps})
 
 
-def few_shot_curve(apply: Apply, loss: Loss, params: Tree, episodes: Episode, **kwargs) -> dict:
+def few_shot_curve(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, episodes: Episode, **kwargs) -> dict:
     """Mean and 95% CI of the query loss (and metric) at the recorded steps, as JSON-ready lists.
 
-    ``steps`` lists the inner-step counts the means refer to (``recorded_steps``).
+    ``steps`` lists the inner-step counts the means refer to (``recorded_steps``); keyword arguments
+    as ``per_episode_curves``.
     """
-    curves = per_episode_curves(apply, loss, params, episodes, **kwargs)
-    record = kwargs.get("record") or recorded_steps(kwargs["steps"])
+    curves = per_episode_curves(loop, apply, loss, params, episodes, **kwargs)
+    record = kwargs.get("record") or recorded_steps(loop.steps)
     out: dict = {"steps": list(record), "episodes": int(episodes.support_x.shape[0])}
     for name, values in curves.items():
         m, ci = mean_ci(values)

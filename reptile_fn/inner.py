@@ -1,27 +1,137 @@
-"""The inner loop: adapt parameters to one task's support set. Every algorithm uses it.
+"""The inner loop: adapt parameters to one task's support set. Training, evaluation and every
+algorithm run this loop (``adapt``, or ``init_state`` + ``step`` one step at a time), never a copy.
 
 SGD:  θ_{t+1} = θ_t − α ⊙ ∇L_support(θ_t)          (α a scalar, or a tree for Meta-SGD)
-Adam: θ_{t+1} = θ_t − α · m̂_t / (√v̂_t + ε)         (state starts at zero for every task)
+Adam: θ_{t+1} = θ_t − α · m̂_t / (√v̂_t + ε)         (state starts at zero for every task, or from ``start``)
 
 Only the *trainable subset* of the tree (a predicate over dotted paths, see ``tree.match``)
-moves; the rest is held fixed and gets no gradient. The loop is unrolled in Python, so it is
-differentiable (second-order MAML) and traces into ``mx.vmap`` and ``mx.compile``.
+moves; the rest is held fixed and gets no gradient. ``adapt`` unrolls the loop in Python, so it
+is differentiable (second-order MAML) and traces into ``mx.vmap`` and ``mx.compile``. The
+optimizers are ``reptile_fn.optim``'s, the same as the outer loop's.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import mlx.core as mx
 from mlx.utils import tree_map
 
+from reptile_fn import optim
 from reptile_fn import tree as T
 from reptile_fn.tree import PathPredicate, Tree
 
 Apply = Callable[[Tree, mx.array], mx.array]
 Loss = Callable[[mx.array, mx.array], mx.array]
-INNER_OPTIMIZERS = ("sgd", "adam")
+INNER_OPTIMIZERS = optim.OPTIMIZERS
+
+
+class InnerState(NamedTuple):
+    """The inner optimizer's state (Adam's moments; ``{}`` for SGD) and its step count ``t``."""
+
+    opt: Tree
+    t: int | mx.array = 0
+
+
+class InnerLoop(NamedTuple):
+    """How a task adapts. One value, handed to ``adapt``, every ``make_step`` and the evaluation.
+
+    Attributes:
+      lr: inner learning rate α; a tree shaped like the trainable subset gives per-parameter rates.
+      steps: optimizer steps on the support set.
+      optimizer: ``"sgd"`` or ``"adam"``.
+      batch_size: support examples per step (``None``: the whole support set); needs a key.
+      trainable: which leaves adapt (``None``: all). Frozen leaves are returned unchanged.
+      first_order: treat inner gradients as constants (FOMAML): the result is not differentiated
+        through the gradient computation.
+      adam_betas, adam_eps: Adam's β1, β2 and ε.
+      start: an ``InnerState`` to start the optimizer from instead of a fresh one: the inner Adam
+        state supervised-reptile keeps across tasks (``MetaStep.inner(state)`` fills it in).
+    """
+
+    lr: float | Tree = 0.01
+    steps: int = 5
+    optimizer: str = "sgd"
+    batch_size: int | None = None
+    trainable: PathPredicate | None = None
+    first_order: bool = False
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    start: InnerState | None = None
+
+
+class Adapted(NamedTuple):
+    """What ``adapt`` returns, whatever was asked of it.
+
+    ``params``: the adapted tree; ``losses``: the support loss before each step, shape (steps,);
+    ``observed``: ``observe(params_t)`` stacked for t = 0..steps (None without ``observe``);
+    ``state``: the final ``InnerState``.
+    """
+
+    params: Tree
+    losses: mx.array
+    observed: object
+    state: InnerState
+
+
+def optimizer(loop: InnerLoop) -> optim.Optimizer:
+    """The ``optim`` optimizer the loop steps with."""
+    if loop.optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(f"unknown inner optimizer {loop.optimizer!r}; use one of {INNER_OPTIMIZERS}")
+    return optim.make(loop.optimizer, loop.lr, betas=loop.adam_betas, eps=loop.adam_eps)
+
+
+def init_state(loop: InnerLoop, fast: Tree) -> InnerState:
+    """The state a task's adaptation starts from: ``loop.start``, else fresh (Adam's moments at zero)."""
+    return loop.start if loop.start is not None else InnerState(optimizer(loop).init(fast), 0)
+
+
+def support_value_and_grad(apply: Apply, loss: Loss) -> Callable:
+    """``(fast, frozen, x, y) -> (loss, ∇_fast loss)`` of ``loss(apply(fast ∪ frozen, x), y)``."""
+
+    def objective(fast_params, frozen_params, xb, yb):
+        return loss(apply(T.combine(fast_params, frozen_params), xb), yb)
+
+    return mx.value_and_grad(objective)
+
+
+def step(loop: InnerLoop, value_and_grad: Callable, fast: Tree, frozen: Tree, state: InnerState,
+         batch: tuple) -> tuple[Tree, InnerState, mx.array]:
+    """One optimizer step on a (mini-)batch: ``(fast, state, support loss before the step)``."""
+    value, grads = value_and_grad(fast, frozen, *batch)
+    if loop.first_order:
+        grads = tree_map(mx.stop_gradient, grads)
+    updates, opt = optimizer(loop).update(grads, state.opt, state.t)
+    return optim.apply_updates(fast, updates), InnerState(opt, state.t + 1), value
+
+
+def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tuple[mx.array, mx.array],
+          key: mx.array | None = None, *, observe: Callable[[Tree], object] | None = None) -> Adapted:
+    """Run ``loop.steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set.
+
+    Args:
+      key: the mini-batch order (needed when ``loop.batch_size`` is smaller than the support set).
+      observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
+    """
+    x, y = support
+    fast, frozen = T.partition(params, loop.trainable)
+    idx = minibatch_indices(key, x.shape[0], loop.batch_size, loop.steps)
+    value_and_grad = support_value_and_grad(apply, loss)
+    state = init_state(loop, fast)
+    losses, observed = [], []
+    for t in range(loop.steps):
+        if observe is not None:
+            observed.append(observe(T.combine(fast, frozen)))
+        batch = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
+        fast, state, value = step(loop, value_and_grad, fast, frozen, state, batch)
+        losses.append(value)
+    out = T.combine(fast, frozen)
+    if observe is not None:
+        observed.append(observe(out))
+        observed = tree_map(lambda *xs: mx.stack(xs), observed[0], *observed[1:])
+    return Adapted(out, mx.stack(losses) if losses else mx.zeros((0,)), observed if observe is not None else None,
+                   state)
 
 
 def batch_indices(key: mx.array, n: int, batch_size: int, steps: int) -> mx.array:
@@ -35,112 +145,10 @@ def batch_indices(key: mx.array, n: int, batch_size: int, steps: int) -> mx.arra
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def support_value_and_grad(apply: Apply, loss: Loss) -> Callable:
-    """``(fast, frozen, x, y) -> (loss, ∇_fast loss)`` of ``loss(apply(fast ∪ frozen, x), y)``."""
-
-    def objective(fast_params, frozen_params, xb, yb):
-        return loss(apply(T.combine(fast_params, frozen_params), xb), yb)
-
-    return mx.value_and_grad(objective)
-
-
-def init_opt_state(fast: Tree, optimizer: str) -> Tree:
-    """Fresh inner-optimizer state for one task (Adam's moments start at zero)."""
-    if optimizer not in INNER_OPTIMIZERS:
-        raise ValueError(f"unknown inner optimizer {optimizer!r}; use one of {INNER_OPTIMIZERS}")
-    return {"m": T.zeros_like(fast), "v": T.zeros_like(fast)} if optimizer == "adam" else {}
-
-
-def inner_step(value_and_grad: Callable, fast: Tree, frozen: Tree, opt: Tree, batch: tuple, lr: float | Tree,
-               t, *, optimizer: str = "sgd", adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-               first_order: bool = False) -> tuple[Tree, Tree, mx.array]:
-    """One inner optimizer step (step number ``t``, from 0) on a (mini-)batch: ``(fast, opt, loss before)``."""
-    value, grads = value_and_grad(fast, frozen, *batch)
-    if first_order:
-        grads = tree_map(mx.stop_gradient, grads)
-    if optimizer == "adam":
-        b1, b2 = adam_betas
-        m = tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, opt["m"], grads)
-        v = tree_map(lambda v_, g: b2 * v_ + (1 - b2) * mx.square(g), opt["v"], grads)
-        c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
-        # max(v, 1e-30): the same value, but a zero second moment (a dead unit) has a finite
-        # derivative, so second-order MAML through Adam gives no NaN (d√v/dv = ∞ at 0)
-        grads = tree_map(lambda m_, v_: (m_ / c1) / (mx.sqrt(mx.maximum(v_ / c2, 1e-30)) + adam_eps), m, v)
-        opt = {"m": m, "v": v}
-    if isinstance(lr, dict):
-        fast = tree_map(lambda p, g, a: p - a * g, fast, grads, lr)
-    else:
-        fast = tree_map(lambda p, g: p - lr * g, fast, grads)
-    return fast, opt, value
-
-
-def adapt(
-    apply: Apply,
-    loss: Loss,
-    params: Tree,
-    support: tuple[mx.array, mx.array],
-    *,
-    lr: float | Tree,
-    steps: int,
-    optimizer: str = "sgd",
-    trainable: PathPredicate | None = None,
-    inner_batch_size: int | None = None,
-    key: mx.array | None = None,
-    first_order: bool = False,
-    adam_betas: tuple[float, float] = (0.9, 0.999),
-    adam_eps: float = 1e-8,
-    observe: Callable[[Tree], object] | None = None,
-    opt_state: Tree | None = None,
-    t0=0,
-    return_opt_state: bool = False,
-):
-    """Run ``steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set.
-
-    Args:
-      lr: inner learning rate α; a tree shaped like the trainable subset gives per-parameter rates.
-      trainable: which leaves adapt (``None``: all). Frozen leaves are returned unchanged.
-      inner_batch_size: examples per step (``None``: the whole support set); needs ``key``.
-      first_order: treat inner gradients as constants (FOMAML); the result is then not
-        differentiated through the gradient computation.
-      observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
-      opt_state / t0: start the inner optimizer from this state at step count ``t0`` (Adam's bias
-        correction) instead of fresh; supervised-reptile's TensorFlow code keeps one Adam state
-        across all tasks (``reptile.make_step(persistent_inner_state=True)``).
-      return_opt_state: also return the final optimizer state (last in the tuple).
-
-    Returns:
-      ``(params, losses)``: adapted tree and the support loss before each step, shape (steps,);
-      with ``observe``, ``(params, losses, observed)`` where observed stacks the t = 0..steps values;
-      with ``return_opt_state``, the optimizer state is appended.
-    """
-    x, y = support
-    fast, frozen = T.partition(params, trainable)
-    idx = minibatch_indices(key, x.shape[0], inner_batch_size, steps)
-    value_and_grad = support_value_and_grad(apply, loss)
-    opt = init_opt_state(fast, optimizer) if opt_state is None else opt_state
-    kw = dict(optimizer=optimizer, adam_betas=adam_betas, adam_eps=adam_eps, first_order=first_order)
-
-    losses, observed = [], []
-    for t in range(steps):
-        if observe is not None:
-            observed.append(observe(T.combine(fast, frozen)))
-        batch = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
-        fast, opt, value = inner_step(value_and_grad, fast, frozen, opt, batch, lr, t0 + t, **kw)
-        losses.append(value)
-
-    out = T.combine(fast, frozen)
-    loss_trace = mx.stack(losses) if losses else mx.zeros((0,))
-    result: tuple = (out, loss_trace)
-    if observe is not None:
-        observed.append(observe(out))
-        result += (tree_map(lambda *xs: mx.stack(xs), observed[0], *observed[1:]),)
-    return result + (opt,) if return_opt_state else result
-
-
-def minibatch_indices(key: mx.array | None, n: int, inner_batch_size: int | None, steps: int) -> mx.array | None:
+def minibatch_indices(key: mx.array | None, n: int, batch_size: int | None, steps: int) -> mx.array | None:
     """The (steps, batch) support indices of ``adapt``'s mini-batches, or None for full-batch steps."""
-    if inner_batch_size is None or inner_batch_size >= n or steps == 0:
+    if batch_size is None or batch_size >= n or steps == 0:
         return None
     if key is None:
-        raise ValueError("adapt: inner_batch_size needs a PRNG key")
-    return batch_indices(key, n, inner_batch_size, steps)
+        raise ValueError("adapt: a mini-batch inner loop (batch_size) needs a PRNG key")
+    return batch_indices(key, n, batch_size, steps)

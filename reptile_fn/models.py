@@ -15,6 +15,9 @@ import mlx.core as mx
 
 from reptile_fn.tree import Tree
 
+HEAD = "head.*"
+"""The output layer's leaves (``head.w``, ``head.b``) as a path pattern: what ANIL and head-only tuning adapt."""
+
 ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {
     "relu": lambda x: mx.maximum(x, 0),
     "tanh": mx.tanh,

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from reptile_fn.tasks.base import Episode
+from reptile_fn.episode import Episode
 
 
 def max_abs_diff(a, b) -> float:
@@ -43,3 +43,10 @@ def meta_train_sine(meta, model, iterations: int, *, k_shot: int = 10, query_siz
         params, state, _ = meta.step(params, state, sample(k1), k2)
         mx.async_eval(params, state)
     return tasks, init, params, state
+
+
+def outer(name: str, lr: float, final: float | None = None, iterations: int | None = None):
+    """An outer optimizer ``name`` at ``lr``, annealed linearly to ``final`` over ``iterations`` if given."""
+    from reptile_fn import optim
+
+    return optim.make(name, optim.linear_schedule(lr, final, iterations))

@@ -9,11 +9,13 @@ from typer.testing import CliRunner
 
 from reptile_fn import config as C
 from reptile_fn import plots
-from reptile_fn import train as TR
+from reptile_fn import run as R
+from reptile_fn.run import report
 from reptile_fn.baselines import BASELINES, make_baselines, pretrain, steps_to_reach
 from reptile_fn.cli import app
 from reptile_fn.errors import ConfigError
 from reptile_fn.evaluate import per_episode_curves
+from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 from reptile_fn.tasks import make_distribution
@@ -38,7 +40,7 @@ def test_adaptation_speed_on_hand_made_curves():
     ev = {"metric": "accuracy", "inits": {"meta": curve([0.5, 0.8, 0.9, 0.9, 0.9]),
                                          "slow": curve([0.5, 0.6, 0.7, 0.8, 0.9]),
                                          "never": curve([0.5] * 5)}}
-    speed = TR.adaptation_speed(ev, 2)
+    speed = report.adaptation_speed(ev, 2)
     assert speed["target"] == 0.9 and speed["meta_steps"] == 2
     assert speed["inits"]["slow"] == {"steps": 4, "reached": True, "ratio": 2.0}
     assert speed["inits"]["never"]["reached"] is False and speed["inits"]["never"]["ratio"] == 2.0
@@ -78,17 +80,17 @@ def test_a_perfect_init_scores_at_least_as_well_as_random_on_its_own_task():
     big = tasks.episodes(type(one)(mx.repeat(one.family_ids, 20), mx.repeat(one.keys, 20, axis=0)), mx.random.key(7))
     x = big.support_x.reshape(-1, 1)
     y = big.support_y.reshape(-1, 1)
-    fitted, _ = adapt(model.apply, mse, model.init(mx.random.key(8)), (x, y), lr=1e-2, steps=400, optimizer="adam")
+    fitted, _ = adapt(InnerLoop(lr=1e-2, steps=400, optimizer="adam"), model.apply, mse, model.init(mx.random.key(8)), (x, y))[:2]
     episodes = tasks.episodes(same_task, mx.random.key(9))
     # a small inner lr: the fitted net sits in a sharp minimum, where lr 0.01 SGD steps diverge
-    perfect = per_episode_curves(model.apply, mse, fitted, episodes, inner_lr=1e-3, steps=5)["loss"]
-    rand = per_episode_curves(model.apply, mse, model.init(mx.random.key(10)), episodes, inner_lr=1e-3, steps=5)["loss"]
+    perfect = per_episode_curves(InnerLoop(lr=1e-3, steps=5), model.apply, mse, fitted, episodes)["loss"]
+    rand = per_episode_curves(InnerLoop(lr=1e-3, steps=5), model.apply, mse, model.init(mx.random.key(10)), episodes)["loss"]
     assert (perfect.mean(0) <= rand.mean(0)).all() and perfect[:, 0].mean() < 0.1
 
 
 def test_final_evaluation_never_samples_training_tasks(monkeypatch):
     cfg = C.load(None, TINY)
-    s = TR.setup(cfg)
+    s = R.build(cfg)
     params = s.model.init(mx.random.key(0))
 
     def forbidden(*a, **k):
@@ -96,11 +98,11 @@ def test_final_evaluation_never_samples_training_tasks(monkeypatch):
 
     monkeypatch.setattr(type(s.tasks), "sample_train", forbidden)
     monkeypatch.setattr(type(s.tasks), "sample_train_tasks", forbidden)
-    ev = TR.final_evaluation(s, params, s.meta.init(params), episodes=10, baselines=("random",))
+    ev = R.final_evaluation(s, params, s.meta.init(params), episodes=10, baselines=("random",))
     assert set(ev["inits"]) == {"meta", "random"}
     # and the held-out tasks it draws are not in the pool
     pool = s.tasks.train_pool()
-    test = s.tasks.sample_test_tasks(TR.run_keys(cfg.seed).eval_final, 200)
+    test = s.tasks.sample_test_tasks(R.run_keys(cfg.seed).eval_final, 200)
     pool_keys = {tuple(k) for k in np.array(pool.keys).tolist()}
     assert not any(tuple(k) in pool_keys for k in np.array(test.keys).tolist())
 

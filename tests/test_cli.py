@@ -15,7 +15,7 @@ from reptile_fn import config as C
 from reptile_fn.algorithms import ALGORITHMS
 from reptile_fn.cli import app
 from reptile_fn.tasks import FAMILIES
-from reptile_fn.train import CHECKPOINT, METRICS, SUMMARY
+from reptile_fn.run import CHECKPOINT, METRICS, SUMMARY
 
 from conftest import TINY
 

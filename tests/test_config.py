@@ -379,7 +379,7 @@ def test_empty_families_is_refused():
         ("inner_optimizer=adamw", "inner_optimizer", "adam"),
         ("outer_optimizer=rmsprop", "outer_optimizer", None),
         ("model.activation=rellu", "model.activation", "relu"),
-        ("model.kind=cnn", "model.kind", None),
+        ("model.norm=group", "model.norm", None),
     ],
 )
 def test_unknown_choices_name_key_and_options(item, key, suggestion):
@@ -499,3 +499,21 @@ def test_leaf_keys_contents():
         assert section not in keys
     for key in keys:
         assert not dataclasses.is_dataclass(C.get(C.Config(), key))
+
+
+def test_removed_keys_load_with_a_notice_or_fail_with_the_reason(tmp_path, capsys):
+    """model.kind and peft.dropout carried no choice: a config setting the only value they could take loads
+    (a stored run's silently, a file with a one-line notice); any other value, or --set, is an error."""
+    ok = _write(tmp_path, "tasks:\n  dataset: synthetic\nmodel:\n  kind: mlp\npeft:\n  dropout: 0.0\n")
+    assert C.load(ok) == C.Config()
+    notices = capsys.readouterr().err.strip().splitlines()
+    assert len(notices) == 2 and all(n.startswith("notice: ") and "no longer a setting" in n for n in notices)
+    assert C.from_dict({"model": {"kind": "mlp"}}, stored=True) == C.Config()
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="model.kind is no longer a setting .*tasks.dataset"):
+        C.load(_write(tmp_path, "model:\n  kind: conv4\n"))
+    with pytest.raises(ConfigError, match="peft.dropout is no longer a setting"):
+        C.load(_write(tmp_path, "peft:\n  dropout: 0.1\n"))
+    with pytest.raises(ConfigError, match="model.kind is no longer a setting"):
+        C.load(None, ["model.kind=mlp"])
+    assert C.model_kind(C.load(None, ["tasks.dataset=omniglot"])) == "conv4"

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mlx.utils import tree_flatten
 
-import reptile_fn.train as TR
+from reptile_fn import run as R
 from reptile_fn import checkpoint as ck
 from reptile_fn import config as C
 from reptile_fn import distributed as D
@@ -145,7 +145,7 @@ needs_launcher = pytest.mark.skipif(CLI is None or LAUNCH is None, reason="repti
 def test_two_processes_give_the_single_process_parameters(tmp_path, algorithm):
     extra = (f"algorithm={algorithm}",)
     single = tmp_path / "single"
-    TR.train(C.load(None, SMALL + extra), single, progress=False, log=quiet)
+    R.train(C.load(None, SMALL + extra), single, progress=False, log=quiet)
 
     two = tmp_path / "two"
     cmd = [LAUNCH, "-n", "2", "--starting-port", str(_free_port_pair()), "--",
@@ -155,23 +155,23 @@ def test_two_processes_give_the_single_process_parameters(tmp_path, algorithm):
     assert "2 processes, 2 of each meta-batch's 4 tasks per process" in r.stdout
     assert r.stdout.count("trained 12 meta-iterations") == 1  # rank 0 reports, rank 1 is silent
 
-    a, meta_a = _params(single / TR.CHECKPOINT)
-    b, meta_b = _params(two / TR.CHECKPOINT)
+    a, meta_a = _params(single / R.CHECKPOINT)
+    b, meta_b = _params(two / R.CHECKPOINT)
     assert a.keys() == b.keys() and meta_a["iteration"] == meta_b["iteration"] == 12
     for k in a:  # parameters and algorithm state (FOMAML: the outer Adam moments too)
         np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
     cfg = C.load(None, SMALL + extra)
-    init = dict(tree_flatten(TR.setup(cfg).initial_params(TR.run_keys(cfg.seed).init)))
+    init = dict(tree_flatten(R.build(cfg).initial_params(R.run_keys(cfg.seed).init)))
     assert max(float(np.abs(b[f"params.{k}"] - np.array(v)).max()) for k, v in init.items()) > 1e-3  # it trained
     # one metrics log (rank 0's), with the meta-batch means the single process logged
-    la = [json.loads(x) for x in (single / TR.METRICS).read_text().splitlines()]
-    lb = [json.loads(x) for x in (two / TR.METRICS).read_text().splitlines()]
+    la = [json.loads(x) for x in (single / R.METRICS).read_text().splitlines()]
+    lb = [json.loads(x) for x in (two / R.METRICS).read_text().splitlines()]
     assert [x["iteration"] for x in la] == [x["iteration"] for x in lb]
     for x, y in zip(la, lb):
         for k in x:
             if k != "iteration":
                 assert y[k] == pytest.approx(x[k], abs=1e-5), k
-    assert json.loads((two / TR.SUMMARY).read_text())["processes"] == 2
+    assert json.loads((two / R.SUMMARY).read_text())["processes"] == 2
 
 
 @needs_launcher
@@ -188,7 +188,7 @@ def test_killing_one_process_ends_the_other_with_a_clear_error(tmp_path, victim)
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     try:
         deadline = time.monotonic() + 120
-        while not (out / TR.CHECKPOINT).exists():
+        while not (out / R.CHECKPOINT).exists():
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             assert all(q.poll() is None for q in procs), [q.communicate() for q in procs]
             time.sleep(0.2)
@@ -208,10 +208,10 @@ def test_killing_one_process_ends_the_other_with_a_clear_error(tmp_path, victim)
     assert "Traceback" not in err
 
     # the last checkpoint is whole, and a single process resumes from it
-    _, meta = ck.load(out / TR.CHECKPOINT)
+    _, meta = ck.load(out / R.CHECKPOINT)
     it = int(meta["iteration"])
     assert it >= 5 and it % 5 == 0
-    summary = TR.train(None, out, resume=True, stop_at=it + 2, progress=False, log=quiet)
+    summary = R.train(None, out, resume=True, stop_at=it + 2, progress=False, log=quiet)
     assert summary["iteration"] == it + 2
 
 
@@ -228,7 +228,7 @@ def test_processes_with_different_configs_are_refused(tmp_path):
     errs = [q.communicate(timeout=120)[1] for q in procs]
     assert [q.returncode for q in procs] == [2, 2], errs
     assert all("different config" in e for e in errs), errs
-    assert not (tmp_path / "run" / TR.CHECKPOINT).exists()
+    assert not (tmp_path / "run" / R.CHECKPOINT).exists()
 
 
 def test_readme_hostfile_example_is_what_mlx_launch_reads(tmp_path):

@@ -14,7 +14,7 @@ from test_cli import _assert_user_error
 from typer.testing import CliRunner
 
 from reptile_fn import config as C
-from reptile_fn import train as TR
+from reptile_fn import run as R
 from reptile_fn.cli import app
 from reptile_fn.embed import (
     cosine_distance,
@@ -25,6 +25,7 @@ from reptile_fn.embed import (
     standardize,
 )
 from reptile_fn.embed.similarity import embed_support, fisher_embeddings, sample_tasks
+from reptile_fn.run.report import probe
 
 from conftest import TINY, quiet
 
@@ -34,21 +35,21 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("embed_run")
-    TR.train(C.load(None, TINY), out, progress=False, log=quiet)
-    return out / TR.CHECKPOINT
+    R.train(C.load(None, TINY), out, progress=False, log=quiet)
+    return out / R.CHECKPOINT
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
-    s, params, _, _ = TR.load_run(tiny_run)
-    return s, params
+    run, params, _, _ = R.load(tiny_run)
+    return run, params
 
 
 def test_fisher_embedding_of_the_same_task_twice_is_identical(loaded):
     s, params = loaded
     _, ep = sample_tasks(s.tasks, mx.random.key(3), 2)
-    a = fisher_embeddings(s, params, ep.support_x, ep.support_y, adapt_steps=2)
-    b = fisher_embeddings(s, params, ep.support_x, ep.support_y, adapt_steps=2)
+    a = fisher_embeddings(probe(s), params, ep.support_x, ep.support_y, adapt_steps=2)
+    b = fisher_embeddings(probe(s), params, ep.support_x, ep.support_y, adapt_steps=2)
     assert np.array_equal(np.array(a), np.array(b))
     assert np.all(np.isfinite(np.array(a)))
 
@@ -60,7 +61,7 @@ def test_same_family_tasks_are_closer_than_across_families(loaded, name):
     s, params = loaded
     tasks = dataclasses.replace(s.tasks, k_shot=20)
     labels, ep = sample_tasks(tasks, mx.random.key(11), 80)
-    e = embed_support(s, params, ep.support_x, ep.support_y, adapt_steps=5)[name]
+    e = embed_support(probe(s), params, ep.support_x, ep.support_y, n_classes=tasks.out_dim, adapt_steps=5)[name]
     (e,) = standardize(e)
     d = np.array(pairwise(e, e))
     same = labels[:, None] == labels[None, :]
@@ -95,7 +96,7 @@ def test_nearest_is_the_argmin_distance_entry(n_queries, n_keys, dim, seed):
 
 def test_family_identification_returns_accuracies_and_plot_data(loaded):
     s, params = loaded
-    r = family_identification(s, params, k_shot=5, bank_tasks=20, query_tasks=10, key=mx.random.key(0))
+    r = family_identification(probe(s), s.tasks, params, k_shot=5, bank_tasks=20, query_tasks=10, key=mx.random.key(0))
     assert set(r["accuracy"]) == {"handcrafted", "fisher"}
     assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
     assert r["embeddings"]["handcrafted"].shape[0] == 30 and r["labels"].shape == (30,)
@@ -136,8 +137,8 @@ def test_alphabet_identification_on_held_out_alphabets():
     from reptile_fn.embed.similarity import alphabet_identification
     from reptile_fn.tasks.omniglot import load_set
 
-    s, params, _, _ = TR.load_run("omniglot-5w1s", [f"tasks.data_dir={OMNIGLOT}"])
-    r = alphabet_identification(s, params, load_set("background", OMNIGLOT), k_shot=1, bank_tasks=40,
-                                query_tasks=20, key=mx.random.key(5))
+    s, params, _, _ = R.load("omniglot-5w1s", [f"tasks.data_dir={OMNIGLOT}"])
+    r = alphabet_identification(probe(s), params, load_set("background", OMNIGLOT), n_way=s.tasks.n_way,
+                                seed=s.cfg.seed, k_shot=1, bank_tasks=40, query_tasks=20, key=mx.random.key(5))
     assert len(r["families"]) == 5
     assert r["accuracy"]["fisher"] > 0.5  # chance: 0.2

@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 from reptile_fn.embed import bank as B
 from reptile_fn.embed import hyper as H
 from reptile_fn.errors import CheckpointError, EmbeddingError
-from reptile_fn.inner import adapt
+from reptile_fn.inner import InnerLoop, InnerState, adapt
 from reptile_fn.losses import cross_entropy
 from reptile_fn.models import mlp
 from reptile_fn.tasks import make_distribution
@@ -66,7 +66,7 @@ def test_build_adapts_each_task_and_save_load_round_trip(tmp_path):
                    mx.array([0, 1, 2]), inner_lr=0.1, steps=3)
     assert B.size(bank) == 3 and bank.params["head"]["w"].shape == (3, 8, 2)
     for i in range(3):  # entry i is the init adapted on task i's data only
-        want, _ = adapt(model.apply, cross_entropy, params, (x[i], y[i]), lr=0.1, steps=3)
+        want, _ = adapt(InnerLoop(lr=0.1, steps=3), model.apply, cross_entropy, params, (x[i], y[i]))[:2]
         got = {k: {n: a[i] for n, a in v.items()} for k, v in bank.params.items()}
         for (_, u), (_, v) in zip(tree_flatten(got), tree_flatten(want)):
             assert mx.allclose(u, v, atol=1e-5).item()

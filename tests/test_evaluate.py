@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from reptile_fn.evaluate import few_shot_curve, mean_ci, per_episode_curves
+from reptile_fn.inner import InnerLoop, InnerState
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 
@@ -27,11 +28,11 @@ def test_curves_have_steps_plus_one_points_and_match_direct_computation():
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(0))
     episodes = regression_batch(0, 6)
-    curves = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=4, chunk_size=4)
+    curves = per_episode_curves(InnerLoop(lr=0.05, steps=4), model.apply, mse, params, episodes, chunk_size=4)
     assert curves["loss"].shape == (6, 5)
     direct = [float(mse(model.apply(params, episodes.query_x[i]), episodes.query_y[i])) for i in range(6)]
     np.testing.assert_allclose(curves["loss"][:, 0], direct, rtol=1e-5)
-    summary = few_shot_curve(model.apply, mse, params, episodes, inner_lr=0.05, steps=4)
+    summary = few_shot_curve(InnerLoop(lr=0.05, steps=4), model.apply, mse, params, episodes)
     assert summary["steps"] == [0, 1, 2, 3, 4] and summary["episodes"] == 6
     np.testing.assert_allclose(summary["loss"]["mean"], curves["loss"].mean(0), rtol=1e-5)
 
@@ -40,9 +41,9 @@ def test_evaluation_is_deterministic_given_the_key():
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(1))
     episodes = regression_batch(1, 5)
-    kw = dict(inner_lr=0.05, steps=3, inner_batch_size=4, key=mx.random.key(3))
-    a = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
-    b = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    loop = InnerLoop(lr=0.05, steps=3, batch_size=4)
+    a = per_episode_curves(loop, model.apply, mse, params, episodes, key=mx.random.key(3))["loss"]
+    b = per_episode_curves(loop, model.apply, mse, params, episodes, key=mx.random.key(3))["loss"]
     np.testing.assert_array_equal(a, b)
 
 
@@ -50,8 +51,8 @@ def test_nontransductive_scoring_equals_transductive_without_batch_statistics():
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(2))
     episodes = regression_batch(2, 4)
-    a = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=2)["loss"]
-    b = per_episode_curves(model.apply, mse, params, episodes, inner_lr=0.05, steps=2, transductive=False)["loss"]
+    a = per_episode_curves(InnerLoop(lr=0.05, steps=2), model.apply, mse, params, episodes)["loss"]
+    b = per_episode_curves(InnerLoop(lr=0.05, steps=2), model.apply, mse, params, episodes, transductive=False)["loss"]
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
@@ -63,16 +64,17 @@ def test_chunks_are_bounded_by_input_size_and_do_not_change_results(monkeypatch,
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(4))
     episodes = regression_batch(4, 7)
-    kw = dict(inner_lr=0.05, steps=2, transductive=transductive, inner_batch_size=3, key=mx.random.key(5))
-    whole = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    loop = InnerLoop(lr=0.05, steps=2, batch_size=3)
+    kw = dict(transductive=transductive, key=mx.random.key(5))
+    whole = per_episode_curves(loop, model.apply, mse, params, episodes, **kw)["loss"]
     n_s, n_q = episodes.support_x.shape[1], episodes.query_x.shape[1]
     per_episode = (n_q * (n_s + 1) if not transductive else n_s + n_q) * episodes.support_x.shape[2]
-    calls = []
-    original = E.init_opt_state  # evaluate.py calls it once per chunk
-    monkeypatch.setattr(E, "init_opt_state", lambda *a, **k: calls.append(1) or original(*a, **k))
+    sizes = []
+    original = E.consecutive  # the default split: record the chunks it gives
+    monkeypatch.setattr(E, "consecutive", lambda eps, size: ((sizes.append(len(i)) or (i, e)) for i, e in original(eps, size)))
     monkeypatch.setattr(E, "CHUNK_INPUT_ELEMENTS", 2 * per_episode)  # chunks of 2 episodes: 2, 2, 2, 1
-    chunked = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
-    assert len(calls) == 4
+    chunked = per_episode_curves(loop, model.apply, mse, params, episodes, **kw)["loss"]
+    assert sizes == [2, 2, 2, 1]
     assert chunked.shape == whole.shape == (7, 3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
 
@@ -83,14 +85,15 @@ def test_split_chunks_in_any_order_give_each_episode_its_own_curve():
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(6))
     episodes = regression_batch(6, 7)
-    kw = dict(inner_lr=0.05, steps=3, inner_batch_size=3, key=mx.random.key(7))
-    whole = per_episode_curves(model.apply, mse, params, episodes, **kw)["loss"]
+    loop = InnerLoop(lr=0.05, steps=3, batch_size=3)
+    kw = dict(key=mx.random.key(7))
+    whole = per_episode_curves(loop, model.apply, mse, params, episodes, **kw)["loss"]
 
     def shuffled(eps, groups=([5, 0], [3], [6, 1, 4], [2])):
         for g in groups:
             yield np.array(g), type(eps)(*(a[mx.array(g)] for a in eps))
 
-    np.testing.assert_allclose(per_episode_curves(model.apply, mse, params, episodes, split=shuffled, **kw)["loss"],
+    np.testing.assert_allclose(per_episode_curves(loop, model.apply, mse, params, episodes, split=shuffled, **kw)["loss"],
                                whole, rtol=1e-5)
     with pytest.raises(ValueError, match="every one of the 7 episodes exactly once"):
-        per_episode_curves(model.apply, mse, params, episodes, split=lambda e: shuffled(e, ([0, 1], [1, 2])), **kw)
+        per_episode_curves(loop, model.apply, mse, params, episodes, split=lambda e: shuffled(e, ([0, 1], [1, 2])), **kw)

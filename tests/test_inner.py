@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from mlx.utils import tree_map
 
 from reptile_fn import tree as T
-from reptile_fn.inner import adapt, batch_indices
+from reptile_fn.inner import InnerLoop, adapt, batch_indices
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 
@@ -25,7 +25,7 @@ def task(seed=0, n=10):
 def test_zero_steps_is_identity():
     params = MODEL.init(mx.random.key(0))
     support, _ = task()
-    out, losses = adapt(MODEL.apply, mse, params, support, lr=0.1, steps=0)
+    out, losses = adapt(InnerLoop(lr=0.1, steps=0), MODEL.apply, mse, params, support)[:2]
     assert same(out, params) and losses.shape == (0,)
 
 
@@ -34,7 +34,7 @@ def test_one_sgd_step_matches_hand_computation():
     (x, y), _ = task(1)
     grads = mx.grad(lambda p: mse(MODEL.apply(p, x), y))(params)
     expected = tree_map(lambda p, g: p - 0.05 * g, params, grads)
-    out, losses = adapt(MODEL.apply, mse, params, (x, y), lr=0.05, steps=1)
+    out, losses = adapt(InnerLoop(lr=0.05, steps=1), MODEL.apply, mse, params, (x, y))[:2]
     assert max_abs_diff(out, expected) < 1e-6
     assert float(losses[0]) == pytest.approx(float(mse(MODEL.apply(params, x), y)), rel=1e-6)
 
@@ -42,7 +42,7 @@ def test_one_sgd_step_matches_hand_computation():
 def test_sgd_lowers_support_loss():
     params = MODEL.init(mx.random.key(2))
     support, _ = task(2)
-    _, losses = adapt(MODEL.apply, mse, params, support, lr=0.05, steps=30)
+    _, losses = adapt(InnerLoop(lr=0.05, steps=30), MODEL.apply, mse, params, support)[:2]
     assert float(losses[-1]) < 0.5 * float(losses[0])
 
 
@@ -50,8 +50,8 @@ def test_tree_learning_rate_with_equal_entries_equals_scalar():
     params = MODEL.init(mx.random.key(3))
     support, _ = task(3)
     lr_tree = tree_map(lambda p: mx.full(p.shape, 0.03), params)
-    a, _ = adapt(MODEL.apply, mse, params, support, lr=0.03, steps=3)
-    b, _ = adapt(MODEL.apply, mse, params, support, lr=lr_tree, steps=3)
+    a, _ = adapt(InnerLoop(lr=0.03, steps=3), MODEL.apply, mse, params, support)[:2]
+    b, _ = adapt(InnerLoop(lr=lr_tree, steps=3), MODEL.apply, mse, params, support)[:2]
     assert max_abs_diff(a, b) < 1e-6
 
 
@@ -60,7 +60,7 @@ def test_adam_first_step_moves_by_lr_times_sign():
     params = MODEL.init(mx.random.key(4))
     (x, y), _ = task(4)
     grads = mx.grad(lambda p: mse(MODEL.apply(p, x), y))(params)
-    out, _ = adapt(MODEL.apply, mse, params, (x, y), lr=0.01, steps=1, optimizer="adam", adam_betas=(0.0, 0.999))
+    out, _ = adapt(InnerLoop(lr=0.01, steps=1, optimizer="adam", adam_betas=(0.0, 0.999)), MODEL.apply, mse, params, (x, y))[:2]
     expected = tree_map(lambda p, g: p - 0.01 * g / (mx.abs(g) + 1e-8), params, grads)
     assert max_abs_diff(out, expected) < 1e-6
 
@@ -72,7 +72,7 @@ def test_frozen_leaves_never_change(seed, steps, optimizer, patterns):
     params = MODEL.init(mx.random.key(seed))
     support, _ = task(seed)
     pred = T.match(patterns)
-    out, _ = adapt(MODEL.apply, mse, params, support, lr=0.1, steps=steps, optimizer=optimizer, trainable=pred)
+    out, _ = adapt(InnerLoop(lr=0.1, steps=steps, optimizer=optimizer, trainable=pred), MODEL.apply, mse, params, support)[:2]
     _, frozen_before = T.partition(params, pred)
     _, frozen_after = T.partition(out, pred)
     assert same(frozen_before, frozen_after)
@@ -101,18 +101,17 @@ def test_minibatches_need_a_key_and_full_batch_size_equals_full_batch():
     params = MODEL.init(mx.random.key(5))
     support, _ = task(5, n=10)
     with pytest.raises(ValueError, match="key"):
-        adapt(MODEL.apply, mse, params, support, lr=0.1, steps=2, inner_batch_size=5)
-    a, _ = adapt(MODEL.apply, mse, params, support, lr=0.1, steps=2)
-    b, _ = adapt(MODEL.apply, mse, params, support, lr=0.1, steps=2, inner_batch_size=10, key=mx.random.key(0))
-    c, _ = adapt(MODEL.apply, mse, params, support, lr=0.1, steps=2, inner_batch_size=5, key=mx.random.key(0))
+        adapt(InnerLoop(lr=0.1, steps=2, batch_size=5), MODEL.apply, mse, params, support)
+    a, _ = adapt(InnerLoop(lr=0.1, steps=2), MODEL.apply, mse, params, support)[:2]
+    b, _ = adapt(InnerLoop(lr=0.1, steps=2, batch_size=10), MODEL.apply, mse, params, support, key=mx.random.key(0))[:2]
+    c, _ = adapt(InnerLoop(lr=0.1, steps=2, batch_size=5), MODEL.apply, mse, params, support, key=mx.random.key(0))[:2]
     assert same(a, b) and not same(a, c)
 
 
 def test_observe_records_every_step_including_start_and_end():
     params = MODEL.init(mx.random.key(6))
     support, (qx, qy) = task(6)
-    out, losses, (q,) = adapt(MODEL.apply, mse, params, support, lr=0.05, steps=4,
-                              observe=lambda p: (mse(MODEL.apply(p, qx), qy),))
+    out, losses, (q,) = adapt(InnerLoop(lr=0.05, steps=4), MODEL.apply, mse, params, support, observe=lambda p: (mse(MODEL.apply(p, qx), qy),))[:3]
     assert q.shape == (5,) and losses.shape == (4,)
     assert float(q[0]) == pytest.approx(float(mse(MODEL.apply(params, qx), qy)), rel=1e-6)
     assert float(q[-1]) == pytest.approx(float(mse(MODEL.apply(out, qx), qy)), rel=1e-6)
@@ -123,7 +122,7 @@ def test_adapt_is_differentiable_and_first_order_drops_second_order_terms():
     support, (qx, qy) = task(7)
 
     def outer(p, first_order):
-        q, _ = adapt(MODEL.apply, mse, p, support, lr=0.1, steps=2, first_order=first_order)
+        q, _ = adapt(InnerLoop(lr=0.1, steps=2, first_order=first_order), MODEL.apply, mse, p, support)[:2]
         return mse(MODEL.apply(q, qx), qy)
 
     g2 = mx.grad(lambda p: outer(p, False))(params)

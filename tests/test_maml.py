@@ -9,11 +9,11 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, maml
-from reptile_fn.inner import adapt
+from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.losses import mse
-from reptile_fn.models import mlp
+from reptile_fn.models import HEAD, mlp
 
-from helpers import max_abs_diff, meta_train_sine, regression_batch, same
+from helpers import max_abs_diff, meta_train_sine, outer, regression_batch, same
 
 TINY = mlp(1, 1, hidden=4, depth=1, activation="tanh")  # smooth, so finite differences are meaningful
 
@@ -24,16 +24,16 @@ def meta_gradient(meta, params, batch, key=mx.random.key(0)):
     return T.sub(params, new)
 
 
-def sgd_step(model=TINY, **kw):
-    kw = {"inner_lr": 0.1, "inner_steps": 2, "outer_lr": 1.0, "outer_optimizer": "sgd", **kw}
-    return maml.make_step(model.apply, mse, **kw)
+def sgd_step(model=TINY, inner_lr=0.1, inner_steps=2, **kw):
+    return maml.make_step(model.apply, mse, InnerLoop(lr=inner_lr, steps=inner_steps), outer("sgd", 1.0), **kw)
 
 
 def query_loss_after_adaptation(params, batch, inner_lr=0.1, steps=2):
     total = 0.0
     n = batch.support_x.shape[0]
     for i in range(n):
-        adapted, _ = adapt(TINY.apply, mse, params, (batch.support_x[i], batch.support_y[i]), lr=inner_lr, steps=steps)
+        adapted = adapt(InnerLoop(lr=inner_lr, steps=steps), TINY.apply, mse, params,
+                        (batch.support_x[i], batch.support_y[i])).params
         total = total + mse(TINY.apply(adapted, batch.query_x[i]), batch.query_y[i])
     return total / n
 
@@ -93,16 +93,16 @@ def test_fomaml_one_step_equals_query_gradient_at_adapted_params():
 def test_metasgd_with_uniform_alpha_moves_theta_exactly_like_maml():
     params = TINY.init(mx.random.key(4))
     batch = regression_batch(4, 3)
-    kw = dict(inner_lr=0.07, inner_steps=2, outer_lr=0.01)
-    m, s, _ = maml.make_step(TINY.apply, mse, **kw).step(params, maml.make_step(TINY.apply, mse, **kw).init(params),
-                                                          batch, mx.random.key(0))
-    meta_sgd = maml.metasgd(TINY.apply, mse, **kw)
+    loop = InnerLoop(lr=0.07, steps=2)
+    plain = maml.make_step(TINY.apply, mse, loop, outer("adam", 0.01))
+    m, s, _ = plain.step(params, plain.init(params), batch, mx.random.key(0))
+    meta_sgd = maml.metasgd(TINY.apply, mse, loop, outer("adam", 0.01))
     state = meta_sgd.init(params)
     assert all(float(mx.max(mx.abs(a - 0.07))) == 0 for _, a in tree_flatten(state["inner_lr"]))
     q, state2, _ = meta_sgd.step(params, state, batch, mx.random.key(0))
     assert max_abs_diff(m, q) < 1e-6
     assert max_abs_diff(state2["inner_lr"], state["inner_lr"]) > 0  # α is meta-learned
-    assert meta_sgd.inner_lr(state2) is state2["inner_lr"]
+    assert meta_sgd.inner(state2).lr is state2["inner_lr"]
 
 
 @settings(max_examples=10, deadline=None)
@@ -111,12 +111,13 @@ def test_anil_never_changes_the_body_in_the_inner_loop_but_meta_learns_it(seed, 
     model = mlp(1, 1, hidden=hidden, depth=depth, activation="tanh")  # no dead ReLUs: the body always gets a gradient
     params = model.init(mx.random.key(seed))
     batch = regression_batch(seed, 2)
-    head = T.match(maml.ANIL_TRAINABLE)
-    adapted, _ = adapt(model.apply, mse, params, (batch.support_x[0], batch.support_y[0]), lr=0.1, steps=steps,
-                       trainable=head)
+    head = T.match(HEAD)
+    adapted = adapt(InnerLoop(lr=0.1, steps=steps, trainable=head), model.apply, mse, params,
+                    (batch.support_x[0], batch.support_y[0])).params
     assert same(T.partition(adapted, head)[1], T.partition(params, head)[1])
-    new, _, _ = maml.anil(model.apply, mse, inner_lr=0.1, inner_steps=steps, outer_lr=0.01).step(
-        params, maml.anil(model.apply, mse, inner_lr=0.1, inner_steps=steps).init(params), batch, mx.random.key(0))
+    anil = maml.anil(model.apply, mse, InnerLoop(lr=0.1, steps=steps), outer("adam", 0.01))
+    assert anil.inner(anil.init(params)).trainable("head.w") and not anil.inner(anil.init(params)).trainable("layer0.w")
+    new, _, _ = anil.step(params, anil.init(params), batch, mx.random.key(0))
     assert max_abs_diff(T.partition(new, head)[1], T.partition(params, head)[1]) > 0  # the outer loop moves the body
 
 
@@ -126,9 +127,9 @@ def test_anil_never_changes_the_body_in_the_inner_loop_but_meta_learns_it(seed, 
        inner_opt=st.sampled_from(["sgd", "adam"]), batch_size=st.sampled_from([None, 4]))
 def test_vmapped_compiled_step_equals_serial_reference(name, seed, n_tasks, steps, inner_opt, batch_size):
     model = mlp(1, 1, hidden=8, depth=2)
-    kw = dict(inner_lr=0.05, inner_steps=steps, outer_lr=0.01, inner_optimizer=inner_opt, inner_batch_size=batch_size)
-    fast = ALGORITHMS[name](model.apply, mse, **kw)
-    ref = ALGORITHMS[name](model.apply, mse, batched=False, compiled=False, **kw)
+    loop = InnerLoop(lr=0.05, steps=steps, optimizer=inner_opt, batch_size=batch_size)
+    fast = ALGORITHMS[name](model.apply, mse, loop, outer("adam", 0.01))
+    ref = ALGORITHMS[name](model.apply, mse, loop, outer("adam", 0.01), batched=False, compiled=False)
     p_fast = p_ref = model.init(mx.random.key(seed))
     s_fast, s_ref = fast.init(p_fast), ref.init(p_ref)
     for i in range(2):
@@ -154,15 +155,13 @@ def test_each_algorithm_learns_sine(name):
     from reptile_fn.evaluate import per_episode_curves
     model = mlp(1, 1, hidden=40, depth=2)
     steps = 5 if name == "reptile" else 1
-    outer = dict(outer_lr=1.0, outer_lr_final=0.0, meta_iterations=2000) if name == "reptile" else dict(outer_lr=1e-3)
-    meta = ALGORITHMS[name](model.apply, mse, inner_lr=0.01, inner_steps=steps, **outer)
+    opt = outer("sgd", 1.0, 0.0, 2000) if name == "reptile" else outer("adam", 1e-3)
+    meta = ALGORITHMS[name](model.apply, mse, InnerLoop(lr=0.01, steps=steps), opt)
     tasks, init, params, state = meta_train_sine(meta, model, 2000)
     test = tasks.sample_test(mx.random.key(10_000), 200)
-    head = T.match(maml.ANIL_TRAINABLE) if name == "anil" else None
-    meta_mse = per_episode_curves(model.apply, mse, params, test, inner_lr=meta.inner_lr(state), steps=steps,
-                                  trainable=head)["loss"][:, -1].mean()
-    rand_mse = per_episode_curves(model.apply, mse, init, test, inner_lr=0.01, steps=steps,
-                                  trainable=head)["loss"][:, -1].mean()
+    loop = meta.inner(state)  # learned rates (Meta-SGD), the head only (ANIL)
+    meta_mse = per_episode_curves(loop, model.apply, mse, params, test)["loss"][:, -1].mean()
+    rand_mse = per_episode_curves(loop._replace(lr=0.01), model.apply, mse, init, test)["loss"][:, -1].mean()
     assert meta_mse < 0.5 * rand_mse, (name, meta_mse, rand_mse)
 
 
@@ -173,18 +172,18 @@ def test_anil_masked_inner_loop_gives_the_frozen_body_meta_gradient():
     params = model.init(mx.random.key(5))
     x = mx.random.normal((3, 20, 2), key=mx.random.key(6))
     y = mx.random.normal((3, 20, 2), key=mx.random.key(7))
-    from reptile_fn.tasks.base import Episode
+    from reptile_fn.episode import Episode
 
     batch = Episode(x[:, :10], y[:, :10], x[:, 10:], y[:, 10:])
-    head = T.match(maml.ANIL_TRAINABLE)
-    meta = maml.anil(model.apply, mse, inner_lr=0.1, inner_steps=4, outer_lr=1.0, outer_optimizer="sgd")
+    head = T.match(HEAD)
+    meta = maml.anil(model.apply, mse, InnerLoop(lr=0.1, steps=4), outer("sgd", 1.0))
     g = meta_gradient(meta, params, batch)
 
     def objective(p):
         losses = []
         for i in range(3):
-            adapted, _ = adapt(model.apply, mse, p, (batch.support_x[i], batch.support_y[i]), lr=0.1, steps=4,
-                               trainable=head)
+            adapted = adapt(InnerLoop(lr=0.1, steps=4, trainable=head), model.apply, mse, p,
+                            (batch.support_x[i], batch.support_y[i])).params
             losses.append(mse(model.apply(adapted, batch.query_x[i]), batch.query_y[i]))
         return mx.mean(mx.stack(losses))
 

@@ -14,15 +14,17 @@ from reptile_fn import peft
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS
 from reptile_fn.errors import CheckpointError, ConfigError
-from reptile_fn.inner import adapt
+from reptile_fn.inner import InnerLoop, InnerState, adapt
 from reptile_fn.losses import cross_entropy, mse
 from reptile_fn.models import conv4, mlp
 from reptile_fn.peft import adalora
 from reptile_fn.tasks import Episode
-from reptile_fn.train import ADAPTER_DIR, baseline_inits, load_run, setup, train
+from reptile_fn.run import ADAPTER_DIR, baseline_inits, train
+from reptile_fn.run import build as setup
+from reptile_fn.run import load as load_run
 
 from conftest import TINY, quiet
-from helpers import max_abs_diff, regression_batch
+from helpers import max_abs_diff, outer, regression_batch
 
 LORA = ("peft.method=lora", "peft.base_pretrain_iterations=50", "tasks.families=[xor]", "peft.base_families=[linear]")
 
@@ -81,8 +83,6 @@ def test_lora_init_conventions_and_errors():
         peft.lora_init(mx.random.key(1), base, targets=("nothing.*",))
     with pytest.raises(ValueError, match="only weights with 2"):
         peft.lora_init(mx.random.key(1), base, targets=("layer0.b",))
-    with pytest.raises(ValueError, match="dropout"):
-        peft.lora_init(mx.random.key(1), base, dropout=0.1)
     with pytest.raises(ValueError, match="does not have"):
         peft.merge({"other": base["layer1"]}, adapter)
 
@@ -120,8 +120,7 @@ def test_inner_loop_leaves_the_base_alone_when_only_adapters_train():
     pf, params = _peft_params()
     inner, _ = peft.patterns("lora", train_head=False)
     batch = _classification_batch(0, 1)
-    adapted, losses = adapt(pf.model.apply, cross_entropy, params, (batch.support_x[0], batch.support_y[0]),
-                            lr=0.5, steps=3, trainable=T.match(inner))
+    adapted, losses = adapt(InnerLoop(lr=0.5, steps=3, trainable=T.match(inner)), pf.model.apply, cross_entropy, params, (batch.support_x[0], batch.support_y[0]))[:2]
     assert max_abs_diff(adapted["base"], params["base"]) == 0.0
     assert max_abs_diff(adapted["adapter"], params["adapter"]) > 1e-4  # the adapter did learn
     assert float(losses[-1]) < float(losses[0])
@@ -133,9 +132,10 @@ def test_outer_update_moves_only_adapter_and_head(algorithm):
     inner, meta = peft.patterns("lora", reptile=algorithm == "reptile")
     if algorithm == "anil":
         inner = (peft.HEAD,)
-    extra = {} if algorithm == "reptile" else {"meta_trainable": T.match(meta), "outer_lr": 0.05}
-    step = ALGORITHMS[algorithm](pf.model.apply, cross_entropy, inner_lr=0.3, inner_steps=3,
-                                 outer_lr=extra.pop("outer_lr", 1.0), trainable=T.match(inner), **extra)
+    extra = {} if algorithm == "reptile" else {"meta_trainable": T.match(meta)}
+    opt = outer("sgd", 1.0) if algorithm == "reptile" else outer("adam", 0.05)
+    step = ALGORITHMS[algorithm](pf.model.apply, cross_entropy, InnerLoop(lr=0.3, steps=3, trainable=T.match(inner)),
+                                 opt, **extra)
     state = step.init(params)
     new, _, _ = step.step(params, state, _classification_batch(1, 4), mx.random.key(2))
     after = dict(tree_flatten(new))
@@ -150,8 +150,8 @@ def test_outer_update_moves_only_adapter_and_head(algorithm):
 def test_meta_learn_base_flag_lets_the_base_move():
     pf, params = _peft_params()
     inner, meta = peft.patterns("lora", meta_learn_base=True)
-    step = ALGORITHMS["fomaml"](pf.model.apply, cross_entropy, inner_lr=0.3, inner_steps=2, outer_lr=0.05,
-                                trainable=T.match(inner), meta_trainable=T.match(meta))
+    step = ALGORITHMS["fomaml"](pf.model.apply, cross_entropy, InnerLoop(lr=0.3, steps=2, trainable=T.match(inner)),
+                                outer("adam", 0.05), meta_trainable=T.match(meta))
     new, _, _ = step.step(params, step.init(params), _classification_batch(1, 4), mx.random.key(2))
     assert max_abs_diff(new["base"]["layer0"], params["base"]["layer0"]) > 0
     # Reptile can only meta-learn what adapts: the flag makes the base adapt too
@@ -219,6 +219,25 @@ def test_adalora_run_prunes_to_the_target_rank(tmp_path):
     assert totals[0] > totals[-1] == 3  # the budget falls over training (log means: first window is pre-pruning)
 
 
+def test_adalora_keeps_the_persistent_inner_state_and_evaluation_adapts_from_it(tmp_path):
+    """AdaLoRA's wrapper passes the algorithm's inner loop through: a kept inner Adam state (inner_state:
+    persistent) reaches evaluation, and evaluating from it differs from a fresh state."""
+    from reptile_fn.run import evaluate_init, run_keys
+
+    cfg = C.load(None, TINY + ("peft.method=adalora", "peft.rank=4", "peft.base_pretrain_iterations=20",
+                               "inner_optimizer=adam", "inner_lr=0.01", "inner_state=persistent", "meta_iterations=10"))
+    train(cfg, tmp_path, progress=False, log=quiet)
+    run, params, state, _ = load_run(tmp_path / "checkpoint.safetensors")
+    assert "rank_scores" in state and "inner_opt" in state  # both wrappers' states were saved and restored
+    start = run.meta.inner(state).start
+    assert start is not None and start.t is state["inner_t"] and int(start.t) == 10 * cfg.meta_batch_size * 5
+    assert max_abs_diff(start.opt, state["inner_opt"]) == 0.0 and float(T.global_norm(start.opt["v"])) > 0
+    key = run_keys(cfg.seed).eval_final
+    kept = evaluate_init(run, params, key, 10, 3, state=state)
+    fresh = evaluate_init(run, params, key, 10, 3)
+    assert kept["loss"]["mean"][0] == fresh["loss"]["mean"][0] and kept["loss"]["mean"][-1] != fresh["loss"]["mean"][-1]
+
+
 def test_peft_run_end_to_end_writes_adapters_and_beats_nothing_with_clear_baselines(tmp_path):
     cfg = C.load(None, TINY + LORA)
     summary = train(cfg, tmp_path, progress=False, log=quiet)
@@ -250,7 +269,7 @@ def test_peft_counts_and_patterns():
 
 
 def test_peft_config_errors():
-    with pytest.raises(ConfigError, match="peft.dropout"):
+    with pytest.raises(ConfigError, match="peft.dropout is no longer a setting"):
         C.load(None, ["peft.method=lora", "peft.dropout=0.1"])
     with pytest.raises(ConfigError, match="trainable and peft.method"):
         C.load(None, ["peft.method=lora", "trainable=[head.*]"])
@@ -286,8 +305,7 @@ def test_regression_peft_mse_runs():
     params = pf.model.init(mx.random.key(0))
     batch = regression_batch(0, 1)
     inner, _ = peft.patterns("lora")
-    _, losses = adapt(pf.model.apply, mse, params, (batch.support_x[0], batch.support_y[0]), lr=0.05, steps=5,
-                      trainable=T.match(inner))
+    _, losses = adapt(InnerLoop(lr=0.05, steps=5, trainable=T.match(inner)), pf.model.apply, mse, params, (batch.support_x[0], batch.support_y[0]))[:2]
     assert float(losses[-1]) < float(losses[0])
 
 
@@ -345,26 +363,25 @@ def test_zero_head_adapts_in_every_task_but_is_never_meta_learned(algorithm):
     params["base"]["head"] = {k: mx.zeros_like(v) for k, v in params["base"]["head"].items()}
     inner, meta = peft.patterns("lora", reptile=algorithm == "reptile", meta_learn_head=False)
     assert peft.HEAD in inner and peft.HEAD not in meta
-    step = ALGORITHMS[algorithm](pf.model.apply, cross_entropy, inner_lr=0.3, inner_steps=3,
-                                 outer_lr=1.0 if algorithm == "reptile" else 0.05, trainable=T.match(inner),
-                                 meta_trainable=T.match(meta))
+    opt = outer("sgd", 1.0) if algorithm == "reptile" else outer("adam", 0.05)
+    step = ALGORITHMS[algorithm](pf.model.apply, cross_entropy, InnerLoop(lr=0.3, steps=3, trainable=T.match(inner)),
+                                 opt, meta_trainable=T.match(meta))
     new, state, _ = step.step(params, step.init(params), _classification_batch(1, 4), mx.random.key(2))
     new, _, _ = step.step(new, state, _classification_batch(2, 4), mx.random.key(3))
     assert max_abs_diff(new["base"]["head"], params["base"]["head"]) == 0.0  # still zero after two meta-steps
     assert max_abs_diff(new["adapter"], params["adapter"]) > 0  # the adapter is meta-learned
     # ... and the head does adapt inside each task
-    adapted, _ = adapt(pf.model.apply, cross_entropy, new, (_classification_batch(4, 1).support_x[0],
-                                                           _classification_batch(4, 1).support_y[0]),
-                       lr=0.3, steps=2, trainable=T.match(inner))
+    adapted, _ = adapt(InnerLoop(lr=0.3, steps=2, trainable=T.match(inner)), pf.model.apply, cross_entropy, new, (_classification_batch(4, 1).support_x[0],
+                                                           _classification_batch(4, 1).support_y[0]))[:2]
     assert max_abs_diff(adapted["base"]["head"], new["base"]["head"]) > 0
 
 
 def test_reptile_meta_trainable_of_everything_is_plain_reptile():
     pf, params = _peft_params()
     inner, _ = peft.patterns("lora", reptile=True)
-    kw = dict(inner_lr=0.3, inner_steps=2, outer_lr=0.7, trainable=T.match(inner))
-    plain = ALGORITHMS["reptile"](pf.model.apply, cross_entropy, **kw)
-    masked = ALGORITHMS["reptile"](pf.model.apply, cross_entropy, meta_trainable=lambda p: True, **kw)
+    loop = InnerLoop(lr=0.3, steps=2, trainable=T.match(inner))
+    plain = ALGORITHMS["reptile"](pf.model.apply, cross_entropy, loop, outer("sgd", 0.7))
+    masked = ALGORITHMS["reptile"](pf.model.apply, cross_entropy, loop, outer("sgd", 0.7), meta_trainable=lambda p: True)
     batch = _classification_batch(3, 4)
     a, _, _ = plain.step(params, plain.init(params), batch, mx.random.key(5))
     b, _, _ = masked.step(params, masked.init(params), batch, mx.random.key(5))
@@ -376,7 +393,7 @@ def test_zero_head_config_runs_and_keeps_the_head_at_zero(tmp_path):
     train(cfg, tmp_path, progress=False, log=quiet)
     s, params, _, _ = load_run(tmp_path / "checkpoint.safetensors")
     assert all(float(mx.abs(v).max()) == 0.0 for v in params["base"]["head"].values())
-    assert s.inner_kwargs["trainable"]("base.head.w") and not s.meta_trainable("base.head.w")
+    assert s.inner.trainable("base.head.w") and not s.meta_trainable("base.head.w")
     for bad in (["peft.method=full"], ["peft.method=lora", "peft.meta_learn_base=true"],
                 ["peft.method=lora", "peft.train_head=false"]):
         with pytest.raises(ConfigError, match="peft.head = zero"):

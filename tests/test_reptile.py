@@ -8,19 +8,22 @@ from hypothesis import strategies as st
 
 from reptile_fn import tree as T
 from reptile_fn.algorithms import reptile
-from reptile_fn.inner import adapt
+from reptile_fn.inner import InnerLoop, InnerState, adapt
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
-from reptile_fn.tasks.base import Episode
+from reptile_fn.episode import Episode
 
-from helpers import max_abs_diff, meta_train_sine, regression_batch, same, to_np
+from helpers import max_abs_diff, meta_train_sine, outer, regression_batch, same, to_np
 
 MODEL = mlp(1, 1, hidden=8, depth=1)
 KEY = mx.random.key(42)
 
 
-def make(outer_lr, inner_steps=3, inner_lr=0.05, **kw):
-    return reptile.make_step(MODEL.apply, mse, inner_lr=inner_lr, inner_steps=inner_steps, outer_lr=outer_lr, **kw)
+def make(outer_lr, inner_steps=3, inner_lr=0.05, *, trainable=None, outer_optimizer="sgd", outer_lr_final=None,
+         meta_iterations=None, **kw):
+    loop = InnerLoop(lr=inner_lr, steps=inner_steps, trainable=trainable)
+    return reptile.make_step(MODEL.apply, mse, loop, outer(outer_optimizer, outer_lr, outer_lr_final, meta_iterations),
+                             **kw)
 
 
 def one_step(meta, params, batch, key=KEY):
@@ -29,7 +32,7 @@ def one_step(meta, params, batch, key=KEY):
 
 
 def adapted_mean(params, batch, inner_lr=0.05, steps=3):
-    outs = [adapt(MODEL.apply, mse, params, (batch.support_x[i], batch.support_y[i]), lr=inner_lr, steps=steps)[0]
+    outs = [adapt(InnerLoop(lr=inner_lr, steps=steps), MODEL.apply, mse, params, (batch.support_x[i], batch.support_y[i]))[0]
             for i in range(batch.support_x.shape[0])]
     return T.mean(T.stack(outs))
 
@@ -105,10 +108,9 @@ def test_vmapped_compiled_step_equals_serial_reference(seed, n_tasks, steps, inn
     # the float rounding of that zero then decides the sign of outer Adam's first ±β step: ill-posed.
     assume(not (inner_opt == "adam" and outer_opt == "adam"))
     model = mlp(1, 1, hidden=hidden, depth=2)
-    kw = dict(inner_lr=inner_lr, inner_steps=steps, outer_lr=beta, inner_optimizer=inner_opt,
-              outer_optimizer=outer_opt, inner_batch_size=batch_size)
-    fast = reptile.make_step(model.apply, mse, **kw)
-    ref = reptile.make_step(model.apply, mse, batched=False, compiled=False, **kw)
+    loop = InnerLoop(lr=inner_lr, steps=steps, optimizer=inner_opt, batch_size=batch_size)
+    fast = reptile.make_step(model.apply, mse, loop, outer(outer_opt, beta))
+    ref = reptile.make_step(model.apply, mse, loop, outer(outer_opt, beta), batched=False, compiled=False)
     p_fast = p_ref = model.init(mx.random.key(seed))
     s_fast, s_ref = fast.init(p_fast), ref.init(p_ref)
     for i in range(3):
@@ -122,9 +124,9 @@ def test_vmapped_compiled_step_equals_serial_reference(seed, n_tasks, steps, inn
 
 def test_fast_path_equals_serial_after_100_meta_steps():
     model = mlp(1, 1, hidden=16, depth=2)
-    kw = dict(inner_lr=0.02, inner_steps=3, outer_lr=0.5, outer_lr_final=0.0, meta_iterations=100)
-    fast = reptile.make_step(model.apply, mse, **kw)
-    ref = reptile.make_step(model.apply, mse, batched=False, compiled=False, **kw)
+    loop = InnerLoop(lr=0.02, steps=3)
+    fast = reptile.make_step(model.apply, mse, loop, outer("sgd", 0.5, 0.0, 100))
+    ref = reptile.make_step(model.apply, mse, loop, outer("sgd", 0.5, 0.0, 100), batched=False, compiled=False)
     p_fast = p_ref = model.init(mx.random.key(0))
     s_fast, s_ref = fast.init(p_fast), ref.init(p_ref)
     for i in range(100):
@@ -166,17 +168,16 @@ def test_reptile_learns_sine_regression():
     # A few hundred meta-iterations lower held-out post-adaptation MSE well below a random init's.
     from reptile_fn.evaluate import per_episode_curves
     model = mlp(1, 1, hidden=40, depth=2)
-    meta = reptile.make_step(model.apply, mse, inner_lr=0.02, inner_steps=5, outer_lr=1.0, outer_lr_final=0.0,
-                             meta_iterations=600)
+    meta = reptile.make_step(model.apply, mse, InnerLoop(lr=0.02, steps=5), outer("sgd", 1.0, 0.0, 600))
     tasks, init, params, state = meta_train_sine(meta, model, 600, query_size=20)
     test = tasks.sample_test(mx.random.key(10_000), 200)
-    meta_mse = per_episode_curves(model.apply, mse, params, test, inner_lr=0.02, steps=10)["loss"][:, -1].mean()
-    rand_mse = per_episode_curves(model.apply, mse, init, test, inner_lr=0.02, steps=10)["loss"][:, -1].mean()
+    meta_mse = per_episode_curves(InnerLoop(lr=0.02, steps=10), model.apply, mse, params, test)["loss"][:, -1].mean()
+    rand_mse = per_episode_curves(InnerLoop(lr=0.02, steps=10), model.apply, mse, init, test)["loss"][:, -1].mean()
     assert meta_mse < 0.5 * rand_mse, (meta_mse, rand_mse)
 
 
-def test_fused_iterations_equal_single_steps():
-    from reptile_fn.algorithms.base import fuse
+def test_compiled_iterations_equal_single_steps():
+    from reptile_fn.algorithms.base import compile_iterations
 
     meta = make(0.5, outer_lr_final=0.0, meta_iterations=4)
     params = MODEL.init(KEY)
@@ -188,7 +189,7 @@ def test_fused_iterations_equal_single_steps():
         p, s, m = meta.step(p, s, batches[i], keys[i])
         loss_sum += float(m["support_loss"])
     stacked = Episode(*(mx.stack([b[j] for b in batches]) for j in range(4)))
-    pf, sf, sums = fuse(meta.step, 4)(params, meta.init(params), stacked, keys)
+    pf, sf, sums = compile_iterations(meta.step, 4)(params, meta.init(params), stacked, keys)
     assert max_abs_diff(p, pf) < 1e-6 and int(sf["iteration"]) == 4
     assert float(sums["support_loss"]) == pytest.approx(loss_sum, rel=1e-5)
 
@@ -196,37 +197,27 @@ def test_fused_iterations_equal_single_steps():
 def test_persistent_inner_adam_state_chains_like_the_reference():
     """One inner Adam state across tasks (supervised-reptile): with one task per meta-batch, iteration 2's
     task starts from iteration 1's final Adam moments and step count, exactly as a hand-chained adapt."""
-    import mlx.core as mx
-
-    from reptile_fn import tree as T
-    from reptile_fn.algorithms import reptile
-    from reptile_fn.inner import adapt
-    from reptile_fn.losses import mse
-    from reptile_fn.models import mlp
-
-    from helpers import max_abs_diff, regression_batch
-
     model = mlp(1, 1, hidden=8, depth=1)
     params = model.init(mx.random.key(0))
-    hyper = dict(inner_lr=0.01, inner_steps=3, outer_lr=0.5, inner_optimizer="adam", inner_adam_betas=(0.0, 0.999))
-    meta = reptile.make_step(model.apply, mse, persistent_inner_state=True, **hyper)
-    fresh = reptile.make_step(model.apply, mse, **hyper)
+    loop = InnerLoop(lr=0.01, steps=3, optimizer="adam", adam_betas=(0.0, 0.999))
+    meta = reptile.make_step(model.apply, mse, loop, outer("sgd", 0.5), persistent_inner_state=True)
+    fresh = reptile.make_step(model.apply, mse, loop, outer("sgd", 0.5))
     b1, b2 = regression_batch(1, 1), regression_batch(2, 1)
     k = mx.random.key(3)
     state = meta.init(params)
     p1, s1, _ = meta.step(params, state, b1, k)
     p2, s2, _ = meta.step(p1, s1, b2, k)
-    assert int(s2["inner_t"]) == 6 and meta.inner_opt(s2)[1] is s2["inner_t"]
+    assert int(s2["inner_t"]) == 6 and meta.inner(s2).start.t is s2["inner_t"]
+    assert meta.inner(s2).start.opt is s2["inner_opt"]
     # by hand: adapt task 1 from a fresh state, task 2 from task 1's final state at step count 3
-    a1, _, opt1 = adapt(model.apply, mse, params, (b1.support_x[0], b1.support_y[0]), lr=0.01, steps=3,
-                        optimizer="adam", adam_betas=(0.0, 0.999), return_opt_state=True)
-    q1 = T.lerp(params, a1, 0.5)  # θ + β (θ̃ − θ)
+    first = adapt(loop, model.apply, mse, params, (b1.support_x[0], b1.support_y[0]))
+    assert first.state.t == 3
+    q1 = T.lerp(params, first.params, 0.5)  # θ + β (θ̃ − θ)
     assert max_abs_diff(q1, p1) < 1e-6
-    a2, _, opt2 = adapt(model.apply, mse, q1, (b2.support_x[0], b2.support_y[0]), lr=0.01, steps=3, optimizer="adam",
-                        adam_betas=(0.0, 0.999), opt_state=opt1, t0=3, return_opt_state=True)
-    assert max_abs_diff(opt2, s2["inner_opt"]) < 1e-5  # compiled vs eager float32 rounding
+    second = adapt(loop._replace(start=first.state), model.apply, mse, q1, (b2.support_x[0], b2.support_y[0]))
+    assert max_abs_diff(second.state.opt, s2["inner_opt"]) < 1e-5  # compiled vs eager float32 rounding
     # and it differs from the per-task fresh state, which gives a different second iteration
     f1, fs1, _ = fresh.step(params, fresh.init(params), b1, k)
     f2, _, _ = fresh.step(f1, fs1, b2, k)
     assert max_abs_diff(f1, p1) < 1e-6 and max_abs_diff(f2, p2) > 1e-5
-    assert fresh.inner_opt(fs1) is None
+    assert fresh.inner(fs1).start is None

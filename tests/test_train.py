@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
-import reptile_fn.train as TR
+from reptile_fn import run as R
 from reptile_fn import checkpoint as ck
 from reptile_fn import config as C
 from reptile_fn import tree as T
@@ -19,11 +19,11 @@ from conftest import TINY, quiet
 
 
 def _train(cfg, out, **kw):
-    return TR.train(cfg, out, progress=False, log=quiet, **kw)
+    return R.train(cfg, out, progress=False, log=quiet, **kw)
 
 
 def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / TR.METRICS).read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / R.METRICS).read_text().splitlines()]
 
 
 def _flat_checkpoint(path):
@@ -59,21 +59,21 @@ def tiny_run(tmp_path_factory):
 def test_run_directory_contents(tiny_run):
     cfg, out, summary = tiny_run
     names = {p.name for p in out.iterdir()}
-    assert {TR.CHECKPOINT, TR.METRICS, TR.SUMMARY, "config.yaml"} <= names
+    assert {R.CHECKPOINT, R.METRICS, R.SUMMARY, "config.yaml"} <= names
     assert not [n for n in names if ".tmp" in n], names  # no temporary files left behind
     assert C.load(out / "config.yaml") == cfg
-    assert json.loads((out / TR.SUMMARY).read_text()) == summary
+    assert json.loads((out / R.SUMMARY).read_text()) == summary
 
 
 def test_checkpoint_holds_final_params_config_and_iteration(tiny_run):
     cfg, out, _ = tiny_run
-    s, params, _, iteration = TR.load_run(out / TR.CHECKPOINT)
+    s, params, _, iteration = R.load(out / R.CHECKPOINT)
     assert iteration == cfg.meta_iterations
     assert s.cfg == cfg
-    flat, meta = _flat_checkpoint(out / TR.CHECKPOINT)
+    flat, meta = _flat_checkpoint(out / R.CHECKPOINT)
     assert C.from_dict(meta["config"]) == cfg
     assert _all_finite(flat)
-    init = s.model.init(TR.run_keys(cfg.seed).init)
+    init = s.model.init(R.run_keys(cfg.seed).init)
     assert {k for k, _ in tree_flatten(params)} == {k for k, _ in tree_flatten(init)}
     # meta-training moved the parameters away from the initialization
     assert any(not np.array_equal(np.array(p), np.array(q))
@@ -105,7 +105,7 @@ def test_metrics_jsonl(tiny_run):
 def test_summary_contents(tmp_path, extra):
     cfg = C.load(None, TINY + extra)
     summary = _train(cfg, tmp_path / "run")
-    assert json.loads((tmp_path / "run" / TR.SUMMARY).read_text()) == summary
+    assert json.loads((tmp_path / "run" / R.SUMMARY).read_text()) == summary
     assert summary["iteration"] == summary["meta_iterations"] == cfg.meta_iterations
     assert summary["config"] == C.to_dict(cfg)
     assert summary["seconds"] > 0
@@ -139,13 +139,13 @@ def test_summary_contents(tmp_path, extra):
 
 def test_final_evaluation_is_reproducible_from_the_checkpoint(tiny_run):
     _, out, summary = tiny_run
-    s, params, state, _ = TR.load_run(out / TR.CHECKPOINT)
-    assert TR.final_evaluation(s, params, state) == summary["eval"]
+    s, params, state, _ = R.load(out / R.CHECKPOINT)
+    assert R.final_evaluation(s, params, state) == summary["eval"]
 
 
 def test_format_results_has_a_row_per_init(tiny_run):
     _, _, summary = tiny_run
-    lines = TR.format_results(summary["eval"]).splitlines()
+    lines = R.format_results(summary["eval"]).splitlines()
     rows = {line.split()[0]: line for line in lines[2:]}
     assert set(rows) == {"meta", "random"}
     meta = summary["eval"]["inits"]["meta"]["metric"]
@@ -155,15 +155,15 @@ def test_format_results_has_a_row_per_init(tiny_run):
 def test_same_seed_same_run(tmp_path, tiny_run):
     cfg, out, _ = tiny_run
     _train(cfg, tmp_path / "again")
-    _assert_same_checkpoint(out / TR.CHECKPOINT, tmp_path / "again" / TR.CHECKPOINT)
+    _assert_same_checkpoint(out / R.CHECKPOINT, tmp_path / "again" / R.CHECKPOINT)
     assert _records(out) == _records(tmp_path / "again")
 
 
 def test_different_seed_different_run(tmp_path, tiny_run):
     cfg, out, _ = tiny_run
     _train(C.with_overrides(cfg, ["seed=1"]), tmp_path / "other")
-    a, _ = _flat_checkpoint(out / TR.CHECKPOINT)
-    b, _ = _flat_checkpoint(tmp_path / "other" / TR.CHECKPOINT)
+    a, _ = _flat_checkpoint(out / R.CHECKPOINT)
+    b, _ = _flat_checkpoint(tmp_path / "other" / R.CHECKPOINT)
     assert not all(np.array_equal(a[k], b[k]) for k in a if k.startswith("params."))
 
 
@@ -174,17 +174,17 @@ def _resume_matches_uninterrupted(tmp_path, tiny_run, stop_at):
     part = tmp_path / "part"
     partial = _train(cfg, part, stop_at=stop_at)
     assert partial["iteration"] == stop_at
-    assert "eval" not in partial and not (part / TR.SUMMARY).exists()
-    _, meta = ck.load(part / TR.CHECKPOINT)
+    assert "eval" not in partial and not (part / R.SUMMARY).exists()
+    _, meta = ck.load(part / R.CHECKPOINT)
     assert meta["iteration"] == stop_at
 
     messages = []
-    resumed = TR.train(None, part, resume=True, progress=False, log=messages.append)
+    resumed = R.train(None, part, resume=True, progress=False, log=messages.append)
     assert any(f"meta-iteration {stop_at}/{cfg.meta_iterations}" in m for m in messages)
     assert resumed["iteration"] == cfg.meta_iterations
-    _assert_same_checkpoint(full / TR.CHECKPOINT, part / TR.CHECKPOINT)
+    _assert_same_checkpoint(full / R.CHECKPOINT, part / R.CHECKPOINT)
     assert resumed["eval"] == full_summary["eval"]
-    assert (part / TR.METRICS).read_text() == (full / TR.METRICS).read_text()
+    assert (part / R.METRICS).read_text() == (full / R.METRICS).read_text()
 
 
 @pytest.mark.parametrize("stop_at", [5, 15])
@@ -205,11 +205,11 @@ def test_resume_drops_records_written_after_the_checkpoint(tmp_path, tiny_run):
     part = tmp_path / "part"
     _train(cfg, part, stop_at=15)
     # a crash after logging iterations past the last checkpoint leaves stale records behind
-    with open(part / TR.METRICS, "a") as f:
+    with open(part / R.METRICS, "a") as f:
         f.write(json.dumps({"iteration": 17, "support_loss": 123.0}) + "\n")
         f.write(json.dumps({"iteration": 20, "eval": {"loss": 1.0}}) + "\n")
     _train(None, part, resume=True)
-    assert (part / TR.METRICS).read_text() == (full / TR.METRICS).read_text()
+    assert (part / R.METRICS).read_text() == (full / R.METRICS).read_text()
 
 
 def test_resume_with_explicit_equal_config(tmp_path, tiny_run):
@@ -217,7 +217,7 @@ def test_resume_with_explicit_equal_config(tmp_path, tiny_run):
     part = tmp_path / "part"
     _train(cfg, part, stop_at=5)
     _train(C.load(None, TINY), part, resume=True)
-    _assert_same_checkpoint(full / TR.CHECKPOINT, part / TR.CHECKPOINT)
+    _assert_same_checkpoint(full / R.CHECKPOINT, part / R.CHECKPOINT)
 
 
 @pytest.mark.parametrize("change, key", [("inner_lr=0.05", "inner_lr"), ("tasks.k_shot=3", "tasks.k_shot"),
@@ -225,16 +225,16 @@ def test_resume_with_explicit_equal_config(tmp_path, tiny_run):
 def test_resume_with_different_config_is_refused(tmp_path, tiny_cfg, change, key):
     run = tmp_path / "run"
     _train(tiny_cfg, run, stop_at=10)
-    before = (run / TR.CHECKPOINT).read_bytes()
-    metrics_before = (run / TR.METRICS).read_text()
+    before = (run / R.CHECKPOINT).read_bytes()
+    metrics_before = (run / R.METRICS).read_text()
     with pytest.raises(ConfigError) as info:
         _train(C.with_overrides(tiny_cfg, [change]), run, resume=True)
     message = str(info.value)
     assert key in message
     others = [k for k in C.leaf_keys() if k != key and k not in key]
     assert not [k for k in others if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", message)], message
-    assert (run / TR.CHECKPOINT).read_bytes() == before
-    assert (run / TR.METRICS).read_text() == metrics_before
+    assert (run / R.CHECKPOINT).read_bytes() == before
+    assert (run / R.METRICS).read_text() == metrics_before
 
 
 @pytest.mark.parametrize("make_dir", [False, True])
@@ -244,7 +244,7 @@ def test_resume_without_checkpoint(tmp_path, tiny_cfg, make_dir):
         run.mkdir()
     with pytest.raises(CheckpointError) as info:
         _train(tiny_cfg, run, resume=True)
-    assert str(run / TR.CHECKPOINT) in str(info.value)
+    assert str(run / R.CHECKPOINT) in str(info.value)
     with pytest.raises(CheckpointError):
         _train(None, run, resume=True)
 
@@ -252,16 +252,16 @@ def test_resume_without_checkpoint(tmp_path, tiny_cfg, make_dir):
 def test_resume_from_a_corrupt_checkpoint(tmp_path, tiny_cfg):
     run = tmp_path / "run"
     _train(tiny_cfg, run, stop_at=10)
-    (run / TR.CHECKPOINT).write_bytes((run / TR.CHECKPOINT).read_bytes()[:100])
+    (run / R.CHECKPOINT).write_bytes((run / R.CHECKPOINT).read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt"):
         _train(None, run, resume=True)
 
 
 def test_resume_from_a_checkpoint_without_run_metadata(tmp_path, tiny_cfg):
     run = tmp_path / "run"
-    s = TR.setup(tiny_cfg)
-    params = s.model.init(TR.run_keys(tiny_cfg.seed).init)
-    ck.save(run / TR.CHECKPOINT, params, s.meta.init(params))  # no config, no iteration
+    s = R.build(tiny_cfg)
+    params = s.model.init(R.run_keys(tiny_cfg.seed).init)
+    ck.save(run / R.CHECKPOINT, params, s.meta.init(params))  # no config, no iteration
     with pytest.raises(CheckpointError):
         _train(None, run, resume=True)
 
@@ -279,10 +279,10 @@ def test_new_run_into_an_existing_run_is_refused(tmp_path, tiny_cfg):
 
 def test_load_run_errors(tmp_path):
     with pytest.raises(CheckpointError):
-        TR.load_run(tmp_path / "missing.safetensors")
+        R.load(tmp_path / "missing.safetensors")
     ck.save(tmp_path / "bare.safetensors", {"w": mx.zeros((1,))})
     with pytest.raises(CheckpointError, match="config"):
-        TR.load_run(tmp_path / "bare.safetensors")
+        R.load(tmp_path / "bare.safetensors")
 
 
 # --- divergence ---------------------------------------------------------------------------------
@@ -302,8 +302,8 @@ def test_divergence_before_any_checkpoint(tmp_path):
     message = str(info.value)
     assert _diverged_at(message) <= cfg.checkpoint_every
     assert "inner_lr" in message  # says what to lower
-    assert not (run / TR.CHECKPOINT).exists()  # nothing good to keep: no NaN checkpoint either
-    assert not (run / TR.SUMMARY).exists()
+    assert not (run / R.CHECKPOINT).exists()  # nothing good to keep: no NaN checkpoint either
+    assert not (run / R.SUMMARY).exists()
     for r in _records(run):
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
 
@@ -317,20 +317,24 @@ def test_natural_divergence_keeps_only_a_finite_checkpoint(tmp_path):
         _train(cfg, run)
     at = _diverged_at(str(info.value))
     assert at < cfg.meta_iterations
-    if (run / TR.CHECKPOINT).exists():
-        flat, meta = _flat_checkpoint(run / TR.CHECKPOINT)
+    if (run / R.CHECKPOINT).exists():
+        flat, meta = _flat_checkpoint(run / R.CHECKPOINT)
         assert _all_finite(flat)
         assert meta["iteration"] < at
         assert meta["iteration"] % cfg.checkpoint_every == 0
-    assert not (run / TR.SUMMARY).exists()
+    assert not (run / R.SUMMARY).exists()
 
 
 def _poison_after(monkeypatch, after: int):
     """Make every meta-step after iteration ``after`` return NaN parameters."""
-    original = TR.setup
+    import dataclasses
 
-    def setup(cfg, group=None):
-        s = original(cfg, group)
+    from reptile_fn.run import loop
+
+    original = loop.build
+
+    def build(cfg, reduce=R.build.__defaults__[0]):
+        s = original(cfg, reduce)
         step = s.meta.step
 
         def poisoned(params, state, batch, key):
@@ -339,9 +343,9 @@ def _poison_after(monkeypatch, after: int):
             new = tree_map(lambda x: mx.where(bad, mx.array(float("nan"), dtype=x.dtype), x), new)
             return new, new_state, metrics
 
-        return s._replace(meta=s.meta._replace(step=poisoned))
+        return dataclasses.replace(s, meta=s.meta._replace(step=poisoned))
 
-    monkeypatch.setattr(TR, "setup", setup)
+    monkeypatch.setattr(loop, "build", build)
 
 
 @pytest.mark.parametrize("log_every, checkpoint_every", [(5, 10), (20, 5)])
@@ -362,17 +366,17 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, tiny_cfg, monkeypat
     message = str(info.value)
     assert _diverged_at(message) == 15
     assert "iteration 10" in message  # points at the good checkpoint
-    flat, meta = _flat_checkpoint(run / TR.CHECKPOINT)
+    flat, meta = _flat_checkpoint(run / R.CHECKPOINT)
     assert meta["iteration"] == 10
     assert _all_finite(flat)
-    _assert_same_checkpoint(clean / TR.CHECKPOINT, run / TR.CHECKPOINT)
-    assert not (run / TR.SUMMARY).exists()
+    _assert_same_checkpoint(clean / R.CHECKPOINT, run / R.CHECKPOINT)
+    assert not (run / R.SUMMARY).exists()
 
     # and the run can be resumed from the good checkpoint once the cause is gone
     monkeypatch.undo()
     summary = _train(None, run, resume=True)
     assert summary["iteration"] == cfg.meta_iterations
-    assert _all_finite(_flat_checkpoint(run / TR.CHECKPOINT)[0])
+    assert _all_finite(_flat_checkpoint(run / R.CHECKPOINT)[0])
 
 
 # --- it learns (slow) ---------------------------------------------------------------------------
@@ -407,11 +411,11 @@ def test_sine_meta_learns(tmp_path):
 
 def test_metasgd_evaluation_uses_the_learned_rates_even_with_eval_inner_lr(tmp_path):
     cfg = C.load(None, [*TINY, "algorithm=metasgd", "eval.inner_lr=0.5"])
-    s = TR.setup(cfg)
-    params = s.model.init(TR.run_keys(cfg.seed).init)
+    s = R.build(cfg)
+    params = s.model.init(R.run_keys(cfg.seed).init)
     state = s.meta.init(params)
     state["inner_lr"] = {k: {n: v * 0 for n, v in d.items()} for k, d in state["inner_lr"].items()}  # α = 0
-    ev = TR.final_evaluation(s, params, state, episodes=10)
+    ev = R.final_evaluation(s, params, state, episodes=10)
     loss = ev["inits"]["meta"]["loss"]["mean"]
     assert max(loss) - min(loss) < 1e-6  # zero learned rates: adaptation changes nothing, 0.5 was not used
     assert ev["inits"]["random"]["loss"]["mean"][0] != ev["inits"]["random"]["loss"]["mean"][-1]
@@ -423,13 +427,13 @@ def test_persistent_inner_state_resumes_exactly_and_reaches_evaluation(tmp_path)
     summary = _train(cfg, full)
     _train(cfg, part, stop_at=10)
     _train(None, part, resume=True)
-    _assert_same_checkpoint(full / TR.CHECKPOINT, part / TR.CHECKPOINT)  # the Adam state travels in the checkpoint
-    s, params, state, _ = TR.load_run(full / TR.CHECKPOINT)
-    opt, t0 = s.meta.inner_opt(state)
+    _assert_same_checkpoint(full / R.CHECKPOINT, part / R.CHECKPOINT)  # the Adam state travels in the checkpoint
+    s, params, state, _ = R.load(full / R.CHECKPOINT)
+    opt, t0 = s.meta.inner(state).start
     assert int(t0) == 20 * cfg.meta_batch_size * cfg.inner_steps and float(T.global_norm(opt["v"])) > 0
-    keys = TR.run_keys(cfg.seed)
-    with_state = TR.evaluate_init(s, params, keys.eval_final, 20, inner_opt=(opt, t0))
-    fresh = TR.evaluate_init(s, params, keys.eval_final, 20)
+    keys = R.run_keys(cfg.seed)
+    with_state = R.evaluate_init(s, params, keys.eval_final, 20, state=state)
+    fresh = R.evaluate_init(s, params, keys.eval_final, 20)
     assert with_state["metric"]["mean"] == summary["eval"]["inits"]["meta"]["metric"]["mean"]
     assert with_state["loss"]["mean"][-1] != fresh["loss"]["mean"][-1]
     with pytest.raises(ConfigError, match="inner_state = persistent .* needs algorithm = reptile and inner_optimizer = adam"):
@@ -440,12 +444,13 @@ def test_eval_inner_batch_size_sets_the_evaluation_minibatch_only(tmp_path):
     # supervised-reptile trains on inner batches of 10 but evaluates on 5 (--eval-batch)
     base = C.load(None, [*TINY, "tasks.k_shot=10", "inner_batch_size=8"])
     cfg = C.with_overrides(base, ["eval.inner_batch_size=3"])
-    s, s_default = TR.setup(cfg), TR.setup(base)
-    assert s.inner_kwargs["inner_batch_size"] == 3 and s_default.inner_kwargs["inner_batch_size"] == 8
-    params = s.model.init(TR.run_keys(cfg.seed).init)
-    key = TR.run_keys(cfg.seed).eval_final
-    small = TR.evaluate_init(s, params, key, 20, 3)
-    default = TR.evaluate_init(s_default, params, key, 20, 3)
+    s, s_default = R.build(cfg), R.build(base)
+    assert R.evaluation_loop(s).batch_size == 3 and R.evaluation_loop(s_default).batch_size == 8
+    assert s.inner.batch_size == s_default.inner.batch_size == 8
+    params = s.model.init(R.run_keys(cfg.seed).init)
+    key = R.run_keys(cfg.seed).eval_final
+    small = R.evaluate_init(s, params, key, 20, 3)
+    default = R.evaluate_init(s_default, params, key, 20, 3)
     assert small["loss"]["mean"][0] == default["loss"]["mean"][0]  # same episodes, same start
     assert small["loss"]["mean"][-1] != default["loss"]["mean"][-1]  # adapted on other minibatches
     # training is unchanged: the algorithm still takes minibatches of 8

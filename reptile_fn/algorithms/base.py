@@ -7,22 +7,42 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 
 from reptile_fn import tree as T
+from reptile_fn.inner import InnerLoop
 from reptile_fn.tree import Tree
 
 
 class MetaStep(NamedTuple):
-    """``init(params) -> state``; ``step(params, state, batch, key) -> (params, state, metrics)``.
+    """``init(params) -> state``; ``step(params, state, batch, key) -> (params, state, metrics)``;
+    ``inner(state) -> InnerLoop``.
 
-    ``batch`` is an ``Episode`` stacked on a leading task axis; ``state`` and ``metrics`` are trees
-    of arrays (nothing is pulled to the host). ``inner_lr(state)`` is the inner learning rate to
-    adapt with at evaluation (a scalar, or Meta-SGD's learned tree).
+    ``batch`` is an ``Episode`` stacked on a leading task axis; ``key`` is one key (split into one per
+    task) or the tasks' own keys, shape (n_tasks, 2). ``state`` and ``metrics`` are trees of arrays
+    (nothing is pulled to the host). ``inner(state)`` is the inner loop a meta-learned init adapts with
+    at evaluation: the run's loop with what the algorithm learned or kept filled in (Meta-SGD's
+    per-parameter rates as ``lr``, a kept inner optimizer state as ``start``), the same shape for every
+    algorithm and wrapper.
     """
 
     init: Callable[[Tree], Tree]
     step: Callable
-    inner_lr: Callable[[Tree], object]
-    # (opt_state, t0) that evaluation's inner optimizer starts from, or None for a fresh state per task
-    inner_opt: Callable[[Tree], object] = lambda state: None
+    inner: Callable[[Tree], InnerLoop]
+
+
+class Reduce(NamedTuple):
+    """How a step's tasks relate to the whole meta-batch when it is split into equal blocks (one per
+    process, passed in by the run layer): ``mean(tree)`` turns this block's means into the meta-batch's,
+    and there are ``blocks`` blocks. The default is one block: the step holds the whole meta-batch."""
+
+    mean: Callable[[Tree], Tree] = lambda tree: tree
+    blocks: int = 1
+
+
+LOCAL = Reduce()
+
+
+def task_keys(key: mx.array, n_tasks: int) -> mx.array:
+    """One key per task: ``key`` split in ``n_tasks``, or ``key`` itself when it already holds (n_tasks, 2) keys."""
+    return key if key.ndim == 2 else mx.random.split(key, n_tasks)
 
 
 def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):
@@ -38,7 +58,7 @@ def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):
     return T.stack(outs)
 
 
-def fuse(step: Callable, n: int, sample: Callable | None = None) -> Callable:
+def compile_iterations(step: Callable, n: int, sample: Callable | None = None) -> Callable:
     """Run ``n`` meta-iterations in one compiled call, to amortise per-call dispatch overhead.
 
     Without ``sample``: ``run(params, state, batches, keys)`` with ``batches`` an Episode whose

@@ -14,7 +14,7 @@ For a task i with support set S_i and query set Q_i,
   outer loop still meta-learns every parameter.
 
 The learned α of Meta-SGD lives in the algorithm state (``state["inner_lr"]``), so a checkpoint
-holds it and ``MetaStep.inner_lr(state)`` hands it to evaluation.
+holds it and ``MetaStep.inner(state)`` hands it to evaluation as the loop's ``lr``.
 """
 
 from __future__ import annotations
@@ -22,49 +22,43 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.utils import tree_map
 
-from reptile_fn import distributed, optim
+from reptile_fn import inner as I
+from reptile_fn import optim
 from reptile_fn import tree as T
-from reptile_fn.algorithms.base import MetaStep, over_tasks
-from reptile_fn.inner import Apply, Loss, adapt
+from reptile_fn.algorithms.base import LOCAL, MetaStep, Reduce, over_tasks, task_keys
+from reptile_fn.inner import Apply, InnerLoop, Loss
+from reptile_fn.models import HEAD
 from reptile_fn.tree import PathPredicate, Tree
 
 DEFAULTS = {"outer_optimizer": "adam", "outer_lr": 1e-3}
-ANIL_TRAINABLE = ("head.*",)
 
 
 def make_step(
     apply: Apply,
     loss: Loss,
+    inner: InnerLoop,
+    outer: optim.Optimizer | None = None,
     *,
-    inner_lr: float,
-    inner_steps: int,
-    outer_lr: float = DEFAULTS["outer_lr"],
-    outer_lr_final: float | None = None,
-    meta_iterations: int | None = None,
-    inner_optimizer: str = "sgd",
-    inner_batch_size: int | None = None,
-    inner_adam_betas: tuple[float, float] = (0.9, 0.999),
-    outer_optimizer: str = DEFAULTS["outer_optimizer"],
-    trainable: PathPredicate | None = None,
     meta_trainable: PathPredicate | None = None,
     first_order: bool = False,
     learn_inner_lr: bool = False,
-    group=None,
+    reduce: Reduce = LOCAL,
     batched: bool = True,
     compiled: bool = True,
 ) -> MetaStep:
     """Build a MAML-family meta-step (see the module docstring for the update).
 
     Args:
-      trainable: the parameters that adapt in the inner loop (ANIL: the head).
+      inner: the inner loop every task adapts with (``inner.trainable``: what adapts; ANIL: the head).
+      outer: the optimizer of the meta-parameters (default: Adam at 1e-3).
       meta_trainable: the parameters the outer loop learns (``None``: all; PEFT: the adapter and head).
       first_order: FOMAML (drop the second-order terms).
-      learn_inner_lr: Meta-SGD: α starts at ``inner_lr`` for every parameter and is meta-learned.
-      group: an ``mx.distributed`` group whose processes each hold a block of the meta-batch; the
-        meta-gradient and metrics are averaged over them (``reptile_fn.distributed``).
+      learn_inner_lr: Meta-SGD: α starts at ``inner.lr`` for every parameter and is meta-learned.
+      reduce: how this step's tasks make up the meta-batch (the run layer's, for several processes).
     """
-    outer = optim.make(outer_optimizer)
-    schedule = optim.linear_schedule(outer_lr, outer_lr_final, meta_iterations)
+    outer = outer or optim.adam(DEFAULTS["outer_lr"])
+    inner = inner._replace(first_order=inner.first_order or first_order)
+    trainable = inner.trainable
 
     def meta_params(params: Tree, state: Tree) -> Tree:
         learned = T.partition(params, meta_trainable)[0]
@@ -74,33 +68,19 @@ def make_step(
         state: Tree = {"iteration": mx.array(0, dtype=mx.int32)}
         if learn_inner_lr:
             fast, _ = T.partition(params, trainable)
-            state["inner_lr"] = tree_map(lambda p: mx.full(p.shape, inner_lr, dtype=p.dtype), fast)
+            state["inner_lr"] = tree_map(lambda p: mx.full(p.shape, inner.lr, dtype=p.dtype), fast)
         state["outer"] = outer.init(meta_params(params, state))
         return state
 
-    # MLX 0.32.4's compile fails ("unordered_map::at") on a second-order gradient through 3+ inner
-    # steps that adapt only part of the tree. Work around it: adapt every leaf, with a learning
-    # rate of exactly 0 outside the trainable subset (p − 0·g = p), which gives the same values and
-    # meta-gradients at the cost of the frozen leaves' inner gradients.
-    mask_frozen = trainable is not None and not first_order
-
-    def inner_lr_tree(lr, params: Tree):
-        if not mask_frozen:
-            return lr
-        fast, frozen = T.partition(params, trainable)
-        fast_lr = lr if isinstance(lr, dict) else tree_map(lambda p: mx.full(p.shape, lr, dtype=p.dtype), fast)
-        return T.combine(fast_lr, T.zeros_like(frozen))
+    mask_frozen = trainable is not None and not inner.first_order  # see _task_loop
 
     def task_loss(shared: Tree, sx, sy, qx, qy, key):
         mp = shared["meta"]
         params = T.combine(mp["params"], shared["fixed"])
-        lr = mp["inner_lr"] if learn_inner_lr else inner_lr
-        adapted, support_losses = adapt(
-            apply, loss, params, (sx, sy), lr=inner_lr_tree(lr, params), steps=inner_steps,
-            optimizer=inner_optimizer, trainable=None if mask_frozen else trainable,
-            inner_batch_size=inner_batch_size, key=key, first_order=first_order, adam_betas=inner_adam_betas,
-        )
-        return loss(apply(adapted, qx), qy), support_losses
+        lr = mp["inner_lr"] if learn_inner_lr else inner.lr
+        out = I.adapt(_task_loop(inner, lr, params) if mask_frozen else inner._replace(lr=lr), apply, loss, params,
+                      (sx, sy), key)
+        return loss(apply(out.params, qx), qy), out.losses
 
     def objective(mp: Tree, fixed: Tree, batch, keys):
         query_losses, support_losses = over_tasks(
@@ -111,40 +91,54 @@ def make_step(
     value_and_grad = mx.value_and_grad(objective)
 
     def step(params: Tree, state: Tree, batch, key: mx.array):
-        keys = distributed.task_keys(key, batch.support_x.shape[0], group)
+        keys = task_keys(key, batch.support_x.shape[0])
         mp = meta_params(params, state)
         fixed = T.partition(params, meta_trainable)[1]  # not meta-learned: no gradient, never updated
         (query_loss, support_losses), grads = value_and_grad(mp, fixed, batch, keys)
-        # this process's tasks' means → the meta-batch means (every process holds as many tasks)
-        support_loss = mx.mean(support_losses[:, 0]) if inner_steps else mx.array(0.0)
-        grads, query_loss, support_loss = distributed.mean((grads, query_loss, support_loss), group)
-        lr = schedule(state["iteration"])
-        updates, outer_state = outer.update(grads, state["outer"], lr)
-        new = T.sub(mp, updates)
+        # this block's tasks' means → the meta-batch means (every block holds as many tasks)
+        support_loss = mx.mean(support_losses[:, 0]) if inner.steps else mx.array(0.0)
+        grads, query_loss, support_loss = reduce.mean((grads, query_loss, support_loss))
+        updates, outer_state = outer.update(grads, state["outer"], state["iteration"])
+        new = optim.apply_updates(mp, updates)
         new_state = {"iteration": state["iteration"] + 1, "outer": outer_state}
         if learn_inner_lr:
             new_state["inner_lr"] = new["inner_lr"]
-        metrics = {"query_loss": query_loss, "outer_lr": lr}
-        if inner_steps:
+        metrics = {"query_loss": query_loss, "outer_lr": outer.learning_rate(state["iteration"])}
+        if inner.steps:
             metrics["support_loss"] = support_loss
         return T.combine(new["params"], fixed), new_state, metrics
 
-    def current_inner_lr(state: Tree):
-        return state["inner_lr"] if learn_inner_lr else inner_lr
+    def inner_at(state: Tree) -> InnerLoop:
+        return inner._replace(lr=state["inner_lr"]) if learn_inner_lr else inner
 
-    return MetaStep(init, mx.compile(step) if compiled else step, current_inner_lr)
+    return MetaStep(init, mx.compile(step) if compiled else step, inner_at)
 
 
-def fomaml(apply: Apply, loss: Loss, **hyper) -> MetaStep:
+def _task_loop(inner: InnerLoop, lr, params: Tree) -> InnerLoop:
+    """The loop of a second-order task whose inner loop adapts part of the tree.
+
+    MLX 0.32.4's compile fails ("unordered_map::at") on a second-order gradient through 3+ inner steps
+    that adapt only part of the tree. Work around it: adapt every leaf, with a learning rate of exactly
+    0 outside the trainable subset (p − 0·g = p), which gives the same values and meta-gradients at the
+    cost of the frozen leaves' inner gradients.
+    """
+    fast, frozen = T.partition(params, inner.trainable)
+    fast_lr = lr if isinstance(lr, dict) else tree_map(lambda p: mx.full(p.shape, lr, dtype=p.dtype), fast)
+    return inner._replace(lr=T.combine(fast_lr, T.zeros_like(frozen)), trainable=None)
+
+
+def fomaml(apply: Apply, loss: Loss, inner: InnerLoop, outer: optim.Optimizer | None = None, **kw) -> MetaStep:
     """First-order MAML."""
-    return make_step(apply, loss, first_order=True, **hyper)
+    return make_step(apply, loss, inner, outer, first_order=True, **kw)
 
 
-def metasgd(apply: Apply, loss: Loss, **hyper) -> MetaStep:
+def metasgd(apply: Apply, loss: Loss, inner: InnerLoop, outer: optim.Optimizer | None = None, **kw) -> MetaStep:
     """Meta-SGD: per-parameter inner learning rates, meta-learned."""
-    return make_step(apply, loss, learn_inner_lr=True, **hyper)
+    return make_step(apply, loss, inner, outer, learn_inner_lr=True, **kw)
 
 
-def anil(apply: Apply, loss: Loss, *, trainable: PathPredicate | None = None, **hyper) -> MetaStep:
-    """ANIL: only the head (``head.*``, or the given subset) adapts in the inner loop."""
-    return make_step(apply, loss, trainable=trainable or T.match(ANIL_TRAINABLE), **hyper)
+def anil(apply: Apply, loss: Loss, inner: InnerLoop, outer: optim.Optimizer | None = None, **kw) -> MetaStep:
+    """ANIL: only the head (``head.*``, or the loop's own ``trainable`` if set) adapts in the inner loop."""
+    if inner.trainable is None:
+        inner = inner._replace(trainable=T.match(HEAD))
+    return make_step(apply, loss, inner, outer, **kw)

@@ -7,10 +7,9 @@
 """
 
 from reptile_fn.embed.features import handcrafted, handcrafted_batch
-from reptile_fn.embed.fisher import fisher_diagonal, fisher_leaves, log_fisher, task2vec, task2vec_distance
+from reptile_fn.embed.fisher import fisher_leaves, log_fisher
 from reptile_fn.embed.select import cosine_distance, identification_accuracy, nearest, pairwise, standardize
 from reptile_fn.embed.similarity import alphabet_identification, family_identification
 
-__all__ = ["alphabet_identification", "cosine_distance", "family_identification", "fisher_diagonal", "fisher_leaves",
-           "handcrafted", "handcrafted_batch", "identification_accuracy", "log_fisher", "nearest", "pairwise",
-           "standardize", "task2vec", "task2vec_distance"]
+__all__ = ["alphabet_identification", "cosine_distance", "family_identification", "fisher_leaves", "handcrafted",
+           "handcrafted_batch", "identification_accuracy", "log_fisher", "nearest", "pairwise", "standardize"]

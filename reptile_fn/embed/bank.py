@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from reptile_fn import checkpoint
 from reptile_fn.embed.select import cosine_distance, nearest
 from reptile_fn.errors import CheckpointError, EmbeddingError
-from reptile_fn.inner import adapt
+from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.tree import Tree
 
 
@@ -57,14 +57,16 @@ def from_entries(params: Tree, embeddings: mx.array, labels: mx.array | None = N
 
 def build(apply: Callable, loss: Callable, init: Tree, x: mx.array, y: mx.array, embeddings: mx.array,
           labels: mx.array | None = None, *, inner_lr: float, steps: int, standardize: bool = True,
-          **adapt_kwargs) -> AdapterBank:
+          **loop_options) -> AdapterBank:
     """Adapt ``init`` on each stored task's data (x (entries, n, ...), y (entries, n)), vmapped over tasks.
 
-    θ_i = θ − α Σ_t ∇L(θ_t; x_i, y_i) for ``steps`` steps (``inner.adapt``, extra options passed on).
+    θ_i = θ − α Σ_t ∇L(θ_t; x_i, y_i) for ``steps`` steps (``inner.adapt``; other ``InnerLoop`` fields
+    as keywords).
     """
+    loop = InnerLoop(lr=inner_lr, steps=steps, **loop_options)
 
     def one(xi, yi):
-        return adapt(apply, loss, init, (xi, yi), lr=inner_lr, steps=steps, **adapt_kwargs)[0]
+        return adapt(loop, apply, loss, init, (xi, yi)).params
 
     adapted = mx.vmap(one)(x, y)
     mx.eval(adapted)

@@ -6,13 +6,9 @@ probe's classifier on the task) on the task's examples:
 
     F = (1/n) Σ_i  ∇_θ ℓ(θ; x_i, y_i) ⊙ ∇_θ ℓ(θ; x_i, y_i)          (empirical Fisher, support labels)
 
-with per-example gradients from ``mx.vmap``. The paper's symmetric distance compares two
-embeddings after normalising each coordinate by their sum:
-
-    d_sym(F_a, F_b) = d_cos(F_a / (F_a + F_b), F_b / (F_a + F_b))
-
-For retrieval, ``log_fisher`` compares the logarithm of each layer's Fisher over its mean instead:
-the raw diagonal spans orders of magnitude and one layer dominates any distance on it.
+with per-example gradients from ``mx.vmap``. For retrieval, ``log_fisher`` takes the logarithm of
+each layer's Fisher over its mean (compared by cosine after standardising, ``select``): the raw
+diagonal spans orders of magnitude and one layer dominates any distance on it.
 
     e_l = log(F_l + ε) − log(mean(F_l) + ε)          for each parameter leaf l
 
@@ -27,7 +23,6 @@ from typing import Callable
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from reptile_fn.inner import adapt
 from reptile_fn.tree import Tree
 
 LOG_EPS = 1e-8
@@ -45,31 +40,6 @@ def fisher_leaves(apply: Callable, loss: Callable, params: Tree, x: mx.array, y:
     return [mx.mean(g * g, axis=0).reshape(-1) for g in leaves]
 
 
-def fisher_diagonal(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array,
-                    trainable: Callable | None = None) -> mx.array:
-    """The diagonal empirical Fisher of ``params`` on (x, y), flattened in ``tree_flatten`` order.
-
-    ``trainable``: a path predicate; only those leaves enter the embedding (default: all).
-    """
-    return mx.concatenate(fisher_leaves(apply, loss, params, x, y, trainable))
-
-
 def log_fisher(leaves: list[mx.array]) -> mx.array:
     """Per-layer normalised log-Fisher: concat over leaves of log(F_l + ε) − log(mean F_l + ε)."""
     return mx.concatenate([mx.log(f + LOG_EPS) - mx.log(mx.mean(f) + LOG_EPS) for f in leaves])
-
-
-def task2vec(apply: Callable, loss: Callable, params: Tree, x: mx.array, y: mx.array, *,
-             adapt_steps: int = 0, inner_lr: float = 0.0, trainable: Callable | None = None,
-             key: mx.array | None = None) -> mx.array:
-    """Task2Vec embedding of one support set: ``fisher_diagonal`` after ``adapt_steps`` SGD steps."""
-    if adapt_steps:
-        params, _ = adapt(apply, loss, params, (x, y), lr=inner_lr, steps=adapt_steps, key=key)
-    return fisher_diagonal(apply, loss, params, x, y, trainable)
-
-
-def task2vec_distance(a: mx.array, b: mx.array) -> mx.array:
-    """Task2Vec's symmetric cosine distance between two Fisher embeddings."""
-    total = a + b + 1e-12
-    na, nb = a / total, b / total
-    return 1 - mx.sum(na * nb) / (mx.linalg.norm(na) * mx.linalg.norm(nb) + 1e-12)

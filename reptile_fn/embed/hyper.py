@@ -24,8 +24,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from reptile_fn import optim
 from reptile_fn import tree as T
-from reptile_fn.inner import adapt
-from reptile_fn.tasks.base import Episode
+from reptile_fn.episode import Episode
+from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.tree import Tree
 
 
@@ -63,10 +63,11 @@ def generate(hyper: Tree, meta_params: Tree, z: mx.array) -> Tree:
 def objective(apply: Callable, loss: Callable, meta_params: Tree, *, inner_lr: float, steps: int) -> Callable:
     """``(hyper, z (tasks, d), episodes) -> mean query loss`` after first-order adaptation of θ₀(z)."""
 
+    loop = InnerLoop(lr=inner_lr, steps=steps, first_order=True)
+
     def one(hyper, z, sx, sy, qx, qy):
         start = generate(hyper, meta_params, z)
-        adapted, _ = adapt(apply, loss, start, (sx, sy), lr=inner_lr, steps=steps, first_order=True)
-        return loss(apply(adapted, qx), qy)
+        return loss(apply(adapt(loop, apply, loss, start, (sx, sy)).params, qx), qy)
 
     def total(hyper, z, episodes: Episode):
         return mx.vmap(one, in_axes=(None, 0, 0, 0, 0, 0))(hyper, z, *episodes).mean()
@@ -77,13 +78,16 @@ def objective(apply: Callable, loss: Callable, meta_params: Tree, *, inner_lr: f
 def make_step(apply: Callable, loss: Callable, meta_params: Tree, *, inner_lr: float, steps: int,
               lr: float = 1e-3) -> tuple[Callable, Callable]:
     """``(init_state, step)``: ``step(hyper, state, z, episodes) -> (hyper, state, loss)``, compiled, Adam on φ."""
-    adam = optim.adam()
+    adam = optim.adam(lr)
     value_and_grad = mx.value_and_grad(objective(apply, loss, meta_params, inner_lr=inner_lr, steps=steps))
+
+    def init_state(hyper: Tree) -> Tree:
+        return {"adam": adam.init(hyper), "step": mx.array(0, dtype=mx.int32)}
 
     @mx.compile
     def step(hyper, state, z, episodes):
         value, grads = value_and_grad(hyper, z, episodes)
-        updates, state = adam.update(grads, state, mx.array(lr))
-        return T.sub(hyper, updates), state, value
+        updates, moments = adam.update(grads, state["adam"], state["step"])
+        return optim.apply_updates(hyper, updates), {"adam": moments, "step": state["step"] + 1}, value
 
-    return adam.init, step
+    return init_state, step

@@ -15,6 +15,7 @@ Embeddings, each standardised per coordinate with the bank's mean and std, compa
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, NamedTuple
 
 import mlx.core as mx
 import numpy as np
@@ -23,9 +24,18 @@ from reptile_fn.embed.features import handcrafted_batch
 from reptile_fn.embed.fisher import fisher_leaves, log_fisher
 from reptile_fn.embed.select import identification_accuracy, standardize
 from reptile_fn.errors import ConfigError
-from reptile_fn.inner import adapt
+from reptile_fn.inner import InnerLoop, adapt
 
 CHUNK = 64  # tasks per vmapped Fisher call: bounds the (tasks, examples, parameters) per-example gradients
+
+
+class Probe(NamedTuple):
+    """The probe network of the Fisher embedding: a run's model and loss, and the inner loop that adapts
+    it to a support set first (its ``lr`` and ``trainable``; the number of steps is ``adapt_steps``)."""
+
+    apply: Callable
+    loss: Callable
+    loop: InnerLoop
 
 
 def check_distribution(tasks) -> None:
@@ -60,16 +70,14 @@ def sample_tasks(tasks, key: mx.array, n_tasks: int):
     return np.array(held_out.family_ids), tasks.episodes(held_out, data_key)
 
 
-def fisher_embeddings(s, params, support_x: mx.array, support_y: mx.array, *, adapt_steps: int = 0) -> mx.array:
+def fisher_embeddings(probe: Probe, params, support_x: mx.array, support_y: mx.array, *,
+                      adapt_steps: int = 0) -> mx.array:
     """``log_fisher`` of each support set (tasks, n, ...) -> (tasks, parameters), after ``adapt_steps``."""
-    lr = s.cfg.eval.inner_lr or s.cfg.inner_lr
-    trainable = s.inner_kwargs.get("trainable")
+    loop = probe.loop._replace(steps=adapt_steps)
 
     def one(x, y):
-        p = params
-        if adapt_steps:
-            p, _ = adapt(s.model.apply, s.loss, params, (x, y), lr=lr, steps=adapt_steps, trainable=trainable)
-        return log_fisher(fisher_leaves(s.model.apply, s.loss, p, x, y))
+        p = adapt(loop, probe.apply, probe.loss, params, (x, y)).params if adapt_steps else params
+        return log_fisher(fisher_leaves(probe.apply, probe.loss, p, x, y))
 
     embed = mx.vmap(one)
     out = []
@@ -79,32 +87,33 @@ def fisher_embeddings(s, params, support_x: mx.array, support_y: mx.array, *, ad
     return mx.concatenate(out)
 
 
-def embed_support(s, params, support_x: mx.array, support_y: mx.array, *, adapt_steps: int = 0,
-                  n_classes: int | None = None) -> dict:
+def embed_support(probe: Probe, params, support_x: mx.array, support_y: mx.array, *, n_classes: int,
+                  adapt_steps: int = 0) -> dict:
     """Both embeddings of a batch of support sets: ``{"handcrafted": (tasks, d), "fisher": (tasks, p)}``."""
-    return {"handcrafted": handcrafted_batch(support_x, support_y, n_classes or s.tasks.out_dim),
-            "fisher": fisher_embeddings(s, params, support_x, support_y, adapt_steps=adapt_steps)}
+    return {"handcrafted": handcrafted_batch(support_x, support_y, n_classes),
+            "fisher": fisher_embeddings(probe, params, support_x, support_y, adapt_steps=adapt_steps)}
 
 
-def family_identification(s, params, *, k_shot: int, bank_tasks: int, query_tasks: int, key: mx.array,
-                          adapt_steps: int = 0) -> dict:
+def family_identification(probe: Probe, tasks, params, *, k_shot: int, bank_tasks: int, query_tasks: int,
+                          key: mx.array, adapt_steps: int = 0) -> dict:
     """Top-1 nearest-neighbour family identification of fresh tasks with k_shot examples per class.
 
     Returns ``{"accuracy": {name: float}, "embeddings": {name: (bank + query, d) numpy, standardised},
     "labels": (bank + query,) family ids, "is_query": (bank + query,) bool, "families", "k_shot",
     "bank_tasks", "query_tasks", "adapt_steps"}`` for ``name`` in handcrafted, fisher.
     """
-    check_distribution(s.tasks)
+    check_distribution(tasks)
     for name, value, low in (("k_shot", k_shot, 1), ("bank_tasks", bank_tasks, 1), ("query_tasks", query_tasks, 1),
                              ("adapt_steps", adapt_steps, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    tasks = dataclasses.replace(s.tasks, k_shot=k_shot)
+    tasks = dataclasses.replace(tasks, k_shot=k_shot)
     bank_key, query_key = mx.random.split(key)
     bank_labels, bank = sample_tasks(tasks, bank_key, bank_tasks)
     query_labels, query = sample_tasks(tasks, query_key, query_tasks)
-    return identify(embed_support(s, params, bank.support_x, bank.support_y, adapt_steps=adapt_steps), bank_labels,
-                    embed_support(s, params, query.support_x, query.support_y, adapt_steps=adapt_steps), query_labels,
+    kw = dict(n_classes=tasks.out_dim, adapt_steps=adapt_steps)
+    return identify(embed_support(probe, params, bank.support_x, bank.support_y, **kw), bank_labels,
+                    embed_support(probe, params, query.support_x, query.support_y, **kw), query_labels,
                     families=tuple(tasks.families), k_shot=k_shot, adapt_steps=adapt_steps)
 
 
@@ -127,20 +136,20 @@ def pca_2d(embeddings: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T if vt.shape[0] >= 2 else np.pad(centred @ vt.T, ((0, 0), (0, 2 - vt.shape[0])))
 
 
-def alphabet_identification(s, params, data, *, k_shot: int, bank_tasks: int, query_tasks: int, key: mx.array,
-                            adapt_steps: int = 0, split: str = "test") -> dict:
+def alphabet_identification(probe: Probe, params, data, *, n_way: int, seed: int, k_shot: int, bank_tasks: int,
+                            query_tasks: int, key: mx.array, adapt_steps: int = 0, split: str = "test") -> dict:
     """Omniglot: name the alphabet of an N-way episode whose classes all come from one alphabet.
 
     ``data``: an ``OmniglotSet`` (``tasks.omniglot.load_set``); its alphabets are split with
-    ``alphabet_split(seed=s.cfg.seed)`` and episodes are drawn from the ``split`` alphabets only
+    ``alphabet_split(seed=seed)`` (the run's) and episodes are drawn from the ``split`` alphabets only
     ("test": the alphabets the ``protocol: alphabets`` runs never meta-train on). Each task picks an
-    alphabet uniformly, then an ``s.tasks.n_way``-way ``k_shot``-shot episode of its characters.
+    alphabet uniformly, then an ``n_way``-way ``k_shot``-shot episode of its characters.
     Returns what ``family_identification`` returns, with the alphabets as ``families``.
     """
+    from reptile_fn.episode import class_episode
     from reptile_fn.tasks import omniglot
 
-    n_way = s.tasks.n_way
-    chars = data.subset(omniglot.alphabet_split(data.alphabets, seed=s.cfg.seed)[split])
+    chars = data.subset(omniglot.alphabet_split(data.alphabets, seed=seed)[split])
     names = tuple(sorted(set(chars.alphabets)))
     groups = [mx.array(chars.images[np.array([a == n for a in chars.alphabets])]) for n in names]
     small = [n for n, g in zip(names, groups) if g.shape[0] < n_way]
@@ -151,12 +160,12 @@ def alphabet_identification(s, params, data, *, k_shot: int, bank_tasks: int, qu
         alphabet_key, episode_key = mx.random.split(k)
         labels = np.array(mx.random.randint(0, len(names), (n,), key=alphabet_key))
         keys = mx.random.split(episode_key, n)
-        eps = [omniglot.episode(groups[a], keys[i], n_way, k_shot, 1) for i, a in enumerate(labels)]
+        eps = [class_episode(groups[a], keys[i], n_way, k_shot, 1, decode=omniglot.decode) for i, a in enumerate(labels)]
         return labels, mx.stack([e.support_x for e in eps]), mx.stack([e.support_y for e in eps])
 
     bank_key, query_key = mx.random.split(key)
     bank_labels, bx, by = sample(bank_key, bank_tasks)
     query_labels, qx, qy = sample(query_key, query_tasks)
-    return identify(embed_support(s, params, bx, by, adapt_steps=adapt_steps, n_classes=n_way), bank_labels,
-                    embed_support(s, params, qx, qy, adapt_steps=adapt_steps, n_classes=n_way), query_labels,
-                    families=names, k_shot=k_shot, adapt_steps=adapt_steps)
+    kw = dict(n_classes=n_way, adapt_steps=adapt_steps)
+    return identify(embed_support(probe, params, bx, by, **kw), bank_labels, embed_support(probe, params, qx, qy, **kw),
+                    query_labels, families=names, k_shot=k_shot, adapt_steps=adapt_steps)

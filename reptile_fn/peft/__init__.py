@@ -25,13 +25,15 @@ from typing import Callable, NamedTuple
 import mlx.core as mx
 
 from reptile_fn import tree as T
+from reptile_fn import models
 from reptile_fn.models import Model
 from reptile_fn.peft import adalora, io, lora
 from reptile_fn.peft.io import load_adapters, save_adapters, tree_hash
 from reptile_fn.peft.lora import lora_apply, lora_init, merge, ranks, trainable_count
 from reptile_fn.tree import PathPredicate, Tree
 
-HEAD = "base.head.*"
+METHODS = ("lora", "adalora", "head", "full")
+HEAD = f"base.{models.HEAD}"
 ADAPTER_TRAINABLE = tuple(f"adapter.{p}" for p in lora.TRAINABLE)
 
 
@@ -106,5 +108,5 @@ def counts(params: Tree, inner: PathPredicate | None, meta: PathPredicate | None
     return {"total": total, "adapted": count(inner), "meta_learned": count(meta)}
 
 
-__all__ = ["HEAD", "Peft", "adalora", "counts", "io", "load_adapters", "lora", "lora_apply", "lora_init", "merge",
+__all__ = ["HEAD", "METHODS", "Peft", "adalora", "counts", "io", "load_adapters", "lora", "lora_apply", "lora_init", "merge",
            "patterns", "peft_model", "ranks", "save_adapters", "trainable_count", "tree_hash"]

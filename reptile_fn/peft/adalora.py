@@ -126,7 +126,9 @@ def with_rank_allocation(meta: MetaStep, *, adapter_key: str = "adapter", target
     """Wrap a meta-step so that, after each outer update, the adapter's rank masks follow the budget.
 
     ``params[adapter_key]`` is the adapter tree (with ``lora_e`` masks). The wrapped state is the
-    algorithm's own state plus ``"rank_scores"``; metrics gain ``rank_total``.
+    algorithm's own state plus ``"rank_scores"``; metrics gain ``rank_total``; ``inner(state)`` is the
+    algorithm's (learned rates, kept inner state). Build ``meta`` with ``compiled=False``: the wrapped
+    step is compiled as a whole.
     """
 
     def init(params: Tree) -> Tree:
@@ -145,4 +147,4 @@ def with_rank_allocation(meta: MetaStep, *, adapter_key: str = "adapter", target
         new_params = {**new_params, adapter_key: adapter}
         return new_params, {**new_state, "rank_scores": scores}, {**metrics, "rank_total": total_rank(adapter)}
 
-    return MetaStep(init, mx.compile(step), meta.inner_lr)
+    return MetaStep(init, mx.compile(step), meta.inner)

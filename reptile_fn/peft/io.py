@@ -9,16 +9,13 @@ frozen leaves hash differently, so an adapter is never silently applied to the w
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.errors import CheckpointError
 from reptile_fn.tree import Tree
@@ -28,13 +25,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def tree_hash(tree: Tree) -> str:
-    """SHA-256 of a tree's leaves: sorted paths, shapes, dtypes and values."""
-    h = hashlib.sha256()
-    for path, x in sorted(tree_flatten(tree), key=lambda kv: kv[0]):
-        arr = np.asarray(x.astype(mx.float32) if x.dtype == mx.bfloat16 else x)
-        h.update(f"{path}|{arr.shape}|{x.dtype}|".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
+    """SHA-256 of a tree's leaves (``reptile_fn.io.digest``)."""
+    return io.digest(tree)
 
 
 def split_learned(params: Tree, learned: list[str]) -> tuple[Tree, Tree]:
@@ -49,18 +41,9 @@ def save_adapters(directory: str | Path, params: Tree, learned: list[str], confi
     d.mkdir(parents=True, exist_ok=True)
     chosen, frozen = split_learned(params, learned)
     meta = {**config, "learned": sorted(learned), "base_hash": tree_hash(frozen.get("base", {}))}
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".adapters-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        mx.save_safetensors(tmp, dict(tree_flatten(chosen)))
-        os.replace(tmp, d / ADAPTERS)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".adapter_config-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, d / ADAPTER_CONFIG)
+    with io.atomic_path(d / ADAPTERS, ".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), dict(tree_flatten(chosen)))
+    io.write_text(d / ADAPTER_CONFIG, json.dumps(meta, indent=2, sort_keys=True))
 
 
 def read_adapter_config(directory: str | Path) -> dict:

@@ -46,20 +46,17 @@ def _matrix_dims(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def lora_init(key: mx.array, base: Tree, *, targets: str | Iterable[str] | PathPredicate = ("*.w",), rank: int = 4,
-              scale: float = 1.0, dropout: float = 0.0, mask: bool = False) -> Tree:
+              scale: float = 1.0, mask: bool = False) -> Tree:
     """A fresh adapter for every base leaf matched by ``targets`` (glob patterns or a path predicate).
 
     Only weights with two or more dimensions can be targeted (a bias has no low-rank form).
-    ``scale`` is kept by the caller (``lora_apply(apply, scale=...)``) and in the adapter config;
-    ``dropout`` must be 0: the merged-weight path has no separate low-rank input to drop out, and
-    the functional ``apply(params, x)`` carries no random key (see the module docstring).
+    ``scale`` is kept by the caller (``lora_apply(apply, scale=...)``) and in the adapter config.
+    There is no dropout: the merged-weight path has no separate low-rank input to drop out, and the
+    functional ``apply(params, x)`` carries no random key (see the module docstring).
     ``mask=True`` adds the all-ones rank mask ``lora_e`` that AdaLoRA-style allocation prunes.
     """
     if rank < 1:
         raise ValueError(f"lora_init: rank must be >= 1, got {rank}")
-    if dropout:
-        raise ValueError(f"lora_init: dropout={dropout} is not supported: adapters are merged into the weights "
-                         "inside apply, so there is no separate low-rank input to drop; use dropout=0")
     pick = _predicate(targets)
     chosen = [(p, w) for p, w in tree_flatten(base) if pick(p)]
     if not chosen:

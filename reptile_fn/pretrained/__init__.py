@@ -1,6 +1,6 @@
 """Meta-learned initializations that ship with the package, loadable by name.
 
-``reptile-fn eval --checkpoint omniglot-5w1s --data-dir DIR`` (or ``train.load_run("omniglot-5w1s")``)
+``reptile-fn eval --checkpoint omniglot-5w1s --data-dir DIR`` (or ``reptile_fn.run.load("omniglot-5w1s")``)
 resolves a name listed here to the safetensors file beside this module. Each file is a normal
 checkpoint (parameters, algorithm state, the run config in its metadata, with ``tasks.data_dir``
 unset so that ``--data-dir`` / ``$REPTILE_FN_DATA`` apply). ``research/results.md`` says how each

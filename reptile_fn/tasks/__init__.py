@@ -1,6 +1,10 @@
-"""Episode samplers: task families (sine, linear, xor, circles, spiral) and their distribution."""
+"""Episode samplers: task families (sine, linear, xor, circles, spiral) and their distribution, Omniglot
+(``tasks.omniglot``) and intent classification (``tasks.text``).
 
-from reptile_fn.tasks.base import Episode
+``DATASETS`` names every data set a config's ``tasks.dataset`` can choose, with the model it takes
+(``run.build`` builds them); a new data set is one module here and one entry there."""
+
+from reptile_fn.episode import Episode
 from reptile_fn.tasks.distribution import (
     FAMILIES,
     TaskDistribution,
@@ -10,7 +14,10 @@ from reptile_fn.tasks.distribution import (
 )
 from reptile_fn.tasks.sine import sine_curve
 
+DATASETS = {"synthetic": "mlp", "omniglot": "conv4", "clinc150": "text"}
+
 __all__ = [
+    "DATASETS",
     "Episode",
     "FAMILIES",
     "TaskDistribution",

@@ -9,15 +9,14 @@ values (names, sizes, a seed), so its samplers are pure functions of their key a
 from __future__ import annotations
 
 import difflib
-import numbers
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import mlx.core as mx
 
-from reptile_fn.errors import ConfigError
+from reptile_fn.episode import Episode
+from reptile_fn.errors import ConfigError, check_int
 from reptile_fn.tasks import sine, toy2d
-from reptile_fn.tasks.base import Episode
 
 Params = dict[str, mx.array]
 
@@ -84,10 +83,10 @@ class TaskDistribution:
         families = self.families
         families = (families,) if isinstance(families, str) else tuple(families)
         _check_families(families)
-        _check_int("k_shot", self.k_shot, 1, "support examples per class; regression: points")
-        _check_int("query_size", self.query_size, 1, "query examples per class; regression: points")
-        _check_int("num_train_tasks", self.num_train_tasks, 0, "training pool size; 0 = infinite")
-        _check_int("seed", self.seed, 0, "seed of the training pool")
+        check_int("k_shot", self.k_shot, 1, "support examples per class; regression: points")
+        check_int("query_size", self.query_size, 1, "query examples per class; regression: points")
+        check_int("num_train_tasks", self.num_train_tasks, 0, "training pool size; 0 = infinite")
+        check_int("seed", self.seed, 0, "seed of the training pool")
         object.__setattr__(self, "families", families)  # frozen: normalise once, here
         for name in ("k_shot", "query_size", "num_train_tasks", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
@@ -222,11 +221,3 @@ def _groups() -> str:
     for name, family in FAMILIES.items():
         groups.setdefault((family.kind, family.in_dim, family.out_dim), []).append(name)
     return " or ".join("[" + ", ".join(names) + "]" for names in groups.values())
-
-
-def _check_int(name: str, value: object, minimum: int, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(
-            f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}; "
-            f"set it to {minimum} or more"
-        )

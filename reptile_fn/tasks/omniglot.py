@@ -37,12 +37,9 @@ constant).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
-import tempfile
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -53,8 +50,9 @@ import mlx.core as mx
 import numpy as np
 
 from reptile_fn import datasets
-from reptile_fn.errors import ConfigError, DataError
-from reptile_fn.tasks.base import Episode, check_choice, check_int
+from reptile_fn.episode import Episode, check_classes, sample_class_episodes
+from reptile_fn.errors import ConfigError, DataError, check_choice, check_int
+from reptile_fn.tasks.splits import group_split, shuffled
 
 IMAGE_SIZE = 28
 IN_DIM = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -115,16 +113,19 @@ def load_set(set_name: str = "background", data_dir: str | os.PathLike | None = 
             f"Omniglot file {path} not found; download it with `reptile-fn download omniglot --data-dir {root}`"
             + ("" if set_name in ("background", "evaluation") else f" --sets {set_name}")
         )
-    stat = path.stat()
-    target = _cache_file(path, stat, resample)
-    if cache:
-        cached = _read_cache(target, stat)
-        if cached is not None:
-            return cached
-    data = _decode_zip(path, set_name, resample)
-    if cache:
-        _write_cache(target, data, stat)
-    return data
+
+    def decoded() -> dict[str, np.ndarray]:
+        data = _decode_zip(path, set_name, resample)
+        return {"images": data.images, "characters": np.array(data.characters, dtype=np.str_),
+                "alphabets": np.array(data.alphabets, dtype=np.str_)}
+
+    def valid(a: dict) -> bool:
+        images = a["images"]
+        return (images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
+                and len(a["characters"]) == len(a["alphabets"]) == images.shape[0])
+
+    arrays = datasets.cached_arrays(path, "omniglot", resample, decoded, valid=valid, version=CACHE_VERSION, use=cache)
+    return OmniglotSet(arrays["images"], tuple(arrays["characters"].tolist()), tuple(arrays["alphabets"].tolist()))
 
 
 def index_zip(path: str | os.PathLike, set_name: str) -> tuple[list[str], list[str], list[list[str]]]:
@@ -224,61 +225,7 @@ def _layout(path: Path, set_name: str, detail: str) -> DataError:
     )
 
 
-# --- cache --------------------------------------------------------------------------------------
-
-def _cache_file(path: Path, stat: os.stat_result, resample: str) -> Path:
-    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
-    state = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{CACHE_VERSION}".encode()).hexdigest()[:12]
-    return datasets.cache_dir() / "omniglot" / f"{path.stem}-{resample}-{where}-{state}.npz"
-
-
-def _read_cache(target: Path, stat: os.stat_result) -> OmniglotSet | None:
-    """The cached arrays, or None if absent or unusable (then the caller rebuilds them)."""
-    if not target.is_file():
-        return None
-    try:
-        with np.load(target, allow_pickle=False) as f:
-            images, characters, alphabets = f["images"], f["characters"], f["alphabets"]
-            meta = f["meta"]
-    except Exception:  # a damaged cache file is rebuilt, never trusted
-        return None
-    ok = (images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE)
-          and len(characters) == len(alphabets) == images.shape[0]
-          and meta.tolist() == [CACHE_VERSION, stat.st_size, stat.st_mtime_ns])
-    if not ok:
-        return None
-    return OmniglotSet(images, tuple(characters.tolist()), tuple(alphabets.tolist()))
-
-
-def _write_cache(target: Path, data: OmniglotSet, stat: os.stat_result) -> None:
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=data.images, characters=np.array(data.characters, dtype=np.str_),
-                     alphabets=np.array(data.alphabets, dtype=np.str_),
-                     meta=np.array([CACHE_VERSION, stat.st_size, stat.st_mtime_ns], dtype=np.int64))
-        os.replace(tmp, target)
-        tmp = None
-        stem, _, _ = target.stem.rpartition("-")  # the same zip path and resampling, older contents
-        for stale in target.parent.glob(f"{stem}-*.npz"):
-            if stale != target:
-                stale.unlink(missing_ok=True)
-    except OSError as e:
-        warnings.warn(f"could not write the Omniglot cache {target} ({e}); loading will decode the zip every time. "
-                      f"Set REPTILE_FN_CACHE to a writable folder", stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # --- splits -------------------------------------------------------------------------------------
-
-def shuffled(names: Sequence[str], seed: int) -> list[int]:
-    """Indices of ``names`` ordered by SHA-256 of ``"<seed>:<name>"``: a seeded shuffle of names."""
-    return sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{seed}:{names[i]}".encode()).digest())
-
 
 def standard_split(characters: Sequence[str], *, seed: int = 0, val_characters: int = 0,
                    train_characters: int = STANDARD_TRAIN_CHARACTERS) -> dict[str, np.ndarray]:
@@ -299,23 +246,6 @@ def alphabet_split(alphabets: Sequence[str], *, seed: int = 0) -> dict[str, np.n
     each (at least 1) and "train" the rest: 5/5/20 for the 30 background alphabets.
     """
     return group_split(alphabets, divisor=6, seed=seed, what="alphabet")
-
-
-def group_split(groups: Sequence[str], *, divisor: int, seed: int, what: str) -> dict[str, np.ndarray]:
-    """Indices of "test", "val" and "train" when whole groups are held out together.
-
-    ``groups[i]`` is item i's group (an alphabet, a domain, or the item itself). The distinct groups,
-    in a seeded shuffle (``shuffled``), give "test" and "val" round(n/divisor) each (at least 1) and
-    "train" the rest, so the three splits never share a group.
-    """
-    names = sorted(set(groups))
-    held = max(1, round(len(names) / divisor))
-    if len(names) < 2 * held + 1:
-        raise DataError(f"a split by {what} needs at least 3 {what}s, found {len(names)}")
-    order = [names[i] for i in shuffled(names, seed)]
-    chosen = {"test": set(order[:held]), "val": set(order[held:2 * held]), "train": set(order[2 * held:])}
-    return {split: np.array([i for i, g in enumerate(groups) if g in group], dtype=np.int64)
-            for split, group in chosen.items()}
 
 
 def resolve_protocol(protocol: str = "auto", data_dir: str | os.PathLike | None = None,
@@ -363,39 +293,17 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None, *, protoco
 
 # --- episodes -----------------------------------------------------------------------------------
 
-def sample_indices(key: mx.array, n_classes: int, n_drawers: int, n_way: int, n_per_class: int
-                   ) -> tuple[mx.array, mx.array]:
-    """One episode's classes (n_way,) distinct, in random order, and drawers (n_way, n_per_class), distinct per class."""
-    class_key, order_key, drawer_key = mx.random.split(key, 3)
-    # The n_way smallest of n_classes iid uniforms are a uniform random subset; argpartition finds
-    # them in O(n_classes), several times faster than a full argsort. argpartition leaves their order
-    # unspecified (it may differ between backends), so they are sorted, then shuffled with their own
-    # key: labels carry no trace of class indices and the episode depends on the key alone.
-    picked = mx.sort(mx.argpartition(mx.random.uniform(shape=(n_classes,), key=class_key), n_way - 1)[:n_way])
-    classes = picked[mx.argsort(mx.random.uniform(shape=(n_way,), key=order_key))]
-    drawers = mx.argsort(mx.random.uniform(shape=(n_way, n_drawers), key=drawer_key), axis=-1)[:, :n_per_class]
-    return classes, drawers
-
-
-def episode(images: mx.array, key: mx.array, n_way: int, k_shot: int, query_size: int) -> Episode:
-    """One N-way K-shot episode from ``images`` uint8 (n_classes, n_drawers, 28, 28).
-
-    Support: k_shot drawings of each of n_way distinct classes, class-major, labels 0..n_way − 1
-    (the i-th sampled class is label i); query: query_size other drawings of the same classes.
-    """
-    n_classes, n_drawers, h, w = images.shape
-    classes, drawers = sample_indices(key, n_classes, n_drawers, n_way, k_shot + query_size)
-    x = (images[classes[:, None], drawers].astype(mx.float32) * (1.0 / 255.0))[..., None]
-    labels = mx.arange(n_way, dtype=mx.int32)
-    return Episode(x[:, :k_shot].reshape(n_way * k_shot, h, w, 1), mx.repeat(labels, k_shot),
-                   x[:, k_shot:].reshape(n_way * query_size, h, w, 1), mx.repeat(labels, query_size))
+def decode(images: mx.array) -> mx.array:
+    """uint8 drawings (..., 28, 28), ink = 255, to episode inputs: float32 (..., 28, 28, 1) in [0, 1]."""
+    return (images.astype(mx.float32) * (1.0 / 255.0))[..., None]
 
 
 def sample_episodes(images: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,
                     query_size: int) -> Episode:
-    """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``."""
-    keys = mx.random.split(key, n_tasks)
-    return mx.vmap(lambda k: episode(images, k, n_way, k_shot, query_size))(keys)
+    """n_tasks N-way K-shot episodes from ``images`` uint8 (n_classes, n_drawers, 28, 28), stacked on a task
+    axis (``episode.sample_class_episodes``); episode i uses ``split(key, n_tasks)[i]``."""
+    return sample_class_episodes(images, key, n_tasks, n_way=n_way, k_shot=k_shot, query_size=query_size,
+                                 decode=decode)
 
 
 @dataclass(frozen=True, eq=False)
@@ -429,15 +337,9 @@ class OmniglotTasks:
             images = getattr(self, name)
             if images.ndim != 4 or tuple(images.shape[2:]) != (IMAGE_SIZE, IMAGE_SIZE):
                 raise ConfigError(f"{name} must be (n_classes, n_drawers, 28, 28), got {tuple(images.shape)}")
-            n_classes, n_drawers = images.shape[:2]
-            if self.k_shot + self.query_size > n_drawers:
-                raise ConfigError(
-                    f"k_shot + query_size = {self.k_shot + self.query_size} but Omniglot has {n_drawers} drawings per "
-                    f"character; support and query must be distinct drawings, so lower k_shot or query_size")
-            if self.n_way > n_classes:
-                split = self.train_split if name == "train_images" else self.test_split
-                raise ConfigError(f"n_way = {self.n_way} but the {split!r} split has only {n_classes} classes; "
-                                  "lower n_way or choose a larger split")
+            split = self.train_split if name == "train_images" else self.test_split
+            check_classes(f"the {split!r} split", images.shape[0], images.shape[1], n_way=self.n_way,
+                          k_shot=self.k_shot, query_size=self.query_size, unit="drawings")
 
     @property
     def out_dim(self) -> int:

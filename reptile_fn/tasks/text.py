@@ -33,9 +33,9 @@ import mlx.core as mx
 import numpy as np
 
 from reptile_fn import datasets
-from reptile_fn.errors import ConfigError, DataError
-from reptile_fn.tasks.base import Episode, check_choice, check_int
-from reptile_fn.tasks.omniglot import group_split
+from reptile_fn.episode import Episode, check_classes, sample_class_episodes
+from reptile_fn.errors import ConfigError, DataError, check_choice, check_int
+from reptile_fn.tasks.splits import group_split
 
 DATASETS = ("clinc150", "banking77")
 SPLITS = {"clinc150": ("train", "val", "test", "all"), "banking77": ("all",)}
@@ -196,91 +196,15 @@ def token_length(tokenizer, *sets: TextClasses, max_length: int = MAX_LENGTH) ->
 
 # --- episodes -----------------------------------------------------------------------------------
 
-def sample_indices(key: mx.array, counts: mx.array, n_max: int, n_way: int, n_per_class: int
-                   ) -> tuple[mx.array, mx.array]:
-    """One episode's classes (n_way,), distinct, in random order, and sentence indices (n_way, n_per_class),
-    distinct within each class and below its count (``n_max`` is the row length of the class array)."""
-    class_key, order_key, example_key = mx.random.split(key, 3)
-    # As omniglot.sample_indices: the n_way smallest of iid uniforms are a uniform random subset.
-    picked = mx.sort(mx.argpartition(mx.random.uniform(shape=counts.shape, key=class_key), n_way - 1)[:n_way])
-    classes = picked[mx.argsort(mx.random.uniform(shape=(n_way,), key=order_key))]
-    u = mx.random.uniform(shape=(n_way, n_max), key=example_key)
-    # slots past a class's count sort last (2 > any uniform), so the first n_per_class are real sentences
-    u = mx.where(mx.arange(n_max)[None, :] < counts[classes][:, None], u, 2.0)
-    return classes, mx.argsort(u, axis=-1)[:, :n_per_class]
+def sample_episodes(x: mx.array, counts: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,
+                    query_size: int) -> Episode:
+    """n_tasks N-way K-shot episodes from x int32 (n_classes, n_max, 2, L) with ``counts`` sentences per class,
+    stacked on a task axis (``episode.sample_class_episodes``); episode i uses ``split(key, n_tasks)[i]``.
 
-
-def episode(x: mx.array, counts: mx.array, key: mx.array, n_way: int, k_shot: int, query_size: int) -> Episode:
-    """One N-way K-shot episode from x int32 (n_classes, n_max, 2, L) with ``counts`` sentences per class.
-
-    Support: k_shot sentences of each of n_way distinct classes, class-major, labels 0..n_way − 1
-    (the i-th sampled class is label i); query: query_size other sentences of the same classes.
     Any per-sentence trailing shape works: with cached embeddings x (n_classes, n_max, H) the same key
     gives the same episode, embedded.
     """
-    tail = x.shape[2:]
-    classes, examples = sample_indices(key, counts, x.shape[1], n_way, k_shot + query_size)
-    xs = x[classes[:, None], examples]  # (n_way, k + q, *tail)
-    labels = mx.arange(n_way, dtype=mx.int32)
-    return Episode(xs[:, :k_shot].reshape(n_way * k_shot, *tail), mx.repeat(labels, k_shot),
-                   xs[:, k_shot:].reshape(n_way * query_size, *tail), mx.repeat(labels, query_size))
-
-
-def trim(x: mx.array, multiple: int = 4) -> mx.array:
-    """Token inputs (..., 2, L) cut to their longest real sentence, rounded up to ``multiple`` tokens.
-
-    Padding is masked everywhere in the encoder (attention keys, mean pooling) and positions count
-    from the start, so a sentence's embedding does not change; the cost of a forward pass falls with
-    L. One length for the whole array: to gain most, group inputs of similar length first (a batch of
-    CLINC150 episodes is padded to 33 tokens, a single episode's longest sentence has ~20).
-    """
-    longest = int(mx.max(mx.sum(x[..., 1, :], axis=-1)).item())
-    return x[..., :min(x.shape[-1], -(-max(longest, 1) // multiple) * multiple)]
-
-
-EVAL_CHUNK = 2
-"""Text episodes adapted at once in evaluation (``by_length``). Banking77 5-shot, fresh LoRA, 20 episodes on
-2 cores (another job running): 14.5 s per episode at 20 at a time, 7.3 at 5, 5.7 at 2, 6.1 at 1: small
-chunks are cut to a tighter longest sentence and keep a step's activations in the caches. Packed
-(``by_length``'s default), alone on the machine, 16 episodes: 1.77 s at 1, 1.55 at 2, 1.50 at 4, 1.67 at 8;
-unpacked at 2: 3.60 (8 episodes)."""
-
-
-def by_length(episodes: Episode, chunk: int = EVAL_CHUNK, *, pack: bool = True):
-    """(indices, episodes) in chunks of similar longest sentence, each cut to its own length (``trim``),
-    and with ``pack`` the sentences of each support and query set packed into shared rows
-    (``text.encoder.pack``; the model then gets dict inputs, which full-batch inner steps take).
-
-    The ``split`` of ``evaluate.per_episode_curves`` for text. Padding is masked and a packed
-    sentence attends only to itself, so results do not change; a chunk of short episodes runs at ~20
-    tokens instead of the 33 (CLINC150) or 64 (Banking77) every episode is padded to, and packed it
-    costs its real tokens (Banking77: ~16 per sentence against a longest of ~45 per episode).
-    """
-    longest = np.maximum(np.array(episodes.support_x[..., 1, :].sum(-1).max(-1)),
-                         np.array(episodes.query_x[..., 1, :].sum(-1).max(-1)))
-    order = np.argsort(longest, kind="stable")
-    for i in range(0, len(order), chunk):
-        idx = order[i:i + chunk]
-        j = mx.array(idx)
-        sx, sy, qx, qy = (a[j] for a in episodes)
-        sx, qx = trim(sx), trim(qx)
-        if pack:
-            sx, qx = _packed(sx), _packed(qx)
-        yield idx, type(episodes)(sx, sy, qx, qy)
-
-
-def _packed(x: mx.array) -> dict[str, mx.array]:
-    from reptile_fn.text.encoder import pack
-
-    x = np.array(x)
-    return {k: mx.array(a) for k, a in pack(x[..., 0, :], x[..., 1, :]).items()}
-
-
-def sample_episodes(x: mx.array, counts: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,
-                    query_size: int) -> Episode:
-    """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``."""
-    keys = mx.random.split(key, n_tasks)
-    return mx.vmap(lambda k: episode(x, counts, k, n_way, k_shot, query_size))(keys)
+    return sample_class_episodes(x, key, n_tasks, n_way=n_way, k_shot=k_shot, query_size=query_size, counts=counts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,13 +245,8 @@ class TextTasks:
             if x.ndim != 4 or x.shape[2] != 2 or counts.shape != (x.shape[0],):
                 raise ConfigError(f"{prefix}_x must be (n_classes, n_max, 2, L) with {prefix}_counts (n_classes,), got "
                                   f"{tuple(x.shape)} and {tuple(counts.shape)}")
-            fewest = int(counts.min().item())
-            if self.k_shot + self.query_size > fewest:
-                raise ConfigError(f"k_shot + query_size = {self.k_shot + self.query_size} but the {split!r} split has "
-                                  f"an intent with only {fewest} sentences; lower k_shot or query_size")
-            if self.n_way > x.shape[0]:
-                raise ConfigError(f"n_way = {self.n_way} but the {split!r} split has only {x.shape[0]} intents; "
-                                  "lower n_way or choose a larger split")
+            check_classes(f"the {split!r} split", x.shape[0], int(counts.min().item()), n_way=self.n_way,
+                          k_shot=self.k_shot, query_size=self.query_size, unit="sentences", classes="intents")
 
     @property
     def in_dim(self) -> tuple[int, int]:

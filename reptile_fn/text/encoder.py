@@ -404,7 +404,7 @@ def text_classifier(encoder: Tree, config: EncoderConfig, n_classes: int, *, nor
         return {"encoder": encoder, "head": dense_init(key, config.hidden_size, n_classes)}
 
     def apply(params: Tree, x: mx.array | dict) -> mx.array:
-        if isinstance(x, dict):  # packed sentences (``pack``), as ``tasks.text.by_length`` gives them
+        if isinstance(x, dict):  # packed sentences (``pack``), as ``text.batching.by_length`` gives them
             z = encode_packed(params["encoder"], config, x, normalize=normalize)
         else:
             z = encode(params["encoder"], config, x[..., 0, :], x[..., 1, :], normalize=normalize)

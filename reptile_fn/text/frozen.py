@@ -14,11 +14,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from reptile_fn.episode import Episode
 from reptile_fn.evaluate import per_episode_curves
+from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import accuracy, cross_entropy
 from reptile_fn.models import dense
-from reptile_fn.tasks import Episode
-from reptile_fn.tasks.text import trim
+from reptile_fn.text.batching import trim
 from reptile_fn.text.encoder import EncoderConfig, encode
 from reptile_fn.tree import Tree
 
@@ -78,5 +79,6 @@ def head_curves(embedded: Episode, n_way: int, *, lr: float, steps: int, optimiz
     """Per-episode query loss and accuracy of a zero-initialised linear head trained on the embeddings."""
     h = embedded.support_x.shape[-1]
     head = {"head": {"w": mx.zeros((h, n_way)), "b": mx.zeros((n_way,))}}
-    return per_episode_curves(lambda p, z: dense(p["head"], z), cross_entropy, head, embedded, inner_lr=lr,
-                              steps=steps, metric=accuracy, optimizer=optimizer, record=record)
+    loop = InnerLoop(lr=lr, steps=steps, optimizer=optimizer)
+    return per_episode_curves(loop, lambda p, z: dense(p["head"], z), cross_entropy, head, embedded, metric=accuracy,
+                              record=record)

@@ -1,0 +1,55 @@
+"""Values parsed from YAML, checked against a dataclass field's declared type, and close-name suggestions:
+the two things ``config`` needs to turn a user's typo into one clear message."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Any, Sequence
+
+from reptile_fn.errors import ConfigError
+
+
+def coerce(v: Any, t: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return coerce(v, inner, key, source)
+    if origin is tuple:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {v!r}")
+        return tuple(coerce(x, args[0], key, source) for x in v)
+    if t is bool:
+        if isinstance(v, bool):
+            return v
+    elif t is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    elif t is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            try:
+                return float(v)
+            except ValueError:
+                pass
+    elif t is str:
+        if isinstance(v, str):
+            return v
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+    raise ConfigError(f"{source}: {key} must be {name}, got {v!r}")
+
+
+def suggest(word: str, options: Sequence[str]) -> str:
+    # Compare leaf names too, so that 'tasks.kshot' suggests 'tasks.k_shot'.
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    if not close:
+        leaf = word.split(".")[-1]
+        leaves = {o.split(".")[-1]: o for o in options}
+        close = [leaves[c] for c in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
+    return f"; did you mean {close[0]!r}?" if close else ""

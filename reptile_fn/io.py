@@ -1,0 +1,90 @@
+"""Files written whole or not at all, and one content digest.
+
+Every file the library writes (checkpoints, adapters, metrics rewrites, summaries, results, figures,
+caches, downloads) goes through ``atomic_path``: a temporary file in the target's folder, flushed to
+disk, given the usual permissions, then renamed over the target. A crash, a full disk or a signal
+leaves either the old file or the new one, never half of one, and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from reptile_fn.tree import Tree
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # what open() gives a new file: mkstemp's 0600 would differ from file to file
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path`` durably.
+
+    ``suffix`` ends the temporary name (some writers pick the format from it, e.g. ``.safetensors``).
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def digest(x: Tree | mx.array) -> str:
+    """SHA-256 (hex) of an array or a tree: for each leaf, sorted by path, its path, shape, dtype and bytes.
+
+    Checkpoints store untrained leaves as this digest; adapter files record their base's.
+    """
+    h = hashlib.sha256()
+    leaves = [("", x)] if isinstance(x, mx.array) else sorted(tree_flatten(x), key=lambda kv: kv[0])
+    for path, a in leaves:
+        arr = np.asarray(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a)
+        h.update(f"{path}|{arr.shape}|{a.dtype}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,259 @@
+"""Config -> Run: the tasks, model, loss, inner loop and meta-step of a run, and nothing else.
+
+All algorithm- and PEFT-specific wiring lives here: which leaves adapt (ANIL: the head; PEFT: the
+adapter), what the outer loop learns, the outer optimizer and its schedule, AdaLoRA's rank
+allocation, the starting parameters. The loop, the evaluation and the CLI take a ``Run`` and never
+branch on the algorithm again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property, partial
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import mlx.core as mx
+
+from reptile_fn import checkpoint, optim
+from reptile_fn import config as C
+from reptile_fn import tree as T
+from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, LOCAL, MetaStep, Reduce
+from reptile_fn.baselines import pretrain
+from reptile_fn.episode import Episode, Sampler
+from reptile_fn.errors import CheckpointError, ConfigError
+from reptile_fn.inner import InnerLoop
+from reptile_fn.losses import accuracy, cross_entropy, mse
+from reptile_fn.models import HEAD, Model, conv4, mlp
+from reptile_fn.tasks import make_distribution
+from reptile_fn.tree import PathPredicate
+
+
+class Keys(NamedTuple):
+    """The run's PRNG keys, all from its seed: a resumed run draws exactly what an uninterrupted one does."""
+
+    init: mx.array
+    train: mx.array
+    eval_during: mx.array
+    eval_final: mx.array
+    random_init: mx.array
+
+
+def run_keys(seed: int) -> Keys:
+    return Keys(*mx.random.split(mx.random.key(seed), 5))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """Everything a run is built from, derived from its Config alone.
+
+    ``inner`` is the loop tasks adapt with in meta-training (``meta`` was built with it);
+    ``evaluation_loop`` derives the loop evaluation adapts with. ``meta_trainable`` is what the outer
+    loop learns (None: what the algorithm decides); ``peft`` the PEFT wiring of a PEFT run.
+    """
+
+    cfg: C.Config
+    tasks: Sampler
+    model: Model
+    loss: Callable
+    metric: Callable | None  # accuracy for classification, None for regression
+    meta: MetaStep
+    inner: InnerLoop
+    initial_params: Callable  # (key) -> the starting parameters (PEFT: the configured base + a fresh adapter)
+    peft: object = None  # peft.Peft, or None
+    meta_trainable: PathPredicate | None = None
+    eval_split: Callable | None = None  # how evaluation chunks episodes (per_episode_curves's split)
+
+    @cached_property
+    def train_tasks(self) -> Sampler:
+        """The sampler of meta-training episodes: ``tasks`` with ``train_shots`` support examples if set."""
+        shots = self.cfg.tasks.train_shots
+        return dataclasses.replace(self.tasks, k_shot=shots) if shots else self.tasks
+
+    def sample_train(self, key: mx.array, n_tasks: int) -> Episode:
+        return self.train_tasks.sample_train(key, n_tasks)
+
+    @property
+    def rebuilt_init(self):
+        """The model's init from the run's seed: the tree a checkpoint is restored into, and the reference it
+        is saved against (leaves still equal to it, such as a frozen pretrained encoder, are stored as digests)."""
+        return self.model.init(run_keys(self.cfg.seed).init)
+
+
+def evaluation_loop(run: Run, state=None, *, steps: int | None = None, trainable="run") -> InnerLoop:
+    """The inner loop evaluation adapts with: ``eval.inner_steps`` steps at ``eval.inner_lr`` (else the
+    training rate), on ``eval.inner_batch_size`` (else the training) mini-batches.
+
+    With the algorithm ``state`` it is the meta-learned init's loop (``MetaStep.inner``: Meta-SGD's learned
+    rates win over ``eval.inner_lr``; a kept inner state is the start); without, a baseline's.
+    ``trainable``: which leaves adapt, ``"run"`` as in training (ANIL: the head), else a predicate or None.
+    """
+    cfg = run.cfg
+    loop = run.meta.inner(state) if state is not None else run.inner._replace(start=None)
+    lr = loop.lr if isinstance(loop.lr, dict) else (cfg.eval.inner_lr or cfg.inner_lr)
+    loop = loop._replace(lr=lr, steps=cfg.eval.inner_steps if steps is None else steps, first_order=False,
+                         batch_size=cfg.eval.inner_batch_size or cfg.inner_batch_size)
+    return loop if trainable == "run" else loop._replace(trainable=trainable)
+
+
+def build(cfg: C.Config, reduce: Reduce = LOCAL) -> Run:
+    """Build tasks, model, loss, the inner loop and the compiled meta-step for a config.
+
+    ``reduce``: how the meta-step's block of tasks makes up the meta-batch (several processes).
+    """
+    tasks, model = _tasks_and_model(cfg)
+    classification = tasks.kind == "classification"
+    loss = cross_entropy if classification else mse
+    patterns = (HEAD,) if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
+    trainable, meta_trainable, pf, initial_params = trainable_predicate(patterns), None, None, model.init
+    if cfg.peft.method != "none":
+        pf, trainable, meta_trainable = _peft_wiring(cfg, model)
+        initial_params = _peft_initial_params(cfg, pf, model, loss, tasks)
+        model = pf.model
+    inner = InnerLoop(lr=cfg.inner_lr, steps=cfg.inner_steps, optimizer=cfg.inner_optimizer,
+                      batch_size=cfg.inner_batch_size, trainable=trainable, adam_betas=tuple(cfg.inner_adam_betas))
+    meta = _meta_step(cfg, model, loss, inner, meta_trainable, reduce)
+    eval_split = None
+    if C.model_kind(cfg) == "text":  # episodes of similar length, cut to it, a few at a time (text.batching)
+        from reptile_fn.text.batching import by_length  # sentences packed into shared rows unless steps take mini-batches
+
+        packed = (cfg.eval.inner_batch_size or cfg.inner_batch_size) is None
+        eval_split = by_length if packed else partial(by_length, pack=False)
+    return Run(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, initial_params, pf,
+               meta_trainable, eval_split)
+
+
+def trainable_predicate(patterns: tuple[str, ...]) -> PathPredicate | None:
+    return None if tuple(patterns) == ("*",) else T.match(patterns)
+
+
+def _tasks_and_model(cfg: C.Config) -> tuple[Sampler, Model]:
+    t = cfg.tasks
+    if t.dataset == "omniglot":
+        from reptile_fn.tasks.omniglot import make_omniglot
+
+        tasks = make_omniglot(t.data_dir, n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size,
+                              test_split=t.test_split, protocol=t.protocol, seed=cfg.seed)
+        return tasks, conv4(tasks.in_dim, tasks.out_dim, filters=cfg.model.filters, norm=cfg.model.norm,
+                            conv_impl=cfg.model.conv_impl)
+    if t.dataset == "clinc150":
+        from reptile_fn.tasks.text import make_text_tasks
+        from reptile_fn.text.encoder import load_encoder, text_classifier
+
+        encoder, enc_config, tokenizer = load_encoder(cfg.model.encoder)
+        test_split = "banking77" if t.test_split == "banking77" else f"clinc150:{t.test_split}"
+        tasks = make_text_tasks(t.data_dir, n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size,
+                                test_split=test_split, seed=cfg.seed, split_by=t.split_by, tokenizer=tokenizer)
+        return tasks, text_classifier(encoder, enc_config, t.n_way, normalize=cfg.model.normalize)
+    tasks = make_distribution(t.families, k_shot=t.k_shot, query_size=t.query_size,
+                              num_train_tasks=t.num_train_tasks, seed=cfg.seed)
+    return tasks, mlp(tasks.in_dim, tasks.out_dim, hidden=cfg.model.hidden, depth=cfg.model.depth,
+                      activation=cfg.model.activation)
+
+
+def _meta_step(cfg: C.Config, model: Model, loss, inner: InnerLoop, meta_trainable, reduce: Reduce) -> MetaStep:
+    """The configured algorithm's meta-step (wrapped for AdaLoRA's rank allocation)."""
+    defaults = DEFAULTS[cfg.algorithm]
+    outer_lr = defaults["outer_lr"] if cfg.outer_lr is None else cfg.outer_lr
+    schedule = optim.linear_schedule(outer_lr, cfg.outer_lr_final, cfg.meta_iterations)
+    outer = optim.make(cfg.outer_optimizer or defaults["outer_optimizer"], schedule)
+    options = {"meta_trainable": meta_trainable, "reduce": reduce}
+    if cfg.inner_state == "persistent":
+        options["persistent_inner_state"] = True
+    adalora = cfg.peft.method == "adalora"
+    meta = ALGORITHMS[cfg.algorithm](model.apply, loss, inner, outer, compiled=not adalora, **options)
+    if not adalora:
+        return meta
+    from reptile_fn.peft import ranks
+    from reptile_fn.peft.adalora import with_rank_allocation
+
+    initial = sum(ranks(model.init(mx.random.key(0))["adapter"]).values())  # shapes only; nothing is trained
+    n, p = cfg.meta_iterations, cfg.peft
+    return with_rank_allocation(meta, target_rank=p.target_rank or max(initial // 2, 1), total_steps=n,
+                                init_warmup=int(p.rank_warmup * n), final_warmup=int(p.rank_final * n))
+
+
+# --- PEFT ----------------------------------------------------------------------------------------
+
+def _peft_wiring(cfg: C.Config, base_model: Model):
+    """(peft.Peft, what adapts, what the outer loop learns) for a PEFT config."""
+    from reptile_fn import peft
+
+    p = cfg.peft
+    pf = peft.peft_model(base_model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
+    inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
+                                        reptile=cfg.algorithm == "reptile", meta_learn_head=p.head == "meta")
+    if cfg.algorithm == "anil":
+        inner_pat = (peft.HEAD,)
+    pf = pf._replace(inner=inner_pat, meta=meta_pat)
+    return pf, T.match(inner_pat), T.match(meta_pat)
+
+
+def _peft_initial_params(cfg: C.Config, pf, base_model: Model, loss, tasks) -> Callable:
+    """(key) -> {"base": the configured base, "adapter": a fresh adapter}; pretraining runs only when called."""
+    p = cfg.peft
+
+    def initial(key: mx.array):
+        k_base, k_adapter = mx.random.split(key)
+        base = load_base(cfg, base_model, loss, tasks, k_base)
+        return {"base": base, "adapter": pf.new_adapter(k_adapter, base)}
+
+    start = initial if p.base not in ("random", "init") else pf.model.init
+    if p.head == "zero":  # every task adapts the head from zero (peft.head: zero)
+        return lambda key: zero_head(start(key))
+    return start
+
+
+def zero_head(params):
+    """``params`` with every leaf of the base's head set to zero."""
+    from reptile_fn import peft
+
+    head, rest = T.partition(params, T.match(peft.HEAD))
+    return T.combine(T.zeros_like(head), rest)
+
+
+def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
+    """The PEFT base: pretrained on (part of) the task distribution, or a run's checkpoint."""
+    p = cfg.peft
+    if p.base in ("random", "init"):  # the model's own init (text: the pretrained encoder and a fresh head)
+        return base_model.init(key)
+    if p.base == "pretrain":
+        source = tasks
+        if p.base_families is not None:
+            t = cfg.tasks
+            source = make_distribution(p.base_families, k_shot=t.k_shot, query_size=t.query_size,
+                                       num_train_tasks=t.num_train_tasks, seed=cfg.seed + 1)
+            if source.out_dim != tasks.out_dim or source.in_dim != tasks.in_dim:
+                raise ConfigError(f"peft.base_families {list(p.base_families)} have inputs/outputs "
+                                  f"{source.in_dim}/{source.out_dim}, the run's tasks {tasks.in_dim}/{tasks.out_dim}; "
+                                  "pick families of the same kind")
+        return pretrain(base_model, loss, source, key, iterations=p.base_pretrain_iterations)
+    arrays, meta = checkpoint.load(p.base)
+    if meta.get("config", {}).get("peft", {}).get("method", "none") != "none":
+        raise ConfigError(f"peft.base = {p.base} is itself a PEFT run; point at a plain run's checkpoint")
+    return checkpoint.restore(arrays, "params", base_model.init(key), source=p.base)
+
+
+# --- a saved run ---------------------------------------------------------------------------------
+
+def load(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[Run, dict, dict, int]:
+    """Rebuild a saved run: ``(run, params, state, iteration)``.
+
+    ``checkpoint_path`` may also name a shipped initialization (``reptile_fn.pretrained``), e.g.
+    ``omniglot-5w1s``. ``overrides`` (``key=value``) change where evaluation looks, e.g.
+    ``tasks.data_dir`` or ``tasks.test_split``.
+    """
+    from reptile_fn import pretrained
+
+    checkpoint_path = pretrained.resolve(checkpoint_path)
+    arrays, meta = checkpoint.load(checkpoint_path)
+    if "config" not in meta:
+        raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by "
+                              "`reptile-fn train`")
+    cfg = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
+    if overrides:
+        cfg = C.with_overrides(cfg, overrides)
+    run = build(cfg)
+    params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path))
+    state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path))
+    return run, params, state, int(meta.get("iteration", 0))

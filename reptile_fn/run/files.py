@@ -1,0 +1,62 @@
+"""A run directory: what it holds, and reading it back.
+
+``config.yaml`` (the run's config), ``checkpoint.safetensors`` (latest good parameters and algorithm
+state, the config and the iteration in its metadata), ``metrics.jsonl`` (one JSON object per log or
+eval record), ``summary.json`` (at the end: speed and the few-shot results of the meta-learned init
+against a baseline) and, for PEFT runs, ``adapter/`` (the meta-learned adapter and its config).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+from reptile_fn import checkpoint, io
+from reptile_fn import config as C
+from reptile_fn.errors import CheckpointError, ConfigError
+
+CHECKPOINT = "checkpoint.safetensors"
+ADAPTER_DIR = "adapter"  # PEFT runs: adapters.safetensors + adapter_config.json
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+
+
+class Saved:
+    """A run's checkpoint as read back: config, flat arrays, iteration and the open log window."""
+
+    def __init__(self, path: Path):
+        if not path.exists():
+            raise CheckpointError(f"nothing to resume: {path} does not exist; start a run without --resume")
+        arrays, meta = checkpoint.load(path)
+        if "config" not in meta or "iteration" not in meta:
+            raise CheckpointError(f"{path} has no run config/iteration in its metadata, so it cannot be resumed; "
+                                  "it was not written by `reptile-fn train`")
+        self.path, self.arrays = path, arrays
+        self.cfg = C.from_dict(meta["config"], source=str(path), stored=True)
+        self.iteration = int(meta["iteration"])
+        lw = meta.get("log_window") or {"count": 0, "sums": {}}
+        self.window = {k: mx.array(v, dtype=mx.float32) for k, v in lw["sums"].items()}
+        self.n_window = int(lw["count"])
+
+    def check_same_config(self, cfg: C.Config | None) -> None:
+        """A ConfigError naming the keys where ``cfg`` (if given) differs from the run's own."""
+        if cfg is not None and cfg != self.cfg:
+            diff = [k for k in C.leaf_keys() if C.get(self.cfg, k) != C.get(cfg, k)]
+            raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diff)}; "
+                              "resume without --config/--set, or start a new run in another --out")
+
+
+def stored_config(out_dir: str | Path) -> C.Config:
+    """The config of the run in ``out_dir``, from its checkpoint's metadata."""
+    return Saved(Path(out_dir) / CHECKPOINT).cfg
+
+
+def truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop records past the checkpoint, so a resumed run's log equals an uninterrupted one."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+    io.write_text(path, "".join(line + "\n" for line in keep))

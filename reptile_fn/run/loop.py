@@ -1,0 +1,282 @@
+"""The meta-training loop: sample -> step -> log -> evaluate -> checkpoint, and resume.
+
+Read ``train`` top to bottom: it starts (or resumes) a run, then each meta-iteration draws a batch of
+tasks and takes one compiled meta-step; every ``log_every`` iterations it writes the window's mean
+metrics to ``metrics.jsonl`` and tells the callbacks (a progress bar); every ``eval.every`` it scores
+held-out episodes; every ``checkpoint_every`` it saves. At the end it evaluates the meta-learned init
+against a baseline and writes ``summary.json``.
+
+Randomness: ``seed`` fixes the initialization, the training-task pool, one key per meta-iteration
+and the evaluation episodes, so a resumed run equals an uninterrupted one.
+
+Under ``mlx.launch`` every process runs this loop on its block of each meta-batch (the meta-step
+averages over processes through the ``Reduce`` it was built with); only rank 0 writes files, logs
+and evaluates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import mlx.core as mx
+
+from reptile_fn import checkpoint, distributed, io
+from reptile_fn import config as C
+from reptile_fn import tree as T
+from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
+from reptile_fn.errors import ConfigError, TrainingDivergedError
+from reptile_fn.run import progress as P
+from reptile_fn.run.build import Run, build, run_keys
+from reptile_fn.run.files import ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, truncate_metrics
+from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
+
+
+class Progress(NamedTuple):
+    """Where the loop stands: replaced as a whole each iteration, so an interrupt sees a consistent state."""
+
+    params: dict
+    state: dict
+    iteration: int
+    window: dict  # metric sums since the last log record (lazy device arrays)
+    n_window: int
+
+
+def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          stop_at: int | None = None, log: Callable[[str], None] = print, callbacks: tuple = ()) -> dict:
+    """Meta-train (or resume) into ``out_dir``; returns the summary dict (also written as JSON).
+
+    ``stop_at`` ends early after that meta-iteration (with a checkpoint), as an interruption would.
+    ``callbacks``: objects with ``on_log(iteration, record)`` and ``close()``, told of every metrics
+    record (a progress bar is one). Launched by ``mlx.launch``, each process adapts its block of every
+    meta-batch and only rank 0 writes files and output; the summary of another rank has no evaluation.
+    """
+    w = distributed.world()
+    out = Path(out_dir)
+    run, at = start(cfg, out, resume=resume, w=w, log=log)
+    cfg = run.cfg
+    keys = run_keys(cfg.seed)
+    iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
+    end = min(cfg.meta_iterations, stop_at) if stop_at is not None else cfg.meta_iterations
+    step = _iteration(run, w)
+    saver = _Saver(run, out, w, last_good=at.iteration if resume else None)
+    waiting = _watchdog(w, saver, lambda: at.iteration)
+    with waiting():
+        distributed.check_same(w, f"{C.dump(cfg)}\nstart: {at.iteration}", "config or checkpoint")
+    callbacks = (*callbacks, *_progress(progress, w, at.iteration, cfg, log))
+    metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
+    t0, first = time.perf_counter(), at.iteration
+    try:
+        for i in range(first, end):
+            params, state, metrics = step(at.params, at.state, iteration_keys[i])
+            window = metrics if not at.window else {k: at.window[k] + metrics[k] for k in metrics}
+            if w.group is None:
+                mx.async_eval(params, state, window)
+            else:
+                with waiting():  # a lost peer raises here, or (MLX 0.32) blocks until the watchdog ends it
+                    mx.eval(params, state, window)
+            at = Progress(params, state, i + 1, window, at.n_window + 1)  # one assignment: Ctrl-C safe
+            it = at.iteration
+            if it % cfg.log_every == 0 or it == cfg.meta_iterations:
+                record = {"iteration": it, **{k: float(v) / at.n_window for k, v in at.window.items()}}
+                at = at._replace(window={}, n_window=0)
+                if not bool(T.all_finite(params)) or not all(math.isfinite(v) for v in record.values()):
+                    raise saver.diverged(it)
+                _write(metrics_file, record)
+                for c in callbacks:
+                    c.on_log(it, record)
+            if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
+                # every process evaluates (rank 0 records it), so none waits on another's evaluation
+                curve = evaluate_init(run, params, keys.eval_during, cfg.eval.during_training_episodes, state=state)
+                _write(metrics_file, {"iteration": it, "eval": _final_point(curve)})
+            if it % cfg.checkpoint_every == 0 or it == end:
+                metrics_file.flush()
+                saver.save(at)
+    except KeyboardInterrupt:
+        metrics_file.flush()
+        if at.iteration > first and bool(T.all_finite(at.params)) and w.is_main:
+            saver.save(at)
+            log(f"\ninterrupted: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
+        raise
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        raise distributed.DistributedError(saver.lost(at.iteration, str(e))) from e
+    finally:
+        for c in callbacks:
+            c.close()
+        metrics_file.close()
+    return finish(run, out, at, seconds=time.perf_counter() - t0, done=end - first, w=w)
+
+
+def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World,
+          log: Callable[[str], None]) -> tuple[Run, Progress]:
+    """Build the run and its starting point: a fresh run in ``out``, or its last checkpoint with ``resume``."""
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        saved = Saved(ckpt_path)
+        saved.check_same_config(cfg)
+        cfg = saved.cfg
+        run = build(cfg, _reduce(cfg, w))
+        params = checkpoint.restore(saved.arrays, "params", run.rebuilt_init, source=str(ckpt_path))
+        state = checkpoint.restore(saved.arrays, "state", run.meta.init(params), source=str(ckpt_path))
+        if w.is_main:
+            truncate_metrics(out / METRICS, saved.iteration)
+            log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
+        return run, Progress(params, state, saved.iteration, saved.window, saved.n_window)
+    cfg = cfg or C.Config()
+    if ckpt_path.exists():
+        raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
+                          "or choose another --out")
+    run = build(cfg, _reduce(cfg, w))
+    params = run.initial_params(run_keys(cfg.seed).init)
+    if w.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        io.write_text(out / CONFIG, C.dump(cfg))
+        (out / METRICS).unlink(missing_ok=True)
+    return run, Progress(params, run.meta.init(params), 0, {}, 0)
+
+
+def finish(run: Run, out: Path, at: Progress, *, seconds: float, done: int, w: distributed.World) -> dict:
+    """The run's summary: speed, and at the last meta-iteration the final evaluation (written as summary.json)."""
+    cfg = run.cfg
+    summary = {
+        "run": str(out),
+        "iteration": at.iteration,
+        "meta_iterations": cfg.meta_iterations,
+        "seconds": round(seconds, 3),
+        "meta_steps_per_s": float(f"{done / seconds:.3g}") if done else None,
+        "examples_per_s": float(f"{done * _examples_per_step(run) / seconds:.3g}") if done else None,
+        "processes": w.size,
+        "rank": w.rank,
+        "config": C.to_dict(cfg),
+    }
+    if not w.is_main:
+        return summary
+    if run.peft is not None:
+        summary["peft"] = peft_summary(run, at.params)
+    if at.iteration == cfg.meta_iterations:
+        summary["eval"] = final_evaluation(run, at.params, at.state)
+        io.write_text(out / SUMMARY, json.dumps(summary, indent=2))
+    return summary
+
+
+def _reduce(cfg: C.Config, w: distributed.World) -> Reduce:
+    """The meta-step's view of the processes: the mean over them, and how many blocks the meta-batch has."""
+    distributed.shard(cfg.meta_batch_size, w)  # checks that the meta-batch splits evenly
+    return LOCAL if w.group is None else Reduce(partial(distributed.mean, group=w.group), w.size)
+
+
+def _iteration(run: Run, w: distributed.World) -> Callable:
+    """One compiled meta-iteration from its key: sample the meta-batch, take the step (this process's block)."""
+    n = run.cfg.meta_batch_size
+    block = distributed.shard(n, w)
+
+    @mx.compile
+    def iteration(params, state, key):
+        sample_key, step_key = mx.random.split(key)
+        batch = run.sample_train(sample_key, n)
+        if w.group is not None:
+            # every process draws the whole meta-batch (pure in the key, a small share of a step's cost)
+            # and adapts its own block with those tasks' keys, so P processes compute what one computes
+            batch = type(batch)(*(x[block] for x in batch))
+            step_key = mx.random.split(step_key, n)[block]
+        return run.meta.step(params, state, batch, step_key)
+
+    return iteration
+
+
+class _Saver:
+    """Checkpoints (and a PEFT run's adapter files) of the run in ``out``; knows the last good one."""
+
+    def __init__(self, run: Run, out: Path, w: distributed.World, last_good: int | None):
+        self.run, self.out, self.w, self.last_good = run, out, w, last_good
+        self.path = out / CHECKPOINT
+        self.reference = run.rebuilt_init
+
+    def save(self, at: Progress) -> None:
+        if not bool(T.all_finite(at.params)):
+            raise self.diverged(at.iteration)
+        if self.w.is_main:
+            # The open log window travels with the checkpoint, so a resumed run logs the same means.
+            window = {"count": at.n_window, "sums": {k: float(v) for k, v in at.window.items()}}
+            checkpoint.save(self.path, at.params, at.state, {"config": C.to_dict(self.run.cfg), "iteration": at.iteration,
+                                                            "log_window": window}, reference=self.reference)
+            if self.run.peft is not None:
+                save_adapter_files(self.run, at.params, self.out / ADAPTER_DIR)
+        self.last_good = at.iteration
+
+    def kept(self) -> str:
+        return (f"the last good checkpoint ({self.path}, meta-iteration {self.last_good}) is kept"
+                if self.last_good is not None else "no checkpoint had been written yet")
+
+    def diverged(self, it: int) -> TrainingDivergedError:
+        cfg = self.run.cfg
+        outer_lr = DEFAULTS[cfg.algorithm]["outer_lr"] if cfg.outer_lr is None else cfg.outer_lr
+        return TrainingDivergedError(f"parameters or losses became NaN/Inf by meta-iteration {it}; {self.kept()}. "
+                                     f"Lower inner_lr ({cfg.inner_lr}) or outer_lr ({outer_lr}) and train again")
+
+    def lost(self, it: int, reason: str) -> str:
+        w = self.w
+        return (f"process {w.rank} of {w.size} lost contact with the others after meta-iteration {it} "
+                f"({reason}); {self.kept()}. Check that every process is alive and reachable, then relaunch all "
+                "of them with --resume")
+
+
+def _watchdog(w: distributed.World, saver: _Saver, iteration: Callable[[], int]):
+    """A context manager marking waits on the other processes (a no-op for one process)."""
+    if w.group is None:
+        return contextlib.nullcontext
+    return distributed.Watchdog(
+        distributed.peer_timeout(),
+        lambda t: saver.lost(iteration(), f"no reply in {t:.0f} s; {distributed.PEER_TIMEOUT_ENV} sets the limit")).waiting
+
+
+def _progress(enabled: bool, w: distributed.World, first: int, cfg: C.Config, log: Callable[[str], None]) -> tuple:
+    """Rank 0's progress callback: a bar on a terminal; lines for a multi-process run off one."""
+    total = cfg.meta_iterations
+    if not w.is_main:
+        return ()
+    if w.group is None:
+        return (P.progress(enabled, first, total),)
+    log(f"{w.size} processes, {cfg.meta_batch_size // w.size} of each meta-batch's {cfg.meta_batch_size} "
+        "tasks per process")
+    return (P.progress(True, first, total) if enabled else P.Lines(log, total),)
+
+
+def save_adapter_files(run: Run, params, directory: Path) -> None:
+    """``adapters.safetensors`` + ``adapter_config.json``: the meta-learned leaves of a PEFT run, tied to its base."""
+    from reptile_fn import peft
+
+    cfg, p = run.cfg, run.cfg.peft
+    learned = [path for path in T.paths(params) if run.meta_trainable(path)]
+    config = {"method": p.method, "rank": p.rank, "scale": p.scale, "targets": list(p.targets),
+              "ranks": peft.ranks(params.get("adapter", {})), "train_head": p.train_head,
+              "meta_learn_base": p.meta_learn_base,
+              "base_source": p.base if p.base != "pretrain" else
+              f"pretrain (seed {cfg.seed}, families {list(p.base_families or cfg.tasks.families)}, "
+              f"{p.base_pretrain_iterations} iterations)",
+              "model": C.to_dict(cfg.model)}
+    peft.save_adapters(directory, params, learned, config)
+
+
+def _examples_per_step(run: Run) -> int:
+    """Support examples adapted per meta-step: meta-batch × (inner batch or support set) × inner steps."""
+    cfg = run.cfg
+    support = int(run.sample_train(mx.random.key(0), 1).support_x.shape[1])
+    return cfg.meta_batch_size * min(cfg.inner_batch_size or support, support) * cfg.inner_steps
+
+
+def _write(f, record: dict) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()  # so that `tail -f metrics.jsonl` follows a long run
+
+
+def _final_point(curve: dict) -> dict:
+    return {name: curve[name]["mean"][-1] for name in ("loss", "metric") if name in curve}

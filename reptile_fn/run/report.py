@@ -1,0 +1,293 @@
+"""What a run is worth: the meta-learned init against baselines on held-out episodes, adaptation speed,
+figures and tables, and several runs side by side.
+
+Every init adapts with the run's inner loop (``build.evaluation_loop``) on the same episodes, drawn from
+the run's seed, so results are deterministic and comparable across inits and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from reptile_fn import io
+from reptile_fn import tree as T
+from reptile_fn.baselines import Init, make_baselines, steps_to_reach
+from reptile_fn.errors import CheckpointError, ConfigError
+from reptile_fn.evaluate import few_shot_curve
+from reptile_fn.inner import InnerLoop, adapt
+from reptile_fn.models import HEAD
+from reptile_fn.run.build import Run, evaluation_loop, run_keys
+from reptile_fn.run.files import METRICS, SUMMARY, stored_config
+
+PEFT_BASELINES = ("lora0", "base-full", "base-head", "random")
+
+
+def evaluate_init(run: Run, params, key: mx.array, episodes: int, steps: int | None = None, *, state=None,
+                  trainable="run", record: list[int] | None = None) -> dict:
+    """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``.
+
+    ``state``: the algorithm state of a meta-learned init (its learned rates and kept inner state
+    adapt it, ``MetaStep.inner``); None for a baseline. ``trainable``: which leaves adapt, ``"run"`` as
+    the run's inner loop (ANIL: the head), ``None`` all. ``record``: the steps at which the query set is
+    scored (default: ``evaluate.recorded_steps``); scoring costs more than a step when evaluation is not
+    transductive, so a table that needs only the last step says so.
+    """
+    sample_key, adapt_key = mx.random.split(key)
+    batch = run.tasks.sample_test(sample_key, episodes)
+    loop = evaluation_loop(run, state, steps=steps, trainable=trainable)
+    return few_shot_curve(loop, run.model.apply, run.loss, params, batch, metric=run.metric, key=adapt_key,
+                          record=sorted(record) if record else None, transductive=run.cfg.eval.transductive,
+                          split=run.eval_split)
+
+
+def default_baselines(run: Run) -> tuple[str, ...]:
+    return ("lora0", "base-full", "base-head") if run.peft is not None else ("random", "transfer", "head")
+
+
+def baseline_inits(run: Run, names) -> dict[str, Init]:
+    """The named baselines for this run, deterministic given its seed.
+
+    Plain runs: ``baselines.BASELINES`` (random, transfer, head). PEFT runs start from the run's own
+    base: ``lora0`` (a fresh adapter, B = 0, adapted like the run), ``base-full`` (full fine-tuning of
+    the base), ``base-head`` (its head only), ``random`` (a random base, fully fine-tuned).
+    """
+    keys = run_keys(run.cfg.seed)
+    if run.peft is None:
+        return make_baselines(names, run.model, run.loss, run.tasks, random_key=keys.random_init,
+                              transfer_key=mx.random.split(keys.eval_final, 4)[3])
+    unknown = [n for n in names if n not in PEFT_BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown baseline {unknown[0]!r} for a PEFT run; choose from {', '.join(PEFT_BASELINES)} "
+                          "(base-full / base-head fine-tune the run's pretrained base)")
+    start = run.initial_params(keys.init)
+    chosen = {"lora0": lambda: Init(start, run.inner.trainable), "base-full": lambda: Init(start, T.match("base.*")),
+              "base-head": lambda: Init(start, T.match(f"base.{HEAD}")),
+              "random": lambda: Init(run.model.init(keys.random_init), T.match("base.*"))}
+    return {name: chosen[name]() for name in names}
+
+
+def final_evaluation(run: Run, params, state, episodes: int | None = None, steps: int | None = None,
+                     baselines: tuple[str, ...] | dict | None = None, speed_steps: int | None = None) -> dict:
+    """The meta-learned init vs baselines on the same held-out episodes (deterministic given the seed).
+
+    The meta-learned init adapts with the algorithm's loop (Meta-SGD: its learned per-parameter rates;
+    a kept inner state), the baselines with the run's loop from a fresh state. With ``speed_steps``,
+    curves run that long and ``speed`` says how many steps each init needs to reach the meta-learned
+    init's result after ``steps`` (``adaptation_speed``). ``baselines`` are names, or the
+    ``baseline_inits`` already built (so a caller that also draws figures pretrains once).
+    """
+    cfg = run.cfg
+    keys = run_keys(cfg.seed)
+    n = episodes or cfg.eval.episodes
+    k = cfg.eval.inner_steps if steps is None else steps
+    horizon = max(k, speed_steps or 0)
+    inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state)}
+    if baselines is None:  # the final evaluation of `train`: random init, or for PEFT a fresh adapter on the base
+        baselines = ("lora0",) if run.peft is not None else ("random",)
+    base = baselines if isinstance(baselines, dict) else baseline_inits(run, baselines)
+    for name, b in base.items():  # baselines adapt what they say (every leaf, the head), whatever the run adapts
+        inits[name] = evaluate_init(run, b.params, keys.eval_final, n, horizon, trainable=b.trainable)
+    out = {"kind": run.tasks.kind, "metric": "accuracy" if run.metric is not None else "mse",
+           "k_shot": cfg.tasks.k_shot, "inner_lr": cfg.eval.inner_lr or cfg.inner_lr,
+           "inner_lr_learned": isinstance(run.meta.inner(state).lr, dict), "inits": inits}
+    if speed_steps:
+        out["speed"] = adaptation_speed(out, k)
+        ms = {"meta": ms_per_step(run, params, state=state)}
+        ms.update({name: ms_per_step(run, b.params, trainable=b.trainable) for name, b in base.items()})
+        for name, row in out["speed"]["inits"].items():
+            row["ms_per_step"] = round(ms[name], 4)
+            row["ms_to_target"] = round(ms[name] * row["steps"], 3)
+    return out
+
+
+def ms_per_step(run: Run, params, *, state=None, trainable="run", episodes: int = 64, steps: int = 10) -> float:
+    """Wall-clock milliseconds of one inner step on one task (compiled, vmapped over ``episodes`` tasks)."""
+    batch = run.tasks.sample_test(mx.random.key(0), episodes)
+    loop = evaluation_loop(run, state, steps=steps, trainable=trainable)._replace(start=None)
+
+    def one(p, sx, sy, key):
+        return adapt(loop, run.model.apply, run.loss, p, (sx, sy), key).params
+
+    go = mx.compile(mx.vmap(one, in_axes=(None, 0, 0, 0)))
+    keys = mx.random.split(mx.random.key(1), episodes)
+    mx.eval(go(params, batch.support_x, batch.support_y, keys))  # compile
+    t0 = time.perf_counter()
+    for _ in range(3):
+        mx.eval(go(params, batch.support_x, batch.support_y, keys))
+    return (time.perf_counter() - t0) / 3 / steps / episodes * 1000
+
+
+def adaptation_speed(ev: dict, k: int) -> dict:
+    """Inner steps each init needs to reach the meta-learned init's mean after ``k`` steps, and the ratio to meta's.
+
+    All inits run the same inner loop on the same model, so the wall-clock ratio is close to the step
+    ratio (head-only steps are cheaper); ``final_evaluation`` adds the measured ms per step and to the
+    target. A baseline that never reaches the target within the horizon gives a lower bound (``reached: false``).
+    """
+    accuracy = ev["metric"] == "accuracy"
+    key = "metric" if accuracy else "loss"
+    steps = ev["inits"]["meta"]["steps"]
+    meta_curve = ev["inits"]["meta"][key]["mean"]
+    target = meta_curve[steps.index(k)]
+    t_meta = max(steps[steps_to_reach(meta_curve, target, higher_is_better=accuracy)], 1)
+    rows = {}
+    for name, curve in ev["inits"].items():
+        i = steps_to_reach(curve[key]["mean"], target, higher_is_better=accuracy)
+        t = steps[i] if i is not None else steps[-1]  # the first recorded step at or past the target
+        rows[name] = {"steps": t, "reached": i is not None, "ratio": t / t_meta}
+    return {"target": target, "target_from": f"meta after {k} steps", "metric": "accuracy" if accuracy else "mse",
+            "horizon": steps[-1], "meta_steps": t_meta, "inits": rows}
+
+
+def peft_summary(run: Run, params) -> dict:
+    """Method, per-weight ranks, and total / adapted / meta-learned parameter counts of a PEFT run."""
+    from reptile_fn import peft
+
+    counts = peft.counts(params, run.inner.trainable, run.meta_trainable)
+    return {"method": run.cfg.peft.method, "ranks": peft.ranks(params.get("adapter", {})), **counts}
+
+
+def probe(run: Run):
+    """The probe network of a run's Fisher task embeddings: its model, adapted with plain SGD steps at the
+    evaluation rate on the leaves the run adapts (``embed.similarity``)."""
+    from reptile_fn.embed.similarity import Probe
+
+    lr = run.cfg.eval.inner_lr or run.cfg.inner_lr
+    return Probe(run.model.apply, run.loss, InnerLoop(lr=lr, trainable=run.inner.trainable))
+
+
+def save_results(run: Run, params, state, ev: dict, out_dir: Path, *, checkpoint: Path, iteration: int,
+                 baselines: dict | None = None, json_out: Path | None = None) -> list[Path]:
+    """``results.json`` (and ``json_out``) and the figures of an evaluation; returns the paths written."""
+    payload = {"checkpoint": str(checkpoint), "iteration": iteration, **ev}
+    written = [io.write_json(target, payload) for target in filter(None, (Path(out_dir) / "results.json", json_out))]
+    return written[:1] + write_figures(run, params, state, ev, Path(out_dir), Path(checkpoint).parent / METRICS,
+                                       baselines)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def sine_predictions(run: Run, inits: dict, key: mx.array, steps=(0, 1, 10)) -> dict:
+    """One held-out sine task: the true curve, its support points, and each init's fit after t steps.
+
+    ``inits[name] = (params, loop)``: where it starts and the inner loop it adapts with. Returns arrays
+    ready for ``plots.sine_fit``.
+    """
+    from reptile_fn.tasks import sine_curve
+
+    tasks = run.tasks
+    task_key, data_key = mx.random.split(key)
+    # the first of 16 held-out tasks with amplitude >= 2.5, so the figure shows a visible curve
+    candidates = tasks.sample_test_tasks(task_key, 16)
+    amplitude = np.array(tasks.task_params(candidates)["sine"]["amplitude"])
+    pick = int(np.argmax(amplitude >= 2.5)) if (amplitude >= 2.5).any() else 0
+    chosen = type(candidates)(candidates.family_ids[pick:pick + 1], candidates.keys[pick:pick + 1])
+    episode = tasks.episodes(chosen, data_key)
+    params_sine = {k: v[0] for k, v in tasks.task_params(chosen)["sine"].items()}
+    x_plot = mx.linspace(-5, 5, 200)[:, None]
+    support = (episode.support_x[0], episode.support_y[0])
+    preds = {}
+    for name, (params, loop) in inits.items():
+        seen = adapt(loop._replace(steps=max(steps), batch_size=None), run.model.apply, run.loss, params, support,
+                     observe=lambda p: run.model.apply(p, x_plot)[:, 0]).observed
+        preds[name] = {t: np.array(seen[t]) for t in steps}
+    return {"x_plot": np.array(x_plot[:, 0]), "y_true": np.array(sine_curve(params_sine, x_plot)[:, 0]),
+            "support": (np.array(support[0][:, 0]), np.array(support[1][:, 0])), "predictions": preds}
+
+
+def write_figures(run: Run, params, state, ev: dict, out_dir: Path, metrics_path: Path | None = None,
+                  baselines: dict | None = None) -> list[Path]:
+    """curves.png (every init), training.png (if a metrics.jsonl is given) and, for sine, sine.png.
+
+    ``baselines``: the ``baseline_inits`` used for ``ev``; the sine figure shows its transfer model.
+    """
+    from reptile_fn import plots
+
+    out = [plots.adaptation_curves(ev, out_dir / "curves.png")]
+    if metrics_path is not None and metrics_path.exists():
+        out.append(plots.training_curve(metrics_path, out_dir / "training.png"))
+    if run.cfg.tasks.dataset == "synthetic" and run.cfg.tasks.families == ("sine",):
+        keys = run_keys(run.cfg.seed)
+        inits = {"meta-learned": (params, run.meta.inner(state)._replace(start=None))}
+        if "transfer" in ev["inits"]:
+            transfer = (baselines or baseline_inits(run, ("transfer",)))["transfer"]
+            inits["pretrained (transfer)"] = (transfer.params, evaluation_loop(run, trainable=None))
+        fit = sine_predictions(run, inits, mx.random.split(keys.eval_final, 4)[2])
+        out.append(plots.sine_fit(fit["x_plot"], fit["y_true"], fit["support"], fit["predictions"], out_dir / "sine.png"))
+    return out
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def format_results(ev: dict, show_steps: tuple[int, ...] | None = None, max_step: int | None = None) -> str:
+    """A plain-text table: one row per initialization, one column per inner-step count.
+
+    Columns: 0, 1, 5 and ``max_step`` (default: the last) steps, plus the last step if the curves run longer.
+    """
+    metric = "metric" if ev["metric"] == "accuracy" else "loss"
+    label = "query accuracy (%)" if metric == "metric" else "query MSE"
+    scale = 100.0 if metric == "metric" else 1.0
+    first = next(iter(ev["inits"].values()))
+    steps = first["steps"]
+    k_max = steps[-1] if max_step is None else max_step
+    cols = [k for k in (show_steps or sorted({0, 1, 5, k_max, steps[-1]})) if k in steps]
+    head = f"{'init':<10}" + "".join(f"{f'{k} steps':>18}" for k in cols)
+    lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, mean ± 95% CI", head]
+    for name, curve in ev["inits"].items():
+        at = [steps.index(k) for k in cols]
+        cells = [f"{_num(scale * curve[metric]['mean'][i])} ± {_num(scale * curve[metric]['ci95'][i])}" for i in at]
+        lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_speed(speed: dict) -> str:
+    """Steps (and the ratio to the meta-learned init) to reach the meta-learned init's K-step result."""
+    unit = "% accuracy" if speed["metric"] == "accuracy" else " MSE"
+    value = 100 * speed["target"] if speed["metric"] == "accuracy" else speed["target"]
+    lines = [f"adaptation speed: inner steps to reach {value:.2f}{unit} ({speed['target_from']}), "
+             f"horizon {speed['horizon']} steps"]
+    for name, row in speed["inits"].items():
+        steps = f"{row['steps']}" if row["reached"] else f">{row['steps']}"
+        ratio = f"{row['ratio']:.1f}x" if row["reached"] else f">{row['ratio']:.1f}x"
+        ms = f"   {'>' if not row['reached'] else ''}{row['ms_to_target']:.2f} ms per task" if "ms_to_target" in row else ""
+        lines.append(f"  {name:<10}{steps:>6} steps   {ratio:>7} the meta-learned init's{ms}")
+    return "\n".join(lines)
+
+
+def compare_runs(runs: list[Path]) -> str:
+    """Markdown: one row per (run, init) with the final few-shot results (eval/results.json if present)."""
+    rows, header = [], None
+    for run in map(Path, runs):
+        source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / SUMMARY
+        if not source.exists():
+            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
+        data = json.loads(source.read_text())
+        ev = data.get("eval", data)
+        cfg = data.get("config") or json.loads(json.dumps(_config_dict(run)))
+        key, scale = ("metric", 100.0) if ev["metric"] == "accuracy" else ("loss", 1.0)
+        cols = [0, 1, 5, cfg["eval"]["inner_steps"]]
+        header = header or ("| run | algorithm | families | k_shot | init | " + " | ".join(f"{c} steps" for c in cols)
+                            + " |\n|" + "---|" * (5 + len(cols)))
+        for name, curve in ev["inits"].items():
+            pos = {st: i for i, st in enumerate(curve["steps"])}
+            cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
+                     if c in pos else "" for c in cols]
+            rows.append(f"| {run.name} | {cfg['algorithm']} | {', '.join(cfg['tasks']['families'])} | "
+                        f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + " |")
+    unit = "query accuracy (%) or MSE, mean ± 95% CI over held-out episodes"
+    return f"{unit}\n\n{header}\n" + "\n".join(rows)
+
+
+def _config_dict(run_dir: Path) -> dict:
+    from reptile_fn import config as C
+
+    return C.to_dict(stored_config(run_dir))
+
+
+def _num(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.1e}"
