@@ -69,17 +69,25 @@ def sample_indices(key: mx.array, counts: mx.array | int, n_max: int, n_way: int
 
 
 def class_episode(x: mx.array, key: mx.array, n_way: int, k_shot: int, query_size: int, *,
-                  counts: mx.array | None = None, decode: Callable[[mx.array], mx.array] | None = None) -> Episode:
+                  counts: mx.array | None = None, offsets: mx.array | None = None, n_max: int | None = None,
+                  decode: Callable[[mx.array], mx.array] | None = None) -> Episode:
     """One N-way K-shot episode from ``x`` (n_classes, n_max, ...): row c holds class c's examples.
 
     Support: k_shot examples of each of n_way distinct classes, class-major, labels 0..n_way − 1 (the
     i-th sampled class is label i); query: query_size other examples of the same classes. ``counts``:
     real examples per class (rows past it are padding); ``decode`` maps the gathered examples to
     model inputs (e.g. uint8 pixels to floats).
+
+    Flat layout (classes of very different sizes, no padding): ``x`` is (n_examples, ...) with class c at
+    rows ``offsets[c] .. offsets[c] + counts[c]``, and ``n_max`` (a Python int) is the largest count.
     """
-    classes, examples = sample_indices(key, x.shape[0] if counts is None else counts, x.shape[1], n_way,
-                                       k_shot + query_size)
-    xs = x[classes[:, None], examples]  # (n_way, k + q, ...)
+    if offsets is None:
+        classes, examples = sample_indices(key, x.shape[0] if counts is None else counts, x.shape[1], n_way,
+                                           k_shot + query_size)
+        xs = x[classes[:, None], examples]  # (n_way, k + q, ...)
+    else:
+        classes, examples = sample_indices(key, counts, n_max, n_way, k_shot + query_size)
+        xs = x[offsets[classes][:, None] + examples]
     if decode is not None:
         xs = decode(xs)
     tail = xs.shape[2:]
@@ -89,10 +97,13 @@ def class_episode(x: mx.array, key: mx.array, n_way: int, k_shot: int, query_siz
 
 
 def sample_class_episodes(x: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int, query_size: int,
-                          counts: mx.array | None = None, decode: Callable | None = None) -> Episode:
-    """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``."""
+                          counts: mx.array | None = None, offsets: mx.array | None = None, n_max: int | None = None,
+                          decode: Callable | None = None) -> Episode:
+    """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``
+    (arguments as ``class_episode``)."""
     keys = mx.random.split(key, n_tasks)
-    return mx.vmap(lambda k: class_episode(x, k, n_way, k_shot, query_size, counts=counts, decode=decode))(keys)
+    return mx.vmap(lambda k: class_episode(x, k, n_way, k_shot, query_size, counts=counts, offsets=offsets, n_max=n_max,
+                                           decode=decode))(keys)
 
 
 def check_classes(what: str, n_classes: int, fewest: int, *, n_way: int, k_shot: int, query_size: int,

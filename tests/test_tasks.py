@@ -417,3 +417,29 @@ def test_bad_families_raise_config_error(families, pattern):
 def test_bad_sizes_raise_config_error(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         make(**overrides)
+
+
+def test_flat_class_layout_gives_the_same_episodes_as_the_padded_one():
+    """Classes of uneven size stored flat (offsets + counts) sample exactly the episodes of the padded array."""
+    import numpy as np
+
+    from reptile_fn.episode import sample_class_episodes
+
+    counts = np.array([7, 3, 12, 5, 9], dtype=np.int32)
+    n_max = int(counts.max())
+    rng = np.random.default_rng(0)
+    padded = np.zeros((len(counts), n_max, 2), np.float32)
+    rows = []
+    for c, n in enumerate(counts):
+        padded[c, :n] = rng.normal(size=(n, 2)) + 10 * c
+        rows.append(padded[c, :n])
+    flat = np.concatenate(rows)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    kw = dict(n_way=3, k_shot=2, query_size=1, counts=mx.array(counts))
+    a = sample_class_episodes(mx.array(padded), mx.random.key(4), 50, **kw)
+    b = sample_class_episodes(mx.array(flat), mx.random.key(4), 50, offsets=mx.array(offsets), n_max=n_max, **kw)
+    for x, y in zip(a, b):
+        assert mx.array_equal(x, y)
+    # every drawn example is a real one (never padding): its value is one of the stored examples
+    drawn = np.concatenate([np.array(b.support_x)[..., 0].ravel(), np.array(b.query_x)[..., 0].ravel()])
+    assert np.isin(drawn, flat[:, 0]).all()

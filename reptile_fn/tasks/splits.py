@@ -16,7 +16,6 @@ def shuffled(names: Sequence[str], seed: int) -> list[int]:
     return sorted(range(len(names)), key=lambda i: hashlib.sha256(f"{seed}:{names[i]}".encode()).digest())
 
 
-
 def group_split(groups: Sequence[str], *, divisor: int, seed: int, what: str) -> dict[str, np.ndarray]:
     """Indices of "test", "val" and "train" when whole groups are held out together.
 
@@ -24,11 +23,28 @@ def group_split(groups: Sequence[str], *, divisor: int, seed: int, what: str) ->
     in a seeded shuffle (``shuffled``), give "test" and "val" round(n/divisor) each (at least 1) and
     "train" the rest, so the three splits never share a group.
     """
+    n = len(set(groups))
+    held = max(1, round(n / divisor))
+    return _split(groups, held, held, seed, what)
+
+
+def fraction_split(groups: Sequence[str], *, val: float, test: float, seed: int, what: str) -> dict[str, np.ndarray]:
+    """Indices of "test", "val" and "train" holding out whole groups by fraction: of the n distinct groups in
+    a seeded shuffle, "test" gets max(1, round(n·test)), "val" round(n·val) (at least 1 if ``val`` > 0), and
+    "train" the rest (at least 1). ``group_split`` with ``divisor = d`` is the case val = test = 1/d."""
+    n = len(set(groups))
+    n_test = max(1, round(n * test))
+    n_val = max(1, round(n * val)) if val > 0 else 0
+    return _split(groups, n_test, n_val, seed, what)
+
+
+def _split(groups: Sequence[str], n_test: int, n_val: int, seed: int, what: str) -> dict[str, np.ndarray]:
     names = sorted(set(groups))
-    held = max(1, round(len(names) / divisor))
-    if len(names) < 2 * held + 1:
-        raise DataError(f"a split by {what} needs at least 3 {what}s, found {len(names)}")
+    if len(names) < n_test + n_val + 1:
+        raise DataError(f"a split by {what} into {n_test} test, {n_val} validation and at least 1 training {what} "
+                        f"needs at least {n_test + n_val + 1} {what}s, found {len(names)}; add {what}s or lower "
+                        "the held-out fractions")
     order = [names[i] for i in shuffled(names, seed)]
-    chosen = {"test": set(order[:held]), "val": set(order[held:2 * held]), "train": set(order[2 * held:])}
+    chosen = {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]), "train": set(order[n_test + n_val:])}
     return {split: np.array([i for i, g in enumerate(groups) if g in group], dtype=np.int64)
             for split, group in chosen.items()}
