@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Callable
 
 import reptile_fn  # reptile_fn before mlx.core: importing it loads OpenBLAS on Linux
-import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
 from reptile_fn import io, optim
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS
 from reptile_fn.algorithms.base import compile_iterations

@@ -26,7 +26,9 @@ EncoderOpt = typer.Option(None, "--encoder", help="Text runs: a BERT-style folde
 
 
 def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[Path] = None) -> List[str]:
-    return [*sets, *([f"tasks.data_dir={data_dir}"] if data_dir else []), *([f"model.encoder={encoder}"] if encoder else [])]
+    # paths as JSON strings (valid YAML): a path is never parsed as YAML ("a #2" is not a comment, "null" no null)
+    return [*sets, *([f"tasks.data_dir={json.dumps(str(data_dir))}"] if data_dir else []),
+            *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
 
 
 def _errors_to_exit(fn):
@@ -176,6 +178,9 @@ def eval_(
     data_dir: Optional[Path] = DataDirOpt,
     encoder: Optional[Path] = EncoderOpt,
     split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val or evaluation."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Score the run on data it never trained on: a folder "
+                                        "(or .zip) of class subfolders for image runs, a CSV of text,label rows for "
+                                        "text runs; every class is held out."),
     set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Evaluate with a changed setting, e.g. tasks.k_shot=5 or eval.transductive=false."),
 ) -> None:
@@ -186,7 +191,7 @@ def eval_(
 
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(checkpoint)
-    run, params, state, iteration = load(checkpoint, overrides)
+    run, params, state, iteration = load(checkpoint, overrides, data=data)
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
     ev = final_evaluation(run, params, state, episodes=episodes, steps=steps, baselines=base,
@@ -200,6 +205,36 @@ def eval_(
     written = save_results(run, params, state, ev, out_dir, checkpoint=checkpoint, iteration=iteration,
                            baselines=base, json_out=json_out)
     typer.echo(f"wrote {written[0]} and {', '.join(p.name for p in written[1:])}")
+
+
+@app.command()
+@_errors_to_exit
+def adapt(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run's checkpoint.safetensors, or a shipped "
+                                    "initialization's name (e.g. omniglot-5w1s)."),
+    support: Path = typer.Option(..., "--support", help="Your labelled examples: a folder of class subfolders of "
+                                 "images (image runs) or a CSV with text,label columns (text runs)."),
+    query: Path = typer.Option(..., "--query", help="What to label: a folder of images (or of class subfolders, "
+                               "to score them), or a CSV with a text column (and a label column, to score them)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps (default: the run's "
+                                        "eval.inner_steps)."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Where predictions.csv, predictions.json and "
+                             "adapted.safetensors go."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the adaptation's mini-batch order."),
+) -> None:
+    """Adapt a meta-learned init to your labelled examples and label new ones (class and probabilities)."""
+    import numpy as np
+
+    from reptile_fn.run.adapt import adapt_to, save_predictions
+
+    pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
+    counts = np.bincount(pred.predicted, minlength=len(pred.classes))
+    typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
+               f"labelled {len(pred.items)} items of {query}: " + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
+    if pred.accuracy is not None:
+        typer.echo(f"accuracy on the labelled query items: {100 * pred.accuracy:.2f}% ({len(pred.items)} items)")
+    written = save_predictions(pred, run, state, out, source=str(checkpoint))
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()

@@ -1,9 +1,10 @@
-"""Values parsed from YAML, checked against a dataclass field's declared type, and close-name suggestions:
-the two things ``config`` needs to turn a user's typo into one clear message."""
+"""Values parsed from YAML, checked against a dataclass field's declared type; close-name suggestions; removed
+keys: what ``config`` needs to turn a user's typo, or an old config, into one clear message."""
 
 from __future__ import annotations
 
 import difflib
+import sys
 import types
 import typing
 from typing import Any, Sequence
@@ -53,3 +54,20 @@ def suggest(word: str, options: Sequence[str]) -> str:
         leaves = {o.split(".")[-1]: o for o in options}
         close = [leaves[c] for c in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def without_removed(data: dict, removed: dict[str, str], only: dict[str, Any], source: str, *, quiet: bool) -> dict:
+    """``data`` (a nested dict) without the dotted ``removed`` keys (key -> why it went). A removed key set to
+    ``only[key]``, the one value it could take, is dropped with a one-line notice on stderr (silently when
+    ``quiet``); any other value is a ConfigError saying why the key went."""
+    out = data
+    for key, why in removed.items():
+        section, leaf = key.split(".")
+        if not isinstance(data.get(section), dict) or leaf not in data[section]:
+            continue
+        if data[section][leaf] != only.get(key):
+            raise ConfigError(f"{source}: {key} is no longer a setting ({why}); remove it from the config")
+        if not quiet:
+            print(f"notice: {source}: {key} is no longer a setting ({why}); ignoring it", file=sys.stderr)
+        out = {**out, section: {k: v for k, v in data[section].items() if k != leaf}}
+    return out

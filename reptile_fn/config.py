@@ -6,7 +6,6 @@ Every error is a ``ConfigError`` whose one-line message names the key and the fi
 
 from __future__ import annotations
 
-import sys
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -14,13 +13,13 @@ from typing import Any, Sequence
 
 import yaml
 
-from reptile_fn.coerce import coerce, suggest
+from reptile_fn.coerce import coerce, suggest, without_removed
 from reptile_fn.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class TasksConfig:
-    dataset: str = "synthetic"  # synthetic (the families below) | omniglot | clinc150 (intent classification)
+    dataset: str = "synthetic"  # synthetic (the families below) | omniglot | clinc150 | images (a folder) | csv (text,label)
     families: tuple[str, ...] = ("linear", "xor", "circles", "spiral")
     k_shot: int = 5  # support examples per class (regression: support points)
     query_size: int = 15  # query examples per class (regression: query points)
@@ -28,9 +27,17 @@ class TasksConfig:
     train_shots: int | None = None  # support examples per class during meta-training; None: k_shot
     n_way: int = 5  # omniglot, clinc150: classes per episode
     data_dir: str | None = None  # omniglot: folder with images_*.zip; None: $REPTILE_FN_DATA
-    test_split: str = "test"  # omniglot/clinc150: held-out split: test | val | evaluation (omniglot) | banking77 (text)
+    test_split: str = "test"  # held-out split: test | val | evaluation (omniglot) | banking77 (text) | all (images/csv)
     split_by: str = "domain"  # clinc150: class-disjoint split by domain or by intent
     protocol: str = "auto"  # omniglot: standard (both zips) | alphabets (background only) | auto
+    path: str | None = None  # images: a folder (or .zip) of class subfolders; csv: a CSV file of text,label rows
+    val_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for validation
+    test_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for testing
+    text_column: str = "text"  # csv: the column holding the sentence
+    label_column: str = "label"  # csv: the column holding the class
+    group_column: str | None = None  # csv: a column of groups held out together (e.g. a domain)
+    split_column: str | None = None  # csv: a column naming each row's split (train | val | test) instead
+    test_path: str | None = None  # csv: a second CSV whose classes are the test split
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class ModelConfig:
     depth: int = 2  # mlp
     activation: str = "relu"  # mlp
     filters: int = 64  # conv4
+    image_size: int = 28  # images: pixels per side after resizing (omniglot: 28)
+    channels: int | None = None  # images: 1 (grayscale) or 3 (RGB); null: from the data (all gray → 1)
     norm: str | None = None  # conv4: batch | null
     conv_impl: str = "auto"  # conv4: auto | native | im2col
     encoder: str | None = None  # text: a BERT-style safetensors folder; None: all-MiniLM-L6-v2 (the text extra)
@@ -122,7 +131,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "algorithm": tuple(ALGORITHMS),
         "tasks.dataset": tuple(DATASETS),
-        "tasks.test_split": ("test", "val", "evaluation", "banking77"),
+        "tasks.test_split": ("test", "val", "evaluation", "banking77", "all"),
         "tasks.split_by": SPLIT_BY,
         "tasks.protocol": PROTOCOLS,
         "model.norm": ("batch",),
@@ -136,6 +145,12 @@ def choices() -> dict[str, tuple[str, ...]]:
     }
 
 
+def _datasets() -> dict[str, str]:
+    from reptile_fn.tasks import DATASETS
+
+    return DATASETS
+
+
 def model_kind(cfg: Config) -> str:
     """The model a config's data set takes: ``mlp``, ``conv4`` or ``text``."""
     from reptile_fn.tasks import DATASETS
@@ -147,7 +162,7 @@ POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
             "eval.during_training_episodes", "eval.inner_lr", "eval.inner_batch_size", "inner_batch_size",
-            "peft.rank", "peft.scale", "peft.base_pretrain_iterations", "peft.target_rank"}
+            "peft.rank", "peft.scale", "peft.base_pretrain_iterations", "peft.target_rank", "model.image_size"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 
 
@@ -172,7 +187,9 @@ def from_dict(data: dict, *, source: str = "config", stored: bool = False) -> Co
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
-    cfg = _build(Config, _without_removed(data, source, quiet=stored), "", source)
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    only = {"model.kind": _datasets().get(str(tasks.get("dataset", TasksConfig.dataset))), "peft.dropout": 0}
+    cfg = _build(Config, without_removed(data, REMOVED, only, source, quiet=stored), "", source)
     validate(cfg, source=source)
     return cfg
 
@@ -272,6 +289,11 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
     _validate_peft(cfg, source)
+    if cfg.tasks.dataset in ("images", "csv"):
+        return _validate_own_data(cfg, source)
+    if cfg.tasks.test_split == "all":
+        raise ConfigError(f"{source}: tasks.test_split = all (every class) is for your own data (tasks.dataset = images "
+                          "or csv); use test or val")
     if cfg.tasks.dataset == "clinc150":
         if cfg.tasks.test_split == "evaluation":
             raise ConfigError(f"{source}: tasks.test_split = evaluation is Omniglot's; for clinc150 use test, val or banking77")
@@ -288,6 +310,30 @@ def validate(cfg: Config, *, source: str = "config") -> None:
                           num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
     except ConfigError as e:
         raise ConfigError(f"{source}: tasks.families: {e}") from None
+
+
+MAX_IMAGE_SIZE = 512  # conv4 on 512×512 inputs already needs ~1 GB of activations per 100 images
+
+
+def _validate_own_data(cfg: Config, source: str) -> None:
+    t = cfg.tasks
+    what = "a folder (or .zip) of class subfolders" if t.dataset == "images" else "a CSV file of text,label rows"
+    if not t.path:
+        raise ConfigError(f"{source}: tasks.dataset = {t.dataset} needs tasks.path, {what} (--set tasks.path=PATH)")
+    if t.test_split not in ("test", "val", "all"):
+        raise ConfigError(f"{source}: tasks.test_split = {t.test_split} is not a split of your data; use test, val or all")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(t, key) < 1:
+            raise ConfigError(f"{source}: tasks.{key} must be in [0, 1), got {getattr(t, key)}")
+    if t.test_fraction == 0 or t.val_fraction + t.test_fraction >= 1:
+        raise ConfigError(f"{source}: tasks.test_fraction must be > 0 and tasks.val_fraction + tasks.test_fraction < 1 "
+                          f"(got {t.val_fraction} and {t.test_fraction}): some classes must be left to meta-train on")
+    if cfg.model.channels not in (None, 1, 3):
+        raise ConfigError(f"{source}: model.channels must be 1 (grayscale), 3 (RGB) or null (from the data), "
+                          f"got {cfg.model.channels}")
+    if cfg.model.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"{source}: model.image_size = {cfg.model.image_size} is larger than {MAX_IMAGE_SIZE}; "
+                          "few-shot image models take small inputs (Omniglot 28, mini-ImageNet 84)")
 
 
 def _validate_peft(cfg: Config, source: str) -> None:
@@ -313,27 +359,6 @@ def _validate_peft(cfg: Config, source: str) -> None:
                           "(the base is pretrained on the run's training classes)")
     if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
         raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
-
-
-def _without_removed(data: dict, source: str, *, quiet: bool) -> dict:
-    """``data`` without the ``REMOVED`` keys; a value other than the only one they could take is an error."""
-    out = data
-    for key, why in REMOVED.items():
-        section, leaf = key.split(".")
-        if not isinstance(data.get(section), dict) or leaf not in data[section]:
-            continue
-        value = data[section][leaf]
-        dataset = (data.get("tasks") or {}).get("dataset", TasksConfig.dataset) if isinstance(data.get("tasks"), dict) \
-            else TasksConfig.dataset
-        from reptile_fn.tasks import DATASETS
-
-        expected = DATASETS.get(dataset, value) if key == "model.kind" else 0
-        if value != expected:
-            raise ConfigError(f"{source}: {key} is no longer a setting ({why}); remove it from the config")
-        if not quiet:
-            print(f"notice: {source}: {key} is no longer a setting ({why}); ignoring it", file=sys.stderr)
-        out = {**out, section: {k: v for k, v in data[section].items() if k != leaf}}
-    return out
 
 
 def get(cfg: Any, key: str) -> Any:

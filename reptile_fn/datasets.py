@@ -59,7 +59,8 @@ def cache_dir() -> Path:
 
 
 def cached_arrays(source: Path, kind: str, tag: str, build: Callable[[], dict[str, np.ndarray]], *,
-                  valid: Callable[[dict], bool], version: int, use: bool = True) -> dict[str, np.ndarray]:
+                  valid: Callable[[dict], bool], version: int, use: bool = True,
+                  fingerprint: str | None = None) -> dict[str, np.ndarray]:
     """Arrays decoded from the file ``source``: from ``cache_dir()/<kind>/`` when current, else ``build()``
     (then cached).
 
@@ -67,12 +68,21 @@ def cached_arrays(source: Path, kind: str, tag: str, build: Callable[[], dict[st
     path and of its size, mtime and ``version``; a changed source gets a new file (the stale one is
     removed). A cache file that is damaged, stale or fails ``valid(arrays)`` is rebuilt, never trusted;
     one that cannot be written is skipped with a warning.
+
+    ``fingerprint``: for a source that is not one file (a folder of images), a string that changes
+    whenever its contents do (e.g. a digest of every file's relative path, size and mtime); it is used
+    instead of ``source``'s own size and mtime, in the name and in the stored check.
     """
-    stat = source.stat()
+    if fingerprint is None:
+        stat = source.stat()
+        state = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{version}".encode()).hexdigest()[:12]
+        meta = [version, stat.st_size, stat.st_mtime_ns]
+    else:
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()
+        state = hashlib.sha256(f"{digest}:{version}".encode()).hexdigest()[:12]
+        meta = [version, int(digest[:15], 16)]  # 60 bits: fits the int64 meta array
     where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
-    state = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{version}".encode()).hexdigest()[:12]
     target = cache_dir() / kind / f"{source.stem}-{tag}-{where}-{state}.npz"
-    meta = [version, stat.st_size, stat.st_mtime_ns]
     if use and target.is_file():
         try:
             with np.load(target, allow_pickle=False) as f:

@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 from reptile_fn.embed import bank as B
 from reptile_fn.embed import hyper as H
 from reptile_fn.errors import CheckpointError, EmbeddingError
-from reptile_fn.inner import InnerLoop, InnerState, adapt
+from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.losses import cross_entropy
 from reptile_fn.models import mlp
 from reptile_fn.tasks import make_distribution

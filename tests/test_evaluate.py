@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from reptile_fn.evaluate import few_shot_curve, mean_ci, per_episode_curves
-from reptile_fn.inner import InnerLoop, InnerState
+from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 

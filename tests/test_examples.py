@@ -38,6 +38,13 @@ def test_omniglot_pretrained_adapts_above_chance():
     assert curve["metric"]["mean"][-1] > 0.6  # 5-way: chance is 0.2
 
 
+def test_own_data_trains_scores_unseen_classes_and_adapts(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPTILE_FN_CACHE", str(tmp_path / "cache"))
+    out = load("own_data").main(str(tmp_path), iterations=20, episodes=10)
+    assert out["held_out"] > 0.6 and out["unseen"] > 0.6 and out["adapted"] >= 0.6  # 3-way: chance is 1/3
+    assert (tmp_path / "predictions" / "predictions.csv").is_file()
+
+
 @pytest.mark.slow
 def test_text_prototypes_reproduce_model_card_and_beat_chance():
     pytest.importorskip("tokenizers", reason="the text extra is not installed: uv sync --extra text")

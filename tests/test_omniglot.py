@@ -579,7 +579,7 @@ def test_short_meta_training_beats_chance_and_a_random_init(tmp_path, monkeypatc
     # 5-way 1-shot on the alphabet split of the background set: 60 Reptile iterations are enough
     # to lift held-out accuracy clearly above chance (20%) and above a random init.
     from reptile_fn import config as C
-    from reptile_fn import train as TR
+    from reptile_fn import run as R
 
     zip_path = real_zip("images_background.zip")
     monkeypatch.setenv("REPTILE_FN_CACHE", str(tmp_path / "cache"))

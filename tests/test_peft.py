@@ -14,7 +14,7 @@ from reptile_fn import peft
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS
 from reptile_fn.errors import CheckpointError, ConfigError
-from reptile_fn.inner import InnerLoop, InnerState, adapt
+from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.losses import cross_entropy, mse
 from reptile_fn.models import conv4, mlp
 from reptile_fn.peft import adalora

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from reptile_fn import tree as T
 from reptile_fn.algorithms import reptile
-from reptile_fn.inner import InnerLoop, InnerState, adapt
+from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.losses import mse
 from reptile_fn.models import mlp
 from reptile_fn.episode import Episode

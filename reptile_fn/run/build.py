@@ -9,6 +9,7 @@ branch on the algorithm again.
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -53,7 +54,7 @@ class Run:
     """
 
     cfg: C.Config
-    tasks: Sampler
+    tasks: Sampler | None  # None when loaded without its data (``load(..., with_tasks=False)``)
     model: Model
     loss: Callable
     metric: Callable | None  # accuracy for classification, None for regression
@@ -63,6 +64,11 @@ class Run:
     peft: object = None  # peft.Peft, or None
     meta_trainable: PathPredicate | None = None
     eval_split: Callable | None = None  # how evaluation chunks episodes (per_episode_curves's split)
+    shapes: tuple = ()  # (in_dim, out_dim) of the model's inputs and outputs
+
+    @property
+    def in_dim(self):
+        return self.shapes[0]
 
     @cached_property
     def train_tasks(self) -> Sampler:
@@ -96,13 +102,17 @@ def evaluation_loop(run: Run, state=None, *, steps: int | None = None, trainable
     return loop if trainable == "run" else loop._replace(trainable=trainable)
 
 
-def build(cfg: C.Config, reduce: Reduce = LOCAL) -> Run:
+def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None) -> Run:
     """Build tasks, model, loss, the inner loop and the compiled meta-step for a config.
 
     ``reduce``: how the meta-step's block of tasks makes up the meta-batch (several processes).
+    ``shapes``: ``(in_dim, out_dim)`` to build the model without loading the data (``tasks`` is then None).
     """
-    tasks, model = _tasks_and_model(cfg)
-    classification = tasks.kind == "classification"
+    encoder = _encoder(cfg)
+    tasks = make_tasks(cfg, tokenizer=encoder[2] if encoder else None) if shapes is None else None
+    shapes = (tasks.in_dim, tasks.out_dim) if shapes is None else shapes
+    model = make_model(cfg, *shapes, encoder)
+    classification = C.model_kind(cfg) != "mlp" or _families(cfg).kind == "classification"
     loss = cross_entropy if classification else mse
     patterns = (HEAD,) if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
     trainable, meta_trainable, pf, initial_params = trainable_predicate(patterns), None, None, model.init
@@ -120,35 +130,71 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL) -> Run:
         packed = (cfg.eval.inner_batch_size or cfg.inner_batch_size) is None
         eval_split = by_length if packed else partial(by_length, pack=False)
     return Run(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, initial_params, pf,
-               meta_trainable, eval_split)
+               meta_trainable, eval_split, tuple(shapes))
 
 
 def trainable_predicate(patterns: tuple[str, ...]) -> PathPredicate | None:
     return None if tuple(patterns) == ("*",) else T.match(patterns)
 
 
-def _tasks_and_model(cfg: C.Config) -> tuple[Sampler, Model]:
+def _families(cfg: C.Config):
     t = cfg.tasks
+    return make_distribution(t.families, k_shot=t.k_shot, query_size=t.query_size, num_train_tasks=t.num_train_tasks,
+                             seed=cfg.seed)
+
+
+def _encoder(cfg: C.Config):
+    """(encoder tree, its config, tokenizer) for a text run, else None."""
+    if C.model_kind(cfg) != "text":
+        return None
+    from reptile_fn.text.encoder import load_encoder
+
+    return load_encoder(cfg.model.encoder)
+
+
+def make_tasks(cfg: C.Config, *, tokenizer=None) -> Sampler:
+    """The config's task sampler (``tasks.dataset``): meta-training episodes and held-out ones."""
+    t = cfg.tasks
+    episode = dict(n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size)
     if t.dataset == "omniglot":
         from reptile_fn.tasks.omniglot import make_omniglot
 
-        tasks = make_omniglot(t.data_dir, n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size,
-                              test_split=t.test_split, protocol=t.protocol, seed=cfg.seed)
-        return tasks, conv4(tasks.in_dim, tasks.out_dim, filters=cfg.model.filters, norm=cfg.model.norm,
-                            conv_impl=cfg.model.conv_impl)
+        return make_omniglot(t.data_dir, **episode, test_split=t.test_split, protocol=t.protocol, seed=cfg.seed)
     if t.dataset == "clinc150":
         from reptile_fn.tasks.text import make_text_tasks
-        from reptile_fn.text.encoder import load_encoder, text_classifier
 
-        encoder, enc_config, tokenizer = load_encoder(cfg.model.encoder)
         test_split = "banking77" if t.test_split == "banking77" else f"clinc150:{t.test_split}"
-        tasks = make_text_tasks(t.data_dir, n_way=t.n_way, k_shot=t.k_shot, query_size=t.query_size,
-                                test_split=test_split, seed=cfg.seed, split_by=t.split_by, tokenizer=tokenizer)
-        return tasks, text_classifier(encoder, enc_config, t.n_way, normalize=cfg.model.normalize)
-    tasks = make_distribution(t.families, k_shot=t.k_shot, query_size=t.query_size,
-                              num_train_tasks=t.num_train_tasks, seed=cfg.seed)
-    return tasks, mlp(tasks.in_dim, tasks.out_dim, hidden=cfg.model.hidden, depth=cfg.model.depth,
-                      activation=cfg.model.activation)
+        return make_text_tasks(t.data_dir, **episode, test_split=test_split, seed=cfg.seed, split_by=t.split_by,
+                               tokenizer=tokenizer)
+    if t.dataset == "images":
+        from reptile_fn.tasks.images import make_image_tasks
+
+        return make_image_tasks(t.path, **episode, image_size=cfg.model.image_size, channels=cfg.model.channels,
+                                train_split="all" if t.test_split == "all" else "train", test_split=t.test_split,
+                                seed=cfg.seed, val=t.val_fraction, test=t.test_fraction)
+    if t.dataset == "csv":
+        from reptile_fn.tasks.csv import make_csv_tasks
+
+        return make_csv_tasks(t.path, **episode, train_split="all" if t.test_split == "all" else "train",
+                              test_split=t.test_split, seed=cfg.seed, val=t.val_fraction,
+                              test=t.test_fraction, text_column=t.text_column, label_column=t.label_column,
+                              group_column=t.group_column, split_column=t.split_column, test_path=t.test_path,
+                              tokenizer=tokenizer)
+    return _families(cfg)
+
+
+def make_model(cfg: C.Config, in_dim, out_dim: int, encoder=None) -> Model:
+    """The model a config's data set takes (``config.model_kind``), for inputs of ``in_dim`` and ``out_dim`` outputs."""
+    kind = C.model_kind(cfg)
+    if kind == "conv4":
+        return conv4(tuple(in_dim), out_dim, filters=cfg.model.filters, norm=cfg.model.norm,
+                     conv_impl=cfg.model.conv_impl)
+    if kind == "text":
+        from reptile_fn.text.encoder import text_classifier
+
+        tree, enc_config, _ = encoder or _encoder(cfg)
+        return text_classifier(tree, enc_config, out_dim, normalize=cfg.model.normalize)
+    return mlp(in_dim, out_dim, hidden=cfg.model.hidden, depth=cfg.model.depth, activation=cfg.model.activation)
 
 
 def _meta_step(cfg: C.Config, model: Model, loss, inner: InnerLoop, meta_trainable, reduce: Reduce) -> MetaStep:
@@ -236,12 +282,15 @@ def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
 
 # --- a saved run ---------------------------------------------------------------------------------
 
-def load(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[Run, dict, dict, int]:
+def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: bool = True,
+         data: str | Path | None = None) -> tuple[Run, dict, dict, int]:
     """Rebuild a saved run: ``(run, params, state, iteration)``.
 
     ``checkpoint_path`` may also name a shipped initialization (``reptile_fn.pretrained``), e.g.
     ``omniglot-5w1s``. ``overrides`` (``key=value``) change where evaluation looks, e.g.
-    ``tasks.data_dir`` or ``tasks.test_split``.
+    ``tasks.data_dir`` or ``tasks.test_split``. ``with_tasks=False`` builds the model without the run's
+    data (``run.tasks`` is None): enough to adapt it to new examples. ``data``: evaluate on this folder of
+    images or CSV instead, every class held out (``own_data_overrides``).
     """
     from reptile_fn import pretrained
 
@@ -251,9 +300,42 @@ def load(checkpoint_path: str | Path, overrides: list[str] = ()) -> tuple[Run, d
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by "
                               "`reptile-fn train`")
     cfg = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
+    if data is not None:
+        overrides = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data) + list(overrides)
     if overrides:
         cfg = C.with_overrides(cfg, overrides)
-    run = build(cfg)
+    run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
     params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path))
     state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path))
     return run, params, state, int(meta.get("iteration", 0))
+
+
+def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:
+    """The settings that point a run's evaluation at data it never trained on: a folder of images (image
+    runs, resized to the run's input size) or a CSV (text runs), every class held out."""
+    path = json.dumps(str(path))  # a JSON string is a YAML string: never parsed as a number, null or comment
+    kind = C.model_kind(cfg)
+    if kind == "conv4":
+        return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all",
+                f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]
+    if kind == "text":
+        return ["tasks.dataset=csv", f"tasks.path={path}", "tasks.test_split=all"]
+    raise ConfigError(f"--data takes image runs (a folder of class subfolders) and text runs (a CSV); this run's tasks "
+                      f"are the built-in {', '.join(cfg.tasks.families)} families")
+
+
+def stored_shapes(cfg: C.Config, arrays: dict, meta: dict) -> tuple:
+    """``(in_dim, out_dim)`` of a saved run's model, from its metadata (runs since 2026-11-29 record it), else
+    from its config and the first convolution's weights."""
+    if "shapes" in meta:
+        in_dim, out_dim = meta["shapes"]
+        return (tuple(in_dim) if isinstance(in_dim, list) else in_dim), out_dim
+    kind = C.model_kind(cfg)
+    if kind == "mlp":
+        families = _families(cfg)
+        return families.in_dim, families.out_dim
+    if kind == "text":
+        return (2, 0), cfg.tasks.n_way  # the encoder takes any sentence length
+    conv0 = next(a for k, a in arrays.items() if k.endswith("conv0.w"))
+    size = 28 if cfg.tasks.dataset == "omniglot" else cfg.model.image_size
+    return (size, size, int(conv0.shape[-1])), cfg.tasks.n_way

@@ -206,8 +206,9 @@ class _Saver:
         if self.w.is_main:
             # The open log window travels with the checkpoint, so a resumed run logs the same means.
             window = {"count": at.n_window, "sums": {k: float(v) for k, v in at.window.items()}}
-            checkpoint.save(self.path, at.params, at.state, {"config": C.to_dict(self.run.cfg), "iteration": at.iteration,
-                                                            "log_window": window}, reference=self.reference)
+            meta = {"config": C.to_dict(self.run.cfg), "iteration": at.iteration, "log_window": window,
+                    "shapes": [list(d) if isinstance(d, tuple) else d for d in self.run.shapes]}
+            checkpoint.save(self.path, at.params, at.state, meta, reference=self.reference)
             if self.run.peft is not None:
                 save_adapter_files(self.run, at.params, self.out / ADAPTER_DIR)
         self.last_good = at.iteration

@@ -14,7 +14,7 @@ from reptile_fn.tasks.distribution import (
 )
 from reptile_fn.tasks.sine import sine_curve
 
-DATASETS = {"synthetic": "mlp", "omniglot": "conv4", "clinc150": "text"}
+DATASETS = {"synthetic": "mlp", "omniglot": "conv4", "clinc150": "text", "images": "conv4", "csv": "text"}
 
 __all__ = [
     "DATASETS",

@@ -40,9 +40,10 @@ def fraction_split(groups: Sequence[str], *, val: float, test: float, seed: int,
 
 def _split(groups: Sequence[str], n_test: int, n_val: int, seed: int, what: str) -> dict[str, np.ndarray]:
     names = sorted(set(groups))
+    many = what + ("es" if what.endswith(("s", "x", "ch", "sh")) else "s")
     if len(names) < n_test + n_val + 1:
         raise DataError(f"a split by {what} into {n_test} test, {n_val} validation and at least 1 training {what} "
-                        f"needs at least {n_test + n_val + 1} {what}s, found {len(names)}; add {what}s or lower "
+                        f"needs at least {n_test + n_val + 1} {many}, found {len(names)}; add {many} or lower "
                         "the held-out fractions")
     order = [names[i] for i in shuffled(names, seed)]
     chosen = {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]), "train": set(order[n_test + n_val:])}

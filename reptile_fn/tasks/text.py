@@ -280,15 +280,25 @@ def make_text_tasks(data_dir: str | os.PathLike | None = None, *, n_way: int = 5
     tokenized with ``tokenizer``, else the tokenizer of the encoder folder ``encoder`` (default:
     all-MiniLM-L6-v2, the text extra), to one length: the longest, at most ``max_length`` tokens.
     """
+    train = load_split(train_split, data_dir, seed=seed, by=split_by)
+    test = load_split(test_split, data_dir, seed=seed, by=split_by)
+    return tasks_from_classes(train, test, n_way=n_way, k_shot=k_shot, query_size=query_size, train_split=train_split,
+                              test_split=test_split, max_length=max_length, tokenizer=tokenizer, encoder=encoder)
+
+
+def tasks_from_classes(train: TextClasses, test: TextClasses, *, n_way: int = 5, k_shot: int = 5, query_size: int = 5,
+                       train_split: str, test_split: str, max_length: int = MAX_LENGTH, tokenizer=None,
+                       encoder: str | os.PathLike | None = None) -> TextTasks:
+    """A ``TextTasks`` from any two sets of classes (a CSV's, a loader's): the steps of ``make_text_tasks``
+    after loading. Both are tokenized with ``tokenizer`` (else the encoder folder's, default
+    all-MiniLM-L6-v2) to one length, the longest sentence of either, at most ``max_length`` tokens;
+    ``train_split`` / ``test_split`` are the names the sampler reports (e.g. "csv:train")."""
     if tokenizer is None:
         from reptile_fn.text.encoder import load_tokenizer
 
         tokenizer = load_tokenizer(encoder)
-    train = load_split(train_split, data_dir, seed=seed, by=split_by)
-    test = load_split(test_split, data_dir, seed=seed, by=split_by)
     length = token_length(tokenizer, train, test, max_length=max_length)
     (train_x, train_counts), (test_x, test_counts) = (tokenize_classes(tokenizer, c, length=length) for c in (train, test))
     arrays = [mx.array(a) for a in (train_x, train_counts, test_x, test_counts)]
     mx.eval(*arrays)
     return TextTasks(*arrays, n_way, k_shot, query_size, train.names, test.names, train_split, test_split)
-

