@@ -52,6 +52,7 @@ def per_episode_curves(
     transductive: bool = True,
     record: list[int] | None = None,
     split: Callable[[Episode], Iterable[tuple[np.ndarray, Episode]]] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Query loss (and metric) of every episode after the ``record`` steps of ``loop`` (default
     ``recorded_steps(loop.steps)``): arrays (n_episodes, len(record)).
@@ -63,7 +64,7 @@ def per_episode_curves(
     statistics never mix query examples (``models.nontransductive``). ``split(episodes)``: the chunks
     to adapt at once, as (episode indices, episodes) pairs covering every episode once (e.g.
     ``text.batching.by_length``); default: ``chunk_size`` consecutive episodes. Each episode keeps its
-    own key either way.
+    own key either way. ``on_chunk(n)`` is told when n more episodes are done (progress).
     """
     steps = loop.steps
     record = set(recorded_steps(steps) if record is None else record)
@@ -102,6 +103,8 @@ def per_episode_curves(
             if scored:
                 seen.append(obs)
         parts.append([np.stack([np.array(o[i]) for o in seen], axis=1) for i in range(len(seen[0]))])
+        if on_chunk is not None:
+            on_chunk(m)
     names = ["loss", "metric"][: len(parts[0])]
     order = np.concatenate(order)
     if sorted(order.tolist()) != list(range(n)):
@@ -157,8 +160,12 @@ def few_shot_curve(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, epis
     as ``per_episode_curves``.
     """
     curves = per_episode_curves(loop, apply, loss, params, episodes, **kwargs)
-    record = kwargs.get("record") or recorded_steps(loop.steps)
-    out: dict = {"steps": list(record), "episodes": int(episodes.support_x.shape[0])}
+    return summarize(curves, kwargs.get("record") or recorded_steps(loop.steps))
+
+
+def summarize(curves: dict[str, np.ndarray], record: list[int]) -> dict:
+    """Per-episode curves (``per_episode_curves``) as JSON-ready means and 95% CIs at the recorded steps."""
+    out: dict = {"steps": list(record), "episodes": int(next(iter(curves.values())).shape[0])}
     for name, values in curves.items():
         m, ci = mean_ci(values)
         out[name] = {"mean": m.tolist(), "ci95": ci.tolist()}

@@ -76,6 +76,18 @@ def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def read_jsonl(path: str | os.PathLike) -> list:
+    """The JSON values of a JSON-lines file, one per line; a line that is not whole JSON (what a crash or a full
+    disk leaves at the end of a log) is skipped."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def digest(x: Tree | mx.array) -> str:
     """SHA-256 (hex) of an array or a tree: for each leaf, sorted by path, its path, shape, dtype and bytes.
 

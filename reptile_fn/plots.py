@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -46,7 +45,7 @@ def adaptation_curves(ev: dict, path: str | Path, title: str | None = None) -> P
 
 def training_curve(metrics_jsonl: str | Path, path: str | Path, title: str | None = None) -> Path:
     """Held-out metric and training support loss against meta-iterations, from a run's metrics.jsonl."""
-    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    records = [r for r in io.read_jsonl(metrics_jsonl) if isinstance(r, dict) and "iteration" in r]
     logs = [r for r in records if "eval" not in r]
     evals = [r for r in records if "eval" in r]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -10,6 +10,9 @@ frozen leaves hash differently, so an adapter is never silently applied to the w
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -36,18 +39,48 @@ def split_learned(params: Tree, learned: list[str]) -> tuple[Tree, Tree]:
 
 
 def save_adapters(directory: str | Path, params: Tree, learned: list[str], config: dict) -> None:
-    """Write the meta-learned leaves and their config atomically (temp files, then rename)."""
+    """Write the meta-learned leaves and their config as a pair: both go into a new folder beside ``directory``,
+    which then takes its place (two renames), so a reader never sees one file of the old pair beside one of
+    the new; a crash between the renames leaves the old folder under a hidden name, which ``_recovered`` restores."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    _recovered(d)
     chosen, frozen = split_learned(params, learned)
     meta = {**config, "learned": sorted(learned), "base_hash": tree_hash(frozen.get("base", {}))}
-    with io.atomic_path(d / ADAPTERS, ".safetensors") as tmp:
-        mx.save_safetensors(str(tmp), dict(tree_flatten(chosen)))
-    io.write_text(d / ADAPTER_CONFIG, json.dumps(meta, indent=2, sort_keys=True))
+    new = Path(tempfile.mkdtemp(dir=d.parent, prefix=f".{d.name}.", suffix=".new"))
+    try:
+        with io.atomic_path(new / ADAPTERS, ".safetensors") as tmp:
+            mx.save_safetensors(str(tmp), dict(tree_flatten(chosen)))
+        io.write_text(new / ADAPTER_CONFIG, json.dumps(meta, indent=2, sort_keys=True))
+        os.chmod(new, 0o777 & ~_umask())
+        old = d.with_name(f".{d.name}.{new.name.split('.')[-2]}.old")
+        if d.exists():
+            os.rename(d, old)
+        os.rename(new, d)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _recovered(d: Path) -> Path:
+    """``d``, put back from its hidden old copy if a save died between its two renames; stale new folders removed."""
+    if not d.exists():
+        olds = sorted(d.parent.glob(f".{d.name}.*.old"), key=lambda p: p.stat().st_mtime)
+        if olds:
+            os.rename(olds[-1], d)
+    for stale in d.parent.glob(f".{d.name}.*.new"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return d
 
 
 def read_adapter_config(directory: str | Path) -> dict:
-    path = Path(directory) / ADAPTER_CONFIG
+    path = _recovered(Path(directory)) / ADAPTER_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; point at a folder written by a PEFT run "
                               f"(it holds {ADAPTERS} and {ADAPTER_CONFIG})")

@@ -307,7 +307,15 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
     params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path))
     state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path))
-    return run, params, state, int(meta.get("iteration", 0))
+    require_finite(params, checkpoint_path)
+    return run, params, state, int(meta.get("iteration", 0)) if isinstance(meta.get("iteration", 0), int) else 0
+
+
+def require_finite(params, source) -> None:
+    """A CheckpointError if a checkpoint's parameters hold NaN or Inf (nothing sensible can be evaluated or resumed)."""
+    if not bool(T.all_finite(params)):
+        raise CheckpointError(f"{source} holds NaN/Inf parameters, so it cannot be evaluated or resumed; use an "
+                              "earlier checkpoint of the run, or train again with a lower inner_lr or outer_lr")
 
 
 def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:

@@ -36,10 +36,19 @@ class Saved:
                                   "it was not written by `reptile-fn train`")
         self.path, self.arrays = path, arrays
         self.cfg = C.from_dict(meta["config"], source=str(path), stored=True)
-        self.iteration = int(meta["iteration"])
+        self.iteration = meta["iteration"]
+        if isinstance(self.iteration, bool) or not isinstance(self.iteration, int) or \
+                not 0 <= self.iteration <= self.cfg.meta_iterations:
+            raise CheckpointError(f"{path} records meta-iteration {self.iteration!r}, not an integer in 0.."
+                                  f"{self.cfg.meta_iterations} (its meta_iterations); the file was edited or "
+                                  "damaged: resume from a checkpoint written by `reptile-fn train`")
         lw = meta.get("log_window") or {"count": 0, "sums": {}}
-        self.window = {k: mx.array(v, dtype=mx.float32) for k, v in lw["sums"].items()}
-        self.n_window = int(lw["count"])
+        try:
+            self.window = {str(k): mx.array(float(v), dtype=mx.float32) for k, v in lw["sums"].items()}
+            self.n_window = int(lw["count"])
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise CheckpointError(f"{path} has a damaged log window in its metadata; resume from a checkpoint "
+                                  "written by `reptile-fn train`") from None
 
     def check_same_config(self, cfg: C.Config | None) -> None:
         """A ConfigError naming the keys where ``cfg`` (if given) differs from the run's own."""
@@ -49,14 +58,30 @@ class Saved:
                               "resume without --config/--set, or start a new run in another --out")
 
 
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary files a killed writer left beside the run's files (``io.atomic_path`` names them
+    ``.<name>.<random>.tmp*``); a live writer of this run cannot exist, since the run is being (re)started."""
+    for folder, names in ((out, (CHECKPOINT, METRICS, SUMMARY, CONFIG)), (out / ADAPTER_DIR, ("adapters.safetensors",
+                                                                                            "adapter_config.json"))):
+        for name in names:
+            for stale in folder.glob(f".{name}.*.tmp*"):
+                stale.unlink(missing_ok=True)
+
+
 def stored_config(out_dir: str | Path) -> C.Config:
     """The config of the run in ``out_dir``, from its checkpoint's metadata."""
     return Saved(Path(out_dir) / CHECKPOINT).cfg
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line that is not a whole record (what a crash or a full disk leaves at
+    the end) is skipped."""
+    return [r for r in io.read_jsonl(path) if isinstance(r, dict) and isinstance(r.get("iteration"), int)]
+
+
 def truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop records past the checkpoint, so a resumed run's log equals an uninterrupted one."""
+    """Keep only whole records up to the checkpoint, so a resumed run's log equals an uninterrupted one."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
-    io.write_text(path, "".join(line + "\n" for line in keep))
+    keep = [r for r in read_metrics(path) if r["iteration"] <= iteration]
+    io.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

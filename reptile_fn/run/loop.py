@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -33,8 +34,9 @@ from reptile_fn import tree as T
 from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
 from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
-from reptile_fn.run.build import Run, build, run_keys
-from reptile_fn.run.files import ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, truncate_metrics
+from reptile_fn.run.build import Run, build, require_finite, run_keys
+from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, remove_stale_temporaries,
+                                  truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
 
 
@@ -72,6 +74,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     callbacks = (*callbacks, *_progress(progress, w, at.iteration, cfg, log))
     metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
     t0, first = time.perf_counter(), at.iteration
+    _on_sigterm()
     try:
         for i in range(first, end):
             params, state, metrics = step(at.params, at.state, iteration_keys[i])
@@ -98,21 +101,43 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
             if it % cfg.checkpoint_every == 0 or it == end:
                 metrics_file.flush()
                 saver.save(at)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler, kill): save what is done
         metrics_file.flush()
         if at.iteration > first and bool(T.all_finite(at.params)) and w.is_main:
             saver.save(at)
-            log(f"\ninterrupted: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
+            why = "terminated" if isinstance(stop, Terminated) else "interrupted"
+            log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
         raise
     except RuntimeError as e:
         if not distributed.lost_peer(e):
             raise
         raise distributed.DistributedError(saver.lost(at.iteration, str(e))) from e
     finally:
+        previous = _sigterm_previous.pop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for c in callbacks:
             c.close()
         metrics_file.close()
     return finish(run, out, at, seconds=time.perf_counter() - t0, done=end - first, w=w)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during training: handled like Ctrl-C (a checkpoint is saved), then re-raised."""
+
+
+_sigterm_previous: list = []
+
+
+def _on_sigterm() -> None:
+    """Turn SIGTERM into ``Terminated`` while the loop runs (main thread only; elsewhere signals cannot be set)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        _sigterm_previous.append(signal.signal(signal.SIGTERM, handler))
+    except ValueError:  # not the main thread
+        _sigterm_previous.append(None)
 
 
 def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World,
@@ -126,7 +151,9 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
         run = build(cfg, _reduce(cfg, w))
         params = checkpoint.restore(saved.arrays, "params", run.rebuilt_init, source=str(ckpt_path))
         state = checkpoint.restore(saved.arrays, "state", run.meta.init(params), source=str(ckpt_path))
+        require_finite(params, ckpt_path)
         if w.is_main:
+            remove_stale_temporaries(out)
             truncate_metrics(out / METRICS, saved.iteration)
             log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
         return run, Progress(params, state, saved.iteration, saved.window, saved.n_window)
@@ -138,6 +165,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
     params = run.initial_params(run_keys(cfg.seed).init)
     if w.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
         io.write_text(out / CONFIG, C.dump(cfg))
         (out / METRICS).unlink(missing_ok=True)
     return run, Progress(params, run.meta.init(params), 0, {}, 0)
@@ -245,7 +273,7 @@ def _progress(enabled: bool, w: distributed.World, first: int, cfg: C.Config, lo
     if not w.is_main:
         return ()
     if w.group is None:
-        return (P.progress(enabled, first, total),)
+        return (P.progress(enabled, first, total, log),)
     log(f"{w.size} processes, {cfg.meta_batch_size // w.size} of each meta-batch's {cfg.meta_batch_size} "
         "tasks per process")
     return (P.progress(True, first, total) if enabled else P.Lines(log, total),)

@@ -1,13 +1,69 @@
-"""Progress of a long loop: a bar with an ETA on a terminal, plain periodic lines otherwise.
+"""Progress of long work: a bar with an ETA on a terminal, plain periodic lines otherwise.
 
-A progress object is a callback of ``run.loop.train``: ``on_log(iteration, record)`` after each
-metrics record, ``close()`` at the end.
+The training loop's callbacks (``on_log(iteration, record)`` after each metrics record, ``close()``)
+are ``Bar``, ``Lines`` or ``NoProgress``. Every other long phase (evaluation, pretraining a baseline)
+reports through ``task(label, total)``, which prints nothing unless ``enable()`` was called (the CLI
+does): a library call stays quiet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
+
+LINE_EVERY = 30.0  # seconds between progress lines off a terminal
+_enabled = {"on": False}
+
+
+def enable(on: bool = True) -> None:
+    """Report long phases on stderr (the CLI turns this on)."""
+    _enabled["on"] = on
+
+
+class Task:
+    """One long phase of ``total`` units: ``advance(n)`` as they are done."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done, self.t0 = label, max(int(total), 1), 0, time.perf_counter()
+        self.bar = Bar(0, self.total, label) if sys.stderr.isatty() else None
+        self.last = self.t0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.p.update(self.bar.task, completed=self.done)
+            return
+        now = time.perf_counter()
+        if now - self.last >= LINE_EVERY or self.done >= self.total:
+            self.last = now
+            elapsed = now - self.t0
+            eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+            print(f"{self.label}: {self.done}/{self.total} ({elapsed:.0f} s, eta {eta:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Quiet:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def task(label: str, total: int) -> Iterator[Task | _Quiet]:
+    """A ``Task`` while the block runs if reporting is enabled, else an object that ignores ``advance``."""
+    if not _enabled["on"]:
+        yield _Quiet()
+        return
+    t = Task(label, total)
+    try:
+        yield t
+    finally:
+        t.close()
 
 
 class NoProgress:
@@ -19,14 +75,22 @@ class NoProgress:
 
 
 class Lines:
-    """Progress as log lines (off a terminal, or rank 0 of a multi-process run, whose output mlx.launch forwards)."""
+    """Progress as log lines (off a terminal, or rank 0 of a multi-process run, whose output mlx.launch forwards),
+    at most one per ``every`` seconds, with the time so far and the ETA."""
 
-    def __init__(self, log: Callable[[str], None], total: int):
-        self.log, self.total, self.t0 = log, total, time.perf_counter()
+    def __init__(self, log: Callable[[str], None], total: int, start: int = 0, every: float = 0.0):
+        self.log, self.total, self.start, self.every = log, total, start, every
+        self.t0 = self.last = time.perf_counter()
 
     def on_log(self, iteration: int, record: dict) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and iteration < self.total:
+            return
+        self.last = now
         info = " ".join(f"{k}={v:.3g}" for k, v in record.items() if k != "iteration")
-        self.log(f"meta-iteration {iteration}/{self.total} {info} ({time.perf_counter() - self.t0:.0f} s)")
+        done = iteration - self.start
+        eta = (now - self.t0) / done * (self.total - iteration) if done > 0 else float("nan")
+        self.log(f"meta-iteration {iteration}/{self.total} {info} ({now - self.t0:.0f} s, eta {eta:.0f} s)")
 
     def close(self) -> None:
         pass
@@ -58,6 +122,8 @@ class Bar:
         self.p.stop()
 
 
-def progress(enabled: bool, start: int, total: int):
-    """A ``Bar`` when enabled, else nothing."""
-    return Bar(start, total) if enabled else NoProgress()
+def progress(enabled: bool, start: int, total: int, log: Callable[[str], None] = print):
+    """The training loop's progress: a ``Bar`` on a terminal, ``Lines`` every 30 s off one, nothing if not enabled."""
+    if not enabled:
+        return NoProgress()
+    return Bar(start, total) if sys.stderr.isatty() else Lines(log, total, start, every=LINE_EVERY)

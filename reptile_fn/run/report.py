@@ -18,31 +18,56 @@ from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.baselines import Init, make_baselines, steps_to_reach
 from reptile_fn.errors import CheckpointError, ConfigError
-from reptile_fn.evaluate import few_shot_curve
+from reptile_fn.evaluate import per_episode_curves, recorded_steps, summarize
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
 from reptile_fn.run.build import Run, evaluation_loop, run_keys
 from reptile_fn.run.files import METRICS, SUMMARY, stored_config
+from reptile_fn.run.progress import task
 
 PEFT_BASELINES = ("lora0", "base-full", "base-head", "random")
 
 
+SAMPLE_BYTES = 256 * 2**20
+"""Held-out episodes in memory at once: a larger evaluation samples and scores them in chunks of this size, so
+its memory does not grow with the number of episodes (a 20-way 5-shot Omniglot episode holds ~0.4 MB)."""
+
+
 def evaluate_init(run: Run, params, key: mx.array, episodes: int, steps: int | None = None, *, state=None,
-                  trainable="run", record: list[int] | None = None) -> dict:
+                  trainable="run", record: list[int] | None = None, progress=None) -> dict:
     """Few-shot curve of ``params`` on ``episodes`` held-out episodes drawn with ``key``.
 
     ``state``: the algorithm state of a meta-learned init (its learned rates and kept inner state
     adapt it, ``MetaStep.inner``); None for a baseline. ``trainable``: which leaves adapt, ``"run"`` as
     the run's inner loop (ANIL: the head), ``None`` all. ``record``: the steps at which the query set is
     scored (default: ``evaluate.recorded_steps``); scoring costs more than a step when evaluation is not
-    transductive, so a table that needs only the last step says so.
+    transductive, so a table that needs only the last step says so. ``progress``: told of finished
+    episodes (``progress.task``). Episodes beyond ``SAMPLE_BYTES`` are drawn and scored in chunks, each
+    with its own keys from ``key`` (one chunk, the common case, draws exactly ``sample_test(key', n)``).
     """
     sample_key, adapt_key = mx.random.split(key)
-    batch = run.tasks.sample_test(sample_key, episodes)
     loop = evaluation_loop(run, state, steps=steps, trainable=trainable)
-    return few_shot_curve(loop, run.model.apply, run.loss, params, batch, metric=run.metric, key=adapt_key,
-                          record=sorted(record) if record else None, transductive=run.cfg.eval.transductive,
-                          split=run.eval_split)
+    record = sorted(record) if record else recorded_steps(loop.steps)
+    per_chunk = max(1, SAMPLE_BYTES // _episode_bytes(run))
+    n_chunks = -(-episodes // per_chunk)
+    keys = [(sample_key, adapt_key)] if n_chunks == 1 else list(zip(mx.random.split(sample_key, n_chunks),
+                                                                    mx.random.split(adapt_key, n_chunks)))
+    on_chunk = progress.advance if progress is not None else None
+    curves = []
+    for i, (ks, ka) in enumerate(keys):
+        n = min(per_chunk, episodes - i * per_chunk)
+        batch = run.tasks.sample_test(ks, n)
+        curves.append(per_episode_curves(loop, run.model.apply, run.loss, params, batch, metric=run.metric, key=ka,
+                                         record=record, transductive=run.cfg.eval.transductive, split=run.eval_split,
+                                         on_chunk=on_chunk))
+        del batch
+    return summarize({name: np.concatenate([c[name] for c in curves]) for name in curves[0]}, record)
+
+
+def _episode_bytes(run: Run) -> int:
+    """Bytes of one held-out episode's inputs and labels."""
+    one = run.tasks.sample_test(mx.random.key(0), 1)
+    return max(1, sum(a.nbytes for a in one))
 
 
 def default_baselines(run: Run) -> tuple[str, ...]:
@@ -86,12 +111,13 @@ def final_evaluation(run: Run, params, state, episodes: int | None = None, steps
     n = episodes or cfg.eval.episodes
     k = cfg.eval.inner_steps if steps is None else steps
     horizon = max(k, speed_steps or 0)
-    inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state)}
     if baselines is None:  # the final evaluation of `train`: random init, or for PEFT a fresh adapter on the base
         baselines = ("lora0",) if run.peft is not None else ("random",)
     base = baselines if isinstance(baselines, dict) else baseline_inits(run, baselines)
-    for name, b in base.items():  # baselines adapt what they say (every leaf, the head), whatever the run adapts
-        inits[name] = evaluate_init(run, b.params, keys.eval_final, n, horizon, trainable=b.trainable)
+    with task(f"evaluation ({1 + len(base)} inits × {n} episodes × {horizon} steps)", n * (1 + len(base))) as bar:
+        inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state, progress=bar)}
+        for name, b in base.items():  # baselines adapt what they say (every leaf, the head), whatever the run adapts
+            inits[name] = evaluate_init(run, b.params, keys.eval_final, n, horizon, trainable=b.trainable, progress=bar)
     out = {"kind": run.tasks.kind, "metric": "accuracy" if run.metric is not None else "mse",
            "k_shot": cfg.tasks.k_shot, "inner_lr": cfg.eval.inner_lr or cfg.inner_lr,
            "inner_lr_learned": isinstance(run.meta.inner(state).lr, dict), "inits": inits}

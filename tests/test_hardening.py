@@ -1,0 +1,142 @@
+"""Faults and damaged files: SIGTERM saves like Ctrl-C, a partial metrics line or a killed writer's temporary file
+does not break a resume, damaged or NaN checkpoints are refused with one clear error, adapter pairs are replaced
+as a pair, and long evaluations sample held-out episodes in bounded chunks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from reptile_fn import checkpoint as ck
+from reptile_fn import config as C
+from reptile_fn import run as R
+from reptile_fn.errors import CheckpointError
+from reptile_fn.run import report
+
+from conftest import TINY, quiet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(cfg, out, **kw):
+    return R.train(cfg, out, progress=False, log=quiet, **kw)
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    """What a scheduler or `kill` sends: the run saves where it is, like Ctrl-C, to continue with --resume."""
+    out = tmp_path / "run"
+    sets = [a for s in ("meta_iterations=100000", "checkpoint_every=100000", "log_every=10", "eval.every=100000",
+                        "eval.episodes=10") for a in ("--set", s)]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from reptile_fn.cli import app; app()", "train", *sets, "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=tmp_path)
+    metrics = out / R.METRICS
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "terminated: checkpoint saved at meta-iteration" in output, output
+    _, meta = ck.load(out / R.CHECKPOINT)
+    assert meta["iteration"] >= 20
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_a_partial_last_metrics_line_and_a_stale_temporary_do_not_break_resume(tmp_path):
+    cfg = C.load(None, TINY)
+    full, part = tmp_path / "full", tmp_path / "part"
+    _train(cfg, full)
+    _train(cfg, part, stop_at=10)
+    with open(part / R.METRICS, "a") as f:
+        f.write('{"iteration": 15, "support_lo')  # what a crash or a full disk leaves
+    stale = part / ".checkpoint.safetensors.abc123.tmp.safetensors"
+    stale.write_bytes(b"half a checkpoint")
+    _train(None, part, resume=True)
+    assert (part / R.METRICS).read_text() == (full / R.METRICS).read_text()
+    assert not stale.exists()
+
+
+def test_damaged_checkpoint_metadata_and_nan_parameters_are_refused(tmp_path):
+    cfg = C.load(None, TINY)
+    out = tmp_path / "run"
+    _train(cfg, out, stop_at=10)
+    arrays, meta = ck.load(out / R.CHECKPOINT)
+    params = {k[len("params."):]: v for k, v in arrays.items() if k.startswith("params.")}
+    state = {k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")}
+    from mlx.utils import tree_unflatten
+
+    for bad, match in (("abc", "records meta-iteration 'abc'"), (10**9, "records meta-iteration 1000000000")):
+        ck.save(out / R.CHECKPOINT, tree_unflatten(list(params.items())), tree_unflatten(list(state.items())),
+                {**meta, "iteration": bad})
+        with pytest.raises(CheckpointError, match=match):
+            _train(None, out, resume=True)
+    nan = {k: mx.full(v.shape, float("nan")) for k, v in params.items()}
+    ck.save(out / R.CHECKPOINT, tree_unflatten(list(nan.items())), tree_unflatten(list(state.items())), meta)
+    with pytest.raises(CheckpointError, match="NaN/Inf parameters"):
+        _train(None, out, resume=True)
+    with pytest.raises(CheckpointError, match="NaN/Inf parameters"):
+        R.load(out / R.CHECKPOINT)
+
+
+def test_adapter_files_are_replaced_as_a_pair_and_a_half_done_swap_is_recovered(tmp_path):
+    from reptile_fn import peft
+    from reptile_fn.models import mlp
+
+    pf = peft.peft_model(mlp(2, 2, hidden=4, depth=1), method="lora", targets=("layer*.w",), rank=2)
+    params = pf.model.init(mx.random.key(0))
+    learned = ["adapter.layer0.w.lora_a", "adapter.layer0.w.lora_b"]
+    folder = tmp_path / "adapter"
+    peft.save_adapters(folder, params, learned, {"rank": 2})
+    first = (folder / "adapters.safetensors").read_bytes()
+    params["adapter"]["layer0"]["w"]["lora_b"] = params["adapter"]["layer0"]["w"]["lora_b"] + 1
+    peft.save_adapters(folder, params, learned, {"rank": 3})
+    assert (folder / "adapters.safetensors").read_bytes() != first
+    assert json.loads((folder / "adapter_config.json").read_text())["rank"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary or old folder left
+    # a save killed between its two renames leaves the old pair under a hidden name: it is put back
+    os.rename(folder, tmp_path / ".adapter.xyz.old")
+    restored, cfg = peft.load_adapters(folder, params["base"])
+    assert cfg["rank"] == 3 and folder.is_dir()
+
+
+def test_a_long_evaluation_samples_bounded_chunks_and_a_short_one_is_unchanged(tmp_path, monkeypatch):
+    cfg = C.load(None, TINY)
+    run = R.build(cfg)
+    params = run.model.init(R.run_keys(0).init)
+    key = mx.random.key(3)
+    whole = R.evaluate_init(run, params, key, 12, 2)
+    from reptile_fn.evaluate import few_shot_curve
+
+    sample_key, adapt_key = mx.random.split(key)
+    direct = few_shot_curve(R.evaluation_loop(run, steps=2), run.model.apply, run.loss, params,
+                            run.tasks.sample_test(sample_key, 12), metric=run.metric, key=adapt_key)
+    assert whole == direct  # one chunk: exactly the episodes and keys of sampling them all at once
+    import dataclasses
+
+    sizes = []
+    monkeypatch.setattr(report, "SAMPLE_BYTES", 5 * report._episode_bytes(run))
+    chunked = R.evaluate_init(dataclasses.replace(run, tasks=_Spy(run.tasks, sizes)), params, key, 12, 2)
+    assert sizes[1:] == [5, 5, 2] and chunked["episodes"] == 12  # (the first draws one episode to measure it)
+    assert np.isfinite(chunked["metric"]["mean"]).all()
+
+
+class _Spy:
+    """A sampler that records how many held-out episodes each call draws."""
+
+    def __init__(self, tasks, sizes):
+        self.tasks, self.sizes = tasks, sizes
+
+    def __getattr__(self, name):
+        return getattr(self.tasks, name)
+
+    def sample_test(self, key, n):
+        self.sizes.append(n)
+        return self.tasks.sample_test(key, n)
