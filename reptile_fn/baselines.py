@@ -31,8 +31,9 @@ class Init(NamedTuple):
 
 
 def pretrain(model: Model, loss: Callable, tasks: Sampler, key: mx.array, *, iterations: int = 2000,
-             tasks_per_batch: int = 8, lr: float = 1e-3) -> Tree:
-    """Adam on the pooled support+query points of ``tasks_per_batch`` training tasks per step."""
+             tasks_per_batch: int = 8, lr: float = 1e-3, on_step: Callable[[int], None] | None = None) -> Tree:
+    """Adam on the pooled support+query points of ``tasks_per_batch`` training tasks per step
+    (``on_step(1)`` after each, for progress)."""
     init_key, data_key = mx.random.split(key)
     params = model.init(init_key)
     adam = optim.adam(lr)
@@ -51,12 +52,16 @@ def pretrain(model: Model, loss: Callable, tasks: Sampler, key: mx.array, *, ite
     for t, k in enumerate(mx.random.split(data_key, iterations)):
         params, state, _ = step(params, state, k, mx.array(t, dtype=mx.int32))
         mx.async_eval(params, state)
+        if on_step is not None and t % 100 == 99:
+            mx.eval(params)
+            on_step(100)
     mx.eval(params)
     return params
 
 
 def make_baselines(names, model: Model, loss: Callable, tasks: Sampler, *, random_key: mx.array,
-                   transfer_key: mx.array, pretrain_iterations: int = 2000) -> dict[str, Init]:
+                   transfer_key: mx.array, pretrain_iterations: int = 2000,
+                   on_step: Callable[[int], None] | None = None) -> dict[str, Init]:
     """The requested baselines (any of ``BASELINES``), deterministic given the keys."""
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -68,7 +73,7 @@ def make_baselines(names, model: Model, loss: Callable, tasks: Sampler, *, rando
             out[name] = Init(model.init(random_key), None)
             continue
         if transferred is None:
-            transferred = pretrain(model, loss, tasks, transfer_key, iterations=pretrain_iterations)
+            transferred = pretrain(model, loss, tasks, transfer_key, iterations=pretrain_iterations, on_step=on_step)
         out[name] = Init(transferred, None if name == "transfer" else T.match(HEAD))
     return out
 

@@ -83,8 +83,9 @@ def baseline_inits(run: Run, names) -> dict[str, Init]:
     """
     keys = run_keys(run.cfg.seed)
     if run.peft is None:
-        return make_baselines(names, run.model, run.loss, run.tasks, random_key=keys.random_init,
-                              transfer_key=mx.random.split(keys.eval_final, 4)[3])
+        with task("pretraining the transfer baseline", 2000 if {"transfer", "head"} & set(names) else 0) as bar:
+            return make_baselines(names, run.model, run.loss, run.tasks, random_key=keys.random_init,
+                                  transfer_key=mx.random.split(keys.eval_final, 4)[3], on_step=bar.advance)
     unknown = [n for n in names if n not in PEFT_BASELINES]
     if unknown:
         raise ConfigError(f"unknown baseline {unknown[0]!r} for a PEFT run; choose from {', '.join(PEFT_BASELINES)} "
