@@ -8,6 +8,7 @@ convolution weights use MLX's (out, kh, kw, in) layout; images are NHWC.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -80,15 +81,59 @@ def conv3x3(x: mx.array, w: mx.array, b: mx.array, *, stride: int = 1, impl: str
     """
     if impl == "native":
         return mx.conv2d(x, w, stride=stride, padding=1) + b
-    n, h, wd, c = x.shape
-    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    return _im2col_conv(stride)(x, w, b)
+
+
+def _cols(x: mx.array, stride: int, ho: int, wo: int) -> mx.array:
+    """(n, ho, wo, 9c): the 9 shifted strided views of the padded input side by side, index (3i + j)·c + ci."""
     xp = mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
     span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    cols = mx.concatenate([xp[:, i:i + span_h:stride, j:j + span_w:stride, :] for i in range(3) for j in range(3)],
-                          axis=-1)  # (n, ho, wo, 9c), channel index (3i + j)·c + ci
-    # one 2-D matmul: MLX's CPU matmul on a 4-D left operand is ~30% slower for these shapes
-    out = cols.reshape(n * ho * wo, 9 * c) @ mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, -1)
-    return out.reshape(n, ho, wo, -1) + b
+    return mx.concatenate([xp[:, i:i + span_h:stride, j:j + span_w:stride, :] for i in range(3) for j in range(3)],
+                          axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _im2col_conv(stride: int):
+    """The im2col convolution with a written-out gradient (``mx.custom_function``).
+
+    Autograd differentiates the 9 strided slices by scattering each into a zero tensor the size of the
+    padded input and summing them. Here the input gradient is gathered by stride phases instead: the
+    pieces that land on one phase (rows ≡ p, columns ≡ q mod stride) are padded into that phase's grid
+    at their offset and added, and the phases are interleaved once (conv4's step: 30 → 26 ms on one
+    core). The gradient is made of ordinary ops, so it is itself differentiable (second-order MAML) and
+    vmaps and compiles like the forward.
+    """
+
+    @mx.custom_function
+    def conv(x, w, b):
+        n, h, wd, c = x.shape
+        ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+        # one 2-D matmul: MLX's CPU matmul on a 4-D left operand is ~30% slower for these shapes
+        out = _cols(x, stride, ho, wo).reshape(n * ho * wo, 9 * c) @ mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, -1)
+        return out.reshape(n, ho, wo, -1) + b
+
+    @conv.vjp
+    def conv_vjp(primals, cotangent, output):
+        x, w, b = primals
+        n, h, wd, c = x.shape
+        ho, wo, o = cotangent.shape[1:]
+        g = cotangent.reshape(n * ho * wo, o)
+        w2 = mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, o)
+        dw = (_cols(x, stride, ho, wo).reshape(n * ho * wo, 9 * c).T @ g).reshape(3, 3, c, o).transpose(3, 0, 1, 2)
+        dcols = (g @ w2.T).reshape(n, ho, wo, 3, 3, c)
+        hp, wp = -(-(h + 2) // stride), -(-(wd + 2) // stride)  # each phase's grid
+        phases: dict = {}
+        for i in range(3):
+            for j in range(3):
+                oi, oj = i // stride, j // stride
+                piece = mx.pad(dcols[:, :, :, i, j, :], [(0, 0), (oi, hp - ho - oi), (oj, wp - wo - oj), (0, 0)])
+                key = (i % stride, j % stride)
+                phases[key] = piece if key not in phases else phases[key] + piece
+        rows = [mx.stack([phases[(p, q)] for q in range(stride)], axis=3) for p in range(stride)]
+        dxp = mx.stack(rows, axis=2).reshape(n, hp * stride, wp * stride, c)
+        return dxp[:, 1:h + 1, 1:wd + 1, :], dw, g.sum(axis=0)
+
+    return conv
 
 
 def resolve_conv_impl(impl: str) -> str:

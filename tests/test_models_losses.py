@@ -118,3 +118,39 @@ def test_max_pool_variant_for_larger_images():
     assert max_pool2(mx.zeros((1, 5, 5, 1))).shape == (1, 3, 3, 1)
     model = conv4((84, 84, 3), 5, filters=32, pool=True, norm="batch")
     assert model.apply(model.init(mx.random.key(0)), mx.zeros((2, 84, 84, 3))).shape == (2, 5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), stride=st.sampled_from([1, 2]), h=st.integers(3, 16), w=st.integers(3, 16),
+       c=st.integers(1, 5), o=st.integers(1, 6))
+def test_conv_written_out_gradient_equals_autograd_first_and_second_order(seed, stride, h, w, c, o):
+    """conv3x3's hand-written VJP (gradient by stride phases) gives autograd's gradient of the same im2col
+    forward, and so does differentiating through it again (second-order MAML), under vmap too."""
+    from reptile_fn.models import _cols, conv3x3
+
+    def autograd_conv(x, k, b):
+        n, hh, ww, cc = x.shape
+        ho, wo = (hh - 1) // stride + 1, (ww - 1) // stride + 1
+        out = _cols(x, stride, ho, wo).reshape(n * ho * wo, 9 * cc) @ mx.transpose(k, (1, 2, 3, 0)).reshape(9 * cc, -1)
+        return out.reshape(n, ho, wo, -1) + b
+
+    keys = mx.random.split(mx.random.key(seed), 3)
+    x = mx.random.normal((2, 3, h, w, c), key=keys[0])
+    k = 0.3 * mx.random.normal((o, 3, 3, c), key=keys[1])
+    b = mx.random.normal((o,), key=keys[2])
+
+    def loss(conv):
+        return lambda x, k, b: mx.sum(mx.tanh(conv(x, k, b)) ** 2)
+
+    ours = mx.vmap(mx.grad(loss(lambda x, k, b: conv3x3(x, k, b, stride=stride)), argnums=(0, 1, 2)),
+                   in_axes=(0, None, None))(x, k, b)
+    ref = mx.vmap(mx.grad(loss(autograd_conv), argnums=(0, 1, 2)), in_axes=(0, None, None))(x, k, b)
+    for a, r in zip(ours, ref):
+        np.testing.assert_allclose(np.array(a), np.array(r), rtol=1e-4, atol=1e-5)
+
+    def second(conv):  # d/dk of the squared gradient norm: what MAML differentiates
+        first = mx.grad(loss(conv), argnums=(0, 1))
+        return mx.grad(lambda k: sum(mx.sum(g * g) for g in first(x[0], k, b)))(k)
+
+    np.testing.assert_allclose(np.array(second(lambda x, k, b: conv3x3(x, k, b, stride=stride))),
+                               np.array(second(autograd_conv)), rtol=1e-3, atol=1e-4)
