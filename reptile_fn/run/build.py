@@ -133,6 +133,17 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
                meta_trainable, eval_split, tuple(shapes))
 
 
+def settled(cfg: C.Config) -> C.Config:
+    """``cfg`` with the choices that depend on this machine's files fixed, so that a run records what it used:
+    Omniglot's ``protocol: auto`` becomes "standard" (both zips present) or "alphabets" (the background zip)."""
+    t = cfg.tasks
+    if t.dataset == "omniglot" and t.protocol == "auto":
+        from reptile_fn.tasks.omniglot import resolve_protocol
+
+        return dataclasses.replace(cfg, tasks=dataclasses.replace(t, protocol=resolve_protocol("auto", t.data_dir)))
+    return cfg
+
+
 def trainable_predicate(patterns: tuple[str, ...]) -> PathPredicate | None:
     return None if tuple(patterns) == ("*",) else T.match(patterns)
 

@@ -34,7 +34,7 @@ from reptile_fn import tree as T
 from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
 from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
-from reptile_fn.run.build import Run, build, require_finite, run_keys
+from reptile_fn.run.build import Run, build, require_finite, run_keys, settled
 from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, remove_stale_temporaries,
                                   truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
@@ -157,7 +157,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
             truncate_metrics(out / METRICS, saved.iteration)
             log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
         return run, Progress(params, state, saved.iteration, saved.window, saved.n_window)
-    cfg = cfg or C.Config()
+    cfg = settled(cfg or C.Config())
     if ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
                           "or choose another --out")
