@@ -13,12 +13,13 @@ import typer
 
 import reptile_fn
 from reptile_fn import _blas, _malloc
-from reptile_fn.errors import ReptileFnError
+from reptile_fn.errors import CheckpointError, ReptileFnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Functional meta-learning (Reptile, MAML and kin) on MLX.")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: the built-in default config).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file, or a shipped config's name (e.g. sine, "
+                         "omniglot_5w1s; `reptile-fn info` lists them). Default: the built-in default config.")
 SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Data folder (Omniglot zips); sets tasks.data_dir.")
 EncoderOpt = typer.Option(None, "--encoder", help="Text runs: a BERT-style folder (model.safetensors, tokenizer.json, "
@@ -31,11 +32,46 @@ def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[
             *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"reptile-fn {reptile_fn.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Functional meta-learning (Reptile, MAML and kin) on MLX."""
+
+
+def _checkpoint(path: Path) -> Path:
+    """A run directory stands for its checkpoint.safetensors; anything else is passed on as given."""
+    from reptile_fn.run import CHECKPOINT
+
+    if not path.is_dir():
+        return path
+    if (path / CHECKPOINT).is_file():
+        return path / CHECKPOINT
+    raise CheckpointError(f"{path} is a directory without a {CHECKPOINT}; pass a run directory written by "
+                          f"`reptile-fn train` (or its {CHECKPOINT}), or a shipped initialization's name")
+
+
+def _limit(option: str, value: Optional[int], key: str) -> None:
+    """A command-line count checked against the config limit of the setting it stands for."""
+    from reptile_fn import config as C
+
+    if value is not None:
+        C.check_limit(key, value, option)
+
+
 def _errors_to_exit(fn):
     """Turn our errors into one 'error: …' line on stderr and exit status 2, with no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from reptile_fn.run import progress
+
+        progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
         try:
             return fn(*args, **kwargs)
         except ReptileFnError as e:
@@ -53,13 +89,16 @@ def _format_peft(p: dict) -> str:
 
 @app.command()
 @_errors_to_exit
-def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model."),
+def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model (a "
+                                              "YAML file or a shipped config's name)."),
          set_: List[str] = SetOpt) -> None:
     """Versions, device, BLAS, and the task families and algorithms available."""
     import mlx.core as mx
     import numpy as np
 
+    from reptile_fn import pretrained
     from reptile_fn.algorithms import ALGORITHMS
+    from reptile_fn.config import shipped_names
     from reptile_fn.tasks import FAMILIES
 
     rows = [
@@ -74,6 +113,8 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
         ("malloc", _malloc.status()),
         ("task families", ", ".join(f"{n} ({f.kind})" for n, f in FAMILIES.items())),
         ("algorithms", ", ".join(ALGORITHMS)),
+        ("configs", ", ".join(shipped_names()) + "  (--config NAME)"),
+        ("inits", ", ".join(pretrained.names()) + "  (--checkpoint NAME)"),
     ]
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
@@ -149,7 +190,7 @@ def train(
         cfg = C.with_overrides(stored_config(out), set_) if set_ else None
     else:
         cfg = C.load(config, set_)
-    summary = run_train(cfg, out, resume=resume, progress=progress and sys.stderr.isatty(), log=typer.echo)
+    summary = run_train(cfg, out, resume=resume, progress=progress, log=typer.echo)
     if summary["rank"] != 0:
         return  # a multi-process run reports from rank 0 only
     rate = (f" ({summary['meta_steps_per_s']} meta-steps/s, {summary['examples_per_s']:,.0f} support examples "
@@ -189,8 +230,11 @@ def eval_(
     from reptile_fn.run import baseline_inits, default_baselines, final_evaluation, format_results, format_speed, load
     from reptile_fn.run.report import save_results
 
+    for option, value, key in (("--episodes", episodes, "eval.episodes"), ("--steps", steps, "eval.inner_steps"),
+                               ("--speed-steps", speed_steps, "eval.inner_steps")):
+        _limit(option, value, key)
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir, encoder)
-    checkpoint = pretrained.resolve(checkpoint)
+    checkpoint = pretrained.resolve(_checkpoint(checkpoint))
     run, params, state, iteration = load(checkpoint, overrides, data=data)
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
@@ -227,6 +271,9 @@ def adapt(
 
     from reptile_fn.run.adapt import adapt_to, save_predictions
 
+    _limit("--steps", steps, "eval.inner_steps")
+    _limit("--seed", seed, "seed")
+    checkpoint = _checkpoint(checkpoint)
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
     counts = np.bincount(pred.predicted, minlength=len(pred.classes))
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
@@ -255,6 +302,13 @@ def embed(
                              ("--seed", seed, 0)):
         if value < low:
             raise ReptileFnError(f"{name} must be >= {low}, got {value}; e.g. {name} {max(low, 5)}")
+    if tasks_n > 10_000:
+        raise ReptileFnError(f"--tasks {tasks_n:,} is above 10,000: the bank and query tasks' pairwise distances are "
+                             "held in memory; lower it")
+    for option, value, key in (("--shots", shots, "tasks.k_shot"), ("--adapt-steps", adapt_steps, "eval.inner_steps"),
+                               ("--seed", seed, "seed")):
+        _limit(option, value, key)
+    checkpoint = _checkpoint(checkpoint)
     import mlx.core as mx
 
     from reptile_fn import io, plots
@@ -310,7 +364,35 @@ def compare(runs: List[Path] = typer.Argument(..., help="Run directories written
     """A markdown table of several runs side by side (final few-shot results of each init)."""
     from reptile_fn.run import compare_runs
 
+    for run in runs:
+        _check_results(run)
     typer.echo(compare_runs(runs))
+
+
+def _check_results(run: Path) -> None:
+    """The results file ``compare`` reads from a run directory (eval/results.json, else summary.json) must hold a
+    results table. (This belongs in ``run.compare_runs``.)"""
+    from reptile_fn.run import SUMMARY
+
+    if not run.is_dir():
+        raise ReptileFnError(f"{run} is not a run directory; pass folders written by `reptile-fn train`")
+    source, fix = run / "eval" / "results.json", f"rewrite it with `reptile-fn eval --checkpoint {run}`"
+    if not source.exists():
+        source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
+    if not source.exists():
+        return  # compare_runs says the run has no results
+    try:
+        ev = json.loads(source.read_text(encoding="utf-8"))
+        ev = ev.get("eval", ev)
+        ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
+        raise ReptileFnError(f"{source} is {what}; {fix}")
+
+
+SOURCE_ROOT = Path(reptile_fn.__file__).resolve().parents[1]  # the repository, when run from a source checkout
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -319,10 +401,11 @@ def bench(ctx: typer.Context) -> None:
     """Meta-step throughput tables (runs benchmarks/throughput.py; pass its options, e.g. --peers --json F)."""
     import runpy
 
-    script = Path(reptile_fn.__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-    if not script.is_file():
-        raise ReptileFnError(f"{script} not found: `reptile-fn bench` runs from a source checkout of reptile_fn "
-                             "(git clone, then `uv run reptile-fn bench`)")
+    script = SOURCE_ROOT / "benchmarks" / "throughput.py"
+    if not script.is_file() or not (SOURCE_ROOT / "pyproject.toml").is_file():
+        raise ReptileFnError("the benchmarks ship with the source, not with the installed package; to run them, "
+                             "git clone the reptile_fn repository and run `uv run reptile-fn bench` in it "
+                             "(benchmarks/README.md there has the options)")
     sys.argv = [str(script), *ctx.args]
     try:
         runpy.run_path(str(script), run_name="__main__")

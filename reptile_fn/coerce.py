@@ -4,6 +4,7 @@ keys: what ``config`` needs to turn a user's typo, or an old config, into one cl
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 import types
 import typing
@@ -32,13 +33,18 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
             return v
     elif t is float:
+        x = None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            x = float(v) if abs(v) < 1e308 else math.inf
+        elif isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
             try:
-                return float(v)
+                x = float(v)
             except ValueError:
                 pass
+        if x is not None and not math.isfinite(x):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {v!r}; give a plain number such as 0.01")
+        if x is not None:
+            return x
     elif t is str:
         if isinstance(v, str):
             return v

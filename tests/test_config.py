@@ -171,8 +171,8 @@ def test_unique_leaf_names_resolve_to_their_dotted_key():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(min_value=1, max_value=10**9))
-def test_any_positive_k_shot_round_trips_through_set(n):
+@given(st.integers(min_value=1, max_value=C.LIMITS["tasks.k_shot"].most))
+def test_any_allowed_k_shot_round_trips_through_set(n):
     assert C.load(None, [f"k_shot={n}"]).tasks.k_shot == n
     assert C.load(None, [f"tasks.k_shot={n}"]).tasks.k_shot == n
 
@@ -517,3 +517,178 @@ def test_removed_keys_load_with_a_notice_or_fail_with_the_reason(tmp_path, capsy
     with pytest.raises(ConfigError, match="model.kind is no longer a setting"):
         C.load(None, ["model.kind=mlp"])
     assert C.model_kind(C.load(None, ["tasks.dataset=omniglot"])) == "conv4"
+
+
+# --- non-finite numbers, limits, files, shipped configs, trainable -----------------------------------
+
+def _float_keys() -> list[str]:
+    return [k for k in C.leaf_keys() if "float" in str(C._hint(*_owner(k)))]
+
+
+def _owner(key: str):
+    *sections, leaf = key.split(".")
+    cls = C.Config
+    for section in sections:
+        cls = C._hint(cls, section)
+    return cls, leaf
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-.inf", "Infinity", "1e999"])
+def test_nan_and_infinity_are_refused_for_every_float_key(key, value):
+    item = f"{key}=[{value}, 0.5]" if "tuple" in str(C._hint(*_owner(key))) else f"{key}={value}"
+    message = _error([item])
+    assert key in message and "finite" in message
+
+
+def test_every_float_key_is_covered():
+    assert {"inner_lr", "outer_lr", "outer_lr_final", "inner_adam_betas", "eval.inner_lr", "tasks.val_fraction",
+            "tasks.test_fraction", "peft.scale", "peft.rank_warmup", "peft.rank_final"} <= set(_float_keys())
+
+
+def test_every_integer_key_has_a_limit():
+    ints = [k for k in C.leaf_keys() if "int" in str(C._hint(*_owner(k)))]
+    assert set(ints) - set(C.LIMITS) == {"model.channels"}  # 1, 3 or null: checked as a choice
+    assert set(C.LIMITS) <= set(ints)
+
+
+@pytest.mark.parametrize("key", sorted(C.LIMITS))
+def test_limits_allow_the_bound_and_refuse_one_more(key, monkeypatch):
+    monkeypatch.delenv(C.NO_LIMITS, raising=False)
+    limit = C.LIMITS[key]
+    assert C.get(C.load(None, [f"{key}={limit.most}"]), key) == limit.most
+    message = _error([f"{key}={limit.most + 1}"])
+    assert key in message and f"{limit.most:,}" in message and limit.why in message
+    assert (C.NO_LIMITS in message) != limit.hard
+
+
+@pytest.mark.parametrize("item, key", [("meta_batch_size=100000000000", "meta_batch_size"),
+                                       ("meta_iterations=100000000000000", "meta_iterations"),
+                                       ("hidden=10000000", "model.hidden"), ("query_size=100000000", "tasks.query_size"),
+                                       (f"seed={2**64}", "seed"), (f"seed={10**40}", "seed")])
+def test_absurd_sizes_are_refused_before_anything_is_built(item, key):
+    message = _error([item])
+    assert key in message and "above" in message
+
+
+def test_the_largest_seed_mlx_takes_is_allowed():
+    import mlx.core as mx
+
+    assert C.load(None, [f"seed={2**64 - 1}"]).seed == 2**64 - 1
+    mx.random.key(2**64 - 1)  # what a run does with it
+    with pytest.raises(TypeError):
+        mx.random.key(2**64)  # hence the hard limit
+
+
+def test_no_limits_lifts_soft_limits_up_to_int32_but_never_hard_ones(monkeypatch):
+    monkeypatch.setenv(C.NO_LIMITS, "1")
+    assert C.load(None, ["hidden=10000"]).model.hidden == 10000
+    assert "32-bit" in _error([f"hidden={2**31}"])
+    assert "64-bit" in _error([f"seed={2**64}"])
+
+
+def test_non_utf8_file_names_the_line(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("inner_lr: 0.1\n# café\n".encode("latin-1"))
+    message = _error(path=p)
+    assert str(p) in message and "not UTF-8" in message and "line 2" in message and "save it as UTF-8" in message
+
+
+@pytest.mark.parametrize("text, key, where", [
+    ("inner_lr: 0.1\nseed: 1\ninner_lr: 0.2\n", "'inner_lr'", "lines 1 and 3"),
+    ("tasks:\n  k_shot: 1\n  query_size: 2\n  k_shot: 5\n", "'k_shot'", "lines 2 and 4"),
+    ("tasks: {k_shot: 1, k_shot: 2}\n", "'k_shot'", "on line 1"),
+    ("tasks:\n  k_shot: 1\ntasks:\n  query_size: 2\n", "'tasks'", "lines 1 and 3"),
+])
+def test_duplicate_keys_are_refused_naming_key_and_lines(tmp_path, text, key, where):
+    p = _write(tmp_path, text)
+    message = _error(path=p)
+    assert str(p) in message and key in message and where in message and "twice" in message
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    p = _write(tmp_path, "tasks:\n  <<: {k_shot: 1, query_size: 3}\n  k_shot: 2\n")
+    assert C.load(p).tasks.k_shot == 2 and C.load(p).tasks.query_size == 3
+
+
+def test_a_directory_is_not_a_config_and_a_run_directory_points_at_its_config(tmp_path):
+    (tmp_path / "run").mkdir()
+    message = _error(path=tmp_path / "run")
+    assert "is a directory" in message and "config.yaml" not in message
+    (tmp_path / "run" / "config.yaml").write_text("seed: 1\n")
+    assert str(tmp_path / "run" / "config.yaml") in _error(path=tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", C.shipped_names())
+def test_every_shipped_config_loads_by_name_with_or_without_yaml(name):
+    path = ["tasks.path=data"]  # images and csv configs name their data on the command line
+    assert C.load(name, path) == C.load(f"{name}.yaml", path) == C.load(REPO / "configs" / f"{name}.yaml", path)
+
+
+def test_shipped_names_are_the_repository_configs():
+    assert C.shipped_names() == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert {"default", "sine", "omniglot_5w1s", "images_5w1s", "csv_5w5s_lora"} <= set(C.shipped_names())
+
+
+def test_a_file_of_the_same_name_wins_over_a_shipped_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sine").write_text("seed: 7\n")
+    assert C.load("sine").seed == 7
+    assert C.load("sine.yaml").tasks.families == ("sine",)
+
+
+def test_unknown_config_name_lists_the_shipped_ones():
+    message = _error(path="omniglot_5w2s")
+    assert "'omniglot_5w2s'" in message and "shipped" in message
+    for name in C.shipped_names():
+        assert name in message
+
+
+def test_a_missing_path_with_a_folder_is_not_looked_up_by_name(tmp_path):
+    message = _error(path=tmp_path / "sine.yaml")
+    assert str(tmp_path / "sine.yaml") in message and "does not exist" in message
+
+
+def test_installed_package_configs_come_first(tmp_path, monkeypatch):
+    """In a wheel the configs live in reptile_fn/configs/ (pyproject's force-include), beside the code."""
+    from reptile_fn.config import files
+
+    package = tmp_path / "site-packages" / "reptile_fn"
+    (package / "configs").mkdir(parents=True)
+    (package / "configs" / "mine.yaml").write_text("seed: 3\n")
+    monkeypatch.setattr(files, "PACKAGE", package)
+    assert C.shipped_names() == ["mine"]
+    assert C.load("mine").seed == 3
+    (package / "configs" / "mine.yaml").unlink()
+    (package / "configs").rmdir()
+    assert C.shipped_names() == []  # no configs/ beside site-packages counts without a pyproject.toml
+
+
+def test_pyproject_ships_the_configs_in_the_wheel():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"] == {"configs": "reptile_fn/configs"}
+
+
+@pytest.mark.parametrize("patterns, bad", [(["nothing.*"], ["'nothing.*'"]),
+                                           (["head.*", "layer9.*", "x"], ["'layer9.*'", "'x'"])])
+def test_trainable_patterns_that_match_nothing_are_named_with_the_paths(patterns, bad):
+    paths = ["layer0.w", "layer0.b", "head.w", "head.b"]
+    with pytest.raises(ConfigError) as info:
+        C.check_trainable(patterns, paths, source="cfg.yaml")
+    message = str(info.value)
+    assert message.startswith("cfg.yaml: trainable pattern")
+    for b in bad:
+        assert b in message
+    assert "'head.*'" not in message
+    assert "layer0.w, layer0.b, head.w, head.b" in message and "trainable=[head.*]" in message
+
+
+def test_trainable_patterns_that_match_pass_and_long_path_lists_are_folded():
+    C.check_trainable(["*"], ["a.w"])
+    C.check_trainable(["layer*.w", "head.*"], ["layer0.w", "layer1.w", "head.w"])
+    paths = [f"encoder.layer{i}.{n}.{p}" for i in range(6) for n in ("query", "key") for p in ("w", "b")] + ["head.w"]
+    with pytest.raises(ConfigError, match=r"are encoder\.layer\*\.query\.w, encoder\.layer\*\.query\.b, "
+                                          r"encoder\.layer\*\.key\.w, encoder\.layer\*\.key\.b, head\.w;"):
+        C.check_trainable(["encoder.layers.*"], paths)

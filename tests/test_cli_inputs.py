@@ -1,0 +1,225 @@
+"""Bad inputs at the command line: every one is a single 'error: <problem>; <fix>' line on stderr with exit
+status 2, never a traceback, and nothing already written is lost. Also --version, shipped configs by name,
+run directories as --checkpoint, and bench outside a source checkout."""
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import reptile_fn
+from reptile_fn import cli
+from reptile_fn import config as C
+from reptile_fn.cli import app
+from reptile_fn.run import CHECKPOINT, SUMMARY
+
+from conftest import TINY
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sets(items) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def _user_error(result, *needles: str) -> str:
+    """Exit status 2, one 'error: …; …' line on stderr naming the problem and a fix, nothing else, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "error:" not in result.stdout
+    assert "; " in lines[0], lines[0]  # the problem, then what to do
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("inputs") / "run"
+    result = runner.invoke(app, ["train", "--out", str(out), "--no-progress", *_sets(TINY)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out
+
+
+# --- config values --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("item, key", [("inner_lr=nan", "inner_lr"), ("outer_lr=.inf", "outer_lr"),
+                                       ("eval.inner_lr=-.inf", "eval.inner_lr"), ("peft.scale=1e999", "peft.scale"),
+                                       ("inner_adam_betas=[.nan, 0.9]", "inner_adam_betas")])
+def test_non_finite_numbers(item, key):
+    _user_error(runner.invoke(app, ["validate", "--set", item]), key, "finite")
+
+
+@pytest.mark.parametrize("item, key", [("meta_batch_size=100000000000", "meta_batch_size"),
+                                       ("meta_iterations=100000000000000", "meta_iterations"),
+                                       ("hidden=10000000", "model.hidden"), ("query_size=100000000", "tasks.query_size"),
+                                       (f"seed={2**64}", "seed")])
+def test_absurd_sizes(item, key, tmp_path):
+    out = tmp_path / "run"
+    _user_error(runner.invoke(app, ["validate", "--set", item]), key, "above")
+    _user_error(runner.invoke(app, ["train", "--out", str(out), "--no-progress", "--set", item]), key, "above")
+    assert not out.exists()
+
+
+def test_the_largest_seed_runs_a_meta_step():
+    result = runner.invoke(app, ["validate", "--set", f"seed={2**64 - 1}", "--set", "hidden=8"])
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+@pytest.mark.parametrize("args, option", [(["--episodes", "100000000000"], "--episodes"),
+                                          (["--steps", "100000000"], "--steps"),
+                                          (["--speed-steps", "100000000"], "--speed-steps")])
+def test_eval_counts_have_the_config_limits(tiny_run, args, option):
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), *args]), option, "above")
+
+
+def test_trainable_patterns_that_match_no_parameter():
+    message = _user_error(runner.invoke(app, ["validate", "--set", "trainable=[nothing.*]"]), "'nothing.*'")
+    for path in ("layer0.w", "layer1.b", "head.w"):
+        assert path in message
+    assert "Must specify" not in message
+
+
+# --- config files and shipped configs --------------------------------------------------------------
+
+def test_non_utf8_config_file(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("# réglages\ninner_lr: 0.1\n".encode("latin-1"))
+    _user_error(runner.invoke(app, ["validate", "--config", str(p)]), str(p), "UTF-8", "line 1")
+
+
+def test_duplicate_key_in_config_file(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("tasks:\n  k_shot: 1\n  k_shot: 5\n")
+    _user_error(runner.invoke(app, ["validate", "--config", str(p)]), str(p), "'k_shot'", "lines 2 and 3")
+
+
+def test_directory_as_config(tiny_run):
+    _user_error(runner.invoke(app, ["validate", "--config", str(tiny_run)]), str(tiny_run), "directory",
+                str(tiny_run / "config.yaml"))
+
+
+def test_empty_config_file_is_the_default(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    result = runner.invoke(app, ["validate", "--config", str(p), "--set", "hidden=8"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["sine", "sine.yaml"])
+def test_shipped_config_by_name(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not next to configs/
+    result = runner.invoke(app, ["validate", "--config", name])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "sine (regression)" in result.stdout
+
+
+def test_unknown_config_name_lists_the_shipped_ones():
+    message = _user_error(runner.invoke(app, ["validate", "--config", "omniglot_5w2s"]), "'omniglot_5w2s'")
+    for name in C.shipped_names():
+        assert name in message
+
+
+def test_info_lists_shipped_configs():
+    result = runner.invoke(app, ["info"])
+    row = next(line for line in result.stdout.splitlines() if line.startswith("configs "))
+    for name in C.shipped_names():
+        assert name in row
+
+
+def test_train_with_a_shipped_config_name_writes_runs_under_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--config", "sine", "--no-progress", *_sets(TINY)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert (tmp_path / "runs" / "sine" / CHECKPOINT).is_file()
+
+
+# --- version, bench -------------------------------------------------------------------------------
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"reptile-fn {reptile_fn.__version__}"
+    assert reptile_fn.__version__ == importlib.metadata.version("reptile-fn")
+
+
+def test_version_of_the_real_program():
+    code = "import sys; from reptile_fn.cli import app; sys.argv[0] = 'reptile-fn'; app()"
+    proc = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"reptile-fn {reptile_fn.__version__}\n"
+
+
+def test_bench_outside_a_source_checkout(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "SOURCE_ROOT", tmp_path / "site-packages")
+    _user_error(runner.invoke(app, ["bench"]), "ship with the source", "git clone", "uv run reptile-fn bench")
+
+
+# --- checkpoints, runs, paths ---------------------------------------------------------------------
+
+def test_eval_takes_a_run_directory(tiny_run, tmp_path):
+    by_dir = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--baselines", "random", "--speed-steps", "0",
+                                 "--episodes", "3", "--json", str(tmp_path / "a.json"), "--out", str(tmp_path / "a")])
+    by_file = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / CHECKPOINT), "--baselines", "random",
+                                  "--speed-steps", "0", "--episodes", "3", "--json", str(tmp_path / "b.json"),
+                                  "--out", str(tmp_path / "b")])
+    assert by_dir.exit_code == 0 and by_file.exit_code == 0, (by_dir.output, by_dir.exception)
+    assert json.loads((tmp_path / "a.json").read_text())["inits"] == json.loads((tmp_path / "b.json").read_text())["inits"]
+    assert str(tiny_run / CHECKPOINT) in by_dir.stdout
+
+
+@pytest.mark.parametrize("command", [["eval"], ["embed"], ["adapt", "--support", "s", "--query", "q"]])
+def test_a_directory_without_a_checkpoint(tmp_path, command):
+    (tmp_path / "notarun").mkdir()
+    result = runner.invoke(app, [command[0], "--checkpoint", str(tmp_path / "notarun"), *command[1:]])
+    _user_error(result, str(tmp_path / "notarun"), CHECKPOINT)
+
+
+@pytest.mark.parametrize("content, what", [("", "empty"), ('{"eval": {"metric": "accuracy", "inits": {', "not valid JSON"),
+                                           ("[1, 2]", "not a results table"), ('{"iteration": 3}', "not a results table")])
+def test_compare_with_a_bad_summary_names_the_file_and_keeps_it(tiny_run, tmp_path, content, what):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / SUMMARY).write_text(content)
+    result = runner.invoke(app, ["compare", str(tiny_run), str(bad)])
+    message = _user_error(result, str(bad / SUMMARY), what, "--resume")
+    assert "nothing to resume" not in message
+    assert (bad / SUMMARY).read_text() == content
+
+
+def test_compare_with_a_bad_eval_results_file(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / SUMMARY).write_text((tiny_run / SUMMARY).read_text())
+    (run / "eval" / "results.json").write_text("{")
+    _user_error(runner.invoke(app, ["compare", str(run)]), str(run / "eval" / "results.json"), "reptile-fn eval")
+
+
+def test_compare_of_good_runs_still_works(tiny_run):
+    result = runner.invoke(app, ["compare", str(tiny_run)])
+    assert result.exit_code == 0 and "| meta |" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["od #2", "null", "~x", "123", "yes", "a: b"])
+def test_data_dir_and_encoder_paths_are_taken_literally(tmp_path, name):
+    """--data-dir and --encoder go into the config as JSON strings: never a YAML comment, null, number or bool."""
+    path = tmp_path / name
+    sets = cli._with_data_dir([], path, path)
+    cfg = C.load(None, sets)
+    assert cfg.tasks.data_dir == str(path) and cfg.model.encoder == str(path)
+    relative = C.load(None, cli._with_data_dir([], Path(name), Path(name)))
+    assert relative.tasks.data_dir == name and relative.model.encoder == name
+
+
+@pytest.mark.parametrize("name", ["od #2", "null"])
+def test_data_dir_with_a_hash_or_named_null_reaches_the_loader(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", "--set", "tasks.dataset=omniglot", "--data-dir", name])
+    _user_error(result, f"{name}/omniglot/images_background.zip")  # not $REPTILE_FN_DATA, not a cut-off path
