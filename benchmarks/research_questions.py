@@ -46,7 +46,7 @@ EXPERIMENTS = [
 
 
 def experiment(name: str, config: str, overrides: list[str], *, quick: bool, episodes: int, speed_steps: int,
-               work: Path) -> dict:
+               work: Path, figures: Path = FIGURES) -> dict:
     extra = ["meta_iterations=300", "eval.every=100"] if quick else []
     cfg = C.load(ROOT / config, overrides + extra + [f"eval.episodes={episodes}"])
     out = work / name
@@ -56,12 +56,12 @@ def experiment(name: str, config: str, overrides: list[str], *, quick: bool, epi
     run, params, state, _ = R.load(out / R.CHECKPOINT)
     base = R.baseline_inits(run, BASELINES)
     ev = R.final_evaluation(run, params, state, baselines=base, speed_steps=speed_steps)
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    figs = [plots.adaptation_curves(ev, FIGURES / f"{name}-curves.png", title=name)]
-    figs.append(plots.training_curve(out / R.METRICS, FIGURES / f"{name}-training.png", title=name))
+    figures.mkdir(parents=True, exist_ok=True)
+    figs = [plots.adaptation_curves(ev, figures / f"{name}-curves.png", title=name)]
+    figs.append(plots.training_curve(out / R.METRICS, figures / f"{name}-training.png", title=name))
     if cfg.tasks.families == ("sine",):
         drawn = R.write_figures(run, params, state, ev, work / f"{name}-figs", baselines=base)
-        figs += [p.rename(FIGURES / f"{name}-fit.png") for p in drawn if p.name == "sine.png"]
+        figs += [p.rename(figures / f"{name}-fit.png") for p in drawn if p.name == "sine.png"]
     per_family = {}
     if len(cfg.tasks.families) > 1:  # the mixture, scored family by family with the same params
         for fam in cfg.tasks.families:
@@ -70,7 +70,7 @@ def experiment(name: str, config: str, overrides: list[str], *, quick: bool, epi
     return {"name": name, "config": config, "overrides": overrides + extra, "seed": cfg.seed,
             "meta_iterations": cfg.meta_iterations, "train_seconds": round(train_s, 1),
             "meta_steps_per_s": summary["meta_steps_per_s"], "eval": ev, "per_family": per_family,
-            "figures": [str(p.relative_to(ROOT)) for p in figs]}
+            "figures": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in figs]}
 
 
 def cell(curve: dict, key: str, t: int, scale: float) -> str:
@@ -109,7 +109,8 @@ def render(results: list[dict], env: dict, argv: list[str]) -> str:
             for fam, fev in r["per_family"].items():
                 lines.append(f"| {fam} | " + " | ".join(cell(fev["inits"][n], key, k, scale)
                                                         for n in ("meta", "random", "transfer")) + " |")
-        lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('research')})" for f in r["figures"]] + [""]
+        lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('research') if Path(f).is_relative_to('research') else f})"
+                         for f in r["figures"]] + [""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -125,7 +126,8 @@ def write_section(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="300 meta-iterations and 100 episodes (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="300 meta-iterations and 100 episodes (smoke test): prints the "
+                    "section and writes nothing under research/")
     ap.add_argument("--episodes", type=int, default=500)
     ap.add_argument("--speed-steps", type=int, default=100)
     ap.add_argument("--only", default=None, help="comma list of experiment names")
@@ -136,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [e for e in EXPERIMENTS if not args.only or e[0] in args.only.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "figures" if args.quick else FIGURES  # a smoke run never replaces published figures
         for name, config, overrides, _ in chosen:
             print(f"{name} ...", file=sys.stderr, flush=True)
             results.append(experiment(name, config, overrides, quick=args.quick, episodes=episodes,
-                                      speed_steps=args.speed_steps, work=Path(tmp)))
+                                      speed_steps=args.speed_steps, work=Path(tmp), figures=figures))
+    if args.quick:
+        print(render(results, env, sys.argv[1:] if argv is None else argv))
+        return 0
     out = ROOT / "research" / "research_questions.json"
     io.write_json(out, {"environment": env, "argv": sys.argv[1:], "results": results}, indent=1)
     write_section(render(results, env, sys.argv[1:] if argv is None else argv))
