@@ -140,3 +140,37 @@ class _Spy:
     def sample_test(self, key, n):
         self.sizes.append(n)
         return self.tasks.sample_test(key, n)
+
+
+def test_a_peft_base_that_does_not_exist_is_an_error_before_anything_runs():
+    from reptile_fn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="peft.base = /nonexistent.safetensors does not exist"):
+        R.build(C.load(None, ["peft.method=lora", "peft.base=/nonexistent.safetensors"]))
+
+
+def test_an_omniglot_png_claiming_billions_of_pixels_is_refused_without_decoding(tmp_path, monkeypatch):
+    """A zip whose PNG header says 20000×20000: one DataError naming the zip and how to replace it (Pillow's
+    DecompressionBombError used to escape as a traceback)."""
+    import struct
+    import zipfile
+    import zlib
+
+    from reptile_fn.errors import DataError
+    from reptile_fn.tasks import omniglot as O
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    monkeypatch.setenv("REPTILE_FN_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    root.mkdir()
+    with zipfile.ZipFile(root / "images_background.zip", "w") as z:
+        for a in range(3):
+            for c in range(2):
+                for d in range(1, 21):
+                    z.writestr(f"images_background/Alpha{a}/character{c + 1:02d}/{c:04d}_{d:02d}.png", bomb)
+    with pytest.raises(DataError, match=r"corrupt or truncated .*--force"):
+        O.load_set("background", root)

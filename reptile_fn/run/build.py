@@ -239,6 +239,9 @@ def _peft_wiring(cfg: C.Config, base_model: Model):
     from reptile_fn import peft
 
     p = cfg.peft
+    if p.base.endswith(".safetensors") and not Path(p.base).expanduser().is_file():
+        raise ConfigError(f"peft.base = {p.base} does not exist; point it at a plain run's checkpoint.safetensors, or "
+                          "use pretrain, init or random")
     pf = peft.peft_model(base_model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
     inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
                                         reptile=cfg.algorithm == "reptile", meta_learn_head=p.head == "meta")

@@ -170,8 +170,9 @@ def _decode_zip(path: Path, set_name: str, resample: str) -> OmniglotSet:
                         # for "nearest" this equals resizing the 1-bit image, as the reference code did.
                         small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), filters[resample])
                         images[i, d] = 255 - np.asarray(small, dtype=np.uint8)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError) as e:
-        # Pillow raises OSError/SyntaxError/ValueError on broken PNGs; zipfile BadZipFile on a bad CRC.
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # Pillow raises OSError/SyntaxError/ValueError on broken PNGs (DecompressionBombError on a header that claims
+        # billions of pixels, before decoding); zipfile BadZipFile on a bad CRC.
         raise _corrupt(path, e) from None
     return OmniglotSet(images, tuple(characters), tuple(alphabets))
 
@@ -212,8 +213,8 @@ def _index(z: zipfile.ZipFile, path: Path, set_name: str) -> tuple[list[str], li
 
 def _corrupt(path: Path, error: BaseException) -> DataError:
     return DataError(
-        f"{path} is corrupt or truncated ({type(error).__name__}: {error}); delete it and download it again with "
-        f"`reptile-fn download omniglot --data-dir {path.parent}`"
+        f"{path} is corrupt or truncated ({type(error).__name__}: {error}); download it again with "
+        f"`reptile-fn download omniglot --data-dir {path.parent} --force` (it replaces the damaged file)"
     )
 
 
