@@ -56,7 +56,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
 
     ``stop_at`` ends early after that meta-iteration (with a checkpoint), as an interruption would.
     ``callbacks``: objects with ``on_log(iteration, record)`` and ``close()``, told of every metrics
-    record (a progress bar is one). Launched by ``mlx.launch``, each process adapts its block of every
+    record, and optionally ``on_step(iteration)``, told of every meta-iteration (a progress bar is one). Launched by ``mlx.launch``, each process adapts its block of every
     meta-batch and only rank 0 writes files and output; the summary of another rank has no evaluation.
     """
     w = distributed.world()
@@ -86,6 +86,8 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
                     mx.eval(params, state, window)
             at = Progress(params, state, i + 1, window, at.n_window + 1)  # one assignment: Ctrl-C safe
             it = at.iteration
+            for c in callbacks:
+                getattr(c, "on_step", _nothing)(it)
             if it % cfg.log_every == 0 or it == cfg.meta_iterations:
                 record = {"iteration": it, **{k: float(v) / at.n_window for k, v in at.window.items()}}
                 at = at._replace(window={}, n_window=0)
@@ -300,6 +302,10 @@ def _examples_per_step(run: Run) -> int:
     cfg = run.cfg
     support = int(run.sample_train(mx.random.key(0), 1).support_x.shape[1])
     return cfg.meta_batch_size * min(cfg.inner_batch_size or support, support) * cfg.inner_steps
+
+
+def _nothing(*_) -> None:
+    pass
 
 
 def _write(f, record: dict) -> None:

@@ -114,6 +114,9 @@ class Bar:
         self.task = self.p.add_task(label, total=total, completed=start, info="")
         self.p.start()
 
+    def on_step(self, iteration: int) -> None:
+        self.p.update(self.task, completed=iteration)  # cheap: rich redraws at its own rate
+
     def on_log(self, iteration: int, record: dict) -> None:
         info = " ".join(f"{k}={v:.3g}" for k, v in record.items() if k in ("support_loss", "adapted_loss"))
         self.p.update(self.task, completed=iteration, info=info)
