@@ -78,6 +78,8 @@ def test_damaged_checkpoint_metadata_and_nan_parameters_are_refused(tmp_path):
                 {**meta, "iteration": bad})
         with pytest.raises(CheckpointError, match=match):
             _train(None, out, resume=True)
+        with pytest.raises(CheckpointError, match=match):
+            R.load(out / R.CHECKPOINT)  # what eval, adapt and embed read
     nan = {k: mx.full(v.shape, float("nan")) for k, v in params.items()}
     ck.save(out / R.CHECKPOINT, tree_unflatten(list(nan.items())), tree_unflatten(list(state.items())), meta)
     with pytest.raises(CheckpointError, match="NaN/Inf parameters"):

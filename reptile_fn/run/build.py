@@ -324,7 +324,12 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path))
     state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path))
     require_finite(params, checkpoint_path)
-    return run, params, state, int(meta.get("iteration", 0)) if isinstance(meta.get("iteration", 0), int) else 0
+    iteration = meta.get("iteration", 0)
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= cfg.meta_iterations:
+        raise CheckpointError(f"{checkpoint_path} records meta-iteration {iteration!r}, not an integer in 0.."
+                              f"{cfg.meta_iterations} (its meta_iterations): the file was edited or damaged; use a "
+                              "checkpoint written by `reptile-fn train`")
+    return run, params, state, iteration
 
 
 def require_finite(params, source) -> None:
