@@ -81,12 +81,6 @@ def _errors_to_exit(fn):
     return wrapper
 
 
-def _format_peft(p: dict) -> str:
-    ranks = ", ".join(f"{k} {v}" for k, v in p["ranks"].items()) or "none (no adapter)"
-    return (f"peft {p['method']}: {p['adapted']:,} of {p['total']:,} parameters adapt per task, "
-            f"{p['meta_learned']:,} meta-learned; ranks: {ranks}")
-
-
 @app.command()
 @_errors_to_exit
 def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model (a "
@@ -96,9 +90,11 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
     import mlx.core as mx
     import numpy as np
 
+    from reptile_fn import config as C
     from reptile_fn import pretrained
     from reptile_fn.algorithms import ALGORITHMS
     from reptile_fn.config import shipped_names
+    from reptile_fn.run.report import describe_model
     from reptile_fn.tasks import FAMILIES
 
     rows = [
@@ -119,25 +115,7 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
     if config is not None or set_:
-        typer.echo(_describe_model(config, set_))
-
-
-def _describe_model(config: Optional[Path], set_: List[str]) -> str:
-    """Parameter counts of a config's model: total, adapted per task, meta-learned (PEFT: the adapter)."""
-    import mlx.core as mx
-
-    from reptile_fn import config as C
-    from reptile_fn import tree as T
-    from reptile_fn.run import build, peft_summary
-
-    cfg = C.load(config, set_)
-    run = build(cfg)
-    params = run.model.init(mx.random.key(cfg.seed))  # shapes only: a random base stands in for a pretrained one
-    if run.peft is not None:
-        return f"{'parameters':<14} " + _format_peft(peft_summary(run, params))
-    total = T.param_count(params)
-    adapted = T.param_count(T.partition(params, run.inner.trainable)[0])
-    return f"{'parameters':<14} {C.model_kind(cfg)}: {adapted:,} of {total:,} adapt per task, {total:,} meta-learned"
+        typer.echo(describe_model(C.load(config, set_)))
 
 
 @app.command()
@@ -182,6 +160,7 @@ def train(
     from reptile_fn import config as C
     from reptile_fn.run import format_results, stored_config
     from reptile_fn.run import train as run_train
+    from reptile_fn.run.report import format_peft
 
     name = config.stem if config else "default"
     out = out or Path("runs") / name
@@ -197,7 +176,7 @@ def train(
             "adapted/s)" if summary["meta_steps_per_s"] else "")
     typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s{rate}; run in {out}")
     if "peft" in summary:
-        typer.echo(_format_peft(summary["peft"]) + f"; adapter in {out / 'adapter'}")
+        typer.echo(format_peft(summary["peft"]) + f"; adapter in {out / 'adapter'}")
     if "eval" in summary:
         typer.echo(format_results(summary["eval"]))
 
@@ -414,5 +393,19 @@ def bench(ctx: typer.Context) -> None:
             raise typer.Exit(e.code if isinstance(e.code, int) else 1) from None
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``reptile-fn`` entry point: the app, with click's usage errors (a bad option value, a missing
+    option) as one ``error:`` line and exit status 2, as every other error."""
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")  # typer's own click
+    try:
+        code = app(standalone_mode=False)  # returns the status of typer.Exit (our errors: 2; Ctrl-C: 130)
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except usage_error as e:
+        command = f" {e.ctx.command_path.split(' ', 1)[-1]}" if getattr(e, "ctx", None) and " " in e.ctx.command_path else ""
+        typer.echo(f"error: {e.format_message().rstrip('.')}; see reptile-fn{command} --help", err=True)
+        raise SystemExit(2) from None
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

@@ -223,3 +223,23 @@ def test_data_dir_with_a_hash_or_named_null_reaches_the_loader(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["validate", "--set", "tasks.dataset=omniglot", "--data-dir", name])
     _user_error(result, f"{name}/omniglot/images_background.zip")  # not $REPTILE_FN_DATA, not a cut-off path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--checkpoint", "x", "--episodes", "0"], "error: Invalid value for '--episodes'"),
+    (["train", "--bogus"], "error: No such option: --bogus"),
+    (["eval"], "error: Missing option '--checkpoint'; see reptile-fn eval --help"),
+    (["bogus"], "error: No such command 'bogus'"),
+    (["validate", "--set", "inner_lr=nan"], "error: built-in default config with --set inner_lr=nan"),
+])
+def test_usage_errors_are_one_error_line_from_the_installed_command(args, message, tmp_path):
+    """click's own errors (a bad option value, a missing or unknown option or command) and ours, through the
+    console script's entry point (cli.main): one line, exit 2."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "from reptile_fn.cli import main; main()", *args],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr

@@ -109,6 +109,8 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
             saver.save(at)
             why = "terminated" if isinstance(stop, Terminated) else "interrupted"
             log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
+        if isinstance(stop, Terminated):
+            raise SystemExit(143) from None  # what SIGTERM's default action reports, after saving
         raise
     except RuntimeError as e:
         if not distributed.lost_peer(e):
@@ -125,7 +127,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM during training: handled like Ctrl-C (a checkpoint is saved), then re-raised."""
+    """SIGTERM during training: handled like Ctrl-C (a checkpoint is saved), then the process exits with 143."""
 
 
 _sigterm_previous: list = []

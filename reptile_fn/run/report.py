@@ -171,6 +171,27 @@ def adaptation_speed(ev: dict, k: int) -> dict:
             "horizon": steps[-1], "meta_steps": t_meta, "inits": rows}
 
 
+def describe_model(cfg) -> str:
+    """Parameter counts of a config's model: total, adapted per task, meta-learned (PEFT: the adapter)."""
+    from reptile_fn import config as C
+    from reptile_fn.run.build import build
+
+    run = build(cfg)
+    params = run.model.init(mx.random.key(cfg.seed))  # shapes only: a random base stands in for a pretrained one
+    if run.peft is not None:
+        return f"{'parameters':<14} " + format_peft(peft_summary(run, params))
+    total = T.param_count(params)
+    adapted = T.param_count(T.partition(params, run.inner.trainable)[0])
+    return f"{'parameters':<14} {C.model_kind(cfg)}: {adapted:,} of {total:,} adapt per task, {total:,} meta-learned"
+
+
+def format_peft(p: dict) -> str:
+    """One line: a PEFT run's method, adapted and meta-learned parameter counts, and per-weight ranks."""
+    ranks = ", ".join(f"{k} {v}" for k, v in p["ranks"].items()) or "none (no adapter)"
+    return (f"peft {p['method']}: {p['adapted']:,} of {p['total']:,} parameters adapt per task, "
+            f"{p['meta_learned']:,} meta-learned; ranks: {ranks}")
+
+
 def peft_summary(run: Run, params) -> dict:
     """Method, per-weight ranks, and total / adapted / meta-learned parameter counts of a PEFT run."""
     from reptile_fn import peft
