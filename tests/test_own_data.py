@@ -116,17 +116,32 @@ def test_a_shipped_omniglot_init_adapts_to_colour_images(tmp_path):
     assert pred.accuracy > 1 / 3
 
 
+def test_adapt_to_more_classes_than_the_init_was_meta_trained_on(image_run, tmp_path):
+    """A 2-way init adapts to 3 classes: its head grows (new outputs start at the mean of the meta-learned
+    ones), and the adapted checkpoint reloads as a 3-way model."""
+    root, out = image_run
+    support = write_images(tmp_path / "support", range(50, 53), 3, 7)
+    query = write_images(tmp_path / "query", range(50, 53), 4, 8)
+    pred, run, state = adapt_to(out / "checkpoint.safetensors", support, query, steps=10)
+    assert pred.probabilities.shape == (12, 3) and pred.accuracy > 0.5  # chance: 1/3
+    assert pred.params["head"]["w"].shape[-1] == 3 and run.cfg.tasks.n_way == 3
+    from reptile_fn.run.adapt import save_predictions
+
+    save_predictions(pred, run, state, tmp_path / "pred", source="test")
+    again, params, _, _ = load(tmp_path / "pred" / "adapted.safetensors", with_tasks=False)
+    assert again.cfg.tasks.n_way == 3 and np.array_equal(np.array(params["head"]["w"]), np.array(pred.params["head"]["w"]))
+
+
 def test_adapt_errors_name_the_problem(image_run, tmp_path):
     root, out = image_run
-    support = write_images(tmp_path / "support", range(50, 53), 2, 7)
-    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
-                                      str(support), "--query", str(support), "--out", str(tmp_path / "p")])
-    assert result.exit_code == 2 and "has 3 classes but this initialization's head has 2 outputs" in result.output
     two = write_images(tmp_path / "two", range(50, 52), 2, 7)
     other = write_images(tmp_path / "other_classes", range(60, 62), 2, 7)
     result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
                                       str(two), "--query", str(other), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "classes the support set does not" in result.output
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(tmp_path / "missing"), "--query", str(other), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "missing" in result.output
     assert not (tmp_path / "p").exists()  # nothing written on failure
 
 

@@ -13,12 +13,14 @@ about. ``save_predictions`` writes ``predictions.csv``, ``predictions.json`` and
 from __future__ import annotations
 
 import csv as _csv
+import dataclasses
 import io as _io
 from pathlib import Path
 from typing import NamedTuple
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_map_with_path
 
 from reptile_fn import checkpoint, io
 from reptile_fn import config as C
@@ -66,10 +68,11 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
     run, params, state, _ = load(checkpoint_path, overrides, with_tasks=False)
     reader = _reader(run)
     shots = reader(Path(support), None)
-    n_way = run.cfg.tasks.n_way
-    if len(shots.classes) > n_way:
-        raise DataError(f"{support} has {len(shots.classes)} classes but this initialization's head has {n_way} outputs "
-                        f"({n_way}-way); give at most {n_way} classes, or meta-train a {len(shots.classes)}-way run")
+    n = len(shots.classes)
+    if n > run.cfg.tasks.n_way:  # more classes than the head has outputs: grow it (see _widened)
+        cfg = dataclasses.replace(run.cfg, tasks=dataclasses.replace(run.cfg.tasks, n_way=n))
+        run = dataclasses.replace(run, cfg=cfg, shapes=(run.in_dim, n))
+        params, state = _widened(params, n), _widened(state, n)
     asked = reader(Path(query), shots.classes)
     if C.model_kind(run.cfg) == "text":  # sentences of both sets padded to one length (padding is masked)
         length = max(shots.x.shape[-1], asked.x.shape[-1])
@@ -81,6 +84,21 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
              for i in range(0, asked.x.shape[0], QUERY_CHUNK)]
     probabilities = np.concatenate([np.array(p) for p in probs])
     return Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps), run, state
+
+
+def _widened(tree: Tree, n: int) -> Tree:
+    """``tree`` with every head leaf (a path ending ``head.w`` or ``head.b``: the parameters, and the optimizer
+    moments or learned rates kept for them) grown to ``n`` outputs along its last axis, each new output the
+    mean of the meta-learned ones. A meta-learned head's outputs are interchangeable (task labels are
+    arbitrary), so their mean is the natural start for a class it never had; the support set then tells the
+    outputs apart. The model's ``apply`` takes a head of any width."""
+    def grow(path: str, a: mx.array) -> mx.array:
+        if path.split(".")[-2:-1] != ["head"] or a.shape[-1] >= n:
+            return a
+        mean = mx.mean(a, axis=-1, keepdims=True)
+        return mx.concatenate([a, mx.broadcast_to(mean, (*a.shape[:-1], n - a.shape[-1]))], axis=-1)
+
+    return tree_map_with_path(grow, tree)
 
 
 def save_predictions(pred: Predictions, run: Run, state, out_dir: str | Path, *, source: str) -> list[Path]:
@@ -101,8 +119,9 @@ def save_predictions(pred: Predictions, run: Run, state, out_dir: str | Path, *,
     written = [io.write_text(out / "predictions.csv", buf.getvalue()),
                io.write_json(out / "predictions.json", {"checkpoint": source, "steps": pred.steps, "classes": list(pred.classes),
                                                          "accuracy": pred.accuracy, "predictions": rows})]
-    meta = {"config": C.to_dict(run.cfg), "iteration": 0, "adapted": {"from": source, "steps": pred.steps,
-                                                                      "classes": list(pred.classes)}}
+    meta = {"config": C.to_dict(run.cfg), "iteration": 0, "shapes": [list(run.in_dim) if isinstance(run.in_dim, tuple)
+                                                                     else run.in_dim, run.shapes[1]],
+            "adapted": {"from": source, "steps": pred.steps, "classes": list(pred.classes)}}
     written.append(checkpoint.save(out / "adapted.safetensors", pred.params, state, meta, reference=run.rebuilt_init))
     return written
 
