@@ -1,70 +1,17 @@
-"""Progress of long work: a bar with an ETA on a terminal, plain periodic lines otherwise.
+"""Progress of the training loop: a bar with an ETA on a terminal, plain periodic lines otherwise.
 
-The training loop's callbacks (``on_log(iteration, record)`` after each metrics record, ``close()``)
-are ``Bar``, ``Lines`` or ``NoProgress``. Every other long phase (evaluation, pretraining a baseline)
-reports through ``task(label, total)``, which prints nothing unless ``enable()`` was called (the CLI
-does): a library call stays quiet.
+The loop's callbacks (``on_step(iteration)``, ``on_log(iteration, record)`` after each metrics record,
+``close()``) are ``Bar``, ``Lines`` or ``NoProgress``. Every other long phase reports through
+``reptile_fn.progress.task`` (re-exported here with ``enable``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
-LINE_EVERY = 30.0  # seconds between progress lines off a terminal
-_enabled = {"on": False}
-
-
-def enable(on: bool = True) -> None:
-    """Report long phases on stderr (the CLI turns this on)."""
-    _enabled["on"] = on
-
-
-class Task:
-    """One long phase of ``total`` units: ``advance(n)`` as they are done."""
-
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.done, self.t0 = label, max(int(total), 1), 0, time.perf_counter()
-        self.bar = Bar(0, self.total, label) if sys.stderr.isatty() else None
-        self.last = self.t0
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.p.update(self.bar.task, completed=self.done)
-            return
-        now = time.perf_counter()
-        if now - self.last >= LINE_EVERY or self.done >= self.total:
-            self.last = now
-            elapsed = now - self.t0
-            eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-            print(f"{self.label}: {self.done}/{self.total} ({elapsed:.0f} s, eta {eta:.0f} s)", file=sys.stderr,
-                  flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _Quiet:
-    def advance(self, n: int = 1) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def task(label: str, total: int) -> Iterator[Task | _Quiet]:
-    """A ``Task`` while the block runs if reporting is enabled, else an object that ignores ``advance``."""
-    if not _enabled["on"]:
-        yield _Quiet()
-        return
-    t = Task(label, total)
-    try:
-        yield t
-    finally:
-        t.close()
-
+from reptile_fn.progress import LINE_EVERY, enable, task  # noqa: F401 (the shell's one place for progress)
 
 class NoProgress:
     def on_log(self, iteration: int, record: dict) -> None:

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
+from reptile_fn import progress
 from reptile_fn.errors import DataError
 
 import numpy as np
@@ -175,7 +176,12 @@ def read_image(opener: Callable, name: str, shown: str, size: int) -> tuple[np.n
 
 def read_classes(names: list[list[str]], size: int, opener: Callable, show: Callable) -> tuple[np.ndarray, np.ndarray]:
     """Every class's images decoded: (images uint8 (N, S, S, C), counts int32)."""
-    decoded = [read_image(opener, name, show(name), size) for files in names for name in files]
+    decoded = []
+    with progress.task(f"decoding {sum(map(len, names))} images (once; then cached)", sum(map(len, names))) as bar:
+        for files in names:
+            for name in files:
+                decoded.append(read_image(opener, name, show(name), size))
+                bar.advance()
     gray = all(g for _, g in decoded)
     images = np.stack([a if gray or not g else np.repeat(a[..., None], 3, axis=-1) for a, g in decoded])
     return (images[..., None] if gray else images), np.array([len(f) for f in names], dtype=np.int32)

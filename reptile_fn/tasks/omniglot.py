@@ -49,7 +49,7 @@ from typing import ClassVar, NamedTuple, Sequence
 import mlx.core as mx
 import numpy as np
 
-from reptile_fn import datasets
+from reptile_fn import datasets, progress
 from reptile_fn.episode import Episode, check_classes, sample_class_episodes
 from reptile_fn.errors import ConfigError, DataError, check_choice, check_int
 from reptile_fn.tasks.splits import group_split, shuffled
@@ -160,21 +160,31 @@ def _decode_zip(path: Path, set_name: str, resample: str) -> OmniglotSet:
         with zipfile.ZipFile(path) as z:
             characters, alphabets, members = _index(z, path, set_name)
             images = np.empty((len(characters), N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-            for i, files in enumerate(members):
-                for d, name in enumerate(files):
-                    with Image.open(io.BytesIO(z.read(name))) as im:
-                        if im.size != (SOURCE_SIZE, SOURCE_SIZE):
-                            raise _layout(path, set_name, f"{name} is {im.size[0]}×{im.size[1]} pixels, "
-                                                          f"expected {SOURCE_SIZE}×{SOURCE_SIZE}")
-                        # "L" first, so the filter is honoured (Pillow resizes 1-bit images nearest-only);
-                        # for "nearest" this equals resizing the 1-bit image, as the reference code did.
-                        small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), filters[resample])
-                        images[i, d] = 255 - np.asarray(small, dtype=np.uint8)
+            with progress.task(f"decoding {path.name} (once; then cached)", len(characters)) as bar:
+                for i, files in enumerate(members):
+                    _decode_character(z, files, images[i], path, set_name, filters[resample])
+                    bar.advance()
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # Pillow raises OSError/SyntaxError/ValueError on broken PNGs (DecompressionBombError on a header that claims
         # billions of pixels, before decoding); zipfile BadZipFile on a bad CRC.
         raise _corrupt(path, e) from None
     return OmniglotSet(images, tuple(characters), tuple(alphabets))
+
+
+def _decode_character(z: zipfile.ZipFile, files: list[str], out: np.ndarray, path: Path, set_name: str,
+                      resample) -> None:
+    """One character's drawings from the zip into ``out`` (20, 28, 28), ink = 255."""
+    from PIL import Image
+
+    for d, name in enumerate(files):
+        with Image.open(io.BytesIO(z.read(name))) as im:
+            if im.size != (SOURCE_SIZE, SOURCE_SIZE):
+                raise _layout(path, set_name, f"{name} is {im.size[0]}×{im.size[1]} pixels, "
+                                              f"expected {SOURCE_SIZE}×{SOURCE_SIZE}")
+            # "L" first, so the filter is honoured (Pillow resizes 1-bit images nearest-only);
+            # for "nearest" this equals resizing the 1-bit image, as the reference code did.
+            small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), resample)
+            out[d] = 255 - np.asarray(small, dtype=np.uint8)
 
 
 def _index(z: zipfile.ZipFile, path: Path, set_name: str) -> tuple[list[str], list[str], list[list[str]]]:
