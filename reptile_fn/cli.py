@@ -85,7 +85,8 @@ def _errors_to_exit(fn):
 @_errors_to_exit
 def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model (a "
                                               "YAML file or a shipped config's name)."),
-         set_: List[str] = SetOpt) -> None:
+         set_: List[str] = SetOpt,
+         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="A shipped init's model card.")) -> None:
     """Versions, device, BLAS, and the task families and algorithms available."""
     import mlx.core as mx
     import numpy as np
@@ -114,6 +115,10 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
     ]
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
+    if checkpoint is not None:
+        card = pretrained.card(checkpoint)
+        typer.echo(pretrained.format_card(card) if card else f"{checkpoint}: no model card (cards come with the "
+                   f"shipped initializations: {', '.join(pretrained.names())})")
     if config is not None or set_:
         typer.echo(describe_model(C.load(config, set_)))
 

@@ -243,3 +243,19 @@ def test_usage_errors_are_one_error_line_from_the_installed_command(args, messag
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_every_shipped_init_has_a_model_card_that_info_prints():
+    from typer.testing import CliRunner
+
+    from reptile_fn import pretrained
+    from reptile_fn.cli import app
+
+    for name in pretrained.names():
+        card = pretrained.card(name)
+        assert card is not None and card["name"] == name, name
+        assert {"task", "protocol", "training", "scores", "evaluate", "notes"} <= set(card)
+        assert all({"split", "episodes", "mode", "accuracy", "ci95", "steps"} <= set(s) for s in card["scores"])
+        out = CliRunner().invoke(app, ["info", "--checkpoint", name])
+        assert out.exit_code == 0 and f"{name}: " in out.output and "score " in out.output and "check " in out.output
+    assert pretrained.card(pretrained.HERE / "nonexistent.safetensors") is None

@@ -3,12 +3,13 @@
 ``reptile-fn eval --checkpoint omniglot-5w1s --data-dir DIR`` (or ``reptile_fn.run.load("omniglot-5w1s")``)
 resolves a name listed here to the safetensors file beside this module. Each file is a normal
 checkpoint (parameters, algorithm state, the run config in its metadata, with ``tasks.data_dir``
-unset so that ``--data-dir`` / ``$REPTILE_FN_DATA`` apply). ``research/results.md`` says how each
-was trained and what it scores.
+unset so that ``--data-dir`` / ``$REPTILE_FN_DATA`` apply), with a model card ``<name>.json`` (protocol,
+training, scores with CIs, the commands; ``card``, ``format_card``; ``reptile-fn info --checkpoint NAME``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from reptile_fn.errors import CheckpointError
@@ -33,6 +34,28 @@ def resolve(checkpoint: str | Path) -> Path:
         raise CheckpointError(f"{checkpoint!r} is neither a file nor a shipped initialization "
                               f"(shipped: {shipped}); pass a checkpoint.safetensors written by `reptile-fn train`")
     return p  # a path that does not exist: checkpoint.load names it
+
+
+def card(name_or_path: str | Path) -> dict | None:
+    """The model card of a shipped initialization (``<name>.json`` beside it), or None."""
+    path = HERE / f"{Path(name_or_path).stem}.json"
+    return json.loads(path.read_text()) if is_shipped(resolve(name_or_path)) and path.is_file() else None
+
+
+def format_card(c: dict) -> str:
+    """A model card as a few lines: what it is, how it was trained, what it scores and the command to check it."""
+    t = c["training"]
+    lines = [f"{c['name']}: {c['task']}", f"  protocol   {c['protocol']}",
+             f"  trained    {t['algorithm']}; {t['meta_iterations']:,} meta-iterations (paper: "
+             f"{t['paper_meta_iterations']:,}), meta-batch {t['meta_batch_size']}", f"  command    {t['command']}"]
+    for s in c["scores"]:
+        lines.append(f"  score      {s['accuracy']:.2f} ± {s['ci95']:.2f}% on {s['split']}, {s['mode']}, {s['episodes']} "
+                     f"episodes, {s['steps']} steps")
+    p = c.get("paper")
+    if p:
+        lines.append(f"  paper      {p['transductive']} transductive / {p['non_transductive']} non-transductive ({p['note']})")
+    lines += [f"  check      {c['evaluate']}", f"  notes      {c['notes']}"]
+    return "\n".join(lines)
 
 
 def is_shipped(path: Path) -> bool:
