@@ -69,7 +69,7 @@ def _errors_to_exit(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from reptile_fn.run import progress
+        from reptile_fn import progress
 
         progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
         try:

@@ -23,13 +23,15 @@ from mlx.utils import tree_flatten
 from reptile_fn.tree import Tree
 
 
-def _file_mode() -> int:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
 
 
-FILE_MODE = _file_mode()  # what open() gives a new file: mkstemp's 0600 would differ from file to file
+UMASK = _umask()
+FILE_MODE = 0o666 & ~UMASK  # what open() gives a new file: mkstemp's 0600 would differ from file to file
+DIR_MODE = 0o777 & ~UMASK  # what mkdir gives a new folder: mkdtemp's 0700 likewise
 
 
 @contextlib.contextmanager

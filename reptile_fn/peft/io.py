@@ -52,7 +52,7 @@ def save_adapters(directory: str | Path, params: Tree, learned: list[str], confi
         with io.atomic_path(new / ADAPTERS, ".safetensors") as tmp:
             mx.save_safetensors(str(tmp), dict(tree_flatten(chosen)))
         io.write_text(new / ADAPTER_CONFIG, json.dumps(meta, indent=2, sort_keys=True))
-        os.chmod(new, 0o777 & ~_umask())
+        os.chmod(new, io.DIR_MODE)
         old = d.with_name(f".{d.name}.{new.name.split('.')[-2]}.old")
         if d.exists():
             os.rename(d, old)
@@ -60,12 +60,6 @@ def save_adapters(directory: str | Path, params: Tree, learned: list[str], confi
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(new, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _recovered(d: Path) -> Path:

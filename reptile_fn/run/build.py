@@ -112,7 +112,8 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
     tasks = make_tasks(cfg, tokenizer=encoder[2] if encoder else None) if shapes is None else None
     shapes = (tasks.in_dim, tasks.out_dim) if shapes is None else shapes
     model = make_model(cfg, *shapes, encoder)
-    classification = C.model_kind(cfg) != "mlp" or _families(cfg).kind == "classification"
+    classification = (tasks.kind if tasks is not None else _families(cfg).kind if C.model_kind(cfg) == "mlp"
+                      else "classification") == "classification"
     loss = cross_entropy if classification else mse
     patterns = (HEAD,) if cfg.algorithm == "anil" and tuple(cfg.trainable) == ("*",) else cfg.trainable
     if cfg.peft.method == "none" and tuple(patterns) != ("*",):  # patterns that adapt nothing are a typo
@@ -324,12 +325,16 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path))
     state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path))
     require_finite(params, checkpoint_path)
-    iteration = meta.get("iteration", 0)
+    return run, params, state, checked_iteration(meta.get("iteration", 0), cfg, checkpoint_path)
+
+
+def checked_iteration(iteration, cfg: C.Config, source) -> int:
+    """A saved run's meta-iteration, if it is an integer within its meta_iterations; else a CheckpointError."""
     if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= cfg.meta_iterations:
-        raise CheckpointError(f"{checkpoint_path} records meta-iteration {iteration!r}, not an integer in 0.."
+        raise CheckpointError(f"{source} records meta-iteration {iteration!r}, not an integer in 0.."
                               f"{cfg.meta_iterations} (its meta_iterations): the file was edited or damaged; use a "
                               "checkpoint written by `reptile-fn train`")
-    return run, params, state, iteration
+    return iteration
 
 
 def require_finite(params, source) -> None:

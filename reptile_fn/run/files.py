@@ -15,6 +15,7 @@ import mlx.core as mx
 
 from reptile_fn import checkpoint, io
 from reptile_fn import config as C
+from reptile_fn.run.build import checked_iteration
 from reptile_fn.errors import CheckpointError, ConfigError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -36,12 +37,7 @@ class Saved:
                                   "it was not written by `reptile-fn train`")
         self.path, self.arrays = path, arrays
         self.cfg = C.from_dict(meta["config"], source=str(path), stored=True)
-        self.iteration = meta["iteration"]
-        if isinstance(self.iteration, bool) or not isinstance(self.iteration, int) or \
-                not 0 <= self.iteration <= self.cfg.meta_iterations:
-            raise CheckpointError(f"{path} records meta-iteration {self.iteration!r}, not an integer in 0.."
-                                  f"{self.cfg.meta_iterations} (its meta_iterations); the file was edited or "
-                                  "damaged: resume from a checkpoint written by `reptile-fn train`")
+        self.iteration = checked_iteration(meta["iteration"], self.cfg, path)
         lw = meta.get("log_window") or {"count": 0, "sums": {}}
         try:
             self.window = {str(k): mx.array(float(v), dtype=mx.float32) for k, v in lw["sums"].items()}

@@ -74,7 +74,8 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     callbacks = (*callbacks, *_progress(progress, w, at.iteration, cfg, log))
     metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
     t0, first = time.perf_counter(), at.iteration
-    _on_sigterm()
+    stack = contextlib.ExitStack()
+    stack.enter_context(_sigterm_as_interrupt())
     try:
         for i in range(first, end):
             params, state, metrics = step(at.params, at.state, iteration_keys[i])
@@ -117,9 +118,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
             raise
         raise distributed.DistributedError(saver.lost(at.iteration, str(e))) from e
     finally:
-        previous = _sigterm_previous.pop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stack.close()
         for c in callbacks:
             c.close()
         metrics_file.close()
@@ -130,18 +129,21 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM during training: handled like Ctrl-C (a checkpoint is saved), then the process exits with 143."""
 
 
-_sigterm_previous: list = []
-
-
-def _on_sigterm() -> None:
-    """Turn SIGTERM into ``Terminated`` while the loop runs (main thread only; elsewhere signals cannot be set)."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises ``Terminated`` while the block runs (main thread only; elsewhere signals cannot be set)."""
     def handler(signum, frame):
         raise Terminated()
 
     try:
-        _sigterm_previous.append(signal.signal(signal.SIGTERM, handler))
+        previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
-        _sigterm_previous.append(None)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World,

@@ -2,7 +2,7 @@
 
 The loop's callbacks (``on_step(iteration)``, ``on_log(iteration, record)`` after each metrics record,
 ``close()``) are ``Bar``, ``Lines`` or ``NoProgress``. Every other long phase reports through
-``reptile_fn.progress.task`` (re-exported here with ``enable``).
+``reptile_fn.progress.task``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable
 
-from reptile_fn.progress import LINE_EVERY, enable, task  # noqa: F401 (the shell's one place for progress)
+from reptile_fn.progress import LINE_EVERY
 
 class NoProgress:
     def on_log(self, iteration: int, record: dict) -> None:

@@ -23,7 +23,7 @@ from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
 from reptile_fn.run.build import Run, evaluation_loop, run_keys
 from reptile_fn.run.files import METRICS, SUMMARY, stored_config
-from reptile_fn.run.progress import task
+from reptile_fn.progress import task
 
 PEFT_BASELINES = ("lora0", "base-full", "base-head", "random")
 
