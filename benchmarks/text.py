@@ -30,6 +30,10 @@ in meta-training), mean ± 95% CI:
   (d'') another Reptile run, not chosen (``--run reptile-untuned=DIR``; optional)
   (e) FOMAML-meta-learned LoRA + head init (``--run fomaml=DIR``)
   (f) full fine-tuning of encoder + head (the runs' ``base-full`` baseline)
+  (c+), (d+), (e+), (f+): the same with the head rebuilt from every support set as its prototype classifier
+      (``peft.head: prototypes``; (d+), (e+): runs meta-trained that way, ``--run reptile-proto=DIR``)
+  (g) SetFit-style (Tunstall et al. 2022): the fresh adapter adapts on the support set's sentence pairs
+      (cosine similarity regressed onto same-class), then the prototype head of the adapted embeddings
 
 (a) and (b) run on cached embeddings (every sentence embedded once, ``text.frozen.embed_classes``);
 (c)-(f) run the encoder in every inner step. Also reported: trainable parameters and seconds per
@@ -51,6 +55,7 @@ from functools import partial
 from pathlib import Path
 
 import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
+from reptile_fn import heads, peft
 from reptile_fn import run as R
 from reptile_fn import tree as T
 from reptile_fn.evaluate import mean_ci, per_episode_curves
@@ -76,12 +81,18 @@ SHOTS = (1, 5)
 N_WAY, QUERY = 5, 5
 HEAD_LRS = (1.0, 3.0, 10.0, 30.0)  # frozen head: chosen on CLINC150's validation domains
 VAL_EPISODES = 200
-RUN_ROWS = ("reptile", "reptile-zero", "reptile-untuned", "fomaml")  # --run NAME=DIR: meta-trained inits
+RUN_ROWS = ("reptile", "reptile-zero", "reptile-untuned", "fomaml", "reptile-proto", "fomaml-proto")  # --run NAME=DIR
+BASELINE_ROWS = ("lora0", "lora0-proto", "setfit", "full", "full-proto")  # from the first run's pretrained base
 ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on the (c)-(f) episodes",
         "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
+        "lora0-proto": "(c+) fresh LoRA, prototype head",
         "reptile": "(d) Reptile LoRA + head", "reptile-zero": "(d') Reptile LoRA, zero head",
         "reptile-untuned": "(d'') Reptile LoRA + head, not chosen",
-        "fomaml": "(e) FOMAML LoRA + head", "full": "(f) full fine-tuning"}
+        "reptile-proto": "(d+) Reptile LoRA, prototype head",
+        "fomaml": "(e) FOMAML LoRA + head", "fomaml-proto": "(e+) FOMAML LoRA, prototype head",
+        "full": "(f) full fine-tuning", "full-proto": "(f+) full fine-tuning, prototype head",
+        "setfit": "(g) SetFit-style LoRA, prototype head"}
+HEAD_VAL = ROOT / "research" / "text_head_val.json"  # benchmarks/text_head_val.py: the prototype rows' settings
 
 
 def capped(tasks, per_class: int | None):
@@ -153,16 +164,35 @@ def encoder_inits(args, name: str, run_dir: str, first: bool, target: str, split
         overrides.append(f"tasks.data_dir={args.data_dir}")
     run, params, state, iteration = R.load(Path(run_dir) / R.CHECKPOINT, overrides)
     run = dataclasses.replace(run, tasks=capped(run.tasks, args.per_class))
-    rows = {name: (run, params, R.evaluation_loop(run, state), iteration)}
+    rows = {name: (run, params, R.evaluation_loop(run, state), iteration, {})}
     if first and args.baselines:  # the baselines once per cell, from the first run's base
-        b = R.baseline_inits(run, ("lora0", "base-full"))
-        fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
-        full_lr = tree_map_with_path(lambda path, a: run.cfg.inner_lr if path.startswith("base.head") else args.full_lr,
-                                     fast, is_leaf=lambda a: isinstance(a, mx.array))
-        rows["lora0"] = (run, b["lora0"].params, R.evaluation_loop(run, trainable=b["lora0"].trainable), None)
-        rows["full"] = (run, b["base-full"].params,
-                        R.evaluation_loop(run, trainable=b["base-full"].trainable)._replace(lr=full_lr), None)
+        rows.update(baseline_rows(args, run))
     return {row: v for row, v in rows.items() if not args.only or row in args.only}
+
+
+def baseline_rows(args, run) -> dict:
+    """(c), (f) and their prototype-head variants (c+), (f+), and (g) SetFit-style, from ``run``'s pretrained base.
+
+    (c+)/(f+): the head starts every episode as the support set's prototype classifier (``heads.prototype_head``,
+    temperature and adapter rate chosen on validation domains: ``benchmarks/text_head_val.py``). (g): the adapter
+    alone adapts on the support set's sentence pairs (``heads.pair_loss``) and the query is scored by the prototype
+    head of the adapted embeddings; at 0 steps it is (a).
+    """
+    b = R.baseline_inits(run, ("lora0", "base-full"))
+    fast, _ = T.partition(b["base-full"].params, b["base-full"].trainable)
+    full_lr = tree_map_with_path(lambda path, a: run.cfg.inner_lr if path.startswith("base.head") else args.full_lr,
+                                 fast, is_leaf=lambda a: isinstance(a, mx.array))
+    lora0 = R.evaluation_loop(run, trainable=b["lora0"].trainable)._replace(head_init=None)
+    full = R.evaluation_loop(run, trainable=b["base-full"].trainable)._replace(lr=full_lr, head_init=None)
+    apply, at = run.model.apply, "base.head"
+    proto = heads.prototype_head(apply, at, args.head_scale)
+    setfit = lora0._replace(lr=args.setfit_lr, trainable=T.match(peft.ADAPTER_TRAINABLE))
+    return {"lora0": (run, b["lora0"].params, lora0, None, {}),
+            "lora0-proto": (run, b["lora0"].params, lora0._replace(head_init=proto, lr=args.proto_lr), None, {}),
+            "setfit": (run, b["lora0"].params, setfit, None, {"objective": (heads.features(apply, at), heads.pair_loss),
+                                                             "rehead": heads.prototype_head(apply, at)}),
+            "full": (run, b["base-full"].params, full, None, {}),
+            "full-proto": (run, b["base-full"].params, full._replace(head_init=proto), None, {})}
 
 
 def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done=lambda cells: None) -> dict:
@@ -196,17 +226,17 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
                     cells[target, k] = (first.tasks.sample_test(sample_key, args.episodes) if first else None,
                                         adapt_key, inits)
                 episodes, adapt_key, inits = cells[target, k]
-                for row, (run, p, loop, iteration) in inits.items():
+                for row, (run, p, loop, iteration, options) in inits.items():
                     have = cell.get(row, {}).get("correct", [])
                     if len(have) >= hi:
                         continue
                     part = type(episodes)(*(a[len(have):hi] for a in episodes))
-                    chunk = args.chunk if row != "full" else max(1, args.chunk // 4)
+                    chunk = args.chunk if not row.startswith("full") else max(1, args.chunk // 4)
                     t0 = time.perf_counter()
                     acc = per_episode_curves(loop._replace(steps=steps), run.model.apply, run.loss, p, part,
                                              metric=run.metric, key=adapt_key, record=record,
                                              transductive=run.cfg.eval.transductive,
-                                             split=partial(by_length, chunk=chunk))["metric"]
+                                             split=partial(by_length, chunk=chunk), **options)["metric"]
                     took = time.perf_counter() - t0
                     seconds = cell.get(row, {}).get("seconds_total", 0.0) + took
                     n_timed, s_timed = timed.get((key, row), (0, 0.0))
@@ -215,6 +245,8 @@ def encoder_rows(args, runs: dict, steps: int, protos: dict, resumed: dict, done
                     n_adapt = T.param_count(T.partition(p, loop.trainable)[0])
                     cell[row] = encoder_row(correct, n_query, seconds, n_adapt, record, k, steps,
                                             protos[key][:len(correct)] if row in RUN_ROWS else None, timed[key, row])
+                    if options or loop.head_init is not None:
+                        cell[row]["head"] = "prototypes"
                     if iteration is not None:
                         cell[row]["meta_iterations"] = iteration
                     print(f"{target} {k}-shot {row}: {cell[row]['accuracy'][-1]:.2f}% after {steps} steps on "
@@ -251,7 +283,7 @@ def add_rows(res: dict, other: dict, source) -> None:
         sys.exit(f"--add {source}: measured with other --episodes / --steps than {JSON}")
     for key, rows in other["cells"].items():
         for name, row in rows.items():
-            if name in ("lora0", "full", *RUN_ROWS):
+            if name in (*BASELINE_ROWS, *RUN_ROWS):
                 res["cells"].setdefault(key, {})[name] = row
     res["runs"] = {**res.get("runs", {}), **other.get("runs", {})}
     res.setdefault("commands", [res.pop("command")] if "command" in res else [])
@@ -276,7 +308,7 @@ def with_subset(cell: dict, steps: int) -> dict:
     """``cell`` with the row "(a) on the (c)-(f) episodes": prototypes on the first episodes, as many as the
     encoder row with the fewest has (when that is fewer than all)."""
     proto = cell.get("prototypes", {})
-    counts = [r["episodes"] for name, r in cell.items() if name in ("lora0", "full", *RUN_ROWS) and "episodes" in r]
+    counts = [r["episodes"] for name, r in cell.items() if name in (*BASELINE_ROWS, *RUN_ROWS) and "episodes" in r]
     if "correct" not in proto or not counts or min(counts) >= len(proto["correct"]):
         return cell
     m = min(counts)
@@ -294,6 +326,16 @@ def vs_prototypes(cell: dict, name: str) -> dict | None:
         return row.get("vs_prototypes")
     m = len(row["correct"])
     d, ci = mean_ci(100 * (np.array(row["correct"])[:, -1] - np.array(proto["correct"][:m])) / (N_WAY * QUERY))
+    return {"difference": float(d), "ci95": float(ci), "episodes": m}
+
+
+def vs_row(cell: dict, name: str, other: str) -> dict | None:
+    """Row ``name`` minus row ``other`` after the last step, episode by episode on the first episodes both have."""
+    row, base = cell.get(name, {}), cell.get(other, {})
+    if "correct" not in row or "correct" not in base or row.get("steps") != base.get("steps"):
+        return None
+    m = min(len(row["correct"]), len(base["correct"]))
+    d, ci = mean_ci(100 * (np.array(row["correct"][:m])[:, -1] - np.array(base["correct"][:m])[:, -1]) / (N_WAY * QUERY))
     return {"difference": float(d), "ci95": float(ci), "episodes": m}
 
 
@@ -349,18 +391,17 @@ def render(res: dict) -> str:
                 lines.append(f"| {label} | {row['trainable']:,} | {row.get('episodes', res['episodes'])} | {vals} | "
                              f"{row['seconds_per_adaptation']:.4f} | {'' if rate is None else f'{rate:.0f}'} |")
             lines.append("")
-    verdicts, fresh = [], []  # every encoder row vs the prototypes; every meta-learned row vs (c)
+    verdicts, fresh, setfit = [], [], []  # every encoder row vs the prototypes and vs (g); meta-learned rows vs (c)
     for target in TARGETS:
         for k in SHOTS:
             cell = res["cells"].get(f"{target}|{k}", {})
-            for name in ("lora0", *RUN_ROWS, "full"):
+            for name in (n for n in ROWS if n in (*BASELINE_ROWS, *RUN_ROWS)):
                 v = vs_prototypes(cell, name)
                 if v:
-                    d, ci = v["difference"], v["ci95"]
-                    word = "beats" if d - ci > 0 else "loses to" if d + ci < 0 else "ties with"
-                    verdicts.append(f"- {target}, {k}-shot: {ROWS[name]} {word} the prototype baseline: "
-                                    f"{d:+.2f} ± {ci:.2f} points after {steps} steps (paired over the same "
-                                    f"{v['episodes']} episodes).")
+                    verdicts.append(verdict(f"{target}, {k}-shot: {ROWS[name]}", "the prototype baseline", v, steps))
+                v = vs_row(cell, name, "setfit") if name != "setfit" else None
+                if v:
+                    setfit.append(verdict(f"{target}, {k}-shot: {ROWS[name]}", "SetFit-style (g)", v, steps))
                 f = vs_fresh(cell, name) if name in RUN_ROWS else None
                 if f:
                     m, by_step = f
@@ -371,6 +412,8 @@ def render(res: dict) -> str:
               + ("Every encoder row against it, episode by episode:" if verdicts
                  else "Not measured yet: rows (c)-(f) need the meta-trained runs.")]
     lines += verdicts
+    if setfit:
+        lines += ["", "**Against SetFit-style fine-tuning (g)**, at equal steps, episode by episode:"] + setfit
     if fresh:
         lines += ["", "**Does meta-learning help over a fresh adapter?** Each meta-learned row minus (c), episode by "
                   "episode, in points:"] + fresh
@@ -461,6 +504,23 @@ def packing(data_dir, episodes: int = 8) -> dict:
     return out
 
 
+def verdict(what: str, against: str, v: dict, steps: int) -> str:
+    d, ci = v["difference"], v["ci95"]
+    word = "beats" if d - ci > 0 else "loses to" if d + ci < 0 else "ties with"
+    return (f"- {what} {word} {against}: {d:+.2f} ± {ci:.2f} points after {steps} steps (paired over the same "
+            f"{v['episodes']} episodes).")
+
+
+def head_settings() -> dict:
+    """The prototype rows' temperature and rates chosen on validation domains (benchmarks/text_head_val.py)."""
+    if not HEAD_VAL.is_file():
+        return {"head_scale": 1.0, "proto_lr": None, "setfit_lr": 1e-3}
+    chosen = json.loads(HEAD_VAL.read_text())["chosen"]
+    proto = dict(part.split("=") for part in chosen["prototypes"].split()[1:])
+    return {"head_scale": float(proto["s"]), "proto_lr": float(proto["lr"]),
+            "setfit_lr": float(chosen["setfit"].split("=")[1])}
+
+
 def machine() -> str:
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     return f"{reptile_fn.blas_status()} ({threads} BLAS threads), mlx {mx.__version__}"
@@ -483,6 +543,13 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue the encoder rows in --json where a stopped run "
                    "left them (same --episodes and --steps) instead of starting them again")
     p.add_argument("--val-episodes", type=int, default=VAL_EPISODES)
+    chosen = head_settings()
+    p.add_argument("--head-scale", type=float, default=chosen["head_scale"],
+                   help="(c+), (f+): the prototype head's temperature (default: chosen in research/text_head_val.json)")
+    p.add_argument("--proto-lr", type=float, default=chosen["proto_lr"],
+                   help="(c+): the adapter's Adam rate (default: chosen in research/text_head_val.json)")
+    p.add_argument("--setfit-lr", type=float, default=chosen["setfit_lr"],
+                   help="(g): the adapter's Adam rate (default: chosen in research/text_head_val.json)")
     p.add_argument("--frozen-only", action="store_true")
     p.add_argument("--only", default="", help="comma list of encoder rows to run (reptile, fomaml, lora0, full, ...)")
     p.add_argument("--json", type=Path, default=JSON, help="where the results go (not research/text.json: results.md "
@@ -507,7 +574,7 @@ def main() -> None:
         args.episodes, args.steps, args.val_episodes, args.encoder_episodes = 8, 1, 20, 4
     args.encoder_episodes = min(args.encoder_episodes or args.episodes, args.episodes)
     args.only = {r for r in args.only.split(",") if r}
-    args.baselines = not args.only or bool(args.only & {"lora0", "full"})
+    args.baselines = not args.only or bool(args.only & set(BASELINE_ROWS))
     if args.report_only:
         res = json.loads(JSON.read_text())
         for path in args.add:
@@ -523,6 +590,8 @@ def main() -> None:
         resumed = {}
         if args.resume and args.json.is_file():
             resumed = resumable(json.loads(args.json.read_text()), runs, args.episodes, args.steps, args.json)
+        if args.proto_lr is None and runs:  # no validation choice yet: the runs' inner rate
+            args.proto_lr = R.stored_config(next(iter(runs.values()))).inner_lr
         encoder, config, tokenizer = load_encoder(None)
         cells, frozen, protos = frozen_rows(args, encoder, config, tokenizer, args.steps)
         all_runs, commands = runs, []

@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from reptile_fn import inner
 from reptile_fn import tree as T
@@ -53,6 +53,8 @@ def per_episode_curves(
     record: list[int] | None = None,
     split: Callable[[Episode], Iterable[tuple[np.ndarray, Episode]]] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    objective: tuple[Apply, Loss] | None = None,
+    rehead: Callable[[Tree, tuple], Tree] | None = None,
 ) -> dict[str, np.ndarray]:
     """Query loss (and metric) of every episode after the ``record`` steps of ``loop`` (default
     ``recorded_steps(loop.steps)``): arrays (n_episodes, len(record)).
@@ -65,6 +67,11 @@ def per_episode_curves(
     to adapt at once, as (episode indices, episodes) pairs covering every episode once (e.g.
     ``text.batching.by_length``); default: ``chunk_size`` consecutive episodes. Each episode keeps its
     own key either way. ``on_chunk(n)`` is told when n more episodes are done (progress).
+
+    ``loop.head_init`` rebuilds each episode's head from its support set before the first step (as
+    ``inner.adapt``). ``objective``: the ``(apply, loss)`` the support steps minimize when it is not the
+    scored one (SetFit-style: a pair loss on features, ``heads.pair_loss``); ``rehead(params, support)``
+    sets the head before every scoring (e.g. ``heads.prototype_head`` on the adapted features).
     """
     steps = loop.steps
     record = set(recorded_steps(steps) if record is None else record)
@@ -72,7 +79,9 @@ def per_episode_curves(
     keys = mx.random.split(key if key is not None else mx.random.key(0), n)
     fast0, frozen = T.partition(params, loop.trainable)
     start = inner.init_state(loop, fast0)
-    step_full, step_mini, first = _compiled_steps(loop, apply, loss, metric, fast0, frozen, transductive)
+    step_full, step_mini, first = _compiled_steps(loop, (apply, loss), objective or (apply, loss), metric, frozen,
+                                                  transductive, rehead)
+    heads = None if loop.head_init is None else _head_init(loop, params, episodes)
     n_support, n_query = episodes.support_x.shape[1], episodes.query_x.shape[1]
     # non-transductive: each query example runs with the whole support set
     inputs = n_support + n_query if transductive else n_query * (n_support + 1)
@@ -90,9 +99,9 @@ def per_episode_curves(
                              "split gave a tree (packed sentences?); use full-batch steps or a split that does not "
                              "pack (text.batching.by_length(..., pack=False))")
         idx = mx.vmap(lambda k: inner.minibatch_indices(k, sy.shape[1], loop.batch_size, steps))(keys[sl]) if mini else None
-        fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0)
+        fast = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), fast0) if heads is None else heads(sx, sy)
         opt = tree_map(lambda a: mx.broadcast_to(a, (m, *a.shape)), start.opt)
-        seen = [first(sx, qx, qy)] if 0 in record else []
+        seen = [first(fast, sx, sy, qx, qy)] if 0 in record else []
         for t in range(steps):
             scored = (t + 1) in record  # scoring the query set costs more than the step itself
             if idx is None:
@@ -105,38 +114,56 @@ def per_episode_curves(
         parts.append([np.stack([np.array(o[i]) for o in seen], axis=1) for i in range(len(seen[0]))])
         if on_chunk is not None:
             on_chunk(m)
-    names = ["loss", "metric"][: len(parts[0])]
-    order = np.concatenate(order)
+    return _in_order(parts, np.concatenate(order), n, len(record))
+
+
+def _in_order(parts: list, order: np.ndarray, n: int, n_record: int) -> dict[str, np.ndarray]:
+    """The chunks' (loss[, metric]) arrays put back in episode order."""
     if sorted(order.tolist()) != list(range(n)):
         raise ValueError(f"per_episode_curves: split must give every one of the {n} episodes exactly once")
     out = {}
-    for i, name in enumerate(names):
-        out[name] = np.empty((n, len(record)), dtype=parts[0][i].dtype)
+    for i, name in enumerate(["loss", "metric"][: len(parts[0])]):
+        out[name] = np.empty((n, n_record), dtype=parts[0][i].dtype)
         out[name][order] = np.concatenate([p[i] for p in parts])
     return out
 
 
-def _compiled_steps(loop: InnerLoop, apply: Apply, loss: Loss, metric, fast0: Tree, frozen: Tree, transductive: bool):
-    """Compiled, episode-batched ``(step_full, step_mini, first)``: one inner step (on the whole support set,
-    or on mini-batch indices) followed by scoring the query set, and the score before any step."""
+def _compiled_steps(loop: InnerLoop, scored: tuple[Apply, Loss], objective: tuple[Apply, Loss], metric, frozen: Tree,
+                    transductive: bool, rehead):
+    """Compiled, episode-batched ``(step_full, step_mini, first)``: one inner step on ``objective`` (on the whole
+    support set, or on mini-batch indices) followed by scoring the query set, and the score before any step."""
+    apply, loss = scored
     score = (lambda p, sx, qx: apply(p, qx)) if transductive else nontransductive(apply)
-    value_and_grad = inner.support_value_and_grad(apply, loss)
+    value_and_grad = inner.support_value_and_grad(*objective)
 
-    def observe(fast, sx, qx, qy):
-        out = score(T.combine(fast, frozen), sx, qx)
+    def observe(fast, sx, sy, qx, qy):
+        p = T.combine(fast, frozen)
+        out = score(p if rehead is None else rehead(p, (sx, sy)), sx, qx)
         return (loss(out, qy), metric(out, qy)) if metric is not None else (loss(out, qy),)
 
     def step(fast, opt, t, sx, sy, idx, qx, qy):
         batch = (sx, sy) if idx is None else (sx[idx], sy[idx])
         fast, state, _ = inner.step(loop, value_and_grad, fast, frozen, inner.InnerState(opt, t), batch)
-        return fast, state.opt, observe(fast, sx, qx, qy)
+        return fast, state.opt, observe(fast, sx, sy, qx, qy)
 
     per_episode = (0, 0, None, 0, 0, 0, 0, 0)
     step_full = mx.compile(mx.vmap(lambda f, o, t, sx, sy, qx, qy: step(f, o, t, sx, sy, None, qx, qy),
                                    in_axes=per_episode[:5] + (0, 0)))
     step_mini = mx.compile(mx.vmap(step, in_axes=per_episode))
-    first = mx.compile(mx.vmap(lambda sx, qx, qy: observe(fast0, sx, qx, qy)))
+    first = mx.compile(mx.vmap(observe))
     return step_full, step_mini, first
+
+
+def _head_init(loop: InnerLoop, params: Tree, episodes: Episode) -> Callable:
+    """Compiled ``(support_x, support_y) -> fast``: each episode's trainable leaves after ``loop.head_init``.
+
+    What ``head_init`` sets must be trainable: a frozen leaf is shared by every episode of a chunk."""
+    one = type(episodes)(*(tree_map(lambda a: a[0], a) for a in episodes))
+    fast, frozen = T.partition(loop.head_init(params, (one.support_x, one.support_y)), loop.trainable)
+    before = dict(tree_flatten(T.partition(params, loop.trainable)[1]))
+    if any(before.get(p) is not a for p, a in tree_flatten(frozen)):
+        raise ValueError("the inner loop's head_init sets leaves that do not adapt; make the head trainable")
+    return mx.compile(mx.vmap(lambda sx, sy: T.partition(loop.head_init(params, (sx, sy)), loop.trainable)[0]))
 
 
 def consecutive(episodes: Episode, size: int) -> Iterable[tuple[np.ndarray, Episode]]:

@@ -48,6 +48,8 @@ class InnerLoop(NamedTuple):
       adam_betas, adam_eps: Adam's β1, β2 and ε.
       start: an ``InnerState`` to start the optimizer from instead of a fresh one: the inner Adam
         state supervised-reptile keeps across tasks (``MetaStep.inner(state)`` fills it in).
+      head_init: ``(params, support) -> params`` applied before the first step of every task, e.g. a head
+        rebuilt from the support set (``heads.prototype_head``); what it sets must be trainable.
     """
 
     lr: float | Tree = 0.01
@@ -59,6 +61,7 @@ class InnerLoop(NamedTuple):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     start: InnerState | None = None
+    head_init: Callable[[Tree, tuple], Tree] | None = None
 
 
 class Adapted(NamedTuple):
@@ -108,13 +111,16 @@ def step(loop: InnerLoop, value_and_grad: Callable, fast: Tree, frozen: Tree, st
 
 def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tuple[mx.array, mx.array],
           key: mx.array | None = None, *, observe: Callable[[Tree], object] | None = None) -> Adapted:
-    """Run ``loop.steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set.
+    """Run ``loop.steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set
+    (after ``loop.head_init``, if any).
 
     Args:
       key: the mini-batch order (needed when ``loop.batch_size`` is smaller than the support set).
       observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
     """
     x, y = support
+    if loop.head_init is not None:
+        params = loop.head_init(params, support)
     fast, frozen = T.partition(params, loop.trainable)
     idx = minibatch_indices(key, x.shape[0], loop.batch_size, loop.steps)
     value_and_grad = support_value_and_grad(apply, loss)

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "reptile_fn"
 LAYERS = {
     "reptile_fn": 0, "reptile_fn.tree": 0, "reptile_fn.io": 0, "reptile_fn.errors": 0, "reptile_fn._blas": 0,
     "reptile_fn._malloc": 0, "reptile_fn.progress": 0,
-    "reptile_fn.episode": 1, "reptile_fn.optim": 1, "reptile_fn.models": 1, "reptile_fn.losses": 1,
+    "reptile_fn.episode": 1, "reptile_fn.optim": 1, "reptile_fn.models": 1, "reptile_fn.losses": 1, "reptile_fn.heads": 1,
     "reptile_fn.datasets": 1, "reptile_fn.checkpoint": 1, "reptile_fn.text": 1, "reptile_fn.text.encoder": 1,
     "reptile_fn.inner": 2,
     "reptile_fn.algorithms": 3, "reptile_fn.evaluate": 3, "reptile_fn.baselines": 3, "reptile_fn.tasks": 3,

@@ -83,6 +83,8 @@ class PeftConfig:
     targets: tuple[str, ...] = ("layer*.w", "conv*.w")  # glob patterns over base paths that get an adapter
     train_head: bool = True  # the head adapts (and is meta-learned) beside the adapter
     head: str = "meta"  # meta: the head's init is meta-learned | zero: every task starts it at zero, never meta-learned
+    # | prototypes: every task starts it at the support set's prototype classifier (Proto-MAML), never meta-learned
+    head_scale: float = 1.0  # prototypes: logit_k = head_scale · (‖z‖² − ‖z − c_k‖²), the start's confidence
     meta_learn_base: bool = False  # also meta-learn the base (Reptile: the base then adapts too)
     base: str = "pretrain"  # random | pretrain | init (the model's own init: text = the pretrained encoder) | a checkpoint
     base_families: tuple[str, ...] | None = None  # synthetic: families the base is pretrained on (null: the run's)
@@ -147,7 +149,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "inner_state": ("task", "persistent"),
         "outer_optimizer": optim.OPTIMIZERS,
         "peft.method": ("none", *METHODS),
-        "peft.head": ("meta", "zero"),
+        "peft.head": ("meta", "zero", "prototypes"),
     }
 
 
@@ -168,7 +170,7 @@ POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "meta_iterations", "meta_batch_size", "inner_lr", "outer_lr", "log_every", "checkpoint_every",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
             "eval.during_training_episodes", "eval.inner_lr", "eval.inner_batch_size", "inner_batch_size",
-            "peft.rank", "peft.scale", "peft.base_pretrain_iterations", "peft.target_rank", "model.image_size"}
+            "peft.rank", "peft.scale", "peft.head_scale", "peft.base_pretrain_iterations", "peft.target_rank", "model.image_size"}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 
 

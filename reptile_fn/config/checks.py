@@ -49,6 +49,8 @@ def own_data(cfg, source: str) -> None:
 
 def peft(cfg, source: str) -> None:
     p = cfg.peft
+    if p.head == "prototypes":
+        prototype_head(cfg, source)
     if p.method == "none":
         return
     if tuple(cfg.trainable) != ("*",):
@@ -70,3 +72,13 @@ def peft(cfg, source: str) -> None:
                           "(the base is pretrained on the run's training classes)")
     if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
         raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
+
+
+def prototype_head(cfg, source: str) -> None:
+    """``peft.head: prototypes`` rebuilds a classifier's head from each support set: it must adapt."""
+    p = cfg.peft
+    if p.method != "none" and not p.train_head:
+        raise ConfigError(f"{source}: peft.head = prototypes needs train_head: true (the rebuilt head adapts)")
+    if p.method == "none" and tuple(cfg.trainable) != ("*",) and not any("head" in t for t in cfg.trainable):
+        raise ConfigError(f"{source}: peft.head = prototypes needs the head among the trainable leaves; "
+                          f"add 'head.*' to trainable (got {list(cfg.trainable)})")

@@ -25,6 +25,7 @@ from reptile_fn.episode import Episode, Sampler
 from reptile_fn.errors import CheckpointError, ConfigError
 from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import accuracy, cross_entropy, mse
+from reptile_fn.heads import prototype_head
 from reptile_fn.models import HEAD, Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
@@ -124,7 +125,8 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
         initial_params = _peft_initial_params(cfg, pf, model, loss, tasks)
         model = pf.model
     inner = InnerLoop(lr=cfg.inner_lr, steps=cfg.inner_steps, optimizer=cfg.inner_optimizer,
-                      batch_size=cfg.inner_batch_size, trainable=trainable, adam_betas=tuple(cfg.inner_adam_betas))
+                      batch_size=cfg.inner_batch_size, trainable=trainable, adam_betas=tuple(cfg.inner_adam_betas),
+                      head_init=_head_init(cfg, model, classification))
     meta = _meta_step(cfg, model, loss, inner, meta_trainable, reduce)
     eval_split = None
     if C.model_kind(cfg) == "text":  # episodes of similar length, cut to it, a few at a time (text.batching)
@@ -134,6 +136,16 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
         eval_split = by_length if packed else partial(by_length, pack=False)
     return Run(cfg, tasks, model, loss, accuracy if classification else None, meta, inner, initial_params, pf,
                meta_trainable, eval_split, tuple(shapes))
+
+
+def _head_init(cfg: C.Config, model: Model, classification: bool):
+    """``peft.head: prototypes``: every task's head starts as its support set's prototype classifier."""
+    if cfg.peft.head != "prototypes":
+        return None
+    if not classification:
+        raise ConfigError("peft.head = prototypes builds a classifier's head from class means, and these tasks are "
+                          "regression; use peft.head meta or zero")
+    return prototype_head(model.apply, "base.head" if cfg.peft.method != "none" else "head", scale=cfg.peft.head_scale)
 
 
 def settled(cfg: C.Config) -> C.Config:
