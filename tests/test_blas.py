@@ -29,3 +29,28 @@ def test_opt_out_and_late_import_are_reported_as_reference_blas():
     # numpy's own bundled OpenBLAS must not be mistaken for the one MLX calls
     late = status("import numpy, mlx.core, reptile_fn")
     assert late.startswith("reference BLAS") and "too late" in late
+
+
+def test_the_wheels_openblas_serves_mlx_without_the_system_one(tmp_path):
+    """REPTILE_FN_BLAS=wheel: scipy-openblas32's library, its symbol prefix stripped once into the cache, runs MLX's
+    matmuls and LAPACK; the second import reuses the cached copy."""
+    code = ("import reptile_fn, mlx.core as mx, numpy as np\n"
+            "a = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)\n"
+            "x = mx.array(a)\n"
+            "assert np.allclose(np.array(x @ x), a @ a, atol=1e-4)\n"
+            "assert np.allclose(np.array(mx.linalg.inv(x, stream=mx.cpu) @ x), np.eye(64), atol=1e-3)\n")
+    env = {"REPTILE_FN_BLAS": "wheel", "REPTILE_FN_CACHE": str(tmp_path)}
+    first = status(code, **env)
+    assert first.startswith("OpenBLAS (scipy-openblas32 wheel"), first
+    (made,) = tmp_path.glob("libopenblas-scipy32-*.so")
+    before = made.stat().st_mtime_ns
+    assert status(code, **env) == first and made.stat().st_mtime_ns == before
+
+
+def test_a_cache_file_someone_else_could_write_is_not_loaded(tmp_path):
+    env = {"REPTILE_FN_BLAS": "wheel", "REPTILE_FN_CACHE": str(tmp_path)}
+    status("import reptile_fn", **env)
+    (made,) = tmp_path.glob("libopenblas-scipy32-*.so")
+    made.chmod(0o666)
+    out = status("import reptile_fn, mlx.core", **env)
+    assert out.startswith("reference BLAS") and "not this user's own file" in out
