@@ -32,8 +32,8 @@ def render_run(name: str, data: dict) -> str:
     lines = [f"### {name} — {where}", "",
              f"MLX {env['mlx']}, Python {env['python']}, {env['date']}; peers: {', '.join(peers) or 'none'}.  ",
              f"Command: `{' '.join(['python benchmarks/throughput.py'] + data['argv'][1:])}`",
-             "", "| workload | M | framework / variant | meta-steps/s | peak MB | vs JAX | vs best peer |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+             "", "| workload | M | framework / variant | per second | unit | peak MB | vs JAX | vs best peer |",
+             "|---|---:|---|---:|---|---:|---:|---:|"]
     best = {(b["workload"], b["meta_batch_size"]): b["meta_steps_per_s"] for b in data.get("best_peer", [])}
     jax = {(r["workload"], r["meta_batch_size"]): r["meta_steps_per_s"] for r in data["results"] if r["framework"] == "jax"}
     for r in data["results"]:
@@ -42,8 +42,9 @@ def render_run(name: str, data: dict) -> str:
         vs_jax = f"{r['meta_steps_per_s'] / jax[key]:.2f}x" if ours and key in jax else ""
         vs_best = f"{r['meta_steps_per_s'] / best[key]:.2f}x" if ours and key in best else ""
         mem = f"{r['peak_memory_mb']:.1f}" if "peak_memory_mb" in r else ""
-        lines.append(f"| {r['workload']} | {r['meta_batch_size']} | {label(r)} | {r['meta_steps_per_s']:.1f} | {mem} "
-                     f"| {vs_jax} | {vs_best} |")
+        unit = r.get("unit", "meta-steps") + "/s"  # W4 (evaluation) counts episodes, with M the number of episodes
+        lines.append(f"| {r['workload']} | {r['meta_batch_size']} | {label(r)} | {r['meta_steps_per_s']:.2f} | {unit} "
+                     f"| {mem} | {vs_jax} | {vs_best} |")
     if data.get("scaling"):
         lines += ["", "Meta-batch scaling of the training path (vmap+compile):", "",
                   "| workload | M | meta-steps/s | ms per meta-step | ms per task |", "|---|---:|---:|---:|---:|"]

@@ -5,11 +5,18 @@ Workloads (float32, identical in every framework; see benchmarks/README.md):
       set, meta-batch 8, outer step 0.1.
   W2  Omniglot-shaped: Reptile on 5-way tasks, 28x28x1 inputs, conv4 with stride-2 3x3 convs
       (no norm), 50 support images, inner batch 10, 5 inner SGD steps, meta-batch 5.
+  W3  text: Reptile on rank-4 LoRA (every layer's query and value) + a linear head over all-MiniLM-L6-v2,
+      5-way 5-shot tasks of 16-token sentences, 5 inner Adam steps (lr 0.01), meta-batch 2, outer step 0.01.
+      Peer: PyTorch + transformers.
+  W4  evaluation: 100 Omniglot-shaped 5-way 1-shot episodes, conv4 with batch norm, 50 inner Adam steps
+      (lr 1e-3, betas (0, 0.999)) on the 5 support images, then query loss and accuracy (25 images);
+      figures in episodes/s. Peer: JAX.
 
 Variants of reptile_fn's step: serial reference (Python loop over tasks, eager), vmap (eager),
 vmap+compile (the training path), unrolled+compile (Python loop over tasks inside one compiled
-step), fused (N meta-iterations per compiled call). Figures are the
-median meta-steps/s over repeated timed blocks after warm-up; peak memory is MLX's allocator peak.
+step), fused (N meta-iterations per compiled call); W3 times the two compiled ones, W4 the library's
+evaluation (evaluate.per_episode_curves). Figures are the median meta-steps/s (W4: episodes/s) over
+repeated timed blocks after warm-up; peak memory is MLX's allocator peak.
 
     python benchmarks/throughput.py [--peers] [--device cpu|gpu] [--json FILE] [--quick]
     reptile-fn bench [same options]
@@ -46,7 +53,10 @@ POOL = 8  # pre-sampled meta-batches cycled through, so sampling is not timed (a
 WORKLOADS = {
     "W1": dict(meta_batch_size=8, scaling=(1, 2, 4, 8, 16, 32, 64)),
     "W2": dict(meta_batch_size=5, scaling=(1, 2, 5, 10, 20, 32)),
+    "W3": dict(meta_batch_size=2, scaling=(1, 2, 4), variants=("vmap+compile", "unrolled+compile")),
+    "W4": dict(meta_batch_size=100, scaling=(), variants=("per_episode_curves",)),  # "meta-batch": episodes
 }
+FLAGS = {"serial": (False, False), "vmap": (True, False), "unrolled+compile": (False, True)}  # (batched, compiled)
 
 
 def workload(name: str, meta_batch_size: int, conv_impl: str = "auto"):
@@ -64,7 +74,7 @@ def workload(name: str, meta_batch_size: int, conv_impl: str = "auto"):
             batches.append(Episode(x, y, x[:, :10], y[:, :10]))  # a query of 10 images for the MAML family
         inner = InnerLoop(lr=1e-3, steps=5, batch_size=10)
         return conv4((28, 28, 1), 5, conv_impl=conv_impl), cross_entropy, inner, 1.0, batches
-    raise SystemExit(f"unknown workload {name!r}; use W1 or W2")
+    raise SystemExit(f"unknown workload {name!r}; use W1, W2, W3 or W4")
 
 
 def time_blocks(call: Callable[[int], object], steps_per_call: int, *, repeats: int, min_block_s: float,
@@ -88,14 +98,67 @@ def time_blocks(call: Callable[[int], object], steps_per_call: int, *, repeats: 
     return rates
 
 
+def row(name: str, variant: str, size: int, rates: list[float]) -> dict:
+    from benchmarks.peers.common import UNITS
+
+    return {
+        "framework": "reptile_fn", "version": reptile_fn.__version__, "variant": variant,
+        "workload": name, "meta_batch_size": size, "device": str(mx.default_device()),
+        "meta_steps_per_s": statistics.median(rates), "samples": rates,
+        "peak_memory_mb": mx.get_peak_memory() / 2**20, "unit": UNITS.get(name, "meta-steps"),
+    }
+
+
+def run_text(variant: str, meta_batch_size: int, *, repeats: int, min_block_s: float) -> dict:
+    """W3: reptile_fn's Reptile LoRA meta-step on all-MiniLM-L6-v2 (benchmarks/peers/reptile_side.py builds it)."""
+    from benchmarks.peers import reptile_side
+
+    batched, compiled = FLAGS.get(variant, (True, True))
+    meta, params, batches = reptile_side.text_step(meta_batch_size, batched=batched, compiled=compiled)
+    keys = [mx.random.key(i) for i in range(len(batches))]
+    box = {"params": params, "state": meta.init(params)}
+    mx.eval(batches, keys, box)
+
+    def call(i):
+        box["params"], box["state"], _ = meta.step(box["params"], box["state"], batches[i % len(batches)],
+                                                   keys[i % len(keys)])
+        return box["params"], box["state"]
+
+    mx.reset_peak_memory()
+    rates = time_blocks(call, 1, repeats=repeats, min_block_s=min_block_s, warmup=1)  # seconds a step: one warm-up
+    return row("W3", variant, meta_batch_size, rates)
+
+
+def run_eval(n_episodes: int, *, repeats: int, min_block_s: float) -> dict:
+    """W4: the library's evaluation (evaluate.per_episode_curves, query scored after the 50th step), in episodes/s.
+
+    Each call is a whole evaluation of `n_episodes` episodes, as the library runs one: per_episode_curves builds its
+    compiled episode-batched step per call, so that cost (tens of ms) is in every timed call (the peer's jit: once)."""
+    from benchmarks.peers import reptile_side
+
+    loop, model, params, episodes = reptile_side.eval_setup(n_episodes)
+    mx.eval(params, episodes)
+
+    def call(i):
+        reptile_side.evaluate(loop, model, params, episodes)  # returns numpy: the evaluation has finished
+        return []
+
+    mx.reset_peak_memory()
+    rates = time_blocks(call, n_episodes, repeats=repeats, min_block_s=min_block_s, warmup=1)
+    return row("W4", "per_episode_curves", n_episodes, rates)
+
+
 def run_variant(name: str, variant: str, meta_batch_size: int, *, repeats: int, min_block_s: float,
                 fuse_n: int = 10, conv_impl: str = "auto", algorithm: str = "reptile") -> dict:
+    if name == "W3":
+        return run_text(variant, meta_batch_size, repeats=repeats, min_block_s=min_block_s)
+    if name == "W4":
+        return run_eval(meta_batch_size, repeats=repeats, min_block_s=min_block_s)
     model, loss, inner, outer_lr, batches = workload(name, meta_batch_size, conv_impl)
     params = model.init(mx.random.key(0))
     keys = [mx.random.key(i) for i in range(POOL)]
     mx.eval(batches, keys, params)
-    batched, compiled = {"serial": (False, False), "vmap": (True, False),
-                         "unrolled+compile": (False, True)}.get(variant, (True, True))
+    batched, compiled = FLAGS.get(variant, (True, True))
     if algorithm != "reptile":  # the same inner loop; the MAML family's outer step is Adam at 1e-3
         outer_lr = 1e-3
     outer = optim.make(DEFAULTS[algorithm]["outer_optimizer"], outer_lr)  # constant rate: Reptile SGD, the MAML family Adam
@@ -142,6 +205,12 @@ def run_peers(name: str, meta_batch_size: int, device: str, *, repeats: int, min
         if not peer.available():
             print(f"  (skipping {module}: framework not importable)", file=sys.stderr)
             continue
+        if name not in peer.WORKLOAD_VARIANTS:  # this framework has no peer of the workload
+            continue
+        if not peer.available(name):
+            print(f"  (skipping {module} on {name}: its extra packages or files are missing; see benchmarks/README.md)",
+                  file=sys.stderr)
+            continue
         try:
             results += peer.run(name, meta_batch_size, device=device, repeats=repeats, min_block_s=min_block_s)
         except Exception as e:  # a peer failing must not lose the other figures
@@ -170,20 +239,54 @@ def environment(device: str) -> dict:
 
 
 def table(rows: list[dict], best_peer: dict[str, float]) -> str:
-    head = f"{'workload':<9}{'M':>4}  {'framework / variant':<38}{'meta-steps/s':>13}{'peak MB':>9}{'vs best peer':>14}"
+    """The ratio tables: meta-step workloads (W1-W3) in meta-steps/s, then evaluation (W4) in episodes/s."""
+    steps = [r for r in rows if r.get("unit", "meta-steps") == "meta-steps"]
+    episodes = [r for r in rows if r.get("unit", "meta-steps") == "episodes"]
+    parts = [unit_table(steps, best_peer)] if steps else []
+    if episodes:
+        parts.append(unit_table(episodes, best_peer, size="E", unit="episodes/s", seconds_per=100))
+    return "\n\n".join(parts)
+
+
+def unit_table(rows: list[dict], best_peer: dict, *, size: str = "M", unit: str = "meta-steps/s",
+               seconds_per: int | None = None) -> str:
+    extra = f"{f's/{seconds_per} ep.':>13}" if seconds_per else ""
+    head = f"{'workload':<9}{size:>4}  {'framework / variant':<38}{unit:>13}{extra}{'peak MB':>9}{'vs best peer':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
         peer = best_peer.get((r["workload"], r["meta_batch_size"]))
         ratio = f"{r['meta_steps_per_s'] / peer:.2f}x" if peer and r["framework"] == "reptile_fn" else ""
         mem = f"{r['peak_memory_mb']:.1f}" if "peak_memory_mb" in r else ""
+        per = f"{seconds_per / r['meta_steps_per_s']:>13.2f}" if seconds_per else ""
+        rate = r["meta_steps_per_s"]
         lines.append(f"{r['workload']:<9}{r['meta_batch_size']:>4}  {r['framework'] + ' ' + r['variant']:<38}"
-                     f"{r['meta_steps_per_s']:>13.1f}{mem:>9}{ratio:>14}")
+                     f"{f'{rate:.1f}' if rate >= 10 else f'{rate:.3g}':>13}{per}{mem:>9}{ratio:>14}")
     return "\n".join(lines)
+
+
+def workload_variants(name: str, variants: list[str]) -> list[str]:
+    """reptile_fn's variants timed on a workload: W1, W2 all asked for; W3 the compiled ones asked for; W4 its one."""
+    if name == "W4":
+        return list(WORKLOADS["W4"]["variants"])
+    return [v for v in variants if v in WORKLOADS[name].get("variants", variants)]
+
+
+def text_missing() -> str | None:
+    """Why W3 cannot run here (the text extra or the encoder's files missing), or None."""
+    from reptile_fn.errors import ReptileFnError
+    from reptile_fn.text.encoder import encoder_path, load_tokenizer
+
+    try:
+        load_tokenizer(encoder_path(None))
+    except ReptileFnError as e:
+        return str(e)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workloads", default="W1,W2")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4",
+                    help="W3 needs the text extra and all-MiniLM-L6-v2's files (skipped, with a note, without them)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
     ap.add_argument("--variants", default="serial,vmap,vmap+compile,unrolled+compile,fused")
@@ -192,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                          "or vmap+compile only (W2)")
     ap.add_argument("--fuse", type=int, default=10, help="meta-iterations per call in the fused variant")
     ap.add_argument("--sizes", type=str, default=None,
-                    help="meta-batch sizes per workload, e.g. 'W1:8,64;W2:5,32' (default: W1:8;W2:5)")
+                    help="meta-batch sizes per workload, e.g. 'W1:8,64;W2:5,32' (default: W1:8;W2:5;W3:2;W4:100; "
+                         "W4's size is the number of episodes)")
     ap.add_argument("--scaling", action="store_true", help="meta-batch scaling table of the vmap+compile step")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--min-block", type=float, default=0.3, help="seconds per timed block")
@@ -221,12 +325,18 @@ def main(argv: list[str] | None = None) -> int:
         w, _, sizes = part.partition(":")
         custom[w.strip()] = [int(v) for v in sizes.split(",")]
     for name in args.workloads.split(","):
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown workload {name!r}; use W1, W2, W3 or W4")
+        if name == "W3" and (missing := text_missing()):
+            print(f"  (skipping W3: {missing})", file=sys.stderr)
+            continue
         sizes = custom.get(name, [WORKLOADS[name]["meta_batch_size"]])
         for m in sizes:
-            for algorithm in args.algorithms.split(","):
+            for algorithm in args.algorithms.split(",") if name in ("W1", "W2") else ["reptile"]:
                 keep = {"W1": ("serial", "vmap+compile")}.get(name, ("vmap+compile",))
-                for v in variants if algorithm == "reptile" else [v for v in variants if v in keep]:
-                    print(f"  {name} M={m} reptile_fn {algorithm} {v} ...", file=sys.stderr, flush=True)
+                for v in workload_variants(name, variants if algorithm == "reptile" else [v for v in variants if v in keep]):
+                    what = f"E={m} reptile_fn" if name == "W4" else f"M={m} reptile_fn {algorithm}"
+                    print(f"  {name} {what} {v} ...", file=sys.stderr, flush=True)
                     rows.append(run_variant(name, v, m, repeats=args.repeats, min_block_s=args.min_block,
                                             fuse_n=args.fuse, algorithm=algorithm))
             if args.peers:

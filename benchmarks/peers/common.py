@@ -1,4 +1,4 @@
-"""What every peer shares: the two workloads' constants, their data, their initial parameters, and the timer.
+"""What every peer shares: the workloads' constants, their data, their initial parameters, and the timer.
 
 Everything here is numpy, so the JAX and PyTorch peers (and the MLX side) start from the same parameters
 and see the same tasks. Canonical layout (MLX/JAX style): dense weights are (in, out), conv kernels are
@@ -22,19 +22,34 @@ class Workload:
     inner_steps: int
     inner_lr: float
     inner_batch: int | None  # None: every inner step sees the whole support set
-    outer_lr: float  # Reptile step size beta: theta <- theta + beta * (mean_i theta_i - theta)
+    outer_lr: float  # Reptile step size beta: theta <- theta + beta * (mean_i theta_i - theta); W4: no outer step
     pool: int  # meta-batches pre-sampled and cycled, so sampling is never timed
+    adam_betas: tuple[float, float] | None = None  # None: inner SGD; else inner Adam (eps ADAM_EPS) with these betas
 
 
 W1 = Workload("W1", inner_steps=5, inner_lr=0.02, inner_batch=None, outer_lr=0.1, pool=16)  # sine regression, MLP
 W2 = Workload("W2", inner_steps=5, inner_lr=1e-3, inner_batch=10, outer_lr=1.0, pool=4)  # Omniglot-shaped, conv4
-WORKLOADS = {"W1": W1, "W2": W2}
-DEFAULT_META_BATCH = {"W1": 8, "W2": 5}
+# W3: Reptile LoRA meta-step on all-MiniLM-L6-v2, 5-way 5-shot sentences (configs/clinc_5w5s_lora.yaml's training step)
+W3 = Workload("W3", inner_steps=5, inner_lr=0.01, inner_batch=None, outer_lr=0.01, pool=2, adam_betas=(0.9, 0.999))
+# W4: evaluation, 5-way 1-shot, conv4 + batch norm, 50 inner Adam steps (configs/omniglot_5w1s.yaml's eval, full batch)
+W4 = Workload("W4", inner_steps=50, inner_lr=1e-3, inner_batch=None, outer_lr=0.0, pool=1, adam_betas=(0.0, 0.999))
+WORKLOADS = {"W1": W1, "W2": W2, "W3": W3, "W4": W4}
+DEFAULT_META_BATCH = {"W1": 8, "W2": 5}  # the Reptile workloads with a plain in-framework reference (print_cross_check)
+DEFAULT_SIZE = {**DEFAULT_META_BATCH, "W3": 2, "W4": 100}  # W3: meta-batch; W4: episodes per evaluation
+UNITS = {"W4": "episodes"}  # what a workload's rate counts per second (default: meta-steps)
+ADAM_EPS = 1e-8
 
 K_SHOT = 10  # W1 support points per task
 MLP_SIZES = (1, 40, 40, 1)
 N_WAY, PER_CLASS, IMAGE = 5, 10, 28  # W2: 50 support images per task
 CONV_LAYERS, FILTERS = 4, 64  # 28 -> 14 -> 7 -> 4 -> 2, then 2*2*64 = 256 features
+BN_EPS = 1e-5  # W4's batch norm: statistics of the batch it is applied to (population variance), no running averages
+EVAL_QUERY_PER_CLASS = 5  # W4: support 1 image per class (5), query 5 per class (25)
+# W3: all-MiniLM-L6-v2 (hidden 384, 6 layers) with rank-4 LoRA on every layer's query and value weights
+TEXT_WAY, TEXT_SHOT, TEXT_LENGTH = 5, 5, 16  # 25 support sentences per task of 16 tokens (CLINC150: ~12-16)
+TEXT_HIDDEN, TEXT_LAYERS, TEXT_RANK, TEXT_VOCAB = 384, 6, 4, 30522
+LORA_TARGETS = ("query", "value")
+CLS, SEP = 101, 102  # BERT's [CLS] and [SEP] ids in all-MiniLM-L6-v2's vocabulary
 
 
 def inner_slices(w: Workload, support: int) -> list[slice]:
@@ -73,7 +88,33 @@ def image_pool(meta_batch: int, pool: int = W2.pool, seed: int = 0) -> list[tupl
 
 
 def data_pool(workload: str, meta_batch: int, seed: int = 0):
-    return (sine_pool if workload == "W1" else image_pool)(meta_batch, seed=seed)
+    return {"W1": sine_pool, "W2": image_pool, "W3": token_pool, "W4": eval_episodes}[workload](meta_batch, seed=seed)
+
+
+def token_pool(meta_batch: int, pool: int = W3.pool, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`pool` meta-batches of synthetic 5-way 5-shot sentence tasks: ids (M, 25, 16) int32 ([CLS] random ids [SEP]),
+    mask (M, 25, 16) int32 all ones (no padding), labels (M, 25) int32 (each class 5 times, shuffled)."""
+    rng = np.random.default_rng(seed)
+    n = TEXT_WAY * TEXT_SHOT
+    out = []
+    for _ in range(pool):
+        ids = rng.integers(1000, TEXT_VOCAB, (meta_batch, n, TEXT_LENGTH)).astype(np.int32)  # ordinary word pieces
+        ids[..., 0], ids[..., -1] = CLS, SEP
+        labels = np.stack([rng.permutation(np.repeat(np.arange(TEXT_WAY), TEXT_SHOT)) for _ in range(meta_batch)])
+        out.append((ids, np.ones_like(ids), labels.astype(np.int32)))
+    return out
+
+
+def eval_episodes(n_episodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """W4's held-out episodes, random Omniglot-shaped 5-way 1-shot: support x (E, 5, 28, 28, 1) float32 NHWC and
+    y (E, 5) int32 (one image per class), query x (E, 25, 28, 28, 1) and y (E, 25) (5 per class)."""
+    rng = np.random.default_rng(seed)
+    n_query = N_WAY * EVAL_QUERY_PER_CLASS
+    sx = rng.uniform(0.0, 1.0, (n_episodes, N_WAY, IMAGE, IMAGE, 1)).astype(np.float32)
+    qx = rng.uniform(0.0, 1.0, (n_episodes, n_query, IMAGE, IMAGE, 1)).astype(np.float32)
+    sy = np.stack([rng.permutation(N_WAY) for _ in range(n_episodes)]).astype(np.int32)
+    qy = np.tile(np.repeat(np.arange(N_WAY), EVAL_QUERY_PER_CLASS), (n_episodes, 1)).astype(np.int32)
+    return sx, sy, qx, qy
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -108,8 +149,30 @@ def conv4_params(seed: int = 0) -> dict[str, np.ndarray]:
     return p
 
 
+def conv4_bn_params(seed: int = 0) -> dict[str, np.ndarray]:
+    """W4's conv4 with batch norm: conv4_params plus s{i} (64,) ones and o{i} (64,) zeros, batch norm's scale and offset."""
+    p = conv4_params(seed)
+    for i in range(CONV_LAYERS):
+        p[f"s{i}"], p[f"o{i}"] = np.ones(FILTERS, np.float32), np.zeros(FILTERS, np.float32)
+    return p
+
+
+def lora_head_params(seed: int = 0) -> dict[str, np.ndarray]:
+    """W3's trainable start: `layer{i}.{query,value}.lora_a` (384, 4) ~ U[-1/sqrt(384), 1/sqrt(384)] and `.lora_b`
+    (4, 384) zeros (dW = A @ B, in x out), and the head `head.w` (384, 5), `head.b` (5,) (PyTorch's Linear default)."""
+    rng = np.random.default_rng(seed)
+    p = {}
+    for i in range(TEXT_LAYERS):
+        for name in LORA_TARGETS:
+            p[f"layer{i}.{name}.lora_a"] = _uniform(rng, TEXT_HIDDEN, (TEXT_HIDDEN, TEXT_RANK))
+            p[f"layer{i}.{name}.lora_b"] = np.zeros((TEXT_RANK, TEXT_HIDDEN), np.float32)
+    p["head.w"] = _uniform(rng, TEXT_HIDDEN, (TEXT_HIDDEN, TEXT_WAY))
+    p["head.b"] = _uniform(rng, TEXT_HIDDEN, (TEXT_WAY,))
+    return p
+
+
 def init_params(workload: str, seed: int = 0) -> dict[str, np.ndarray]:
-    return mlp_params(seed) if workload == "W1" else conv4_params(seed)
+    return {"W1": mlp_params, "W2": conv4_params, "W3": lora_head_params, "W4": conv4_bn_params}[workload](seed)
 
 
 def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -153,6 +216,7 @@ def time_meta_steps(
 
 def result(framework: str, version: str, variant: str, workload: str, meta_batch: int, device: str,
            samples: list[float], note: str | None = None) -> dict:
+    """One row; `meta_steps_per_s` is the rate of the workload's unit (UNITS: W4 counts episodes, not meta-steps)."""
     return {
         "framework": framework,
         "version": version,
@@ -163,6 +227,7 @@ def result(framework: str, version: str, variant: str, workload: str, meta_batch
         "meta_steps_per_s": statistics.median(samples),
         "samples": samples,
         "note": note,
+        "unit": UNITS.get(workload, "meta-steps"),
     }
 
 
@@ -171,8 +236,11 @@ def print_table(rows: list[dict], checks: dict[tuple[str, str], float]) -> None:
     for r in rows:
         c = checks.get((r["variant"], r["workload"]))
         cs = f"{c:.2e}" if c is not None else "-"
+        unit = r.get("unit", "meta-steps")
+        note = "; ".join(filter(None, [r["note"], f"{unit}/s" if unit != "meta-steps" else None]))
+        rate = r["meta_steps_per_s"]
         print(f"{r['variant']:<32} {r['workload']:<3} {r['meta_batch_size']:>3} {r['device']:<4} "
-              f"{r['meta_steps_per_s']:>13,.1f}  {cs:>17}  {r['note'] or ''}")
+              f"{f'{rate:,.1f}' if rate >= 10 else f'{rate:.3g}':>13}  {cs:>17}  {note}")
 
 
 def print_cross_check(steps: int = 3) -> None:

@@ -5,7 +5,13 @@
 - "torch loop (learn2learn-style)": an nn.Module, a Python loop over tasks, a deep copy of the model per task adapted
   with an SGD optimizer, and the Reptile average applied by an outer SGD optimizer.
 
-Run `python -m benchmarks.peers.torch_peer` for a table of W1 (M=8) and W2 (M=5) plus the correctness checks.
+and W3, the Reptile LoRA meta-step on all-MiniLM-L6-v2 (needs `transformers`):
+
+- "torch eager, Adam per task": Hugging Face's BertModel loaded from the same model.safetensors as
+  reptile_fn's encoder, LoRA by hand on every layer's query and value Linear, mean pooling, L2 norm, a linear head;
+  per task a copy of the adapter and head adapted by torch.optim.Adam through functional_call, then the Reptile step.
+
+Run `python -m benchmarks.peers.torch_peer` for a table of W1 (M=8), W2 (M=5) and W3 (M=2) plus the correctness checks.
 """
 
 from __future__ import annotations
@@ -27,11 +33,16 @@ except ImportError:  # the benchmark harness asks available() first
     torch = None
 
 FUNC, LOOP = "torch.func+compile", "torch loop (learn2learn-style)"
-VARIANTS = (FUNC, LOOP)
+TEXT = "torch eager, Adam per task"
+VARIANTS = (FUNC, LOOP, TEXT)
+WORKLOAD_VARIANTS = {"W1": (FUNC, LOOP), "W2": (FUNC, LOOP), "W3": (TEXT,)}  # no W4 peer in PyTorch
 
 
-def available() -> bool:
-    return torch is not None
+def available(workload: str | None = None) -> bool:
+    """PyTorch importable (and for W3, transformers and all-MiniLM-L6-v2's files too)."""
+    if torch is None or (workload is not None and workload not in WORKLOAD_VARIANTS):
+        return False
+    return workload != "W3" or text_available()
 
 
 # ---------------------------------------------------------------------------------------------- models, layouts, data
@@ -158,6 +169,170 @@ def reference_meta_step(workload: str, model):
     return meta_step
 
 
+# ---------------------------------------------------------------------------------------------- W3: LoRA on all-MiniLM
+
+
+def text_available() -> bool:
+    """transformers importable and all-MiniLM-L6-v2's files installed (reptile_fn's text-model group)."""
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None and _encoder_folder() is not None
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _encoder_folder():
+    """The folder of reptile_fn's encoder (model.safetensors, config.json), or None if it is not installed."""
+    from reptile_fn.errors import ReptileFnError  # imports reptile_fn (and MLX) only when W3 is asked for
+    from reptile_fn.text.encoder import encoder_path
+
+    try:
+        return encoder_path(None)  # the very files reptile_fn's W3 loads
+    except ReptileFnError:
+        return None
+
+
+if torch is not None:
+
+    class LoRALinear(nn.Module):
+        """base(x) + (x @ A) @ B: the frozen Linear with dW = A @ B (A: (in, r), B: (r, out), B = 0 at the start)."""
+
+        def __init__(self, base: nn.Linear, rank: int):
+            super().__init__()
+            self.base = base
+            self.lora_a = nn.Parameter(torch.zeros(base.in_features, rank))
+            self.lora_b = nn.Parameter(torch.zeros(rank, base.out_features))
+
+        def forward(self, x):
+            return self.base(x) + (x @ self.lora_a) @ self.lora_b
+
+    class TextClassifier(nn.Module):
+        """BertModel, mean pooling over the mask, L2 normalisation, a linear head (reptile_fn's text_classifier)."""
+
+        def __init__(self, bert, n_classes: int):
+            super().__init__()
+            self.bert = bert
+            self.head = nn.Linear(bert.config.hidden_size, n_classes)
+
+        def forward(self, ids, mask):
+            h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            return self.head(F.normalize(pooled, dim=-1, eps=1e-12))
+
+
+def _text_name(key: str) -> tuple[str, tuple[int, ...]]:
+    """(torch parameter name, axes to torch's layout) of a `common.lora_head_params` key."""
+    if key.startswith("head."):
+        return ("head.weight", (1, 0)) if key == "head.w" else ("head.bias", (0,))
+    layer, target, field = key.split(".")
+    return f"bert.encoder.layer.{layer[5:]}.attention.self.{target}.{field}", (0, 1)
+
+
+def text_model(dev, seed: int = 0):
+    """(TextClassifier with LoRA on every query and value Linear, its trainable start {name: tensor})."""
+    from transformers import BertModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected
+    logging.disable_progress_bar()
+    bert = BertModel.from_pretrained(str(_encoder_folder()), add_pooling_layer=False, attn_implementation="sdpa")
+    bert.requires_grad_(False)
+    for layer in bert.encoder.layer:
+        for target in common.LORA_TARGETS:
+            setattr(layer.attention.self, target, LoRALinear(getattr(layer.attention.self, target), common.TEXT_RANK))
+    model = TextClassifier(bert, common.TEXT_WAY).eval().to(dev)  # eval: no dropout
+    start = {}
+    for key, value in common.lora_head_params(seed).items():
+        name, axes = _text_name(key)
+        start[name] = torch.from_numpy(value.transpose(axes).copy()).to(dev)
+    assert set(start) == {n for n, p in model.named_parameters() if "lora_" in n or n.startswith("head.")}
+    return model, start
+
+
+def text_pool(meta_batch: int, dev, seed: int = 0) -> list[tuple]:
+    return [tuple(torch.from_numpy(a.astype(np.int64)).to(dev) for a in batch)
+            for batch in common.token_pool(meta_batch, seed=seed)]
+
+
+def make_text_meta_step(model):
+    """Per task: a copy of the adapter and head, 5 torch.optim.Adam steps through functional_call (the frozen encoder
+    stays in the module, requires_grad off); then theta <- theta + beta * (mean_i theta_i - theta)."""
+    w = common.W3
+
+    def meta_step(params: dict, ids, mask, labels) -> dict:
+        mean = {k: torch.zeros_like(p) for k, p in params.items()}
+        for x, m, y in zip(ids, mask, labels):
+            fast = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
+            opt = torch.optim.Adam(fast.values(), lr=w.inner_lr, betas=w.adam_betas, eps=common.ADAM_EPS)
+            for _ in range(w.inner_steps):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(functional_call(model, fast, (x, m)), y).backward()
+                opt.step()
+            with torch.no_grad():
+                for k in mean:
+                    mean[k] += fast[k] / len(ids)
+        with torch.no_grad():
+            return {k: p + w.outer_lr * (mean[k] - p) for k, p in params.items()}
+
+    return meta_step
+
+
+def time_text_steps(meta_batch: int, dev, seed: int, **timing) -> list[float]:
+    model, params = text_model(dev, seed)
+    step_fn, pool = make_text_meta_step(model), text_pool(meta_batch, dev, seed)
+    state = {"params": params, "i": 0}
+
+    def step():
+        state["params"] = step_fn(state["params"], *pool[state["i"] % len(pool)])
+        state["i"] += 1
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return common.time_meta_steps(step, sync, **timing)
+
+
+def check_embeddings(n: int = 25) -> float:
+    """Max |difference| between the BertModel's L2-normalised mean-pooled embeddings (LoRA B = 0: no change) of
+    `n` W3 sentences and reptile_fn's text.encoder.encode of the same ids."""
+    from . import reptile_side  # imports reptile_fn (and MLX) only when asked
+
+    ids, mask, _ = common.token_pool(1)[0]
+    ids, mask = ids[0, :n], mask[0, :n]
+    model, _ = text_model(torch.device("cpu"))
+    with torch.no_grad():
+        h = model.bert(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                       attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state
+        m = torch.from_numpy(mask).unsqueeze(-1).float()
+        ours = F.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    return float(np.abs(ours - reptile_side.embeddings(ids, mask)).max())
+
+
+def check_meta_step(meta_batch: int = 2, steps: int = 1) -> float:
+    """Max |difference| between the adapter and head after `steps` W3 meta-steps here and in reptile_fn (its
+    compiled training step), from the same start on the same batches. Adam's first steps are ~lr * sign(g), so a
+    gradient within float32 noise of zero can move one entry by up to 2 * lr * beta; expect ~1e-6 otherwise."""
+    from . import reptile_side
+
+    dev = torch.device("cpu")
+    model, params = text_model(dev)
+    step_fn, pool = make_text_meta_step(model), text_pool(meta_batch, dev)
+    with torch.enable_grad():
+        for t in range(steps):
+            params = step_fn(params, *pool[t % len(pool)])
+    ours = {}
+    for key in common.lora_head_params():
+        name, axes = _text_name(key)
+        ours[key] = params[name].cpu().numpy().transpose(np.argsort(axes))
+    return common.max_abs_diff(ours, reptile_side.text_reference(meta_batch, steps))
+
+
 # ---------------------------------------------------------------------------------------------- harness interface
 
 
@@ -218,7 +393,10 @@ def reference(workload: str, meta_batch_size: int | None = None, steps: int = 3)
 
 
 def check(workload: str, variant: str, meta_batch_size: int | None = None, steps: int = 3) -> float:
-    """Max |difference| between the parameters after `steps` meta-steps of `variant` and of the plain reference."""
+    """Max |difference| between the parameters after `steps` meta-steps of `variant` and of the plain reference;
+    W3: the larger of check_embeddings() and check_meta_step(steps=1), both against reptile_fn."""
+    if workload == "W3":
+        return max(check_embeddings(), check_meta_step(meta_batch_size or common.DEFAULT_SIZE["W3"], 1))
     assert variant in VARIANTS, variant
     m = meta_batch_size or common.DEFAULT_META_BATCH[workload]
     return common.max_abs_diff(_final_params(variant, workload, m, steps), reference(workload, m, steps))
@@ -243,13 +421,19 @@ def _time(variant, workload, meta_batch, dev, seed, mode, **timing) -> list[floa
 
 def run(workload: str, meta_batch_size: int, *, device: str = "cpu", repeats: int = 5, min_block_s: float = 0.2,
         warmup: int = 3, variants=None, seed: int = 0, num_threads: int | None = None) -> list[dict]:
-    if not available() or (dev := _device(device)) is None:
+    if not available(workload) or (dev := _device(device)) is None:
         return []
     setup_note = _setup(dev, num_threads)
     timing = dict(repeats=repeats, min_block_s=min_block_s, warmup=warmup)
     rows = []
     for variant in variants or VARIANTS:
-        if variant not in VARIANTS:
+        if variant not in WORKLOAD_VARIANTS[workload]:
+            continue
+        if workload == "W3":
+            with torch.enable_grad():
+                samples = time_text_steps(meta_batch_size, dev, seed, **{**timing, "warmup": min(warmup, 1)})
+            rows.append(common.result("torch", torch.__version__, variant, workload, meta_batch_size, device, samples,
+                                      f"{setup_note}; transformers {transformers_version()}"))
             continue
         notes = [setup_note]
         for mode in COMPILE_MODES if variant == FUNC else ("eager",):
@@ -275,14 +459,27 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--min-block-s", type=float, default=0.2)
+    ap.add_argument("--workloads", default="W1,W2,W3")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
-    rows, checks = [], {}
-    for wl, m in common.DEFAULT_META_BATCH.items():
-        rows += run(wl, m, device=args.device, repeats=args.repeats, min_block_s=args.min_block_s)
-        for v in VARIANTS:
+    rows, checks, lines = [], {}, []
+    for wl in args.workloads.split(","):
+        if wl not in WORKLOAD_VARIANTS or not available(wl):
+            why = "needs transformers and all-MiniLM-L6-v2's files" if wl in WORKLOAD_VARIANTS else "no PyTorch peer"
+            print(f"(skipping {wl}: {why}; see benchmarks/README.md)")
+            continue
+        rows += run(wl, common.DEFAULT_SIZE[wl], device=args.device, repeats=args.repeats, min_block_s=args.min_block_s)
+        if wl == "W3":
+            emb, step = check_embeddings(), check_meta_step()
+            checks[(TEXT, wl)] = max(emb, step)
+            lines.append(f"W3 against reptile_fn: max |embedding difference| {emb:.2e}; "
+                         f"max |adapter and head difference| after one meta-step {step:.2e}")
+            continue
+        for v in WORKLOAD_VARIANTS[wl]:
             checks[(v, wl)] = check(wl, v)
     common.print_table(rows, checks)
+    for line in lines:
+        print(line)
     common.print_cross_check()
 
 
