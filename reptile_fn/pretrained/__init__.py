@@ -45,9 +45,10 @@ def card(name_or_path: str | Path) -> dict | None:
 def format_card(c: dict) -> str:
     """A model card as a few lines: what it is, how it was trained, what it scores and the command to check it."""
     t = c["training"]
+    paper = f" (paper: {t['paper_meta_iterations']:,})" if t.get("paper_meta_iterations") else ""
     lines = [f"{c['name']}: {c['task']}", f"  protocol   {c['protocol']}",
-             f"  trained    {t['algorithm']}; {t['meta_iterations']:,} meta-iterations (paper: "
-             f"{t['paper_meta_iterations']:,}), meta-batch {t['meta_batch_size']}", f"  command    {t['command']}"]
+             f"  trained    {t['algorithm']}; {t['meta_iterations']:,} meta-iterations{paper}, meta-batch "
+             f"{t['meta_batch_size']}", f"  command    {t['command']}"]
     for s in c["scores"]:
         lines.append(f"  score      {s['accuracy']:.2f} ± {s['ci95']:.2f}% on {s['split']}, {s['mode']}, {s['episodes']} "
                      f"episodes, {s['steps']} steps")
