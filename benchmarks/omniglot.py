@@ -104,13 +104,14 @@ def plot(res: dict) -> None:
     plt.close(fig)
 
 
-def ship(run: Path, way: int) -> list[Path]:
-    """Package the run's parameters as omniglot-{way}w{1,5}s (config k_shot 1 / 5, no data_dir, no state)."""
+def ship(run: Path, way: int, extra: list[str] = ()) -> list[Path]:
+    """Package the run's parameters as omniglot-{way}w{1,5}s (config k_shot 1 / 5 and the scoring's ``--set``
+    overrides, no data_dir)."""
     arrays, meta = checkpoint.load(run / R.CHECKPOINT)
     out = []
     for shots in (1, 5):
         stored = C.from_dict(meta["config"], source=str(run), stored=True)
-        cfg = C.with_overrides(stored, [f"tasks.k_shot={shots}", "tasks.data_dir=null"])
+        cfg = C.with_overrides(stored, [f"tasks.k_shot={shots}", "tasks.data_dir=null", *extra])
         built = R.build(cfg)
         params = checkpoint.restore(arrays, "params", built.model.init(mx.random.key(0)), source=str(run))
         state = checkpoint.restore(arrays, "state", built.meta.init(params), source=str(run))
@@ -306,7 +307,7 @@ def main() -> None:
                 print(f"{way}-way {shots}-shot {mode}: {r['accuracy']:.2f} ± {r['ci95']:.2f} ({r['seconds']} s)", flush=True)
                 write_json(out, res)
         if args.ship and way == "5":
-            print("shipped", *ship(run, 5))
+            print("shipped", *ship(run, 5, args.set))
     write_json(out, res)
     if out == JSON:
         plot(res)
