@@ -156,6 +156,19 @@ STANDARD = (
     "way serves both shot counts (training is the same). ")
 
 
+def table_rows(res: dict) -> list[str]:
+    """One row per cell: way, shots, the run's iterations, both modes beside the paper's."""
+    rows, episodes = [], res["protocol"]["episodes"]
+    for key, cell in sorted(res["cells"].items(), key=lambda kv: tuple(int(x) for x in kv[0].split("w"))):
+        way, shots = (int(x) for x in key.split("w"))
+        paper = PAPER[(way, shots)]
+        t, n = cell.get("transductive"), cell.get("non_transductive")
+        its = res["runs"][str(way)]["iteration"]
+        rows.append(f"| {way}-way {shots}-shot | {its:,} ({PAPER_ITERATIONS[way]:,}) | {fmt(t, episodes)} | "
+                    f"{paper[0]:.2f} | {fmt(n, episodes)} | {paper[1]:.2f} |")
+    return rows
+
+
 def render(res: dict) -> str:
     lines = [BEGIN, ""]
     proto = res["protocol"]
@@ -184,13 +197,7 @@ def render(res: dict) -> str:
         "| setting | meta-iterations (paper) | transductive | paper | non-transductive | paper |",
         "|---|---|---|---|---|---|",
     ]
-    for key, cell in sorted(res["cells"].items(), key=lambda kv: tuple(int(x) for x in kv[0].split("w"))):
-        way, shots = (int(x) for x in key.split("w"))
-        paper = PAPER[(way, shots)]
-        t, n = cell.get("transductive"), cell.get("non_transductive")
-        its = res["runs"][str(way)]["iteration"]
-        lines.append(f"| {way}-way {shots}-shot | {its:,} ({PAPER_ITERATIONS[way]:,}) | {fmt(t, proto['episodes'])} | "
-                     f"{paper[0]:.2f} | {fmt(n, proto['episodes'])} | {paper[1]:.2f} |")
+    lines += table_rows(res)
     n_during = next(iter(res["runs"].values()))["during_training_episodes"]
     lines += ["", f"Learning curve (held-out accuracy during meta-training, {n_during} episodes each): "
               f"![Omniglot learning curve](figures/{FIGURE.name})", ""]
@@ -218,13 +225,7 @@ def render_standard(res: dict) -> str:
                                                     for cell in res["cells"].values() for r in cell.values())) + "."),
         "", "| setting | meta-iterations (paper) | transductive | paper | non-transductive | paper |",
         "|---|---|---|---|---|---|"]
-    for key, cell in sorted(res["cells"].items(), key=lambda kv: tuple(int(x) for x in kv[0].split("w"))):
-        way, shots = (int(x) for x in key.split("w"))
-        paper = PAPER[(way, shots)]
-        t, n = cell.get("transductive"), cell.get("non_transductive")
-        its = res["runs"][str(way)]["iteration"]
-        lines.append(f"| {way}-way {shots}-shot | {its:,} ({PAPER_ITERATIONS[way]:,}) | {fmt(t, proto['episodes'])} | "
-                     f"{paper[0]:.2f} | {fmt(n, proto['episodes'])} | {paper[1]:.2f} |")
+    lines += table_rows(res)
     alphabets = json.loads(ALPHABETS_JSON.read_text()) if ALPHABETS_JSON.exists() else None
     if alphabets and alphabets.get("cells", {}).get("5w1"):
         cell, its = alphabets["cells"]["5w1"], alphabets["runs"]["5"]["iteration"]
