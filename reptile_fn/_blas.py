@@ -83,7 +83,7 @@ def wheel_openblas() -> Path:
     """The scipy-openblas32 wheel's library with its ``scipy_`` symbol prefix stripped, made once into the cache."""
     dist = metadata.distribution("scipy-openblas32")
     src = next(Path(f.locate()) for f in dist.files or () if f.name.startswith("libscipy_openblas") and ".so" in f.name)
-    value = os.environ.get("REPTILE_FN_CACHE")
+    value = os.environ.get("REPTILE_FN_CACHE")  # datasets.cache_dir(), which cannot be imported before mlx.core
     cache = Path(value).expanduser() if value else Path.home() / ".cache" / "reptile_fn"
     dst = cache / f"libopenblas-scipy32-{dist.version}-{platform.machine()}.so"
     if dst.is_file():
