@@ -60,13 +60,47 @@ def render_run(name: str, data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_loop(d: dict) -> str:
+    """benchmarks/loop_overhead.py's figures: the training loop against the bare compiled step."""
+    return "\n".join([
+        "### loop_overhead — the training loop against its step (CPU)", "",
+        f"MLX {d['mlx']}, blas: {d['blas']}, {d['date']}; config `{d['config']}`, {d['iterations']} meta-iterations "
+        f"per timed run, median of {len(d['runs']['step'])}.  ", f"Command: `{d['command']}`", "",
+        "| what | meta-steps/s | vs the step |", "|---|---:|---:|",
+        f"| bare compiled step, pre-sampled meta-batches | {d['step_per_s']:.2f} | 1.00x |",
+        f"| `reptile-fn train`'s loop (sampling, logging, checkpoints) | {d['loop_per_s']:.2f} | {d['loop_vs_step']:.2f}x |",
+        f"| the loop with its evaluation during training amortised ({d['eval_episodes']} episodes every "
+        f"{d['eval_every']:,} iterations, {d['evaluation_s']} s each) | {d['loop_with_evaluation_per_s']:.2f} | "
+        f"{d['loop_with_evaluation_vs_step']:.2f}x |"])
+
+
+def render_profile(d: dict) -> str:
+    """benchmarks/profile_w2.py's figures: W2's inner step by primitive class."""
+    step = d["whole_ms"]["inner step (forward, backward, SGD update)"]
+    lines = ["### profile_w2 — W2's inner step by primitive (CPU)", "",
+             f"{d['shapes']}; vmapped over tasks and compiled; MLX {d['mlx']}, blas: {d['blas']}, {d['date']}.  ",
+             "Command: `uv run python benchmarks/profile_w2.py --json research/perf/profile_w2.json`", "",
+             "| piece (all four layers) | ms | share of the inner step |", "|---|---:|---:|"]
+    for name, ms in {**d["pieces_ms"], **d["whole_ms"]}.items():
+        lines.append(f"| {name} | {ms:.2f} | {100 * ms / step:.0f}% |")
+    lines.append(f"\nThe GEMMs alone: {d['gemm_ms']:.2f} ms, {100 * d['gemm_share']:.0f}% of the inner step.")
+    if d.get("torch_gemm_ms"):
+        lines.append(f"The same GEMMs in PyTorch (torch.bmm, same shapes, same machine): {d['torch_gemm_ms']:.2f} ms.")
+    return "\n".join(lines)
+
+
 def render() -> str:
     runs = sorted(PERF.glob("*.json"))
     parts = [BEGIN, "", "Figures are medians of timed blocks after warm-up (compile excluded); each table compares "
              "frameworks measured in the same run on the same machine. Regenerate a table with the command under "
              "it, then `python benchmarks/report.py`.", ""]
     for p in runs:
-        parts += [render_run(p.stem, json.loads(p.read_text())), ""]
+        data = json.loads(p.read_text())
+        if "results" in data:  # a throughput.py table; the other files have sections of their own
+            parts += [render_run(p.stem, data), ""]
+    for name, fn in (("loop_overhead", render_loop), ("profile_w2", render_profile)):
+        if (PERF / f"{name}.json").exists():
+            parts += [fn(json.loads((PERF / f"{name}.json").read_text())), ""]
     parts.append(END)
     return "\n".join(parts)
 

@@ -35,3 +35,19 @@ def test_per_episode_lists_take_one_line_each(tmp_path):
     lines = path.read_text().splitlines()
     assert '  "correct": [[5, 20, 25], [4, 10, 15]],' in lines and '  "accuracy": [20.0, 73.5],' in lines
     assert '   "a",' in lines  # lists of strings keep json's layout
+
+
+def test_render_skips_other_files_and_renders_loop_and_profile(tmp_path, monkeypatch):
+    from benchmarks import report
+
+    repo = Path(__file__).resolve().parents[1] / "research" / "perf"
+    for name in ("cpu.json", "loop_overhead.json", "profile_w2.json"):
+        (tmp_path / name).write_text((repo / name).read_text())
+    (tmp_path / "blas.json").write_text(json.dumps({"gflops": 1.0}))  # a file with a section of its own
+    monkeypatch.setattr(report, "PERF", tmp_path)
+    text = report.render()
+    assert "### cpu — CPU" in text and "blas.json" not in text and "### blas" not in text
+    loop = json.loads((repo / "loop_overhead.json").read_text())
+    assert f"| {loop['loop_vs_step']:.2f}x |" in text  # the loop's ratio to the step, as measured
+    profile = json.loads((repo / "profile_w2.json").read_text())
+    assert f"{profile['gemm_ms']:.2f} ms, {100 * profile['gemm_share']:.0f}% of the inner step" in text
