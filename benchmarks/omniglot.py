@@ -122,6 +122,39 @@ def ship(run: Path, way: int, extra: list[str] = ()) -> list[Path]:
     return out
 
 
+def write_cards(res: dict, way: int, training: dict, notes: str) -> list[Path]:
+    """The model cards of the shipped omniglot-{way}w{1,5}s (``reptile_fn/pretrained/<name>.json``), their scores
+    read from the table's cells (``res``): ``training`` gives the algorithm, meta-batch and command; ``notes`` what
+    a reader must know (e.g. how far from the paper and why)."""
+    out = []
+    for shots in (1, 5):
+        cell = res["cells"].get(f"{way}w{shots}", {})
+        scores = [{"split": "standard-protocol test characters (423, both sets)", "episodes": r["episodes"],
+                   "mode": mode.replace("_", "-"), "accuracy": round(r["accuracy"], 2), "ci95": round(r["ci95"], 2),
+                   "steps": r["steps"], "query_per_class": r.get("query_size", 5)}
+                  for mode in ("transductive", "non_transductive") if (r := cell.get(mode))]
+        name = f"omniglot-{way}w{shots}s"
+        paper = PAPER[(way, shots)]
+        card = {"name": name,
+                "task": f"Omniglot {way}-way {shots}-shot: 28x28 grayscale characters, conv4 with batch norm (64 filters)",
+                "protocol": "standard (Nichol et al. 2018, supervised-reptile's split_dataset): the 1,623 characters of "
+                            "both sets shuffled with seed 0, the first 1,200 meta-train (rotated 90/180/270 degrees as "
+                            "new classes), the other 423 meta-test",
+                "training": {**training, "meta_iterations": res["runs"][str(way)]["iteration"],
+                             "paper_meta_iterations": PAPER_ITERATIONS[way]},
+                "scores": scores,
+                "paper": {"transductive": paper[0], "non_transductive": paper[1],
+                          "note": f"Nichol et al. 2018, Table 1, standard protocol, {PAPER_ITERATIONS[way] // 1000}k "
+                                  "meta-iterations"},
+                "evaluate": f"uv run reptile-fn eval --checkpoint {name} --data-dir DIR --steps 50 --episodes 1000 "
+                            "--set tasks.query_size=1",
+                "notes": notes}
+        path = PRETRAINED / f"{name}.json"
+        io.write_text(path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+        out.append(path)
+    return out
+
+
 def fmt(cell: dict | None, episodes: int) -> str:
     """``mean ± ci``, with the episode count where it is not the table's."""
     if not cell:
@@ -259,7 +292,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=1000)
     ap.add_argument("--shots", default="1,5")
     ap.add_argument("--modes", default="transductive,non_transductive")
-    ap.add_argument("--ship", action="store_true", help="write reptile_fn/pretrained/omniglot-5w{1,5}s from the 5-way run")
+    ap.add_argument("--ship", action="store_true", help="write reptile_fn/pretrained/omniglot-{WAY}w{1,5}s from each run")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--json", type=Path, default=JSON, help=f"results file (default {JSON.relative_to(ROOT)})")
     ap.add_argument("--add", action="append", default=[], type=Path, metavar="FILE",
@@ -307,8 +340,8 @@ def main() -> None:
                 cell[mode] = r
                 print(f"{way}-way {shots}-shot {mode}: {r['accuracy']:.2f} ± {r['ci95']:.2f} ({r['seconds']} s)", flush=True)
                 write_json(out, res)
-        if args.ship and way == "5":
-            print("shipped", *ship(run, 5, args.set))
+        if args.ship:
+            print("shipped", *ship(run, int(way), args.set))
     write_json(out, res)
     if out == JSON:
         plot(res)

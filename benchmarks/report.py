@@ -89,6 +89,17 @@ def render_profile(d: dict) -> str:
     return "\n".join(lines)
 
 
+def render_dispatch(d: dict) -> str:
+    """benchmarks/dispatch.py's figures: the fixed cost of one operation, MLX against XLA."""
+    lines = ["### dispatch — the cost of one operation (CPU)", "",
+             f"{d['ops']:,} dependent 1×40 @ 40×40 matrix products; MLX {d['mlx']}"
+             + (f", jax {d['jax']}" if d.get("jax") else "") + f", blas: {d['blas']}, {d['date']}.  ",
+             "Command: `uv run python benchmarks/dispatch.py --json research/perf/dispatch.json`", "",
+             "| framework | µs per operation |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in d["us_per_op"].items()]
+    return "\n".join(lines)
+
+
 def render() -> str:
     runs = sorted(PERF.glob("*.json"))
     parts = [BEGIN, "", "Figures are medians of timed blocks after warm-up (compile excluded); each table compares "
@@ -98,7 +109,7 @@ def render() -> str:
         data = json.loads(p.read_text())
         if "results" in data:  # a throughput.py table; the other files have sections of their own
             parts += [render_run(p.stem, data), ""]
-    for name, fn in (("loop_overhead", render_loop), ("profile_w2", render_profile)):
+    for name, fn in (("loop_overhead", render_loop), ("profile_w2", render_profile), ("dispatch", render_dispatch)):
         if (PERF / f"{name}.json").exists():
             parts += [fn(json.loads((PERF / f"{name}.json").read_text())), ""]
     parts.append(END)
