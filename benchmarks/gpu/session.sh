@@ -36,9 +36,10 @@ bench() {  # name, seconds, options: killed once its JSON is written (+5 s) or a
   while kill -0 $pid 2>/dev/null && [ "$(el)" -lt "$end" ] && [ ! -f "$OUT/gpu_$n.json" ]; do sleep 1; done
   sleep 5; kill -9 $pid 2>/dev/null; grep -v Warning "/tmp/bench_$n.log" | tail -n 22
 }
-IFS=, read -ra WS <<< "${BENCH:-W2,W4,W1,W3}"
+IFS=, read -ra WS <<< "${BENCH-W2,W4,W1,W3}"  # BENCH= (empty): none
 for i in "${!WS[@]}"; do
   w=${WS[$i]}; share=$(( $(left) / (${#WS[@]} - i) ))
+  [ "$share" -ge 20 ] || { log "no time left for $w"; continue; }
   case $w in
     W1) bench w1 $share --workloads W1 --sizes 'W1:8,64' --variants vmap+compile,fused ;;
     W2) bench w2 $share --workloads W2 --sizes 'W2:5,32' --variants vmap+compile,fused ;;
