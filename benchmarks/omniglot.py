@@ -39,6 +39,7 @@ import mlx.core as mx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
+from benchmarks import shipping  # noqa: E402
 from benchmarks.report import shown_argv, write_json, write_section  # noqa: E402
 
 JSON = ROOT / "research" / "omniglot_standard.json"  # the paper's protocol (both zips): the table
@@ -107,19 +108,7 @@ def plot(res: dict) -> None:
 def ship(run: Path, way: int, extra: list[str] = ()) -> list[Path]:
     """Package the run's parameters as omniglot-{way}w{1,5}s (config k_shot 1 / 5 and the scoring's ``--set``
     overrides, no data_dir)."""
-    arrays, meta = checkpoint.load(run / R.CHECKPOINT)
-    out = []
-    for shots in (1, 5):
-        stored = C.from_dict(meta["config"], source=str(run), stored=True)
-        cfg = C.with_overrides(stored, [f"tasks.k_shot={shots}", "tasks.data_dir=null", *extra])
-        built = R.build(cfg)
-        params = checkpoint.restore(arrays, "params", built.model.init(mx.random.key(0)), source=str(run))
-        state = checkpoint.restore(arrays, "state", built.meta.init(params), source=str(run))
-        path = PRETRAINED / f"omniglot-{way}w{shots}s.safetensors"
-        checkpoint.save(path, params, state, {"config": C.to_dict(cfg), "iteration": meta["iteration"],
-                                              "source": f"benchmarks/omniglot.py --ship from {run.name}"})
-        out.append(path)
-    return out
+    return [shipping.ship(run, f"omniglot-{way}w{shots}s", [f"tasks.k_shot={shots}", *extra]) for shots in (1, 5)]
 
 
 def write_cards(res: dict, way: int, training: dict, notes: str) -> list[Path]:

@@ -71,6 +71,7 @@ from mlx.utils import tree_map_with_path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
+from benchmarks import shipping  # noqa: E402
 from benchmarks.report import write_json, write_section  # noqa: E402
 
 JSON = ROOT / "research" / "text.json"
@@ -524,6 +525,50 @@ def head_settings() -> dict:
 def machine() -> str:
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     return f"{reptile_fn.blas_status()} ({threads} BLAS threads), mlx {mx.__version__}"
+
+
+def text_card(name: str, run: Path, val: dict[int, dict], test: dict | None = None, row: str | None = None) -> dict:
+    """The model card of a shipped text adapter: its training (the run's stored config), its validation scores
+    (``val``: shots -> a ``reptile-fn eval`` results.json on the validation domains) and, where measured, its test
+    cells (``test``: a benchmarks/text.py results JSON holding ``row``)."""
+    c = R.stored_config(run)
+    iteration = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]).get("iteration")
+    scores = []
+    for shots, r in sorted(val.items()):
+        m = r["inits"]["meta"]
+        for step in (0, m["steps"][-1]):
+            i = m["steps"].index(step)
+            scores.append({"split": f"CLINC150 validation domains, 5-way {shots}-shot", "episodes": m["episodes"],
+                           "mode": f"after {step} inner steps", "accuracy": round(100 * m["metric"]["mean"][i], 2),
+                           "ci95": round(100 * m["metric"]["ci95"][i], 2), "steps": step})
+    for key, rows in (test or {}).get("cells", {}).items():
+        r = rows.get(row or "")
+        if r and "accuracy" in r:
+            target, shots = key.split("|")
+            scores.append({"split": f"{target}, 5-way {shots}-shot", "episodes": r["episodes"], "mode": f"after {r['steps'][-1]} inner steps",
+                           "accuracy": round(r["accuracy"][-1], 2), "ci95": round(r["ci95"][-1], 2),
+                           "steps": r["steps"][-1]})
+    head = f"prototype head at scale {c.peft.head_scale}" if c.peft.head == "prototypes" else f"{c.peft.head} head"
+    return {
+        "name": name,
+        "task": "few-shot intent classification: rank-4 LoRA (query, value) on all-MiniLM-L6-v2, "
+                f"{head}, 5-way",
+        "protocol": "meta-trained on CLINC150's 6 training domains (split by domain, seed 0), hyperparameters chosen "
+                    "on its 2 validation domains; scored on held-out domains (eval defaults to CLINC150's test "
+                    "domains)",
+        "training": {"algorithm": f"{c.algorithm}, inner {c.inner_optimizer} at {c.inner_lr} for {c.inner_steps} "
+                                  f"steps, {c.tasks.k_shot}-shot training tasks", "meta_iterations": iteration,
+                     "meta_batch_size": c.meta_batch_size,
+                     "command": f"uv run reptile-fn train --config clinc_5w5s_proto --set algorithm={c.algorithm} "
+                                "--set outer_lr=null --set outer_lr_final=null --set outer_optimizer=null "
+                                f"--set peft.head_scale={c.peft.head_scale} --set inner_lr={c.inner_lr} --out "
+                                f"research/runs/{run.name} (continued across sessions with --resume)"},
+        "scores": scores,
+        "evaluate": f"uv run reptile-fn eval --checkpoint {name} --data-dir DIR --set tasks.k_shot=1 --episodes 500 "
+                    "--steps 5",
+        "notes": "Needs the text extra (uv sync --extra text). The frozen encoder's prototypes score 93.40 on the same "
+                 "100 validation episodes (1-shot). research/results.md, Text, has the table against the prototypes "
+                 "and SetFit-style fine-tuning on CLINC150's test domains and Banking77."}
 
 
 def main() -> None:
