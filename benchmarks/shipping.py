@@ -15,20 +15,15 @@ from reptile_fn import checkpoint
 from reptile_fn import config as C
 from reptile_fn import run as R
 
-import mlx.core as mx
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "reptile_fn" / "pretrained"
 
 
 def ship(run: Path, name: str, overrides: list[str] = ()) -> Path:
     """Write ``PRETRAINED/<name>.safetensors`` from ``run``'s checkpoint with ``overrides`` applied to its config."""
-    arrays, meta = checkpoint.load(run / R.CHECKPOINT)
-    stored = C.from_dict(meta["config"], source=str(run), stored=True)
-    cfg = C.with_overrides(stored, ["tasks.data_dir=null", *overrides])
-    built = R.build(cfg)
-    params = checkpoint.restore(arrays, "params", built.model.init(mx.random.key(0)), source=str(run))
-    state = checkpoint.restore(arrays, "state", built.meta.init(params), source=str(run))
+    built, params, state, iteration = R.load(run / R.CHECKPOINT, ["tasks.data_dir=null", *overrides],
+                                             with_tasks=False)  # rebuilt as the run was (its seed, its base)
     path = PRETRAINED / f"{name}.safetensors"
-    checkpoint.save(path, params, state, {"config": C.to_dict(cfg), "iteration": meta["iteration"],
+    checkpoint.save(path, params, state, {"config": C.to_dict(built.cfg), "iteration": iteration,
                                           "source": f"benchmarks/shipping.py from {run.name}"})
     return path

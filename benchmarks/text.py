@@ -543,7 +543,7 @@ def text_card(name: str, run: Path, val: dict[int, dict], test: dict | None = No
                            "ci95": round(100 * m["metric"]["ci95"][i], 2), "steps": step})
     for key, rows in (test or {}).get("cells", {}).items():
         r = rows.get(row or "")
-        if r and "accuracy" in r:
+        if r and "accuracy" in r and r["episodes"] == test.get("episodes"):  # a finished cell only
             target, shots = key.split("|")
             scores.append({"split": f"{target}, 5-way {shots}-shot", "episodes": r["episodes"], "mode": f"after {r['steps'][-1]} inner steps",
                            "accuracy": round(r["accuracy"][-1], 2), "ci95": round(r["ci95"][-1], 2),

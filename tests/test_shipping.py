@@ -40,7 +40,7 @@ def test_text_card_reads_validation_and_test_scores(tmp_path):
     R.train(C.load(None, TINY), run, progress=False, log=quiet)
     val = {1: {"inits": {"meta": {"steps": [0, 1, 5], "episodes": 100,
                                   "metric": {"mean": [0.95, 0.951, 0.948], "ci95": [0.012, 0.012, 0.012]}}}}}
-    test = {"cells": {"Banking77|5": {"fomaml-proto": {"accuracy": [90.0, 91.0, 97.25], "ci95": [1, 1, 0.5],
+    test = {"episodes": 500, "cells": {"Banking77|5": {"fomaml-proto": {"accuracy": [90.0, 91.0, 97.25], "ci95": [1, 1, 0.5],
                                                        "episodes": 500, "steps": [0, 1, 5]}}}}
     card = text.text_card("x", run, val, test, "fomaml-proto")
     assert [(s["accuracy"], s["steps"]) for s in card["scores"]] == [(95.0, 0), (94.8, 5), (97.25, 5)]
