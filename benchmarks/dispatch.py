@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,23 +24,13 @@ from reptile_fn import io
 import mlx.core as mx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: makes `benchmarks` importable
+from benchmarks.profile_w2 import timed  # noqa: E402
+
 
 def per_op_us(fn, arg, ops: int, sync) -> float:
-    sync(fn(arg))
-    n = max(1, int(0.2 / max(1e-6, _once(fn, arg, sync))))
-    out = []
-    for _ in range(7):
-        t = time.perf_counter()
-        for _ in range(n):
-            sync(fn(arg))
-        out.append((time.perf_counter() - t) / n / ops * 1e6)
-    return statistics.median(out)
-
-
-def _once(fn, arg, sync) -> float:
-    t = time.perf_counter()
-    sync(fn(arg))
-    return time.perf_counter() - t
+    """Median µs per operation of ``fn(arg)``, a chain of ``ops`` operations materialised by ``sync``."""
+    return timed(fn, (arg,), 7, sync=sync) * 1e3 / ops
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,29 +28,18 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: makes `benchmarks.peers` importable
+from benchmarks.peers.common import time_meta_steps  # noqa: E402
+
 M, B, F, STRIDE = 5, 10, 64, 2
 SIZES = [(28, 1), (14, F), (7, F), (4, F)]  # (input side, input channels) of each layer
 
 
-def timed(fn, args, repeats: int, min_block: float = 0.2, evaluate: bool = True) -> float:
-    """Median ms per call of ``fn(*args)`` (evaluated), over ``repeats`` blocks of ≥ ``min_block`` s."""
-    ev = mx.eval if evaluate else (lambda _: None)
-    ev(fn(*args))
-    n = 1
-    while True:
-        t = time.perf_counter()
-        for _ in range(n):
-            ev(fn(*args))
-        if time.perf_counter() - t >= min_block:
-            break
-        n *= 2
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(n):
-            ev(fn(*args))
-        out.append((time.perf_counter() - t) / n * 1e3)
-    return statistics.median(out)
+def timed(fn, args, repeats: int, min_block: float = 0.2, sync=mx.eval) -> float:
+    """Median ms per call of ``fn(*args)``, each call materialised by ``sync``, with the peers' timing protocol
+    (``peers.common.time_meta_steps``: warm-up untimed, ``repeats`` blocks of ≥ ``min_block`` s)."""
+    rates = time_meta_steps(lambda: sync(fn(*args)), lambda: None, repeats=repeats, min_block_s=min_block, warmup=2)
+    return 1e3 / statistics.median(rates)
 
 
 def vc(f):
@@ -133,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 return ([torch.bmm(c, w) for c, w in zip(tcols, tws)] + [torch.bmm(c.transpose(1, 2), g) for c, g in
                         zip(tcols, tgs)] + [torch.bmm(g, w.transpose(1, 2)) for g, w in zip(tgs, tws)])
 
-        res["torch_gemm_ms"] = round(timed(torch_gemms, (), args.repeats, evaluate=False), 3)
+        res["torch_gemm_ms"] = round(timed(torch_gemms, (), args.repeats, sync=lambda _: None), 3)
         res["torch"] = torch.__version__
         print(f"{res['torch_gemm_ms']:8.2f} ms  the same 12 GEMMs in PyTorch {torch.__version__} (torch.bmm)")
     except ImportError:

@@ -71,7 +71,6 @@ from mlx.utils import tree_map_with_path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: makes the sibling `benchmarks.report` importable
 
-from benchmarks import shipping  # noqa: E402
 from benchmarks.report import write_json, write_section  # noqa: E402
 
 JSON = ROOT / "research" / "text.json"
