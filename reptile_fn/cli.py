@@ -137,7 +137,7 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
     cfg = C.load(config, _with_data_dir(set_, data_dir, encoder))
     run = build(cfg)
     keys = run_keys(cfg.seed)
-    params = run.model.init(keys.init)
+    params = run.initial_params(keys.init) if cfg.init else run.model.init(keys.init)  # init: read and checked
     batch = run.sample_train(keys.train, cfg.meta_batch_size)
     new, _, metrics = run.meta.step(params, run.meta.init(params), batch, keys.train)
     mx.eval(new, metrics)

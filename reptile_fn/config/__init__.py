@@ -98,6 +98,7 @@ class PeftConfig:
 class Config:
     algorithm: str = "reptile"
     seed: int = 0
+    init: str | None = None  # start from this run's checkpoint or shipped init (same architecture; a head of other n_way starts fresh)
     meta_iterations: int = 4000
     meta_batch_size: int = 8
     inner_lr: float = 0.02
