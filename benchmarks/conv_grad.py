@@ -1,10 +1,11 @@
 """conv4's inner step with autograd's im2col gradient vs the written-out one (``models._im2col_conv``).
 
-    uv run python benchmarks/conv_grad.py [--repeats 5] [--json research/perf/conv_grad.json]
+    uv run python benchmarks/conv_grad.py [--repeats 5] [--tasks 5,32] [--json research/perf/conv_grad.json]
 
 One inner step (forward and gradient) of 5 tasks × 10 images, 28×28×1, vmapped over tasks and compiled, as in the
 W2 workload of benchmarks/throughput.py, with batch norm as configs/omniglot_5w1s.yaml. The two variants alternate;
-each figure is the median over ``--repeats`` blocks of 20 steps.
+each figure is the median over ``--repeats`` blocks of 20 steps. ``--tasks`` times other meta-batch sizes too (W2 at
+meta-batch 32 on a GPU: benchmarks/gpu/session.sh's CONVGRAD=1); MLX's default device runs it (a GPU when there is one).
 """
 
 from __future__ import annotations
@@ -50,18 +51,23 @@ def step_ms(conv, xs, ys, repeats: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tasks", default="5", help="comma-separated meta-batch sizes (first: the top-level figures)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    xs, ys = mx.random.uniform(shape=(5, 10, 28, 28, 1)), mx.random.randint(0, 5, (5, 10))
-    times = {"autograd": [], "written_out": []}
-    for _ in range(args.repeats):
-        times["autograd"] += step_ms(autograd_conv, xs, ys, 1)
-        times["written_out"] += step_ms(models.conv3x3, xs, ys, 1)
-    result = {name: round(statistics.median(t), 2) for name, t in times.items()}
-    result.update(runs_ms={k: [round(v, 2) for v in t] for k, t in times.items()}, blas=reptile_fn.blas_status(),
-                  mlx=mx.__version__, date=time.strftime("%Y-%m-%d"))
-    print(f"conv4 inner step (5 tasks x 10 images): autograd {result['autograd']} ms, written-out gradient "
-          f"{result['written_out']} ms ({result['autograd'] / result['written_out']:.2f}x)")
+    result = {}
+    for i, n in enumerate(int(t) for t in args.tasks.split(",")):
+        xs, ys = mx.random.uniform(shape=(n, 10, 28, 28, 1)), mx.random.randint(0, 5, (n, 10))
+        times = {"autograd": [], "written_out": []}
+        for _ in range(args.repeats):
+            times["autograd"] += step_ms(autograd_conv, xs, ys, 1)
+            times["written_out"] += step_ms(models.conv3x3, xs, ys, 1)
+        one = {name: round(statistics.median(t), 2) for name, t in times.items()}
+        one["runs_ms"] = {k: [round(v, 2) for v in t] for k, t in times.items()}
+        print(f"conv4 inner step ({n} tasks x 10 images, {mx.default_device()}): autograd {one['autograd']} ms, "
+              f"written-out gradient {one['written_out']} ms ({one['autograd'] / one['written_out']:.2f}x)")
+        result.update(one) if i == 0 else result.setdefault("tasks", {}).update({str(n): one})
+    result.update(blas=reptile_fn.blas_status(), device=str(mx.default_device()), mlx=mx.__version__,
+                  date=time.strftime("%Y-%m-%d"))
     if args.json:
         io.write_json(args.json, result)
 

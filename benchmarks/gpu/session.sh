@@ -6,6 +6,9 @@
 #   TRAIN_ARGS=...   train's options for a new run (--config ... --set ...); ignored when resuming
 #   TRAIN_S=N        seconds for training (SIGTERM then: the run saves a checkpoint); the rest goes to benchmarks
 #   BENCH=W2,W4,W1,W3  workloads, each in its own process with its share of the time left
+#   CONVGRAD=1       first time conv4's inner step with autograd's vs the written-out convolution gradient at meta-batch
+#                    5 and 32 (benchmarks/conv_grad.py -> gpu_conv_grad.json): W2 at 32 ran 169 meta-steps/s on an H100
+#                    on 11-26, before the written-out gradient, and 93 on an H200 on 11-29, after it
 # Seen on an H200 (2026-11-29): MLX's CUDA kernels compile on first use, so the first training process needs
 # ~60-80 s before its first step (then 24.8 meta-steps/s on Omniglot 20-way at meta-batch 32); a benchmark process
 # with the peers can hang at exit after writing its JSON (it is killed once the JSON is there).
@@ -36,6 +39,10 @@ bench() {  # name, seconds, options: killed once its JSON is written (+5 s) or a
   while kill -0 $pid 2>/dev/null && [ "$(el)" -lt "$end" ] && [ ! -f "$OUT/gpu_$n.json" ]; do sleep 1; done
   sleep 5; kill -9 $pid 2>/dev/null; grep -v Warning "/tmp/bench_$n.log" | tail -n 22
 }
+if [ "${CONVGRAD:-0}" = 1 ]; then
+  log "conv_grad"; timeout 120 python3 benchmarks/conv_grad.py --repeats 3 --tasks 5,32 --json "$OUT/gpu_conv_grad.json" 2>&1 \
+    | grep -v Warning | tail -n 4
+fi
 IFS=, read -ra WS <<< "${BENCH-W2,W4,W1,W3}"  # BENCH= (empty): none
 for i in "${!WS[@]}"; do
   w=${WS[$i]}; share=$(( $(left) / (${#WS[@]} - i) ))
