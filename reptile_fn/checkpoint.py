@@ -77,10 +77,16 @@ def load(path: str | Path) -> tuple[dict[str, mx.array], dict]:
     return arrays, decoded
 
 
-def restore(arrays: dict[str, mx.array], prefix: str, like: Tree, *, source: str = "checkpoint") -> Tree:
-    """Fill a tree shaped like ``like`` from flat arrays under ``prefix``, checking every shape."""
+def restore(arrays: dict[str, mx.array], prefix: str, like: Tree, *, source: str = "checkpoint",
+            fresh=None) -> Tree:
+    """Fill a tree shaped like ``like`` from flat arrays under ``prefix``, checking every shape.
+
+    ``fresh``: a path predicate; the leaves it matches keep ``like``'s value, whatever the file holds (a head that
+    every task rebuilds, evaluated at another ``n_way``)."""
 
     def pick(path: str, ref: mx.array) -> mx.array:
+        if fresh is not None and fresh(path):
+            return ref
         key = f"{prefix}.{path}"
         if key not in arrays and f"{DERIVED}.{key}" in arrays:  # saved as the reference's own value
             if not np.array_equal(np.array(arrays[f"{DERIVED}.{key}"]), np.array(digest(ref))):

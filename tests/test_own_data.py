@@ -189,3 +189,31 @@ def test_csv_meta_training_eval_and_adapt(tmp_path):
                "--out", tmp_path / "pred")
     rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
     assert [r["item"] for r in rows] == ["line 2", "line 3"] and "label" not in rows[0] and "labelled 2 items" in text
+
+
+def test_a_run_whose_tasks_rebuild_the_head_evaluates_at_another_way(tmp_path):
+    """With prototype heads every task builds its head from its support set, so a run trained on 2-way tasks loads
+    and scores 3-way ones; a run with a meta-learned head keeps refusing another way (its head has 2 outputs)."""
+    from reptile_fn.errors import CheckpointError
+    from mlx.utils import tree_flatten
+
+    data = write_images(tmp_path / "train_set", range(20), 6, 0)  # test split: 4 classes
+    out = tmp_path / "proto"
+    cli("train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", f"tasks.path={data}", *TINY_IMAGES,
+        "--set", "peft.head=prototypes", "--out", out, "--no-progress")
+    run2, p2, _, _ = load(out / "checkpoint.safetensors")
+    run3, p3, _, _ = load(out / "checkpoint.safetensors", ["tasks.n_way=3"])
+    f2, f3 = dict(tree_flatten(p2)), dict(tree_flatten(p3))
+    assert f3["head.w"].shape[-1] == 3 and f2["head.w"].shape[-1] == 2 and run3.tasks.n_way == 3
+    for k in f2:
+        if not k.startswith("head."):
+            np.testing.assert_array_equal(np.array(f3[k]), np.array(f2[k]), err_msg=k)
+    text = cli("eval", "--checkpoint", out / "checkpoint.safetensors", "--set", "tasks.n_way=3", "--episodes", 6, "--steps", 2, "--speed-steps", 0, "--out", tmp_path / "eval")
+    acc = json.loads((tmp_path / "eval" / "results.json").read_text())["inits"]["meta"]["metric"]["mean"]
+    assert "meta" in text and acc[0] > 0.5  # step 0 is the prototype classifier: 3-way chance is 1/3
+
+    plain = tmp_path / "plain"
+    cli("train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", f"tasks.path={data}", *TINY_IMAGES,
+        "--out", plain, "--no-progress")
+    with pytest.raises(CheckpointError, match="head.w has shape"):
+        load(plain / "checkpoint.safetensors", ["tasks.n_way=3"])

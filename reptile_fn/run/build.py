@@ -383,8 +383,13 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     if overrides:
         cfg = C.with_overrides(cfg, overrides)
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
-    params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path))
-    state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path))
+    fresh = None
+    if cfg.peft.head == "prototypes" and cfg.tasks.n_way != meta["config"].get("tasks", {}).get("n_way", cfg.tasks.n_way):
+        from reptile_fn import peft  # every task rebuilds the head from its support set: any n_way evaluates
+
+        fresh = T.match("*" + (peft.HEAD if cfg.peft.method != "none" else HEAD))
+    params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path), fresh=fresh)
+    state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path), fresh=fresh)
     require_finite(params, checkpoint_path)
     return run, params, state, checked_iteration(meta.get("iteration", 0), cfg, checkpoint_path)
 
