@@ -32,6 +32,8 @@ in meta-training), mean ± 95% CI:
   (f) full fine-tuning of encoder + head (the runs' ``base-full`` baseline)
   (c+), (d+), (e+), (f+): the same with the head rebuilt from every support set as its prototype classifier
       (``peft.head: prototypes``; (d+), (e+): runs meta-trained that way, ``--run reptile-proto=DIR``)
+  (e++) (e+) meta-trained on harder tasks (10-way 2-shot; ``--run fomaml-proto-10w=DIR``), scored on the same
+      5-way episodes as every row (a run whose head is rebuilt per task evaluates at any n_way)
   (g) SetFit-style (Tunstall et al. 2022): the fresh adapter adapts on the support set's sentence pairs
       (cosine similarity regressed onto same-class), then the prototype head of the adapted embeddings
 
@@ -81,7 +83,8 @@ SHOTS = (1, 5)
 N_WAY, QUERY = 5, 5
 HEAD_LRS = (1.0, 3.0, 10.0, 30.0)  # frozen head: chosen on CLINC150's validation domains
 VAL_EPISODES = 200
-RUN_ROWS = ("reptile", "reptile-zero", "reptile-untuned", "fomaml", "reptile-proto", "fomaml-proto")  # --run NAME=DIR
+RUN_ROWS = ("reptile", "reptile-zero", "reptile-untuned", "fomaml", "reptile-proto", "fomaml-proto",
+            "fomaml-proto-10w")  # --run NAME=DIR
 BASELINE_ROWS = ("lora0", "lora0-proto", "setfit", "full", "full-proto")  # from the first run's pretrained base
 ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on the (c)-(f) episodes",
         "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
@@ -90,6 +93,7 @@ ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on th
         "reptile-untuned": "(d'') Reptile LoRA + head, not chosen",
         "reptile-proto": "(d+) Reptile LoRA, prototype head",
         "fomaml": "(e) FOMAML LoRA + head", "fomaml-proto": "(e+) FOMAML LoRA, prototype head",
+        "fomaml-proto-10w": "(e++) FOMAML LoRA, prototype head, 10-way training tasks",
         "full": "(f) full fine-tuning", "full-proto": "(f+) full fine-tuning, prototype head",
         "setfit": "(g) SetFit-style LoRA, prototype head"}
 HEAD_VAL = ROOT / "research" / "text_head_val.json"  # benchmarks/text_head_val.py: the prototype rows' settings
@@ -159,7 +163,7 @@ def encoder_inits(args, name: str, run_dir: str, first: bool, target: str, split
     (``run.baseline_inits``): (c) a fresh adapter adapted exactly like the runs; (f) every encoder weight and
     the head, with Adam at ``--full-lr`` for the encoder and the runs' inner rate for the head.
     """
-    overrides = [f"tasks.k_shot={k}", f"tasks.test_split={split}", f"tasks.query_size={QUERY}"]
+    overrides = [f"tasks.n_way={N_WAY}", f"tasks.k_shot={k}", f"tasks.test_split={split}", f"tasks.query_size={QUERY}"]
     if args.data_dir:
         overrides.append(f"tasks.data_dir={args.data_dir}")
     run, params, state, iteration = R.load(Path(run_dir) / R.CHECKPOINT, overrides)
