@@ -47,12 +47,14 @@ class Sampler(Protocol):
     def sample_test(self, key: mx.array, n_tasks: int) -> Episode: ...
 
 
-def sample_indices(key: mx.array, counts: mx.array | int, n_max: int, n_way: int, n_per_class: int
-                   ) -> tuple[mx.array, mx.array]:
+def sample_indices(key: mx.array, counts: mx.array | int, n_max: int, n_way: int, n_per_class: int,
+                   groups: mx.array | None = None) -> tuple[mx.array, mx.array]:
     """One episode's classes (n_way,), distinct, in random order, and example indices (n_way, n_per_class),
     distinct within each class and below its count.
 
     ``counts``: examples per class (n_classes,), or one int when every class has all ``n_max``.
+    ``groups``: int32 (n_classes,) group ids 0..G − 1, each with at least n_way classes: the episode's classes
+    all come from one group, drawn uniformly (e.g. one CLINC150 domain, fine-grained like Banking77).
     """
     class_key, order_key, example_key = mx.random.split(key, 3)
     n_classes = counts if isinstance(counts, int) else counts.shape[0]
@@ -60,7 +62,13 @@ def sample_indices(key: mx.array, counts: mx.array | int, n_max: int, n_way: int
     # them in O(n_classes), several times faster than a full argsort. argpartition leaves their order
     # unspecified (it may differ between backends), so they are sorted, then shuffled with their own
     # key: labels carry no trace of class indices and the episode depends on the key alone.
-    picked = mx.sort(mx.argpartition(mx.random.uniform(shape=(n_classes,), key=class_key), n_way - 1)[:n_way])
+    if groups is None:
+        u = mx.random.uniform(shape=(n_classes,), key=class_key)
+    else:  # classes outside the drawn group sort last (2 > any uniform)
+        group_key, class_key = mx.random.split(class_key)
+        group = mx.random.randint(0, mx.max(groups) + 1, key=group_key)
+        u = mx.where(groups == group, mx.random.uniform(shape=(n_classes,), key=class_key), 2.0)
+    picked = mx.sort(mx.argpartition(u, n_way - 1)[:n_way])
     classes = picked[mx.argsort(mx.random.uniform(shape=(n_way,), key=order_key))]
     u = mx.random.uniform(shape=(n_way, n_max), key=example_key)
     if not isinstance(counts, int):  # slots past a class's count sort last (2 > any uniform)
@@ -70,7 +78,7 @@ def sample_indices(key: mx.array, counts: mx.array | int, n_max: int, n_way: int
 
 def class_episode(x: mx.array, key: mx.array, n_way: int, k_shot: int, query_size: int, *,
                   counts: mx.array | None = None, offsets: mx.array | None = None, n_max: int | None = None,
-                  decode: Callable[[mx.array], mx.array] | None = None) -> Episode:
+                  decode: Callable[[mx.array], mx.array] | None = None, groups: mx.array | None = None) -> Episode:
     """One N-way K-shot episode from ``x`` (n_classes, n_max, ...): row c holds class c's examples.
 
     Support: k_shot examples of each of n_way distinct classes, class-major, labels 0..n_way − 1 (the
@@ -80,13 +88,14 @@ def class_episode(x: mx.array, key: mx.array, n_way: int, k_shot: int, query_siz
 
     Flat layout (classes of very different sizes, no padding): ``x`` is (n_examples, ...) with class c at
     rows ``offsets[c] .. offsets[c] + counts[c]``, and ``n_max`` (a Python int) is the largest count.
+    ``groups``: the classes of an episode come from one group (``sample_indices``).
     """
     if offsets is None:
         classes, examples = sample_indices(key, x.shape[0] if counts is None else counts, x.shape[1], n_way,
-                                           k_shot + query_size)
+                                           k_shot + query_size, groups)
         xs = x[classes[:, None], examples]  # (n_way, k + q, ...)
     else:
-        classes, examples = sample_indices(key, counts, n_max, n_way, k_shot + query_size)
+        classes, examples = sample_indices(key, counts, n_max, n_way, k_shot + query_size, groups)
         xs = x[offsets[classes][:, None] + examples]
     if decode is not None:
         xs = decode(xs)
@@ -98,12 +107,12 @@ def class_episode(x: mx.array, key: mx.array, n_way: int, k_shot: int, query_siz
 
 def sample_class_episodes(x: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int, query_size: int,
                           counts: mx.array | None = None, offsets: mx.array | None = None, n_max: int | None = None,
-                          decode: Callable | None = None) -> Episode:
+                          decode: Callable | None = None, groups: mx.array | None = None) -> Episode:
     """n_tasks episodes stacked on a leading task axis; episode i uses ``split(key, n_tasks)[i]``
     (arguments as ``class_episode``)."""
     keys = mx.random.split(key, n_tasks)
     return mx.vmap(lambda k: class_episode(x, k, n_way, k_shot, query_size, counts=counts, offsets=offsets, n_max=n_max,
-                                           decode=decode))(keys)
+                                           decode=decode, groups=groups))(keys)
 
 
 def check_classes(what: str, n_classes: int, fewest: int, *, n_way: int, k_shot: int, query_size: int,

@@ -232,6 +232,33 @@ def test_episodes_are_real_sentences_with_matching_labels(tmp_path, tokenizer):
     assert not set(tasks.train_names) & set(tasks.test_names)
 
 
+def test_within_group_training_tasks_draw_every_class_from_one_group(tmp_path, tokenizer):
+    """tasks.train_within_group: each training episode's labels share a group, every group is drawn, the held-out
+    episodes are the same as without it; and too-small groups or no groups at all are one ConfigError."""
+    rows = corpus(n_labels=16, per=6, groups=4)  # groups of 4 labels
+    file = write(tmp_path / "g.csv", [["text", "label", "group"]] + rows)
+    label_of, group_of = {t: lab for t, lab, _ in rows}, {lab: g for _, lab, g in rows}
+    opts = dict(n_way=3, k_shot=2, query_size=2, group_column="group", val=0.25, test=0.25, seed=0, tokenizer=tokenizer)
+    mixed, within = make_csv_tasks(file, **opts), make_csv_tasks(file, **opts, train_within_group=True)
+
+    def episode_groups(tasks, key, n):
+        support = np.array(tasks.sample_train(key, n).support_x)  # (n, n_way * k, 2, L)
+        return [{group_of[label_of[tokenizer.decode(x[0][x[1] == 1].tolist())]] for x in ep} for ep in support]
+
+    within_groups = episode_groups(within, mx.random.key(3), 200)
+    assert all(len(g) == 1 for g in within_groups)  # one group per training episode
+    seen = set().union(*within_groups)
+    assert seen == {group_of[n] for n in within.train_names} and len(seen) == 2  # both training groups drawn
+    mixed_groups = episode_groups(mixed, mx.random.key(3), 50)
+    assert any(len(g) > 1 for g in mixed_groups)  # without it, episodes mix groups
+    for a, b in zip(tree_flatten(mixed.sample_test(mx.random.key(5), 4)), tree_flatten(within.sample_test(mx.random.key(5), 4))):
+        np.testing.assert_array_equal(np.array(a[1]), np.array(b[1]))  # held-out episodes unchanged
+    with pytest.raises(ConfigError, match="a group of 4 intents; lower n_way"):
+        make_csv_tasks(file, **{**opts, "n_way": 5}, train_split="all", test_split="all", train_within_group=True)
+    with pytest.raises(ConfigError, match="no groups; set tasks.group_column"):
+        make_csv_tasks(file, **{**opts, "group_column": None}, train_within_group=True)
+
+
 # --- bad data: one DataError naming the file (and line) --------------------------------------------
 
 BAD = {

@@ -44,6 +44,7 @@ class TasksConfig:
     group_column: str | None = None  # csv: a column of groups held out together (e.g. a domain)
     split_column: str | None = None  # csv: a column naming each row's split (train | val | test) instead
     test_path: str | None = None  # csv: a second CSV whose classes are the test split
+    train_within_group: bool = False  # clinc150/csv: every meta-training task's classes from one group (domain)
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
     checks.peft(cfg, source)
+    if cfg.tasks.train_within_group and cfg.tasks.dataset not in ("clinc150", "csv"):
+        raise ConfigError(f"{source}: tasks.train_within_group (each training task's classes from one group) is for "
+                          f"clinc150 (its domains) and csv (tasks.group_column), not {cfg.tasks.dataset}; set it to false")
     if cfg.tasks.dataset in ("images", "csv"):
         return checks.own_data(cfg, source)
     if cfg.tasks.test_split == "all":

@@ -197,14 +197,15 @@ def token_length(tokenizer, *sets: TextClasses, max_length: int = MAX_LENGTH) ->
 # --- episodes -----------------------------------------------------------------------------------
 
 def sample_episodes(x: mx.array, counts: mx.array, key: mx.array, n_tasks: int, *, n_way: int, k_shot: int,
-                    query_size: int) -> Episode:
+                    query_size: int, groups: mx.array | None = None) -> Episode:
     """n_tasks N-way K-shot episodes from x int32 (n_classes, n_max, 2, L) with ``counts`` sentences per class,
     stacked on a task axis (``episode.sample_class_episodes``); episode i uses ``split(key, n_tasks)[i]``.
 
     Any per-sentence trailing shape works: with cached embeddings x (n_classes, n_max, H) the same key
-    gives the same episode, embedded.
+    gives the same episode, embedded. ``groups``: int32 (n_classes,) group ids; each episode's classes come from one.
     """
-    return sample_class_episodes(x, key, n_tasks, n_way=n_way, k_shot=k_shot, query_size=query_size, counts=counts)
+    return sample_class_episodes(x, key, n_tasks, n_way=n_way, k_shot=k_shot, query_size=query_size, counts=counts,
+                                 groups=groups)
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +216,8 @@ class TextTasks:
     ``test_counts`` sentences per class (``tokenize_classes``); ``train_names`` / ``test_names`` the
     intents. ``sample_train`` draws from the first, ``sample_test`` from the second; both are pure
     in their key, vmap- and compile-safe. Episode inputs are int32 (n, 2, L): ``in_dim`` = (2, L).
+    ``train_groups``: int32 (n_train_classes,) group ids 0..G − 1, or None; when set, every meta-training
+    episode draws its classes from one group (``tasks.train_within_group``: one CLINC150 domain per task).
     """
 
     train_x: mx.array
@@ -228,6 +231,7 @@ class TextTasks:
     test_names: tuple[str, ...] = ()
     train_split: str = "clinc150:train"
     test_split: str = "clinc150:test"
+    train_groups: mx.array | None = None
 
     kind: ClassVar[str] = "classification"
 
@@ -247,6 +251,13 @@ class TextTasks:
                                   f"{tuple(x.shape)} and {tuple(counts.shape)}")
             check_classes(f"the {split!r} split", x.shape[0], int(counts.min().item()), n_way=self.n_way,
                           k_shot=self.k_shot, query_size=self.query_size, unit="sentences", classes="intents")
+        if self.train_groups is not None:
+            sizes = np.bincount(np.array(self.train_groups))
+            if self.train_groups.shape != self.train_counts.shape or int(sizes.min()) < self.n_way:
+                raise ConfigError(f"tasks.train_within_group draws each training task's {self.n_way} intents from one "
+                                  f"group, but the {self.train_split!r} split has a group of {int(sizes.min())} "
+                                  "intents; lower n_way, set tasks.group_column (CSV) to groups that large, or set "
+                                  "tasks.train_within_group: false")
 
     @property
     def in_dim(self) -> tuple[int, int]:
@@ -261,7 +272,7 @@ class TextTasks:
     def sample_train(self, key: mx.array, n_tasks: int) -> Episode:
         """n_tasks meta-training episodes (from ``train_x``)."""
         return sample_episodes(self.train_x, self.train_counts, key, n_tasks, n_way=self.n_way, k_shot=self.k_shot,
-                               query_size=self.query_size)
+                               query_size=self.query_size, groups=self.train_groups)
 
     def sample_test(self, key: mx.array, n_tasks: int) -> Episode:
         """n_tasks held-out episodes (from ``test_x``: the split chosen at construction)."""
@@ -272,27 +283,30 @@ class TextTasks:
 def make_text_tasks(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, k_shot: int = 5,
                     query_size: int = 5, train_split: str = "clinc150:train", test_split: str = "clinc150:test",
                     seed: int = 0, split_by: str = "domain", max_length: int = MAX_LENGTH, tokenizer=None,
-                    encoder: str | os.PathLike | None = None) -> TextTasks:
+                    encoder: str | os.PathLike | None = None, train_within_group: bool = False) -> TextTasks:
     """An intent-classification episode sampler: ``train_split`` for ``sample_train``, ``test_split`` for ``sample_test``.
 
     Splits are ``"clinc150:train|val|test|all"`` or ``"banking77"`` (see the module docstring);
     ``seed`` and ``split_by`` choose CLINC150's class split (not the sampling key). Sentences are
     tokenized with ``tokenizer``, else the tokenizer of the encoder folder ``encoder`` (default:
     all-MiniLM-L6-v2, the text extra), to one length: the longest, at most ``max_length`` tokens.
+    ``train_within_group``: every meta-training episode's intents come from one domain.
     """
     train = load_split(train_split, data_dir, seed=seed, by=split_by)
     test = load_split(test_split, data_dir, seed=seed, by=split_by)
     return tasks_from_classes(train, test, n_way=n_way, k_shot=k_shot, query_size=query_size, train_split=train_split,
-                              test_split=test_split, max_length=max_length, tokenizer=tokenizer, encoder=encoder)
+                              test_split=test_split, max_length=max_length, tokenizer=tokenizer, encoder=encoder,
+                              train_within_group=train_within_group)
 
 
 def tasks_from_classes(train: TextClasses, test: TextClasses, *, n_way: int = 5, k_shot: int = 5, query_size: int = 5,
                        train_split: str, test_split: str, max_length: int = MAX_LENGTH, tokenizer=None,
-                       encoder: str | os.PathLike | None = None) -> TextTasks:
+                       encoder: str | os.PathLike | None = None, train_within_group: bool = False) -> TextTasks:
     """A ``TextTasks`` from any two sets of classes (a CSV's, a loader's): the steps of ``make_text_tasks``
     after loading. Both are tokenized with ``tokenizer`` (else the encoder folder's, default
     all-MiniLM-L6-v2) to one length, the longest sentence of either, at most ``max_length`` tokens;
-    ``train_split`` / ``test_split`` are the names the sampler reports (e.g. "csv:train")."""
+    ``train_split`` / ``test_split`` are the names the sampler reports (e.g. "csv:train"); ``train_within_group``:
+    every meta-training episode's classes come from one of ``train.groups``."""
     if tokenizer is None:
         from reptile_fn.text.encoder import load_tokenizer
 
@@ -301,4 +315,8 @@ def tasks_from_classes(train: TextClasses, test: TextClasses, *, n_way: int = 5,
     (train_x, train_counts), (test_x, test_counts) = (tokenize_classes(tokenizer, c, length=length) for c in (train, test))
     arrays = [mx.array(a) for a in (train_x, train_counts, test_x, test_counts)]
     mx.eval(*arrays)
-    return TextTasks(*arrays, n_way, k_shot, query_size, train.names, test.names, train_split, test_split)
+    groups = None
+    if train_within_group:  # group ids in order of first appearance
+        ids = {g: i for i, g in enumerate(dict.fromkeys(train.groups))}
+        groups = mx.array([ids[g] for g in train.groups], dtype=mx.int32)
+    return TextTasks(*arrays, n_way, k_shot, query_size, train.names, test.names, train_split, test_split, groups)
