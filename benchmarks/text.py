@@ -343,16 +343,23 @@ def vs_row(cell: dict, name: str, other: str) -> dict | None:
     return {"difference": float(d), "ci95": float(ci), "episodes": m}
 
 
+def fresh_row(name: str) -> str:
+    """The fresh-adapter row a meta-learned row is paired with: (c+) for prototype-head runs, else (c)."""
+    return "lora0-proto" if "proto" in name else "lora0"
+
+
 def vs_fresh(cell: dict, name: str) -> tuple[int, dict[int, tuple[float, float]]] | None:
-    """Meta-learned row ``name`` minus (c) the fresh adapter, episode by episode on the first episodes both have:
-    (their number, {inner steps: (mean difference in points, 95% CI)}) at each recorded step after the first
-    (0 steps is chance); None where either row lacks per-episode counts at the same steps."""
-    row, fresh = cell.get(name, {}), cell.get("lora0", {})
+    """Meta-learned row ``name`` minus its fresh adapter (``fresh_row``: the same head, adapted the same way), episode
+    by episode on the first episodes both have: (their number, {inner steps: (mean difference in points, 95% CI)})
+    at each recorded step (a linear head's 0 steps are chance, so from step 1; a prototype head's from step 0: the
+    meta-learned adapter's embedding against the pretrained one's); None where either row lacks per-episode counts."""
+    row, fresh = cell.get(name, {}), cell.get(fresh_row(name), {})
     if "correct" not in row or "correct" not in fresh or row.get("steps") != fresh.get("steps"):
         return None
     m = min(len(row["correct"]), len(fresh["correct"]))
     diff = 100 * (np.array(row["correct"][:m]) - np.array(fresh["correct"][:m])) / (N_WAY * QUERY)
-    return m, {t: tuple(float(v) for v in mean_ci(diff[:, i])) for i, t in enumerate(row["steps"]) if t > 0}
+    first = 0 if "proto" in name else 1
+    return m, {t: tuple(float(v) for v in mean_ci(diff[:, i])) for i, t in enumerate(row["steps"]) if t >= first}
 
 
 def shown_steps(steps: int) -> list[int]:
@@ -409,8 +416,8 @@ def render(res: dict) -> str:
                 f = vs_fresh(cell, name) if name in RUN_ROWS else None
                 if f:
                     m, by_step = f
-                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} " + ", ".join(
-                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t > 1)}" for t, (d, ci) in by_step.items())
+                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} minus {ROWS[fresh_row(name)][:4].strip()}: " + ", ".join(
+                        f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t != 1)}" for t, (d, ci) in by_step.items())
                         + f" (paired over the same {m} episodes).")
     lines += ["**Does meta-learned LoRA beat prototypes?** "
               + ("Every encoder row against it, episode by episode:" if verdicts
@@ -419,8 +426,8 @@ def render(res: dict) -> str:
     if setfit:
         lines += ["", "**Against SetFit-style fine-tuning (g)**, at equal steps, episode by episode:"] + setfit
     if fresh:
-        lines += ["", "**Does meta-learning help over a fresh adapter?** Each meta-learned row minus (c), episode by "
-                  "episode, in points:"] + fresh
+        lines += ["", "**Does meta-learning help over a fresh adapter?** Each meta-learned row minus the fresh adapter "
+                  "with the same head ((c) or (c+)), episode by episode, in points:"] + fresh
     lines += ["", END]
     return "\n".join(lines)
 
