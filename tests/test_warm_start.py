@@ -11,7 +11,8 @@ from reptile_fn import config as C
 from reptile_fn import run as R
 from reptile_fn.errors import ConfigError
 from reptile_fn.models import conv4
-from reptile_fn.run.build import build, run_keys, transplant
+from reptile_fn.run.build import build, run_keys
+from reptile_fn.run.warm import transplant
 
 from conftest import TINY, quiet
 

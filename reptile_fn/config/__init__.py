@@ -7,6 +7,7 @@ config file or a shipped config by name; ``checks``: checks across keys, and ``t
 
 from __future__ import annotations
 
+import functools
 import os
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -163,9 +164,7 @@ def _datasets() -> dict[str, str]:
 
 def model_kind(cfg: Config) -> str:
     """The model a config's data set takes: ``mlp``, ``conv4`` or ``text``."""
-    from reptile_fn.tasks import DATASETS
-
-    return DATASETS[cfg.tasks.dataset]
+    return _datasets()[cfg.tasks.dataset]
 
 
 POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
@@ -348,9 +347,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
     checks.peft(cfg, source)
-    if cfg.tasks.train_within_group and cfg.tasks.dataset not in ("clinc150", "csv"):
-        raise ConfigError(f"{source}: tasks.train_within_group (each training task's classes from one group) is for "
-                          f"clinc150 (its domains) and csv (tasks.group_column), not {cfg.tasks.dataset}; set it to false")
+    checks.within_group(cfg, source)
     if cfg.tasks.dataset in ("images", "csv"):
         return checks.own_data(cfg, source)
     if cfg.tasks.test_split == "all":
@@ -381,10 +378,7 @@ def get(cfg: Any, key: str) -> Any:
 
 
 def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    data = to_dict(cfg)
-    for item in overrides:
-        data = apply_override(data, item)
-    return from_dict(data)
+    return from_dict(functools.reduce(apply_override, overrides, to_dict(cfg)))
 
 
 # --- building dataclasses from dicts, with type checks ---------------------------------------

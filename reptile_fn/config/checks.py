@@ -82,3 +82,9 @@ def prototype_head(cfg, source: str) -> None:
     if p.method == "none" and tuple(cfg.trainable) != ("*",) and not any("head" in t for t in cfg.trainable):
         raise ConfigError(f"{source}: peft.head = prototypes needs the head among the trainable leaves; "
                           f"add 'head.*' to trainable (got {list(cfg.trainable)})")
+
+
+def within_group(cfg, source: str) -> None:
+    if cfg.tasks.train_within_group and cfg.tasks.dataset not in ("clinc150", "csv"):
+        raise ConfigError(f"{source}: tasks.train_within_group (each training task's classes from one group) is for "
+                          f"clinc150 (its domains) and csv (tasks.group_column), not {cfg.tasks.dataset}; set it to false")

@@ -29,6 +29,7 @@ from reptile_fn.heads import prototype_head
 from reptile_fn.models import HEAD, Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
+from reptile_fn.run.warm import warm_start
 
 
 class Keys(NamedTuple):
@@ -128,7 +129,7 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
         if cfg.peft.method != "none":
             raise ConfigError(f"init = {cfg.init} starts a whole network; a PEFT run takes its base from peft.base "
                               "(a plain run's checkpoint.safetensors) and meta-learns a fresh adapter: set init: null")
-        initial_params = warm_start(cfg.init, initial_params)
+        initial_params = warm_start(cfg.init, initial_params, load)
     inner = InnerLoop(lr=cfg.inner_lr, steps=cfg.inner_steps, optimizer=cfg.inner_optimizer,
                       batch_size=cfg.inner_batch_size, trainable=trainable, adam_betas=tuple(cfg.inner_adam_betas),
                       head_init=_head_init(cfg, model, classification))
@@ -248,50 +249,6 @@ def _meta_step(cfg: C.Config, model: Model, loss, inner: InnerLoop, meta_trainab
     n, p = cfg.meta_iterations, cfg.peft
     return with_rank_allocation(meta, target_rank=p.target_rank or max(initial // 2, 1), total_steps=n,
                                 init_warmup=int(p.rank_warmup * n), final_warmup=int(p.rank_final * n))
-
-
-def warm_start(source: str, fresh: Callable) -> Callable:
-    """(key) -> the parameters of ``source`` (a checkpoint or shipped name) in the tree ``fresh(key)`` builds.
-
-    Every leaf is copied by path and must have the same shape, except a head of another shape (a run of
-    another ``n_way``): it keeps its fresh init. A leaf only one side has is a ConfigError naming it. Only a
-    fresh start reads ``source``: a warm-started run resumes and loads without it."""
-    from reptile_fn import pretrained
-
-    def initial(key: mx.array):
-        if not pretrained.resolve(source).is_file():
-            raise ConfigError(f"init = {source} does not exist; point it at a run's checkpoint.safetensors or a "
-                              "shipped initialization (`reptile-fn info` lists them), or set init: null")
-        params = fresh(key)
-        _, donor, _, _ = load(source, with_tasks=False)
-        return transplant(donor, params, source=source)
-
-    return initial
-
-
-def transplant(donor, target, *, source: str = "init"):
-    """``target`` with every leaf replaced by ``donor``'s at the same path; a head whose shape differs stays."""
-    from mlx.utils import tree_flatten, tree_unflatten
-
-    given, wanted = dict(tree_flatten(donor)), tree_flatten(target)
-    extra = sorted(set(given) - {k for k, _ in wanted})
-    missing = [k for k, _ in wanted if k not in given]
-    if extra or missing:
-        odd = ", ".join((extra + missing)[:3])
-        raise ConfigError(f"init = {source} has another architecture (leaves only one side has: {odd}); set the "
-                          "run's model settings (model.filters, model.norm, model.hidden, ...) to the checkpoint's")
-    head = T.match(HEAD)
-    out = []
-    for path, leaf in wanted:
-        if given[path].shape == leaf.shape:
-            out.append((path, given[path].astype(leaf.dtype)))
-        elif head(path):
-            out.append((path, leaf))
-        else:
-            raise ConfigError(f"init = {source}: {path} has shape {tuple(given[path].shape)} there and "
-                              f"{tuple(leaf.shape)} in this run; set the run's model and input settings to the "
-                              "checkpoint's (only a head of another n_way may differ)")
-    return tree_unflatten(out)
 
 
 # --- PEFT ----------------------------------------------------------------------------------------

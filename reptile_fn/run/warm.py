@@ -1,0 +1,56 @@
+"""``init``: a run that starts from another run's (or a shipped) parameters instead of a fresh init."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import mlx.core as mx
+
+from reptile_fn import tree as T
+from reptile_fn.errors import ConfigError
+from reptile_fn.models import HEAD
+
+
+def warm_start(source: str, fresh: Callable, load: Callable) -> Callable:
+    """(key) -> the parameters of ``source`` (a checkpoint or shipped name, read with ``load``, ``run.load``) in the
+    tree ``fresh(key)`` builds.
+
+    Every leaf is copied by path and must have the same shape, except a head of another shape (a run of
+    another ``n_way``): it keeps its fresh init. A leaf only one side has is a ConfigError naming it. Only a
+    fresh start reads ``source``: a warm-started run resumes and loads without it."""
+    from reptile_fn import pretrained
+
+    def initial(key: mx.array):
+        if not pretrained.resolve(source).is_file():
+            raise ConfigError(f"init = {source} does not exist; point it at a run's checkpoint.safetensors or a "
+                              "shipped initialization (`reptile-fn info` lists them), or set init: null")
+        params = fresh(key)
+        _, donor, _, _ = load(source, with_tasks=False)
+        return transplant(donor, params, source=source)
+
+    return initial
+
+
+def transplant(donor, target, *, source: str = "init"):
+    """``target`` with every leaf replaced by ``donor``'s at the same path; a head whose shape differs stays."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    given, wanted = dict(tree_flatten(donor)), tree_flatten(target)
+    extra = sorted(set(given) - {k for k, _ in wanted})
+    missing = [k for k, _ in wanted if k not in given]
+    if extra or missing:
+        odd = ", ".join((extra + missing)[:3])
+        raise ConfigError(f"init = {source} has another architecture (leaves only one side has: {odd}); set the "
+                          "run's model settings (model.filters, model.norm, model.hidden, ...) to the checkpoint's")
+    head = T.match(HEAD)
+    out = []
+    for path, leaf in wanted:
+        if given[path].shape == leaf.shape:
+            out.append((path, given[path].astype(leaf.dtype)))
+        elif head(path):
+            out.append((path, leaf))
+        else:
+            raise ConfigError(f"init = {source}: {path} has shape {tuple(given[path].shape)} there and "
+                              f"{tuple(leaf.shape)} in this run; set the run's model and input settings to the "
+                              "checkpoint's (only a head of another n_way may differ)")
+    return tree_unflatten(out)
