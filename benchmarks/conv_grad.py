@@ -65,7 +65,10 @@ def main() -> None:
         one["runs_ms"] = {k: [round(v, 2) for v in t] for k, t in times.items()}
         print(f"conv4 inner step ({n} tasks x 10 images, {mx.default_device()}): autograd {one['autograd']} ms, "
               f"written-out gradient {one['written_out']} ms ({one['autograd'] / one['written_out']:.2f}x)")
-        result.update(one) if i == 0 else result.setdefault("tasks", {}).update({str(n): one})
+        if i == 0:
+            result.update(one)
+        else:
+            result.setdefault("tasks", {})[str(n)] = one
     result.update(blas=reptile_fn.blas_status(), device=str(mx.default_device()), mlx=mx.__version__,
                   date=time.strftime("%Y-%m-%d"))
     if args.json:

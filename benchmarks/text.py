@@ -358,7 +358,7 @@ def vs_fresh(cell: dict, name: str) -> tuple[int, dict[int, tuple[float, float]]
         return None
     m = min(len(row["correct"]), len(fresh["correct"]))
     diff = 100 * (np.array(row["correct"][:m]) - np.array(fresh["correct"][:m])) / (N_WAY * QUERY)
-    first = 0 if "proto" in name else 1
+    first = 0 if fresh_row(name) == "lora0-proto" else 1
     return m, {t: tuple(float(v) for v in mean_ci(diff[:, i])) for i, t in enumerate(row["steps"]) if t >= first}
 
 
@@ -416,7 +416,7 @@ def render(res: dict) -> str:
                 f = vs_fresh(cell, name) if name in RUN_ROWS else None
                 if f:
                     m, by_step = f
-                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} minus {ROWS[fresh_row(name)][:4].strip()}: " + ", ".join(
+                    fresh.append(f"- {target}, {k}-shot: {ROWS[name]} minus {ROWS[fresh_row(name)].split()[0]}: " + ", ".join(
                         f"{d:+.2f} ± {ci:.2f} after {t} step{'s' * (t != 1)}" for t, (d, ci) in by_step.items())
                         + f" (paired over the same {m} episodes).")
     lines += ["**Does meta-learned LoRA beat prototypes?** "

@@ -151,7 +151,12 @@ def _head_init(cfg: C.Config, model: Model, classification: bool):
     if not classification:
         raise ConfigError("peft.head = prototypes builds a classifier's head from class means, and these tasks are "
                           "regression; use peft.head meta or zero")
-    return prototype_head(model.apply, "base.head" if cfg.peft.method != "none" else "head", scale=cfg.peft.head_scale)
+    return prototype_head(model.apply, _head_path(cfg), scale=cfg.peft.head_scale)
+
+
+def _head_path(cfg: C.Config) -> str:
+    """Where the model's head lives: under the base of a PEFT model, else at the top."""
+    return "base.head" if cfg.peft.method != "none" else "head"
 
 
 def settled(cfg: C.Config) -> C.Config:
@@ -335,16 +340,15 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by "
                               "`reptile-fn train`")
     cfg = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
+    stored_way = cfg.tasks.n_way
     if data is not None:
         overrides = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data) + list(overrides)
     if overrides:
         cfg = C.with_overrides(cfg, overrides)
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
-    fresh = None
-    if cfg.peft.head == "prototypes" and cfg.tasks.n_way != meta["config"].get("tasks", {}).get("n_way", cfg.tasks.n_way):
-        from reptile_fn import peft  # every task rebuilds the head from its support set: any n_way evaluates
-
-        fresh = T.match("*" + (peft.HEAD if cfg.peft.method != "none" else HEAD))
+    fresh = None  # a head every task rebuilds from its support set (prototypes) evaluates at any n_way
+    if cfg.peft.head == "prototypes" and cfg.tasks.n_way != stored_way:
+        fresh = T.match(f"*{_head_path(cfg)}.*")
     params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path), fresh=fresh)
     state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path), fresh=fresh)
     require_finite(params, checkpoint_path)
