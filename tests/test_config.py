@@ -692,3 +692,12 @@ def test_trainable_patterns_that_match_pass_and_long_path_lists_are_folded():
     with pytest.raises(ConfigError, match=r"are encoder\.layer\*\.query\.w, encoder\.layer\*\.query\.b, "
                                           r"encoder\.layer\*\.key\.w, encoder\.layer\*\.key\.b, head\.w;"):
         C.check_trainable(["encoder.layers.*"], paths)
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_within_group_is_for_data_sets_with_groups(part):
+    """tasks.{train,test}_within_group needs groups (CLINC150's domains, a CSV's group column): on another data
+    set it is one ConfigError naming the key, not a silent no-op."""
+    assert C.load(None, ["tasks.dataset=clinc150", f"tasks.{part}_within_group=true"]).tasks.dataset == "clinc150"
+    with pytest.raises(ConfigError, match=rf"tasks.{part}_within_group .* is for clinc150 .* not omniglot; set it to false"):
+        C.load(None, ["tasks.dataset=omniglot", f"tasks.{part}_within_group=true"])

@@ -46,6 +46,7 @@ class TasksConfig:
     split_column: str | None = None  # csv: a column naming each row's split (train | val | test) instead
     test_path: str | None = None  # csv: a second CSV whose classes are the test split
     train_within_group: bool = False  # clinc150/csv: every meta-training task's classes from one group (domain)
+    test_within_group: bool = False  # clinc150/csv: every held-out episode's classes from one group (domain)
 
 
 @dataclass(frozen=True)

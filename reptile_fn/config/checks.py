@@ -85,6 +85,8 @@ def prototype_head(cfg, source: str) -> None:
 
 
 def within_group(cfg, source: str) -> None:
-    if cfg.tasks.train_within_group and cfg.tasks.dataset not in ("clinc150", "csv"):
-        raise ConfigError(f"{source}: tasks.train_within_group (each training task's classes from one group) is for "
-                          f"clinc150 (its domains) and csv (tasks.group_column), not {cfg.tasks.dataset}; set it to false")
+    for part in ("train", "test"):
+        if getattr(cfg.tasks, f"{part}_within_group") and cfg.tasks.dataset not in ("clinc150", "csv"):
+            raise ConfigError(f"{source}: tasks.{part}_within_group (each {part} task's classes from one group) is "
+                              f"for clinc150 (its domains) and csv (tasks.group_column), not {cfg.tasks.dataset}; set "
+                              "it to false")

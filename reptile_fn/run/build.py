@@ -202,7 +202,8 @@ def make_tasks(cfg: C.Config, *, tokenizer=None) -> Sampler:
 
         test_split = "banking77" if t.test_split == "banking77" else f"clinc150:{t.test_split}"
         return make_text_tasks(t.data_dir, **episode, test_split=test_split, seed=cfg.seed, split_by=t.split_by,
-                               tokenizer=tokenizer, train_within_group=t.train_within_group)
+                               tokenizer=tokenizer, train_within_group=t.train_within_group,
+                               test_within_group=t.test_within_group)
     if t.dataset == "images":
         from reptile_fn.tasks.images import make_image_tasks
 
@@ -216,7 +217,8 @@ def make_tasks(cfg: C.Config, *, tokenizer=None) -> Sampler:
                               test_split=t.test_split, seed=cfg.seed, val=t.val_fraction,
                               test=t.test_fraction, text_column=t.text_column, label_column=t.label_column,
                               group_column=t.group_column, split_column=t.split_column, test_path=t.test_path,
-                              tokenizer=tokenizer, train_within_group=t.train_within_group)
+                              tokenizer=tokenizer, train_within_group=t.train_within_group,
+                              test_within_group=t.test_within_group)
     return _families(cfg)
 
 

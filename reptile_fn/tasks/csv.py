@@ -271,7 +271,8 @@ def make_csv_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 5, 
                    test: float = 0.2, text_column: str = "text", label_column: str = "label",
                    group_column: str | None = None, split_column: str | None = None,
                    test_path: str | os.PathLike | None = None, max_length: int = MAX_LENGTH, tokenizer=None,
-                   encoder: str | os.PathLike | None = None, train_within_group: bool = False) -> TextTasks:
+                   encoder: str | os.PathLike | None = None, train_within_group: bool = False,
+                   test_within_group: bool = False) -> TextTasks:
     """An intent-classification sampler over a CSV file's labels (see the module docstring):
     ``train_split`` ("train" or "all") for ``sample_train``, ``test_split`` ("test", "val" or "all")
     for ``sample_test``; ``seed``, ``val`` and ``test`` choose the class split (not the sampling key).
@@ -280,12 +281,14 @@ def make_csv_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 5, 
     is then split into train and val only (``test`` unused), and no label may be in both files.
     Sentences are tokenized as ``tasks.text.make_text_tasks`` does (``tokenizer``, else the encoder
     folder's, default all-MiniLM-L6-v2; one length, the longest sentence, at most ``max_length``).
-    ``train_within_group``: every meta-training episode's labels come from one group (``group_column``).
+    ``train_within_group`` / ``test_within_group``: every meta-training / held-out episode's labels come from one
+    group (``group_column``; a ``test_path`` file then needs that column too).
     """
-    if train_within_group and group_column is None:
-        raise ConfigError("tasks.train_within_group draws each training task's labels from one group, and this CSV has "
-                          "no groups; set tasks.group_column to the column that holds them, or set "
-                          "tasks.train_within_group: false")
+    for part, on in (("train", train_within_group), ("test", test_within_group)):
+        if on and group_column is None:
+            raise ConfigError(f"tasks.{part}_within_group draws each {part} task's labels from one group, and this CSV "
+                              "has no groups; set tasks.group_column to the column that holds them, or set "
+                              f"tasks.{part}_within_group: false")
     check_choice("train_split", train_split, TRAIN_SPLITS)
     check_choice("test_split", test_split, TEST_SPLITS)
     if test_path is not None and test_split == "all":
@@ -301,7 +304,8 @@ def make_csv_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 5, 
         train, held, held_file = classes.subset(split[train_split]), classes.subset(split[test_split]), file
     else:
         held_file = _existing(test_path)
-        held, _ = load_csv(held_file, text_column=text_column, label_column=label_column)
+        held, _ = load_csv(held_file, text_column=text_column, label_column=label_column,
+                           group_column=group_column if test_within_group else None)
         both = sorted(set(classes.names) & set(held.names))
         if both:
             raise DataError(f"the labels {', '.join(map(repr, both[:5]))}{' ...' if len(both) > 5 else ''} are in both "
@@ -316,7 +320,8 @@ def make_csv_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 5, 
         _check_split(source, name, part, k_shot + query_size)
     return tasks_from_classes(train, held, n_way=n_way, k_shot=k_shot, query_size=query_size,
                               train_split=f"csv:{train_split}", test_split=f"csv:{test_split}", max_length=max_length,
-                              tokenizer=tokenizer, encoder=encoder, train_within_group=train_within_group)
+                              tokenizer=tokenizer, encoder=encoder, train_within_group=train_within_group,
+                              test_within_group=test_within_group)
 
 
 def _in_file(file: Path, split, *args, **kwargs) -> dict[str, np.ndarray]:

@@ -218,6 +218,8 @@ class TextTasks:
     in their key, vmap- and compile-safe. Episode inputs are int32 (n, 2, L): ``in_dim`` = (2, L).
     ``train_groups``: int32 (n_train_classes,) group ids 0..G − 1, or None; when set, every meta-training
     episode draws its classes from one group (``tasks.train_within_group``: one CLINC150 domain per task).
+    ``test_groups`` likewise for the held-out episodes (``tasks.test_within_group``: fine-grained episodes, all
+    intents of one domain, as a single-domain target such as Banking77 gives).
     """
 
     train_x: mx.array
@@ -232,6 +234,7 @@ class TextTasks:
     train_split: str = "clinc150:train"
     test_split: str = "clinc150:test"
     train_groups: mx.array | None = None
+    test_groups: mx.array | None = None
 
     kind: ClassVar[str] = "classification"
 
@@ -251,13 +254,17 @@ class TextTasks:
                                   f"{tuple(x.shape)} and {tuple(counts.shape)}")
             check_classes(f"the {split!r} split", x.shape[0], int(counts.min().item()), n_way=self.n_way,
                           k_shot=self.k_shot, query_size=self.query_size, unit="sentences", classes="intents")
-        if self.train_groups is not None:
-            sizes = np.bincount(np.array(self.train_groups))
-            if self.train_groups.shape != self.train_counts.shape or int(sizes.min()) < self.n_way:
-                raise ConfigError(f"tasks.train_within_group draws each training task's {self.n_way} intents from one "
-                                  f"group, but the {self.train_split!r} split has a group of {int(sizes.min())} "
+        for prefix, split, what in (("train", self.train_split, "training task"),
+                                    ("test", self.test_split, "held-out episode")):
+            groups, counts = getattr(self, f"{prefix}_groups"), getattr(self, f"{prefix}_counts")
+            if groups is None:
+                continue
+            sizes = np.bincount(np.array(groups))
+            if groups.shape != counts.shape or int(sizes.min()) < self.n_way:
+                raise ConfigError(f"tasks.{prefix}_within_group draws each {what}'s {self.n_way} intents from one "
+                                  f"group, but the {split!r} split has a group of {int(sizes.min())} "
                                   "intents; lower n_way, set tasks.group_column (CSV) to groups that large, or set "
-                                  "tasks.train_within_group: false")
+                                  f"tasks.{prefix}_within_group: false")
 
     @property
     def in_dim(self) -> tuple[int, int]:
@@ -277,36 +284,40 @@ class TextTasks:
     def sample_test(self, key: mx.array, n_tasks: int) -> Episode:
         """n_tasks held-out episodes (from ``test_x``: the split chosen at construction)."""
         return sample_episodes(self.test_x, self.test_counts, key, n_tasks, n_way=self.n_way, k_shot=self.k_shot,
-                               query_size=self.query_size)
+                               query_size=self.query_size, groups=self.test_groups)
 
 
 def make_text_tasks(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, k_shot: int = 5,
                     query_size: int = 5, train_split: str = "clinc150:train", test_split: str = "clinc150:test",
                     seed: int = 0, split_by: str = "domain", max_length: int = MAX_LENGTH, tokenizer=None,
-                    encoder: str | os.PathLike | None = None, train_within_group: bool = False) -> TextTasks:
+                    encoder: str | os.PathLike | None = None, train_within_group: bool = False,
+                    test_within_group: bool = False) -> TextTasks:
     """An intent-classification episode sampler: ``train_split`` for ``sample_train``, ``test_split`` for ``sample_test``.
 
     Splits are ``"clinc150:train|val|test|all"`` or ``"banking77"`` (see the module docstring);
     ``seed`` and ``split_by`` choose CLINC150's class split (not the sampling key). Sentences are
     tokenized with ``tokenizer``, else the tokenizer of the encoder folder ``encoder`` (default:
     all-MiniLM-L6-v2, the text extra), to one length: the longest, at most ``max_length`` tokens.
-    ``train_within_group``: every meta-training episode's intents come from one domain.
+    ``train_within_group`` / ``test_within_group``: every meta-training / held-out episode's intents come from one
+    domain.
     """
     train = load_split(train_split, data_dir, seed=seed, by=split_by)
     test = load_split(test_split, data_dir, seed=seed, by=split_by)
     return tasks_from_classes(train, test, n_way=n_way, k_shot=k_shot, query_size=query_size, train_split=train_split,
                               test_split=test_split, max_length=max_length, tokenizer=tokenizer, encoder=encoder,
-                              train_within_group=train_within_group)
+                              train_within_group=train_within_group, test_within_group=test_within_group)
 
 
 def tasks_from_classes(train: TextClasses, test: TextClasses, *, n_way: int = 5, k_shot: int = 5, query_size: int = 5,
                        train_split: str, test_split: str, max_length: int = MAX_LENGTH, tokenizer=None,
-                       encoder: str | os.PathLike | None = None, train_within_group: bool = False) -> TextTasks:
+                       encoder: str | os.PathLike | None = None, train_within_group: bool = False,
+                       test_within_group: bool = False) -> TextTasks:
     """A ``TextTasks`` from any two sets of classes (a CSV's, a loader's): the steps of ``make_text_tasks``
     after loading. Both are tokenized with ``tokenizer`` (else the encoder folder's, default
     all-MiniLM-L6-v2) to one length, the longest sentence of either, at most ``max_length`` tokens;
     ``train_split`` / ``test_split`` are the names the sampler reports (e.g. "csv:train"); ``train_within_group``:
-    every meta-training episode's classes come from one of ``train.groups``."""
+    every meta-training episode's classes come from one of ``train.groups``; ``test_within_group``: every held-out
+    episode's from one of ``test.groups``."""
     if tokenizer is None:
         from reptile_fn.text.encoder import load_tokenizer
 
@@ -315,8 +326,11 @@ def tasks_from_classes(train: TextClasses, test: TextClasses, *, n_way: int = 5,
     (train_x, train_counts), (test_x, test_counts) = (tokenize_classes(tokenizer, c, length=length) for c in (train, test))
     arrays = [mx.array(a) for a in (train_x, train_counts, test_x, test_counts)]
     mx.eval(*arrays)
-    groups = None
-    if train_within_group:  # group ids in order of first appearance
-        ids = {g: i for i, g in enumerate(dict.fromkeys(train.groups))}
-        groups = mx.array([ids[g] for g in train.groups], dtype=mx.int32)
-    return TextTasks(*arrays, n_way, k_shot, query_size, train.names, test.names, train_split, test_split, groups)
+    return TextTasks(*arrays, n_way, k_shot, query_size, train.names, test.names, train_split, test_split,
+                     _group_ids(train) if train_within_group else None, _group_ids(test) if test_within_group else None)
+
+
+def _group_ids(classes: TextClasses) -> mx.array:
+    """int32 (n_classes,) ids of ``classes.groups``, numbered in order of first appearance."""
+    ids = {g: i for i, g in enumerate(dict.fromkeys(classes.groups))}
+    return mx.array([ids[g] for g in classes.groups], dtype=mx.int32)
