@@ -34,6 +34,8 @@ in meta-training), mean ± 95% CI:
       (``peft.head: prototypes``; (d+), (e+): runs meta-trained that way, ``--run reptile-proto=DIR``)
   (e++) (e+) meta-trained on harder tasks (10-way 2-shot; ``--run fomaml-proto-10w=DIR``), scored on the same
       5-way episodes as every row (a run whose head is rebuilt per task evaluates at any n_way)
+  (e+d) (e+) meta-trained on tasks whose 5 intents come from one domain (``tasks.train_within_group``;
+      ``--run fomaml-proto-domain=DIR``)
   (g) SetFit-style (Tunstall et al. 2022): the fresh adapter adapts on the support set's sentence pairs
       (cosine similarity regressed onto same-class), then the prototype head of the adapted embeddings
 
@@ -84,7 +86,7 @@ N_WAY, QUERY = 5, 5
 HEAD_LRS = (1.0, 3.0, 10.0, 30.0)  # frozen head: chosen on CLINC150's validation domains
 VAL_EPISODES = 200
 RUN_ROWS = ("reptile", "reptile-zero", "reptile-untuned", "fomaml", "reptile-proto", "fomaml-proto",
-            "fomaml-proto-10w")  # --run NAME=DIR
+            "fomaml-proto-10w", "fomaml-proto-domain")  # --run NAME=DIR
 BASELINE_ROWS = ("lora0", "lora0-proto", "setfit", "full", "full-proto")  # from the first run's pretrained base
 ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on the (c)-(f) episodes",
         "head": "(b) frozen + linear head", "lora0": "(c) fresh LoRA + head",
@@ -94,6 +96,7 @@ ROWS = {"prototypes": "(a) frozen + prototypes", "prototypes-subset": "(a) on th
         "reptile-proto": "(d+) Reptile LoRA, prototype head",
         "fomaml": "(e) FOMAML LoRA + head", "fomaml-proto": "(e+) FOMAML LoRA, prototype head",
         "fomaml-proto-10w": "(e++) FOMAML LoRA, prototype head, 10-way training tasks",
+        "fomaml-proto-domain": "(e+d) FOMAML LoRA, prototype head, within-domain training tasks",
         "full": "(f) full fine-tuning", "full-proto": "(f+) full fine-tuning, prototype head",
         "setfit": "(g) SetFit-style LoRA, prototype head"}
 HEAD_VAL = ROOT / "research" / "text_head_val.json"  # benchmarks/text_head_val.py: the prototype rows' settings
@@ -634,7 +637,9 @@ def main() -> None:
         res = json.loads(JSON.read_text())
         for path in args.add:
             add_rows(res, json.loads(path.read_text()), path)
-            res["commands"].append(f"uv run python benchmarks/text.py --report-only --add {path}")
+            command = f"uv run python benchmarks/text.py --report-only --add {path}"
+            if command not in res["commands"]:  # re-rendering the same file adds nothing new
+                res["commands"].append(command)
         if args.add:
             write_json(JSON, res, indent=1)
     else:
