@@ -188,6 +188,8 @@ def table_rows(res: dict) -> list[str]:
         run = res["runs"][str(way)]
         batch = run.get("meta_batch_size", 5)
         its = f"{run['iteration']:,}" + (f" at meta-batch {batch}" if batch != 5 else "")  # the paper's is 5
+        if run.get("init"):  # warm-started (config key `init`): its iterations came on top of another run's
+            its += f", started from `{run['init']}`"
         rows.append(f"| {way}-way {shots}-shot | {its} ({PAPER_ITERATIONS[way]:,}) | {fmt(t, episodes)} | "
                     f"{paper[0]:.2f} | {fmt(n, episodes)} | {paper[1]:.2f} |")
     return rows
@@ -312,7 +314,8 @@ def main() -> None:
             res["runs"][way] = {"iteration": checkpoint.load(ckpt)[1].get("iteration") or summary.get("iteration"),
                                 "meta_steps_per_s": summary.get("meta_steps_per_s"), "curve": learning_curve(run),
                                 "during_training_episodes": stored.eval.during_training_episodes, "run": str(run),
-                                "inner_state": stored.inner_state, "meta_batch_size": stored.meta_batch_size}
+                                "inner_state": stored.inner_state, "meta_batch_size": stored.meta_batch_size,
+                                "init": stored.init}
         else:  # re-score a run the table already has from its checkpoint (e.g. the shipped init)
             ckpt = run
             if way not in res["runs"]:
