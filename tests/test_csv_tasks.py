@@ -41,6 +41,12 @@ def write(path, rows, encoding="utf-8"):
     return path
 
 
+def support_groups(episode, tokenizer, group_of_text):
+    """Per episode, the set of groups its support sentences come from (each sentence decoded to its text)."""
+    support = np.array(episode.support_x)  # (n, n_way * k, 2, L)
+    return [{group_of_text[tokenizer.decode(x[0][x[1] == 1].tolist())] for x in ep} for ep in support]
+
+
 def corpus(n_labels=8, per=12, groups=None):
     """Rows (text, label, group) of ``n_labels`` labels with ``per`` distinct lower-case sentences each,
     interleaved across labels; a sentence names its label, so an episode can be checked by decoding."""
@@ -237,13 +243,13 @@ def test_within_group_training_tasks_draw_every_class_from_one_group(tmp_path, t
     episodes are the same as without it; and too-small groups or no groups at all are one ConfigError."""
     rows = corpus(n_labels=16, per=6, groups=4)  # groups of 4 labels
     file = write(tmp_path / "g.csv", [["text", "label", "group"]] + rows)
-    label_of, group_of = {t: lab for t, lab, _ in rows}, {lab: g for _, lab, g in rows}
+    group_of = {lab: g for _, lab, g in rows}
+    text_group = {t: g for t, _, g in rows}
     opts = dict(n_way=3, k_shot=2, query_size=2, group_column="group", val=0.25, test=0.25, seed=0, tokenizer=tokenizer)
     mixed, within = make_csv_tasks(file, **opts), make_csv_tasks(file, **opts, train_within_group=True)
 
     def episode_groups(tasks, key, n):
-        support = np.array(tasks.sample_train(key, n).support_x)  # (n, n_way * k, 2, L)
-        return [{group_of[label_of[tokenizer.decode(x[0][x[1] == 1].tolist())]] for x in ep} for ep in support]
+        return support_groups(tasks.sample_train(key, n), tokenizer, text_group)
 
     within_groups = episode_groups(within, mx.random.key(3), 200)
     assert all(len(g) == 1 for g in within_groups)  # one group per training episode
@@ -259,33 +265,26 @@ def test_within_group_training_tasks_draw_every_class_from_one_group(tmp_path, t
         make_csv_tasks(file, **{**opts, "group_column": None}, train_within_group=True)
 
 
-
 def test_within_group_held_out_episodes_draw_every_class_from_one_group(tmp_path, tokenizer):
     """tasks.test_within_group: each held-out episode's labels share a group and every held-out group is drawn,
     training episodes are the same as without it; with a test file, its own group column is read."""
     rows = corpus(n_labels=16, per=6, groups=4)  # groups of 4 labels
     file = write(tmp_path / "g.csv", [["text", "label", "group"]] + rows)
-    label_of, group_of = {t: lab for t, lab, _ in rows}, {lab: g for _, lab, g in rows}
+    text_group = {t: g for t, _, g in rows}
     opts = dict(n_way=3, k_shot=2, query_size=2, group_column="group", val=0.25, test=0.25, seed=0, tokenizer=tokenizer)
     mixed = make_csv_tasks(file, **opts, train_split="all", test_split="all")
     within = make_csv_tasks(file, **opts, train_split="all", test_split="all", test_within_group=True)
 
-    def episode_groups(episode):
-        support = np.array(episode.support_x)  # (n, n_way * k, 2, L)
-        return [{group_of[label_of[tokenizer.decode(x[0][x[1] == 1].tolist())]] for x in ep} for ep in support]
-
-    groups = episode_groups(within.sample_test(mx.random.key(3), 200))
-    assert all(len(g) == 1 for g in groups) and set().union(*groups) == set(group_of.values())  # all 4 groups drawn
-    assert any(len(g) > 1 for g in episode_groups(mixed.sample_test(mx.random.key(3), 50)))  # without it: mixed
+    groups = support_groups(within.sample_test(mx.random.key(3), 200), tokenizer, text_group)
+    assert all(len(g) == 1 for g in groups) and set().union(*groups) == set(text_group.values())  # all 4 groups drawn
+    assert any(len(g) > 1 for g in support_groups(mixed.sample_test(mx.random.key(3), 50), tokenizer, text_group))
     for a, b in zip(tree_flatten(mixed.sample_train(mx.random.key(5), 4)), tree_flatten(within.sample_train(mx.random.key(5), 4))):
         np.testing.assert_array_equal(np.array(a[1]), np.array(b[1]))  # training episodes unchanged
     test_rows = [[f"new sentence {i} {j}", f"new{i}", f"h{i // 3}"] for i in range(6) for j in range(6)]
     test_file = write(tmp_path / "t.csv", [["text", "label", "group"]] + test_rows)
     other = make_csv_tasks(file, **opts, test_path=test_file, test_within_group=True)
-    new_group = {lab: g for _, lab, g in test_rows}
-    support = np.array(other.sample_test(mx.random.key(1), 50).support_x)
-    text_label = {t: lab for t, lab, _ in test_rows}
-    assert all(len({new_group[text_label[tokenizer.decode(x[0][x[1] == 1].tolist())]] for x in ep}) == 1 for ep in support)
+    new_groups = support_groups(other.sample_test(mx.random.key(1), 50), tokenizer, {t: g for t, _, g in test_rows})
+    assert all(len(g) == 1 for g in new_groups)  # the test file's own groups
     with pytest.raises(ConfigError, match="test_within_group draws each test task's labels from one group"):
         make_csv_tasks(file, **{**opts, "group_column": None}, test_within_group=True)
 
