@@ -1,6 +1,7 @@
 """Meta-steps/s of `reptile-fn train` with 1 and 2 processes (mlx.launch, ring backend on loopback).
 
     uv run python benchmarks/distributed.py                 # sine and 2-D, 1 and 2 processes
+    uv run python benchmarks/distributed.py --agreement 2000  # 1 vs 2 processes: parameters and held-out accuracy
     uv run python benchmarks/distributed.py --report-only   # re-render results.md from the JSON
 
 Each cell trains the workload's config twice, for ``--short`` and ``--long`` meta-iterations, and
@@ -10,6 +11,12 @@ every meta-step; each gets one BLAS thread (two processes × two threads would o
 2-core machine), the single process keeps the default. Writes research/distributed.json,
 research/figures/distributed_throughput.png and the "Multi-process" section of research/results.md.
 Run it on an otherwise idle machine.
+
+``--agreement N`` measures what the speed runs do not: how far two processes end from one after N
+meta-iterations of the 2-D config (the same config and seed; the sums of the task directions are added in
+another order, so they differ by float rounding that grows with training). It keeps the throughput rows of
+the JSON and adds the largest parameter difference and both runs' held-out accuracy after 10 steps (their
+own final evaluation: the same held-out episodes). It is not a timing, so a busy machine does not matter.
 """
 
 from __future__ import annotations
@@ -46,22 +53,50 @@ def tool(name: str) -> str:
     return str(path)
 
 
+def train(config: str, processes: int, out: Path, port: int, sets: list[str]) -> dict:
+    """Run `reptile-fn train` (under mlx.launch for 2+ processes) into ``out``; its summary.json."""
+    cmd = [tool("reptile-fn"), "train", "--no-progress", "--config", config, "--out", str(out),
+           *[a for s in sets for a in ("--set", s)]]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLX_RANK", "MLX_HOSTFILE")}
+    if processes > 1:
+        cmd = [tool("mlx.launch"), "-n", str(processes), "--starting-port", str(port), "--", *cmd]
+        env["OPENBLAS_NUM_THREADS"] = "1"
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    summary = out / "summary.json"
+    if r.returncode or not summary.is_file():  # mlx.launch exits 0 even when a worker failed
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
+    return json.loads(summary.read_text())
+
+
 def run_seconds(config: str, processes: int, iterations: int, port: int) -> float:
     """Seconds of the training loop (summary.json; start-up and final evaluation excluded)."""
+    sets = [f"meta_iterations={iterations}", f"log_every={iterations}", f"checkpoint_every={iterations}",
+            f"eval.every={iterations}", "eval.episodes=4", "eval.inner_steps=1"]
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        sets = [f"meta_iterations={iterations}", f"log_every={iterations}", f"checkpoint_every={iterations}",
-                f"eval.every={iterations}", "eval.episodes=4", "eval.inner_steps=1"]
-        cmd = [tool("reptile-fn"), "train", "--no-progress", "--config", config, "--out", str(out),
-               *[a for s in sets for a in ("--set", s)]]
-        env = {k: v for k, v in os.environ.items() if k not in ("MLX_RANK", "MLX_HOSTFILE")}
-        if processes > 1:
-            cmd = [tool("mlx.launch"), "-n", str(processes), "--starting-port", str(port), "--", *cmd]
-            env["OPENBLAS_NUM_THREADS"] = "1"
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-        if r.returncode:
-            sys.exit(f"failed: {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
-        return json.loads((out / "summary.json").read_text())["seconds"]
+        return train(config, processes, Path(tmp) / "run", port, sets)["seconds"]
+
+
+def agreement(iterations: int, config: str = WORKLOADS["2-D"]) -> dict:
+    """1 vs 2 processes after ``iterations`` meta-iterations of ``config``: the largest parameter difference
+    and both runs' held-out accuracy (mean ± CI) after the config's last evaluation step."""
+    from reptile_fn import checkpoint
+
+    sets = [f"meta_iterations={iterations}", f"checkpoint_every={iterations}", f"eval.every={iterations}"]
+    out = {"iterations": iterations, "config": config}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {n: train(config, n, Path(tmp) / f"p{n}", 34000, sets) for n in (1, 2)}
+        params = {n: checkpoint.load(Path(tmp) / f"p{n}" / "checkpoint.safetensors")[0] for n in (1, 2)}
+    keys = [k for k in params[1] if k.startswith("params.")]
+    out["max_abs_param_diff"] = max(float(abs(params[1][k] - params[2][k]).max()) for k in keys)
+    out["max_abs_param"] = max(float(abs(params[1][k]).max()) for k in keys)
+    for n, summary in runs.items():
+        meta = summary["eval"]["inits"]["meta"]
+        out[f"accuracy_{n}"] = {"steps": meta["steps"][-1], "episodes": meta["episodes"],
+                                "mean": 100 * meta["metric"]["mean"][-1], "ci95": 100 * meta["metric"]["ci95"][-1]}
+    print(f"{iterations} meta-iterations: max |param difference| {out['max_abs_param_diff']:.2e} "
+          f"(largest |param| {out['max_abs_param']:.2f}); held-out accuracy {out['accuracy_1']['mean']:.2f} (1 process) "
+          f"vs {out['accuracy_2']['mean']:.2f} (2)", flush=True)
+    return out
 
 
 def measure(args) -> dict:
@@ -116,6 +151,15 @@ def render(data: dict) -> str:
         one = next(x for x in data["rows"] if x["workload"] == r["workload"] and x["processes"] == 1)
         lines.append(f"| {r['workload']} (`{r['config']}`) | {r['processes']} | {r['meta_steps_per_s']:.1f} | "
                      f"{r['meta_steps_per_s'] / one['meta_steps_per_s']:.2f}x |")
+    if "agreement" in data:
+        a = data["agreement"]
+        one, two = a["accuracy_1"], a["accuracy_2"]
+        lines += ["", f"Agreement (`uv run python benchmarks/distributed.py --agreement {a['iterations']}`, "
+                  f"{a.get('date', data['date'])}): after {a['iterations']:,} meta-iterations of `{a['config']}` "
+                  f"the two runs' parameters differ by at most {a['max_abs_param_diff']:.1e} (largest |parameter| "
+                  f"{a['max_abs_param']:.2f}), float rounding grown over training (the sums are added in another order); "
+                  f"held-out accuracy after {one['steps']} steps, the same {one['episodes']} episodes: "
+                  f"{one['mean']:.2f} ± {one['ci95']:.2f} % (1 process) vs {two['mean']:.2f} ± {two['ci95']:.2f} % (2)."]
     lines += ["", "Two processes are slower than one here: one process already keeps both cores busy (the "
               "meta-batch is vmapped, BLAS is threaded), and every meta-step of these small workloads (a few ms) "
               "now also waits on a collective and on the slower of the two processes. Splitting the meta-batch "
@@ -129,17 +173,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--short", type=int, default=200)
     p.add_argument("--long", type=int, default=1200)
+    p.add_argument("--agreement", type=int, metavar="N", help="only measure 1 vs 2 processes' results after N "
+                   "meta-iterations, kept beside the JSON's throughput rows")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     if args.report_only:
         data = json.loads(JSON.read_text())
+    elif args.agreement:
+        data = json.loads(JSON.read_text())
+        data["agreement"] = {**agreement(args.agreement), "date": time.strftime("%Y-%m-%d")}
+        io.write_json(JSON, data, indent=2)
     else:
-        data = measure(args)
+        kept = json.loads(JSON.read_text()).get("agreement") if JSON.is_file() else None
+        data = {**measure(args), **({"agreement": kept} if kept else {})}
         io.write_json(JSON, data, indent=2)
         figure(data)
     write_section(RESULTS, BEGIN, END, "## Multi-process meta-training", render(data))
-    print(f"wrote {JSON.relative_to(ROOT)}, {FIGURE.relative_to(ROOT)} and the section in "
-          f"{RESULTS.relative_to(ROOT)}")
+    print(f"wrote {'' if args.report_only else str(JSON.relative_to(ROOT)) + ', '}"
+          f"{'' if args.report_only or args.agreement else str(FIGURE.relative_to(ROOT)) + ', '}"
+          f"the section in {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
