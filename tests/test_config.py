@@ -701,3 +701,16 @@ def test_within_group_is_for_data_sets_with_groups(part):
     assert C.load(None, ["tasks.dataset=clinc150", f"tasks.{part}_within_group=true"]).tasks.dataset == "clinc150"
     with pytest.raises(ConfigError, match=rf"tasks.{part}_within_group .* is for clinc150 .* not omniglot; set it to false"):
         C.load(None, ["tasks.dataset=omniglot", f"tasks.{part}_within_group=true"])
+
+
+def test_clinc_intent_lora_is_the_shipped_adapters_training_config():
+    """configs/clinc_intent_lora.yaml reproduces minilm-intent-lora: the config its card's command trained with."""
+    import shlex
+
+    from reptile_fn import pretrained
+
+    words = shlex.split(pretrained.card("minilm-intent-lora")["training"]["command"].split(" (")[0])
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    trained = C.load(words[words.index("--config") + 1], sets)
+    assert C.load("clinc_intent_lora") == trained
+    assert (trained.algorithm, trained.outer_lr_final, trained.peft.head_scale) == ("fomaml", None, 10.0)
