@@ -174,7 +174,8 @@ STANDARD = (
     "protocol as supervised-reptile's `split_dataset`: the characters shuffled with seed 0, the first 1,200 "
     "meta-train (rotated by 90°, 180°, 270° as new classes), the other 423 meta-test (not rotated), the split "
     "recorded in each run. Settings: `configs/omniglot_{5,20}w{1,5}s.yaml` (the supervised-reptile settings: inner "
-    "Adam with β1 = 0 at 0.001, 10 training shots, meta-batch 5, meta step 1 annealed linearly to 0); one run per "
+    "Adam with β1 = 0, 10 training shots, meta-batch 5, meta step 1 annealed linearly to 0; 5-way: 5 inner steps "
+    "at 0.001 on batches of 10, 20-way: 10 steps at 0.0005 on batches of 20); one run per "
     "way serves both shot counts (training is the same). ")
 
 
