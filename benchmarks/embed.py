@@ -5,6 +5,7 @@
                                                        # Omniglot zips, optional): writes research/embed.json
                                                        # and the embeddings section of research/results.md
     uv run python benchmarks/embed.py --quick       # smoke run: small bank, few episodes, prints only
+    uv run python benchmarks/embed.py --omniglot-only --data-dir DIR  # only the Omniglot alphabets, kept beside the rest
     uv run python benchmarks/embed.py --report-only # re-render results.md from research/embed.json
 
 Setting: the default run (``configs/default.yaml``: Reptile, MLP, 2-way 5-shot tasks from the 2-D
@@ -157,6 +158,26 @@ def train_hyper(run: R.Run, params, z_train: mx.array, episodes: Episode, steps:
     return hyper, trace
 
 
+def omniglot_identification(data_dir: str) -> dict:
+    """Name the alphabet of episodes drawn from the shipped 5-way init's held-out characters (its run's test
+    split, which no training task used), at 1 and 5 shots, embeddings without adaptation."""
+    from reptile_fn.embed.similarity import alphabet_identification
+
+    t0 = time.perf_counter()
+    ro, po, _, _ = R.load("omniglot-5w1s", [f"tasks.data_dir={data_dir}"])
+    out = {"init": "omniglot-5w1s", "protocol": ro.tasks.protocol, "split": ro.tasks.test_split,
+           "characters": int(ro.tasks.test_images.shape[0])}
+    for k in (1, 5):
+        r = alphabet_identification(probe(ro), po, ro.tasks, k_shot=k, bank_tasks=OMNIGLOT_BANK,
+                                    query_tasks=OMNIGLOT_QUERY, key=mx.random.key(TEST_KEY + 3))
+        out[str(k)] = {name: float(v) for name, v in r["accuracy"].items()}
+        out["alphabets"], out["left_out"] = list(r["families"]), list(r["left_out"])
+        print(f"Omniglot alphabet identification at {k} shots ({len(r['families'])} alphabets): "
+              + ", ".join(f"{n} {100 * v:.1f}%" for n, v in out[str(k)].items()))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
 def measure(args) -> dict:
     log = lambda m: print(m, flush=True)  # noqa: E731
     t_start = time.perf_counter()
@@ -185,21 +206,7 @@ def measure(args) -> dict:
     log("identification top-1: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in ident.items()))
     # and as `reptile-fn embed` measures it: fresh bank vs fresh queries, k shots per class, Fisher after
     # SWEEP_ADAPT probe-adaptation steps
-    omniglot = {}
-    if args.data_dir:  # Omniglot: name the alphabet (5 held-out test alphabets) with the shipped 5-way init
-        from reptile_fn.embed.similarity import alphabet_identification
-        from reptile_fn.tasks.omniglot import load_set
-
-        ro, po, _, _ = R.load("omniglot-5w1s", [f"tasks.data_dir={args.data_dir}"])
-        data = load_set("background", args.data_dir)
-        for k in (1, 5):
-            r = alphabet_identification(probe(ro), po, data, n_way=ro.cfg.tasks.n_way, seed=ro.cfg.seed, k_shot=k,
-                                        bank_tasks=OMNIGLOT_BANK, query_tasks=OMNIGLOT_QUERY,
-                                        key=mx.random.key(TEST_KEY + 3))
-            omniglot[str(k)] = {name: float(v) for name, v in r["accuracy"].items()}
-            omniglot["alphabets"] = list(r["families"])
-            log(f"Omniglot alphabet identification at {k} shots: "
-                + ", ".join(f"{n} {100 * v:.1f}%" for n, v in omniglot[str(k)].items()))
+    omniglot = omniglot_identification(args.data_dir) if args.data_dir else {}
     sweep = {}
     for k in (5, 10) if args.quick else SWEEP_SHOTS:
         r = family_identification(probe(run), run.tasks, params, k_shot=k, bank_tasks=SWEEP_BANK,
@@ -339,15 +346,24 @@ def render(r: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{100 * v[name]:.1f}%" for v in by.values()) + " |")
     og = r.get("omniglot_identification") or {}
     if og:
-        shots = [k for k in og if k != "alphabets"]
+        shots = [k for k in og if k.isdigit()]
+        if "protocol" in og:
+            where = (f"the {og['characters']} held-out characters of the shipped `omniglot-5w1s` run ({og['protocol']} "
+                     f"protocol, its {og['split']!r} split: no training task used them), grouped by alphabet: "
+                     f"{len(og['alphabets'])} alphabets with at least 5 of them ({len(og['left_out'])} with fewer left out")
+        else:  # measured before 2026-11-30, with the alphabets-protocol init shipped then
+            where = (f"one of the {len(og['alphabets'])} held-out test alphabets of the seed-0 alphabet split (no "
+                     f"training task used them), the `omniglot-5w1s` init shipped then (alphabets protocol")
         lines += ["", f"Omniglot (`--data-dir`): name the alphabet of a 5-way episode whose characters all come from "
-                  f"one of the {len(og['alphabets'])} held-out test alphabets of the seed-0 alphabet split (no training "
-                  f"task used them; chance {100 / len(og['alphabets']):.0f}%), embeddings from the shipped `omniglot-5w1s` "
-                  f"init without adaptation, {OMNIGLOT_BANK} bank vs {OMNIGLOT_QUERY} query tasks "
-                  f"(`embed.similarity.alphabet_identification`):", "",
+                  f"{where}; chance {100 / len(og['alphabets']):.1f}%), embeddings without adaptation, {OMNIGLOT_BANK} "
+                  f"bank vs {OMNIGLOT_QUERY} query tasks (`embed.similarity.alphabet_identification`; the measurement of "
+                  f"`reptile-fn embed --checkpoint omniglot-5w1s --tasks {OMNIGLOT_BANK} --shots K --adapt-steps 0`, on "
+                  f"other episodes):", "",
                   "| embedding | " + " | ".join(f"{k}-shot" for k in shots) + " |", "|---|" + "---:|" * len(shots)]
         for name in og[shots[0]]:
             lines.append(f"| {name} | " + " | ".join(f"{100 * og[k][name]:.1f}%" for k in shots) + " |")
+        if "command" in og:
+            lines += ["", f"Omniglot rows: `{og['command']}` ({og['seconds']:.0f} s, {og['date']})."]
     lines += ["", f"Command: `{' '.join(['python benchmarks/embed.py'] + [shlex.quote(a) for a in shown_argv(r['argv'])[1:]])}` "
               f"({r['seconds']:.0f} s, MLX {r['environment']['mlx']}, {r['environment']['date']}).", "", END]
     return "\n".join(lines)
@@ -358,9 +374,18 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke run; prints only")
     p.add_argument("--report-only", action="store_true", help="re-render results.md from research/embed.json")
     p.add_argument("--data-dir", default=None, help="Omniglot zips: also identify Omniglot alphabets")
+    p.add_argument("--omniglot-only", action="store_true", help="re-measure only the Omniglot identification "
+                   "(needs --data-dir), kept beside the JSON's other results")
     args = p.parse_args()
     if args.report_only:
         results = json.loads(JSON.read_text())
+    elif args.omniglot_only:
+        if not args.data_dir:
+            sys.exit("--omniglot-only needs --data-dir DIR (the folder with the Omniglot zips)")
+        results = json.loads(JSON.read_text())
+        results["omniglot_identification"] = {**omniglot_identification(args.data_dir), "date": time.strftime("%Y-%m-%d"),
+                                              "command": "python benchmarks/embed.py --omniglot-only --data-dir DIR"}
+        io.write_json(JSON, results, indent=1)
     else:
         if not RUN.exists():
             sys.exit(f"{RUN} not found: run `uv run reptile-fn train --out runs/default` first")

@@ -56,6 +56,13 @@ def _checkpoint(path: Path) -> Path:
                           f"`reptile-fn train` (or its {CHECKPOINT}), or a shipped initialization's name")
 
 
+def _default_out(checkpoint: Path, sub: str) -> Path:
+    """Where a command writes unless told: ``<run>/<sub>``, or ``runs/<sub>/<name>`` for a shipped init."""
+    from reptile_fn import pretrained
+
+    return Path("runs") / sub / checkpoint.stem if pretrained.is_shipped(checkpoint) else checkpoint.parent / sub
+
+
 def _limit(option: str, value: Optional[int], key: str) -> None:
     """A command-line count checked against the config limit of the setting it stands for."""
     from reptile_fn import config as C
@@ -228,8 +235,7 @@ def eval_(
     typer.echo(format_results(ev, max_step=run.cfg.eval.inner_steps if steps is None else steps))
     if "speed" in ev:
         typer.echo(format_speed(ev["speed"]))
-    out_dir = out or (Path("runs") / "eval" / checkpoint.stem if pretrained.is_shipped(checkpoint)
-                      else checkpoint.parent / "eval")
+    out_dir = out or _default_out(checkpoint, "eval")
     written = save_results(run, params, state, ev, out_dir, checkpoint=checkpoint, iteration=iteration,
                            baselines=base, json_out=json_out)
     typer.echo(f"wrote {written[0]} and {', '.join(p.name for p in written[1:])}")
@@ -271,8 +277,8 @@ def adapt(
 @app.command()
 @_errors_to_exit
 def embed(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train "
-                                    "(synthetic classification families)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by train, or a shipped name: a "
+                                    "run on synthetic classification families (names the family) or Omniglot (the alphabet)."),
     family: List[str] = typer.Option([], "--family", help="Only these task families (repeatable; default: the run's)."),
     shots: int = typer.Option(5, "--shots", help="Support examples per class of every embedded task (k_shot)."),
     tasks_n: int = typer.Option(400, "--tasks", help="Labelled bank tasks; half as many query tasks are identified."),
@@ -281,7 +287,8 @@ def embed(
     out: Optional[Path] = typer.Option(None, "--out", help="Where embed.json and the PNG go (default: <run>/embed)."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
-    """Family identification of fresh held-out tasks by handcrafted and Fisher (Task2Vec) embeddings, and a PCA plot."""
+    """Names the family (synthetic runs) or alphabet (Omniglot) of fresh held-out tasks by handcrafted and Fisher
+    (Task2Vec) embeddings, top-1 nearest neighbour, with a PCA plot."""
     for name, value, low in (("--shots", shots, 1), ("--tasks", tasks_n, 2), ("--adapt-steps", adapt_steps, 0),
                              ("--seed", seed, 0)):
         if value < low:
@@ -292,33 +299,22 @@ def embed(
     for option, value, key in (("--shots", shots, "tasks.k_shot"), ("--adapt-steps", adapt_steps, "eval.inner_steps"),
                                ("--seed", seed, "seed")):
         _limit(option, value, key)
-    checkpoint = _checkpoint(checkpoint)
+    from reptile_fn import pretrained
+
+    checkpoint = pretrained.resolve(_checkpoint(checkpoint))
     import mlx.core as mx
 
     from reptile_fn import io, plots
-    from reptile_fn.embed import similarity
     from reptile_fn.run import load
-    from reptile_fn.run.report import probe
+    from reptile_fn.run.report import format_identification, identify_tasks
 
     run, params, _, iteration = load(checkpoint, _with_data_dir([], data_dir))
-    tasks = run.tasks
-    similarity.check_distribution(tasks)
-    if family:
-        tasks = similarity.restrict_families(tasks, family)
-        similarity.check_distribution(tasks)
-    result = similarity.family_identification(probe(run), tasks, params, k_shot=shots, bank_tasks=tasks_n,
-                                              query_tasks=max(1, tasks_n // 2), key=mx.random.key(seed),
-                                              adapt_steps=adapt_steps)
-    families = result["families"]
-    typer.echo(f"{checkpoint} (meta-iteration {iteration}): family identification of fresh held-out tasks, "
-               f"{', '.join(families)}, k_shot={shots}")
-    typer.echo(f"top-1 nearest neighbour, {result['query_tasks']} queries vs {result['bank_tasks']} labelled bank tasks "
-               f"(chance {100 / len(families):.1f}%)")
-    typer.echo(f"  handcrafted  {100 * result['accuracy']['handcrafted']:5.1f}%")
-    typer.echo(f"  fisher       {100 * result['accuracy']['fisher']:5.1f}%  (log-Fisher after {adapt_steps} steps)")
-    out_dir = out or checkpoint.parent / "embed"
-    summary = {k: result[k] for k in ("accuracy", "k_shot", "bank_tasks", "query_tasks", "adapt_steps")}
-    io.write_json(out_dir / "embed.json", {"checkpoint": str(checkpoint), "families": list(families), "seed": seed,
+    result = identify_tasks(run, params, k_shot=shots, bank_tasks=tasks_n, query_tasks=max(1, tasks_n // 2),
+                            key=mx.random.key(seed), adapt_steps=adapt_steps, families=tuple(family))
+    typer.echo(f"{checkpoint} (meta-iteration {iteration}): {format_identification(result)}")
+    out_dir = out or _default_out(checkpoint, "embed")
+    summary = {k: result[k] for k in ("what", "accuracy", "k_shot", "bank_tasks", "query_tasks", "adapt_steps")}
+    io.write_json(out_dir / "embed.json", {"checkpoint": str(checkpoint), "families": list(result["families"]), "seed": seed,
                                            **summary})
     png = plots.task_embeddings(result, out_dir / "task_embeddings.png")
     typer.echo(f"wrote {out_dir / 'embed.json'} and {png}")

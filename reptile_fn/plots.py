@@ -100,13 +100,16 @@ def task_embeddings(result: dict, path: str | Path) -> Path:
     from reptile_fn.embed.similarity import pca_2d
 
     names = list(result["embeddings"])
+    what, groups = result.get("what", "family"), result["families"]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.4), squeeze=False)
     labels, is_query = np.asarray(result["labels"]), np.asarray(result["is_query"])
+    colors = plt.get_cmap("tab10" if len(groups) <= 10 else "gist_ncar")(np.linspace(0, 0.95, len(groups)) if len(groups) > 10
+                                                                         else np.arange(len(groups)))
     for ax, name in zip(axes[0], names):
         e = np.asarray(result["embeddings"][name], dtype=np.float64)
         xy = pca_2d(e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12))
-        for i, family in enumerate(result["families"]):
-            color = f"C{i}"
+        for i, family in enumerate(groups):
+            color = colors[i]
             bank, query = (labels == i) & ~is_query, (labels == i) & is_query
             ax.scatter(*xy[bank].T, s=9, color=color, alpha=0.6, label=family)
             ax.scatter(*xy[query].T, s=14, facecolors="none", edgecolors=color, linewidths=0.8)
@@ -114,6 +117,8 @@ def task_embeddings(result: dict, path: str | Path) -> Path:
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(title="family (hollow: queries)", fontsize=8)
-    fig.suptitle(f"task embeddings of fresh held-out tasks, k_shot={result['k_shot']}")
+    if len(groups) <= 10:  # a legend of more would cover the panel
+        axes[0][0].legend(title=f"{what} (hollow: queries)", fontsize=8)
+    many = f", coloured by {what} ({len(groups)}; hollow: queries)" if len(groups) > 10 else ""
+    fig.suptitle(f"task embeddings of fresh held-out tasks, k_shot={result['k_shot']}{many}")
     return _save(fig, path)

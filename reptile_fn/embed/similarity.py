@@ -103,10 +103,7 @@ def family_identification(probe: Probe, tasks, params, *, k_shot: int, bank_task
     "bank_tasks", "query_tasks", "adapt_steps"}`` for ``name`` in handcrafted, fisher.
     """
     check_distribution(tasks)
-    for name, value, low in (("k_shot", k_shot, 1), ("bank_tasks", bank_tasks, 1), ("query_tasks", query_tasks, 1),
-                             ("adapt_steps", adapt_steps, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    _check_counts(k_shot=k_shot, bank_tasks=bank_tasks, query_tasks=query_tasks, adapt_steps=adapt_steps)
     tasks = dataclasses.replace(tasks, k_shot=k_shot)
     bank_key, query_key = mx.random.split(key)
     bank_labels, bank = sample_tasks(tasks, bank_key, bank_tasks)
@@ -115,6 +112,14 @@ def family_identification(probe: Probe, tasks, params, *, k_shot: int, bank_task
     return identify(embed_support(probe, params, bank.support_x, bank.support_y, **kw), bank_labels,
                     embed_support(probe, params, query.support_x, query.support_y, **kw), query_labels,
                     families=tuple(tasks.families), k_shot=k_shot, adapt_steps=adapt_steps)
+
+
+def _check_counts(**counts: int) -> None:
+    """A ConfigError unless every count is an integer >= 1 (``adapt_steps``: >= 0)."""
+    for name, value in counts.items():
+        low = 0 if name == "adapt_steps" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def identify(bank: dict, bank_labels: np.ndarray, query: dict, query_labels: np.ndarray, **info) -> dict:
@@ -136,25 +141,34 @@ def pca_2d(embeddings: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T if vt.shape[0] >= 2 else np.pad(centred @ vt.T, ((0, 0), (0, 2 - vt.shape[0])))
 
 
-def alphabet_identification(probe: Probe, params, data, *, n_way: int, seed: int, k_shot: int, bank_tasks: int,
-                            query_tasks: int, key: mx.array, adapt_steps: int = 0, split: str = "test") -> dict:
-    """Omniglot: name the alphabet of an N-way episode whose classes all come from one alphabet.
+def alphabet_identification(probe: Probe, params, tasks, *, k_shot: int, bank_tasks: int, query_tasks: int,
+                            key: mx.array, adapt_steps: int = 0) -> dict:
+    """Omniglot: name the alphabet of a fresh held-out episode whose characters all come from one alphabet.
 
-    ``data``: an ``OmniglotSet`` (``tasks.omniglot.load_set``); its alphabets are split with
-    ``alphabet_split(seed=seed)`` (the run's) and episodes are drawn from the ``split`` alphabets only
-    ("test": the alphabets the ``protocol: alphabets`` runs never meta-train on). Each task picks an
-    alphabet uniformly, then an ``n_way``-way ``k_shot``-shot episode of its characters.
-    Returns what ``family_identification`` returns, with the alphabets as ``families``.
+    ``tasks``: a run's ``OmniglotTasks``; episodes are drawn from its held-out characters (``test_images``,
+    grouped by ``test_alphabets``), so no training task used them: under the standard protocol they are
+    characters of alphabets seen in training, under ``protocol: alphabets`` whole unseen alphabets. Each task
+    picks an alphabet uniformly, then a ``tasks.n_way``-way ``k_shot``-shot episode of its characters;
+    alphabets with fewer than ``n_way`` held-out characters are left out (``left_out``). Returns what
+    ``family_identification`` returns, with the alphabets as ``families``.
     """
     from reptile_fn.episode import class_episode
     from reptile_fn.tasks import omniglot
 
-    chars = data.subset(omniglot.alphabet_split(data.alphabets, seed=seed)[split])
-    names = tuple(sorted(set(chars.alphabets)))
-    groups = [mx.array(chars.images[np.array([a == n for a in chars.alphabets])]) for n in names]
-    small = [n for n, g in zip(names, groups) if g.shape[0] < n_way]
-    if small:
-        raise ConfigError(f"alphabets {small} have fewer than n_way={n_way} characters; lower tasks.n_way")
+    _check_counts(k_shot=k_shot, bank_tasks=bank_tasks, query_tasks=query_tasks, adapt_steps=adapt_steps)
+    alphabets = getattr(tasks, "test_alphabets", ())
+    if not alphabets:
+        raise ConfigError("alphabet identification needs an Omniglot run whose held-out characters know their "
+                          "alphabets (tasks from tasks.omniglot.make_omniglot)")
+    n_way = tasks.n_way
+    names = tuple(sorted(set(alphabets)))
+    rows = {n: np.flatnonzero(np.array([a == n for a in alphabets])) for n in names}
+    left_out = tuple(n for n in names if len(rows[n]) < n_way)
+    names = tuple(n for n in names if len(rows[n]) >= n_way)
+    if len(names) < 2:
+        raise ConfigError(f"alphabet identification needs two alphabets with at least n_way={n_way} held-out "
+                          f"characters, the run's {tasks.test_split!r} split has {len(names)}; lower tasks.n_way")
+    groups = [tasks.test_images[mx.array(rows[n])] for n in names]
 
     def sample(k, n):
         alphabet_key, episode_key = mx.random.split(k)
@@ -168,4 +182,4 @@ def alphabet_identification(probe: Probe, params, data, *, n_way: int, seed: int
     query_labels, qx, qy = sample(query_key, query_tasks)
     kw = dict(n_classes=n_way, adapt_steps=adapt_steps)
     return identify(embed_support(probe, params, bx, by, **kw), bank_labels, embed_support(probe, params, qx, qy, **kw),
-                    query_labels, families=names, k_shot=k_shot, adapt_steps=adapt_steps)
+                    query_labels, families=names, k_shot=k_shot, adapt_steps=adapt_steps, left_out=left_out, n_way=n_way)

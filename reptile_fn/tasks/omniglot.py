@@ -334,6 +334,7 @@ class OmniglotTasks:
     train_split: str = "train"
     test_split: str = "test"
     protocol: str = "standard"
+    test_alphabets: tuple[str, ...] = ()  # the alphabet of each row of test_images (empty: not recorded)
 
     kind: ClassVar[str] = "classification"
     in_dim: ClassVar[tuple[int, int, int]] = IN_DIM
@@ -351,6 +352,10 @@ class OmniglotTasks:
             split = self.train_split if name == "train_images" else self.test_split
             check_classes(f"the {split!r} split", images.shape[0], images.shape[1], n_way=self.n_way,
                           k_shot=self.k_shot, query_size=self.query_size, unit="drawings")
+        object.__setattr__(self, "test_alphabets", tuple(self.test_alphabets))
+        if self.test_alphabets and len(self.test_alphabets) != self.test_images.shape[0]:
+            raise ConfigError(f"test_alphabets names {len(self.test_alphabets)} alphabets for "
+                              f"{self.test_images.shape[0]} test classes; give one per row of test_images")
 
     @property
     def out_dim(self) -> int:
@@ -385,12 +390,13 @@ def make_omniglot(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, 
     load = dict(data_dir=data_dir, protocol=resolved, seed=seed, val_characters=val_characters,
                 background=background, resample=resample, cache=cache)
 
-    def device_images(split: str, rotate: bool) -> mx.array:
-        images = load_split(split, **load).images
-        return mx.array(with_rotations(images) if rotate else images)
+    def device_images(split: str, rotate: bool) -> tuple[mx.array, tuple[str, ...]]:
+        chars = load_split(split, **load)
+        alphabets = tuple(a for a in chars.alphabets for _ in range(N_ROTATIONS if rotate else 1))  # 4c + r
+        return mx.array(with_rotations(chars.images) if rotate else chars.images), alphabets
 
-    train = device_images(train_split, rotate_train)
-    test = device_images(test_split, rotate_test)
+    train, _ = device_images(train_split, rotate_train)
+    test, test_alphabets = device_images(test_split, rotate_test)
     mx.eval(train, test)
-    return OmniglotTasks(train, test, n_way, k_shot, query_size, train_split, test_split, resolved)
+    return OmniglotTasks(train, test, n_way, k_shot, query_size, train_split, test_split, resolved, test_alphabets)
 
