@@ -88,3 +88,5 @@ def test_cli_embed_names_the_alphabet_of_an_omniglot_run(omniglot_run, tmp_path)
         assert (tmp_path / "task_embeddings.png").stat().st_size > 0
         _assert_user_error(runner.invoke(app, ["embed", "--checkpoint", str(checkpoint), "--family", "linear",
                                                "--out", str(tmp_path)]), "drop --family")
+        _assert_user_error(runner.invoke(app, ["embed", "--checkpoint", str(checkpoint), "--shots", "20",
+                                               "--out", str(tmp_path)]), "use at most 19 shots")

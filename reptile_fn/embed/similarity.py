@@ -160,7 +160,10 @@ def alphabet_identification(probe: Probe, params, tasks, *, k_shot: int, bank_ta
     if not alphabets:
         raise ConfigError("alphabet identification needs an Omniglot run whose held-out characters know their "
                           "alphabets (tasks from tasks.omniglot.make_omniglot)")
-    n_way = tasks.n_way
+    n_way, drawings = tasks.n_way, tasks.test_images.shape[1]
+    if k_shot + 1 > drawings:  # the episode sampler also draws one query drawing per class
+        raise ConfigError(f"k_shot = {k_shot} needs {k_shot + 1} drawings per character, but the held-out characters "
+                          f"have {drawings}; use at most {drawings - 1} shots (--shots)")
     names = tuple(sorted(set(alphabets)))
     rows = {n: np.flatnonzero(np.array([a == n for a in alphabets])) for n in names}
     left_out = tuple(n for n in names if len(rows[n]) < n_way)
