@@ -209,7 +209,7 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
     data_dir: Optional[Path] = DataDirOpt,
     encoder: Optional[Path] = EncoderOpt,
-    split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val or evaluation."),
+    split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val, or evaluation (runs of the alphabets protocol)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Score the run on data it never trained on: a folder "
                                         "(or .zip) of class subfolders for image runs, a CSV of text,label rows for "
                                         "text runs; every class is held out."),

@@ -424,9 +424,14 @@ def test_load_split_standard_protocol_with_both_zips(tmp_path, monkeypatch):
         O.load_split("val", data)
     val = O.load_split("val", data, val_characters=2)
     assert len(val.characters) == 2 and set(val.characters) <= set(train.characters)
-    tasks = O.make_omniglot(data, n_way=3, k_shot=1, query_size=1, test_split="evaluation")
+    tasks = O.make_omniglot(data, n_way=3, k_shot=1, query_size=1)
     assert tasks.protocol == "standard"
     assert tasks.train_images.shape[0] == 4 * 12 and tasks.test_images.shape[0] == 8
+    for split in ("evaluation", "background"):  # both hold meta-training characters under this protocol
+        with pytest.raises(ConfigError, match=f"test_split = {split} under the standard protocol"):
+            O.make_omniglot(data, n_way=3, k_shot=1, query_size=1, test_split=split)
+    disjoint = O.make_omniglot(data, n_way=3, k_shot=1, query_size=1, test_split="evaluation", protocol="alphabets")
+    assert disjoint.protocol == "alphabets" and disjoint.test_images.shape[0] == 8  # the whole evaluation set
 
 
 def test_only_background_uses_the_alphabet_protocol(small1, use_shared_cache, tmp_path):

@@ -387,6 +387,11 @@ def make_omniglot(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, 
     check_choice("train_split", train_split, SPLITS)
     check_choice("test_split", test_split, SPLITS)
     resolved = resolve_protocol(protocol, data_dir, background)
+    if resolved == "standard" and train_split == "train" and test_split in ("evaluation", "background"):
+        raise ConfigError(f"test_split = {test_split} under the standard protocol: its meta-training characters are "
+                          f"drawn from both zips, so most of the {test_split} set was trained on; use test (the "
+                          f"held-out characters), or meta-train with protocol = alphabets (the background zip's "
+                          f"alphabets only) to score on the evaluation alphabets")
     load = dict(data_dir=data_dir, protocol=resolved, seed=seed, val_characters=val_characters,
                 background=background, resample=resample, cache=cache)
 
