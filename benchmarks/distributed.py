@@ -169,17 +169,24 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--agreement 0`` would otherwise read as not given)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of meta-iterations >= 1, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--short", type=int, default=200)
     p.add_argument("--long", type=int, default=1200)
-    p.add_argument("--agreement", type=int, metavar="N", help="only measure 1 vs 2 processes' results after N "
+    p.add_argument("--agreement", type=positive, metavar="N", help="only measure 1 vs 2 processes' results after N "
                    "meta-iterations, kept beside the JSON's throughput rows")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     if args.report_only:
         data = json.loads(JSON.read_text())
-    elif args.agreement:
+    elif args.agreement is not None:
         data = json.loads(JSON.read_text())
         data["agreement"] = {**agreement(args.agreement), "date": time.strftime("%Y-%m-%d")}
         io.write_json(JSON, data, indent=2)

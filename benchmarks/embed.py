@@ -54,6 +54,7 @@ from reptile_fn.embed import hyper as H
 from reptile_fn.embed.select import standardize
 from reptile_fn.embed.similarity import family_identification, fisher_embeddings
 from reptile_fn.episode import Episode
+from reptile_fn.errors import ReptileFnError
 from reptile_fn.evaluate import mean_ci
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.run.report import probe
@@ -381,9 +382,13 @@ def main() -> None:
         results = json.loads(JSON.read_text())
     elif args.omniglot_only:
         if not args.data_dir:
-            sys.exit("--omniglot-only needs --data-dir DIR (the folder with the Omniglot zips)")
+            sys.exit("error: --omniglot-only needs --data-dir DIR; pass the folder with the Omniglot zips")
         results = json.loads(JSON.read_text())
-        results["omniglot_identification"] = {**omniglot_identification(args.data_dir), "date": time.strftime("%Y-%m-%d"),
+        try:
+            measured = omniglot_identification(args.data_dir)
+        except ReptileFnError as e:
+            sys.exit(f"error: {e}")
+        results["omniglot_identification"] = {**measured, "date": time.strftime("%Y-%m-%d"),
                                               "command": "python benchmarks/embed.py --omniglot-only --data-dir DIR"}
         io.write_json(JSON, results, indent=1)
     else:

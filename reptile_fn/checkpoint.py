@@ -69,7 +69,8 @@ def load(path: str | Path) -> tuple[dict[str, mx.array], dict]:
     except Exception as e:  # mlx raises RuntimeError/ValueError with a C++ message
         raise CheckpointError(f"checkpoint {path} could not be read ({e}); it is corrupt or not a safetensors file") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a reptile_fn checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(f"{path} is not a reptile_fn checkpoint (format {meta.get('format')!r}, expected {FORMAT!r}); "
+                              "pass a checkpoint.safetensors written by `reptile-fn train`, or a shipped name")
     try:
         decoded = {k: json.loads(v) for k, v in meta.items() if k != "format"}
     except json.JSONDecodeError:

@@ -14,6 +14,7 @@ import typer
 import reptile_fn
 from reptile_fn import _blas, _malloc
 from reptile_fn.errors import CheckpointError, ReptileFnError
+from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Functional meta-learning (Reptile, MAML and kin) on MLX.")
@@ -80,10 +81,20 @@ def _errors_to_exit(fn):
 
         progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except ReptileFnError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
+            where = f" ({e.filename})" if e.filename else ""
+            typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as e:
+            signal_name = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
+            typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
+                       f"whole, the rest were not written (a training run continues with --resume)", err=True)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
     return wrapper
 
@@ -149,7 +160,8 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
     new, _, metrics = run.meta.step(params, run.meta.init(params), batch, keys.train)
     mx.eval(new, metrics)
     if not bool(T.all_finite(new)):
-        raise ReptileFnError("one meta-step from the initialization already gives NaN/Inf; lower inner_lr or outer_lr")
+        raise ReptileFnError("one meta-step from the initialization already gives NaN/Inf; lower inner_lr or outer_lr, "
+                             "or a scale you set (peft.scale, peft.head_scale)")
     what = (", ".join(cfg.tasks.families) if cfg.tasks.dataset == "synthetic"
             else f"{cfg.tasks.dataset} {cfg.tasks.n_way}-way {cfg.tasks.k_shot}-shot")
     typer.echo(f"config OK ({config or 'built-in default'}): {cfg.algorithm} on {what} "
@@ -174,8 +186,10 @@ def train(
     from reptile_fn.run import train as run_train
     from reptile_fn.run.report import format_peft
 
+    from reptile_fn import io
+
     name = config.stem if config else "default"
-    out = out or Path("runs") / name
+    out = io.check_out_dir(out or Path("runs") / name)
     if resume and not config:
         # --set on a resumed run is compared against the run's own config, not the defaults
         cfg = C.with_overrides(stored_config(out), set_) if set_ else None
@@ -217,15 +231,20 @@ def eval_(
                                    help="Evaluate with a changed setting, e.g. tasks.k_shot=5 or eval.transductive=false."),
 ) -> None:
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
-    from reptile_fn import pretrained
+    from reptile_fn import io, pretrained
     from reptile_fn.run import baseline_inits, default_baselines, final_evaluation, format_results, format_speed, load
     from reptile_fn.run.report import save_results
 
     for option, value, key in (("--episodes", episodes, "eval.episodes"), ("--steps", steps, "eval.inner_steps"),
                                ("--speed-steps", speed_steps, "eval.inner_steps")):
         _limit(option, value, key)
-    overrides = _with_data_dir(([f"tasks.test_split={split}"] if split else []) + list(set_), data_dir, encoder)
+    if split is not None and not split.strip():
+        raise ReptileFnError("--split is empty; give test, val or evaluation, or leave it out for the run's own")
+    if split is not None and any(s.split("=", 1)[0].strip() in ("tasks.test_split", "test_split") for s in set_):
+        raise ReptileFnError("--split and --set tasks.test_split both choose the held-out split; give one of them")
+    overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(_checkpoint(checkpoint))
+    out_dir = io.check_out_dir(out or _default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
     run, params, state, iteration = load(checkpoint, overrides, data=data)
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
@@ -235,7 +254,6 @@ def eval_(
     typer.echo(format_results(ev, max_step=run.cfg.eval.inner_steps if steps is None else steps))
     if "speed" in ev:
         typer.echo(format_speed(ev["speed"]))
-    out_dir = out or _default_out(checkpoint, "eval")
     written = save_results(run, params, state, ev, out_dir, checkpoint=checkpoint, iteration=iteration,
                            baselines=base, json_out=json_out)
     typer.echo(f"wrote {written[0]} and {', '.join(p.name for p in written[1:])}")
@@ -263,7 +281,10 @@ def adapt(
 
     _limit("--steps", steps, "eval.inner_steps")
     _limit("--seed", seed, "seed")
+    from reptile_fn import io
+
     checkpoint = _checkpoint(checkpoint)
+    io.check_out_dir(out, ("predictions.csv", "predictions.json", "adapted.safetensors"))
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
     counts = np.bincount(pred.predicted, minlength=len(pred.classes))
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
@@ -284,6 +305,8 @@ def embed(
     tasks_n: int = typer.Option(400, "--tasks", help="Labelled bank tasks; half as many query tasks are identified."),
     adapt_steps: int = typer.Option(5, "--adapt-steps", help="SGD steps on the support set before the Fisher."),
     seed: int = typer.Option(0, "--seed", help="Seed of the fresh held-out tasks."),
+    way: Optional[int] = typer.Option(None, "--way", min=2, help="Omniglot: classes per embedded episode (default: "
+                                      "the run's n_way; 20-way runs need fewer: an alphabet holds few held-out characters)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where embed.json and the PNG go (default: <run>/embed)."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
@@ -299,20 +322,24 @@ def embed(
     for option, value, key in (("--shots", shots, "tasks.k_shot"), ("--adapt-steps", adapt_steps, "eval.inner_steps"),
                                ("--seed", seed, "seed")):
         _limit(option, value, key)
-    from reptile_fn import pretrained
+    from reptile_fn import io, plots, pretrained
 
     checkpoint = pretrained.resolve(_checkpoint(checkpoint))
+    out_dir = io.check_out_dir(out or _default_out(checkpoint, "embed"), ("embed.json", "task_embeddings.png"))
+    from reptile_fn.run.files import Saved
+
+    if (dataset := Saved(checkpoint).cfg.tasks.dataset) not in ("synthetic", "omniglot"):  # before loading its data
+        raise ReptileFnError(f"{checkpoint} is a {dataset} run; embed names the family of a run on synthetic "
+                             "classification families or the alphabet of an Omniglot run: pass one of those")
     import mlx.core as mx
 
-    from reptile_fn import io, plots
     from reptile_fn.run import load
     from reptile_fn.run.report import format_identification, identify_tasks
 
     run, params, _, iteration = load(checkpoint, _with_data_dir([], data_dir))
     result = identify_tasks(run, params, k_shot=shots, bank_tasks=tasks_n, query_tasks=max(1, tasks_n // 2),
-                            key=mx.random.key(seed), adapt_steps=adapt_steps, families=tuple(family))
+                            key=mx.random.key(seed), adapt_steps=adapt_steps, families=tuple(family), n_way=way)
     typer.echo(f"{checkpoint} (meta-iteration {iteration}): {format_identification(result)}")
-    out_dir = out or _default_out(checkpoint, "embed")
     summary = {k: result[k] for k in ("what", "accuracy", "k_shot", "bank_tasks", "query_tasks", "adapt_steps")}
     io.write_json(out_dir / "embed.json", {"checkpoint": str(checkpoint), "families": list(result["families"]), "seed": seed,
                                            **summary})
@@ -344,32 +371,7 @@ def compare(runs: List[Path] = typer.Argument(..., help="Run directories written
     """A markdown table of several runs side by side (final few-shot results of each init)."""
     from reptile_fn.run import compare_runs
 
-    for run in runs:
-        _check_results(run)
     typer.echo(compare_runs(runs))
-
-
-def _check_results(run: Path) -> None:
-    """The results file ``compare`` reads from a run directory (eval/results.json, else summary.json) must hold a
-    results table. (This belongs in ``run.compare_runs``.)"""
-    from reptile_fn.run import SUMMARY
-
-    if not run.is_dir():
-        raise ReptileFnError(f"{run} is not a run directory; pass folders written by `reptile-fn train`")
-    source, fix = run / "eval" / "results.json", f"rewrite it with `reptile-fn eval --checkpoint {run}`"
-    if not source.exists():
-        source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
-    if not source.exists():
-        return  # compare_runs says the run has no results
-    try:
-        ev = json.loads(source.read_text(encoding="utf-8"))
-        ev = ev.get("eval", ev)
-        ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
-        raise ReptileFnError(f"{source} is {what}; {fix}")
 
 
 SOURCE_ROOT = Path(reptile_fn.__file__).resolve().parents[1]  # the repository, when run from a source checkout

@@ -26,6 +26,10 @@ class TrainingDivergedError(ReptileFnError):
     """Parameters or losses became NaN or infinite during training."""
 
 
+class OutputError(ReptileFnError):
+    """An output folder or file cannot be written there (a file in the way, no permission)."""
+
+
 class EmbeddingError(ReptileFnError):
     """Task embeddings do not match what they are compared with (an adapter bank, a hypernetwork)."""
 

@@ -57,6 +57,27 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: str = "--out") -> Path:
+    """``path`` if it is a folder that can be written (or created) and none of ``names`` in it is a folder;
+    else an ``OutputError`` naming ``option``. Called before the work whose results go there."""
+    from reptile_fn.errors import OutputError
+
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise OutputError(f"{option} {path} {what}, not a folder; pass a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: {existing} is not writable; pass a folder you can write to")
+    for name in names:
+        if (path / name).is_dir():
+            raise OutputError(f"{option} {path}: {path / name} is a folder where a file goes; move it away or pass "
+                              f"another folder")
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a directory be opened
         fd = os.open(folder, os.O_RDONLY)

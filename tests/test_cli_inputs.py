@@ -259,3 +259,76 @@ def test_every_shipped_init_has_a_model_card_that_info_prints():
         out = CliRunner().invoke(app, ["info", "--checkpoint", name])
         assert out.exit_code == 0 and f"{name}: " in out.output and "score " in out.output and "check " in out.output
     assert pretrained.card(pretrained.HERE / "nonexistent.safetensors") is None
+
+
+# --- output folders -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train", "eval", "embed"])
+def test_an_out_that_is_a_file_is_refused_before_the_work(tiny_run, tmp_path, command):
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    args = {"train": ["train", *_sets(TINY)], "eval": ["eval", "--checkpoint", str(tiny_run)],
+            "embed": ["embed", "--checkpoint", str(tiny_run), "--tasks", "4"]}[command]
+    _user_error(runner.invoke(app, [*args, "--out", str(blocker)]), f"--out {blocker} is a file")
+    _user_error(runner.invoke(app, [*args, "--out", str(blocker / "sub")]), f"{blocker} is a file")
+    assert blocker.read_text() == "keep me"
+
+
+def test_an_output_file_name_taken_by_a_folder_is_refused_and_nothing_is_written(tiny_run, tmp_path):
+    (tmp_path / "out" / "task_embeddings.png").mkdir(parents=True)
+    message = _user_error(runner.invoke(app, ["embed", "--checkpoint", str(tiny_run), "--tasks", "4", "--out",
+                                              str(tmp_path / "out")]), "task_embeddings.png is a folder")
+    assert "another folder" in message
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["task_embeddings.png"]  # no embed.json
+
+
+def test_sigterm_during_eval_is_one_error_line_and_exit_143(tiny_run, tmp_path):
+    """A scheduler's stop outside training: one line, no traceback, no half-written results."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from reptile_fn.cli import main; main()", "eval", "--checkpoint",
+                             str(tiny_run), "--episodes", "1000000", "--out", str(tmp_path / "ev")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(8)  # past start-up, inside the evaluation
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]  # progress lines, then the error
+    assert lines[-1].startswith("error: stopped by SIGTERM") and "Traceback" not in err, err
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert not (tmp_path / "ev" / "results.json").exists()
+
+
+def test_embed_way_is_for_omniglot_runs(tiny_run, tmp_path):
+    _user_error(runner.invoke(app, ["embed", "--checkpoint", str(tiny_run), "--way", "3", "--out", str(tmp_path)]),
+                "drop --way")
+
+
+@pytest.mark.parametrize("args, needle", [(["--split", ""], "--split is empty"),
+                                          (["--split", "test", "--set", "tasks.test_split=val"], "give one of them")])
+def test_eval_split_must_be_one_clear_choice(tiny_run, tmp_path, args, needle):
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path), *args]), needle)
+
+
+def test_a_checkpoint_whose_stored_config_has_an_unknown_key_is_not_a_typo(tiny_run, tmp_path):
+    from reptile_fn import checkpoint as ck
+    from mlx.utils import tree_unflatten
+
+    arrays, meta = ck.load(tiny_run / "checkpoint.safetensors")
+    params = tree_unflatten([(k[len("params."):], v) for k, v in arrays.items() if k.startswith("params.")])
+    state = tree_unflatten([(k[len("state."):], v) for k, v in arrays.items() if k.startswith("state.")])
+    meta["config"]["tasks"]["bogus_key"] = 1
+    ck.save(tmp_path / "checkpoint.safetensors", params, state, meta)
+    message = _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "ev")]),
+                          "'tasks.bogus_key'", "another version of reptile_fn")
+    assert "did you mean" not in message
+
+
+def test_an_unknown_shipped_name_is_quoted_plainly():
+    message = _user_error(runner.invoke(app, ["eval", "--checkpoint", "omniglot-7w1s"]), "'omniglot-7w1s' is neither")
+    assert "PosixPath" not in message

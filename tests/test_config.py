@@ -714,3 +714,9 @@ def test_clinc_intent_lora_is_the_shipped_adapters_training_config():
     trained = C.load(words[words.index("--config") + 1], sets)
     assert C.load("clinc_intent_lora") == trained
     assert (trained.algorithm, trained.outer_lr_final, trained.peft.head_scale) == ("fomaml", None, 10.0)
+
+
+def test_within_group_held_out_episodes_are_not_for_banking77():
+    with pytest.raises(ConfigError, match="Banking77 is one domain"):
+        C.load(None, ["tasks.dataset=clinc150", "tasks.test_split=banking77", "tasks.test_within_group=true"])
+    assert C.load(None, ["tasks.dataset=clinc150", "tasks.test_split=val", "tasks.test_within_group=true"])

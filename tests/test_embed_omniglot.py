@@ -90,3 +90,18 @@ def test_cli_embed_names_the_alphabet_of_an_omniglot_run(omniglot_run, tmp_path)
                                                "--out", str(tmp_path)]), "drop --family")
         _assert_user_error(runner.invoke(app, ["embed", "--checkpoint", str(checkpoint), "--shots", "20",
                                                "--out", str(tmp_path)]), "use at most 19 shots")
+
+
+def test_way_sets_the_classes_of_embedded_omniglot_episodes(omniglot_run, tmp_path):
+    checkpoint, root = omniglot_run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(datasets.CACHE_ENV, str(root / "cache"))
+        args = ["embed", "--checkpoint", str(checkpoint), "--tasks", "6", "--shots", "1", "--adapt-steps", "0",
+                "--out", str(tmp_path)]
+        result = runner.invoke(app, [*args, "--way", "3"])
+        assert result.exit_code == 0, result.output
+        run, params, _, _ = R.load(checkpoint)
+        r = alphabet_identification(probe(run), params, run.tasks, k_shot=1, bank_tasks=4, query_tasks=2,
+                                    key=mx.random.key(1), n_way=3)
+        assert r["n_way"] == 3 and len(r["families"]) == 2
+        _assert_user_error(runner.invoke(app, [*args, "--way", "9"]), "the run's head has 5")

@@ -193,7 +193,13 @@ def from_dict(data: dict, *, source: str = "config", stored: bool = False) -> Co
         raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     only = {"model.kind": _datasets().get(str(tasks.get("dataset", TasksConfig.dataset))), "peft.dropout": 0}
-    cfg = _build(Config, without_removed(data, REMOVED, only, source, quiet=stored), "", source)
+    data = without_removed(data, REMOVED, only, source, quiet=stored)
+    unknown = _unknown_keys(data) if stored else []
+    if unknown:  # not a typo to suggest a fix for: another version wrote it, or it is damaged
+        raise ConfigError(f"{source}: the stored config has a key this version does not know, {unknown[0]!r}: another "
+                          "version of reptile_fn wrote it, or it is damaged; use the version that wrote it, or re-create "
+                          "it with `reptile-fn train`")
+    cfg = _build(Config, data, "", source)
     validate(cfg, source=source)
     return cfg
 
@@ -295,7 +301,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
             raise ConfigError(f"{source}: tasks.test_split = evaluation is Omniglot's; for clinc150 use test, val or banking77")
         return
     if cfg.tasks.test_split == "banking77":
-        raise ConfigError(f"{source}: tasks.test_split = banking77 is for tasks.dataset = clinc150")
+        raise ConfigError(f"{source}: tasks.test_split = banking77 is for tasks.dataset = clinc150; use test")
     if cfg.tasks.dataset == "omniglot":
         if max(cfg.tasks.k_shot, cfg.tasks.train_shots or 0) + cfg.tasks.query_size > 20:
             raise ConfigError(f"{source}: Omniglot has 20 drawers per character, so k_shot (or train_shots) + "
@@ -340,6 +346,18 @@ def _build(cls: type, data: dict, prefix: str, source: str):
         else:
             kwargs[f.name] = coerce(v, t, key, source)
     return cls(**kwargs)
+
+
+def _unknown_keys(data: dict, cls: type = Config, prefix: str = "") -> list[str]:
+    """The dotted keys of ``data`` that ``cls`` has no field for (sections: looked into)."""
+    names = {f.name: _hint(cls, f.name) for f in fields(cls)}
+    out = []
+    for k, v in data.items():
+        if k not in names:
+            out.append(prefix + str(k))
+        elif is_dataclass(names[k]) and isinstance(v, dict):
+            out += _unknown_keys(v, names[k], prefix + k + ".")
+    return out
 
 
 def _hint(cls: type, name: str) -> Any:

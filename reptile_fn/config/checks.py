@@ -85,6 +85,9 @@ def prototype_head(cfg, source: str) -> None:
 
 
 def within_group(cfg, source: str) -> None:
+    if cfg.tasks.test_within_group and cfg.tasks.test_split == "banking77":
+        raise ConfigError(f"{source}: tasks.test_within_group with tasks.test_split = banking77: Banking77 is one "
+                          "domain, so its episodes are within one group already; set tasks.test_within_group to false")
     for part in ("train", "test"):
         if getattr(cfg.tasks, f"{part}_within_group") and cfg.tasks.dataset not in ("clinc150", "csv"):
             raise ConfigError(f"{source}: tasks.{part}_within_group (each {part} task's classes from one group) is "

@@ -43,7 +43,8 @@ def check_distribution(tasks) -> None:
     families = getattr(tasks, "families", None)
     if families is None or tasks.kind != "classification":
         raise ConfigError("family identification needs a run on synthetic classification families "
-                          "(linear, xor, circles, spiral); train one with `reptile-fn train`")
+                          "(linear, xor, circles, spiral; Omniglot runs name the alphabet instead); train one with "
+                          "`reptile-fn train`")
     if len(families) < 2:
         raise ConfigError(f"family identification needs at least two families, got {list(families)}; "
                           "pass two or more with --family")
@@ -142,14 +143,15 @@ def pca_2d(embeddings: np.ndarray) -> np.ndarray:
 
 
 def alphabet_identification(probe: Probe, params, tasks, *, k_shot: int, bank_tasks: int, query_tasks: int,
-                            key: mx.array, adapt_steps: int = 0) -> dict:
+                            key: mx.array, adapt_steps: int = 0, n_way: int | None = None) -> dict:
     """Omniglot: name the alphabet of a fresh held-out episode whose characters all come from one alphabet.
 
     ``tasks``: a run's ``OmniglotTasks``; episodes are drawn from its held-out characters (``test_images``,
     grouped by ``test_alphabets``), so no training task used them: under the standard protocol they are
     characters of alphabets seen in training, under ``protocol: alphabets`` whole unseen alphabets. Each task
-    picks an alphabet uniformly, then a ``tasks.n_way``-way ``k_shot``-shot episode of its characters;
-    alphabets with fewer than ``n_way`` held-out characters are left out (``left_out``). Returns what
+    picks an alphabet uniformly, then an ``n_way``-way (default ``tasks.n_way``; at most the model's head)
+    ``k_shot``-shot episode of its characters; alphabets with fewer than ``n_way`` held-out characters are left
+    out (``left_out``). Returns what
     ``family_identification`` returns, with the alphabets as ``families``.
     """
     from reptile_fn.episode import class_episode
@@ -160,7 +162,10 @@ def alphabet_identification(probe: Probe, params, tasks, *, k_shot: int, bank_ta
     if not alphabets:
         raise ConfigError("alphabet identification needs an Omniglot run whose held-out characters know their "
                           "alphabets (tasks from tasks.omniglot.make_omniglot)")
-    n_way, drawings = tasks.n_way, tasks.test_images.shape[1]
+    n_way, drawings = n_way or tasks.n_way, tasks.test_images.shape[1]
+    if not 2 <= n_way <= tasks.n_way:
+        raise ConfigError(f"n_way = {n_way} classes per episode, but the run's head has {tasks.n_way}; use 2 to "
+                          f"{tasks.n_way} (--way)")
     if k_shot + 1 > drawings:  # the episode sampler also draws one query drawing per class
         raise ConfigError(f"k_shot = {k_shot} needs {k_shot + 1} drawings per character, but the held-out characters "
                           f"have {drawings}; use at most {drawings - 1} shots (--shots)")
@@ -170,7 +175,8 @@ def alphabet_identification(probe: Probe, params, tasks, *, k_shot: int, bank_ta
     names = tuple(n for n in names if len(rows[n]) >= n_way)
     if len(names) < 2:
         raise ConfigError(f"alphabet identification needs two alphabets with at least n_way={n_way} held-out "
-                          f"characters, the run's {tasks.test_split!r} split has {len(names)}; lower tasks.n_way")
+                          f"characters, and the run's {tasks.test_split!r} split has {len(names)} such alphabets; use "
+                          f"fewer classes per episode (--way 5)")
     groups = [tasks.test_images[mx.array(rows[n])] for n in names]
 
     def sample(k, n):

@@ -31,7 +31,7 @@ def resolve(checkpoint: str | Path) -> Path:
         return HERE / f"{p.name}.safetensors"
     if p.suffix == "" and p.name == str(checkpoint):
         shipped = ", ".join(names()) or "none"
-        raise CheckpointError(f"{checkpoint!r} is neither a file nor a shipped initialization "
+        raise CheckpointError(f"'{checkpoint}' is neither a file nor a shipped initialization "
                               f"(shipped: {shipped}); pass a checkpoint.safetensors written by `reptile-fn train`")
     return p  # a path that does not exist: checkpoint.load names it
 

@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -38,6 +37,7 @@ from reptile_fn.run.build import Run, build, require_finite, run_keys, settled
 from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, remove_stale_temporaries,
                                   truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
+from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 
 class Progress(NamedTuple):
@@ -75,7 +75,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
     t0, first = time.perf_counter(), at.iteration
     stack = contextlib.ExitStack()
-    stack.enter_context(_sigterm_as_interrupt())
+    stack.enter_context(sigterm_as_interrupt())
     try:
         for i in range(first, end):
             params, state, metrics = step(at.params, at.state, iteration_keys[i])
@@ -123,27 +123,6 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
             c.close()
         metrics_file.close()
     return finish(run, out, at, seconds=time.perf_counter() - t0, done=end - first, w=w)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during training: handled like Ctrl-C (a checkpoint is saved), then the process exits with 143."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises ``Terminated`` while the block runs (main thread only; elsewhere signals cannot be set)."""
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World,

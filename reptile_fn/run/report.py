@@ -17,7 +17,7 @@ import numpy as np
 from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.baselines import Init, make_baselines, steps_to_reach
-from reptile_fn.errors import CheckpointError, ConfigError
+from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError
 from reptile_fn.evaluate import per_episode_curves, recorded_steps, summarize
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
@@ -210,9 +210,10 @@ def probe(run: Run):
 
 
 def identify_tasks(run: Run, params, *, k_shot: int, bank_tasks: int, query_tasks: int, key: mx.array,
-                   adapt_steps: int = 0, families: tuple[str, ...] = ()) -> dict:
+                   adapt_steps: int = 0, families: tuple[str, ...] = (), n_way: int | None = None) -> dict:
     """What a task embedding can name in a run's fresh held-out tasks (``embed.similarity``): the family of
-    a synthetic classification run (``families``: only these), the alphabet of an Omniglot run. The result
+    a synthetic classification run (``families``: only these), the alphabet of an Omniglot run (``n_way``
+    classes per episode; None: the run's). The result
     has ``what`` ("family" or "alphabet") beside ``family_identification``'s keys."""
     from reptile_fn.embed import similarity
 
@@ -221,7 +222,10 @@ def identify_tasks(run: Run, params, *, k_shot: int, bank_tasks: int, query_task
         if families:
             raise ConfigError("--family is for runs on synthetic task families; an Omniglot run's episodes are "
                               "named by their alphabet: drop --family")
-        return {**similarity.alphabet_identification(probe(run), params, run.tasks, **kw), "what": "alphabet"}
+        return {**similarity.alphabet_identification(probe(run), params, run.tasks, n_way=n_way, **kw), "what": "alphabet"}
+    if n_way is not None:
+        raise ConfigError("--way is for Omniglot runs (classes per embedded episode); a synthetic run's tasks have "
+                          "the classes of their family: drop --way")
     tasks = run.tasks
     similarity.check_distribution(tasks)
     if families:
@@ -345,6 +349,8 @@ def compare_runs(runs: list[Path]) -> str:
     """Markdown: one row per (run, init) with the final few-shot results (eval/results.json if present)."""
     rows, header = [], None
     for run in map(Path, runs):
+        _check_results(run)
+    for run in map(Path, runs):
         source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / SUMMARY
         if not source.exists():
             raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
@@ -363,6 +369,27 @@ def compare_runs(runs: list[Path]) -> str:
                         f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + " |")
     unit = "query accuracy (%) or MSE, mean ± 95% CI over held-out episodes"
     return f"{unit}\n\n{header}\n" + "\n".join(rows)
+
+
+def _check_results(run: Path) -> None:
+    """The results file ``compare_runs`` reads from a run directory (eval/results.json, else summary.json) must
+    hold a results table."""
+    if not run.is_dir():
+        raise ReptileFnError(f"{run} is not a run directory; pass folders written by `reptile-fn train`")
+    source, fix = run / "eval" / "results.json", f"rewrite it with `reptile-fn eval --checkpoint {run}`"
+    if not source.exists():
+        source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
+    if not source.exists():
+        return  # compare_runs says the run has no results
+    try:
+        ev = json.loads(source.read_text(encoding="utf-8"))
+        ev = ev.get("eval", ev)
+        ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
+        raise ReptileFnError(f"{source} is {what}; {fix}")
 
 
 def _config_dict(run_dir: Path) -> dict:

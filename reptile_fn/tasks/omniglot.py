@@ -392,6 +392,10 @@ def make_omniglot(data_dir: str | os.PathLike | None = None, *, n_way: int = 5, 
                           f"drawn from both zips, so most of the {test_split} set was trained on; use test (the "
                           f"held-out characters), or meta-train with protocol = alphabets (the background zip's "
                           f"alphabets only) to score on the evaluation alphabets")
+    if resolved == "standard" and "val" in (train_split, test_split) and val_characters == 0:
+        raise ConfigError("test_split = val under the standard protocol, which holds out no validation characters "
+                          "(val_characters = 0, as the paper); use test, or protocol = alphabets (its split by alphabet "
+                          "has validation alphabets)")
     load = dict(data_dir=data_dir, protocol=resolved, seed=seed, val_characters=val_characters,
                 background=background, resample=resample, cache=cache)
 
