@@ -621,7 +621,7 @@ def test_a_directory_is_not_a_config_and_a_run_directory_points_at_its_config(tm
 
 @pytest.mark.parametrize("name", C.shipped_names())
 def test_every_shipped_config_loads_by_name_with_or_without_yaml(name):
-    path = ["tasks.path=data"]  # images and csv configs name their data on the command line
+    path = ["tasks.path=data"] if name.startswith(("images", "csv")) else []  # they name their data on the command line
     assert C.load(name, path) == C.load(f"{name}.yaml", path) == C.load(REPO / "configs" / f"{name}.yaml", path)
 
 
@@ -720,3 +720,11 @@ def test_within_group_held_out_episodes_are_not_for_banking77():
     with pytest.raises(ConfigError, match="Banking77 is one domain"):
         C.load(None, ["tasks.dataset=clinc150", "tasks.test_split=banking77", "tasks.test_within_group=true"])
     assert C.load(None, ["tasks.dataset=clinc150", "tasks.test_split=val", "tasks.test_within_group=true"])
+
+
+@pytest.mark.parametrize("item, dataset", [("tasks.test_path=other.csv", "synthetic"), ("tasks.text_column=t", "images"),
+                                           ("model.channels=3", "csv"), ("tasks.path=x", "omniglot")])
+def test_a_key_the_data_set_does_not_read_is_an_error(item, dataset):
+    sets = [f"tasks.dataset={dataset}", *(["tasks.path=data"] if dataset in ("images", "csv") else []), item]
+    with pytest.raises(ConfigError, match=f"{item.split('=')[0]} = .* is read only when tasks.dataset is"):
+        C.load(None, sets)

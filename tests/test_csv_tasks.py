@@ -372,3 +372,17 @@ def test_the_first_bad_byte_is_found_across_read_chunks(tmp_path):
     file.write_bytes(body)
     with pytest.raises(DataError, match=rf"byte 0xff at offset {bad}, line {n + 3}\)"):
         load_csv(file)
+
+
+def test_a_csv_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    """A named pipe would block the reader forever, a device such as /dev/zero never end."""
+    import os
+
+    from reptile_fn.tasks.csv import read_texts
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        read_texts(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        read_texts("/dev/zero")

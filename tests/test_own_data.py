@@ -142,7 +142,23 @@ def test_adapt_errors_name_the_problem(image_run, tmp_path):
     result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
                                       str(tmp_path / "missing"), "--query", str(other), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "missing" in result.output
+    csv_file = write_csv(tmp_path / "sentences.csv", ["weather", "music"], 2, 0)
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(csv_file), "--query", str(other), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "is a text file, but this is an image run" in result.output
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(root / "train_set"),
+                                      "--out", str(tmp_path / "p")])  # the folder the run meta-trained on
+    assert result.exit_code == 2 and "is the data this run meta-trained on" in result.output
     assert not (tmp_path / "p").exists()  # nothing written on failure
+
+
+def test_training_shots_the_data_cannot_give_name_train_shots(image_run):
+    root, _ = image_run
+    result = CliRunner().invoke(app, ["train", "--config", str(REPO / "configs" / "images_5w1s.yaml"), "--set",
+                                      f"tasks.path={root / 'train_set'}", *TINY_IMAGES, "--set", "tasks.train_shots=7",
+                                      "--out", str(root / "bad")])
+    assert result.exit_code == 2 and "tasks.train_shots = 7 with query_size = 2 needs 9" in result.output
+    assert "lower tasks.train_shots" in result.output
 
 
 # --- sentences --------------------------------------------------------------------------------------
@@ -189,6 +205,11 @@ def test_csv_meta_training_eval_and_adapt(tmp_path):
                "--out", tmp_path / "pred")
     rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
     assert [r["item"] for r in rows] == ["line 2", "line 3"] and "label" not in rows[0] and "labelled 2 items" in text
+    one_class = write_csv(tmp_path / "one.csv", ["music"], 3, 5)
+    for support_path, needle in ((one_class, "has one class only ('music')"), (tmp_path, "is a folder, but this is a text run")):
+        result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out), "--support", str(support_path), "--query",
+                                          str(query), "--out", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and needle in result.output, result.output
 
 
 def test_a_run_whose_tasks_rebuild_the_head_evaluates_at_another_way(tmp_path):

@@ -291,6 +291,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
     checks.peft(cfg, source)
     checks.within_group(cfg, source)
+    checks.dataset_keys(cfg, source)
     if cfg.tasks.dataset in ("images", "csv"):
         return checks.own_data(cfg, source)
     if cfg.tasks.test_split == "all":

@@ -29,6 +29,22 @@ def trainable(patterns: Sequence[str], paths: Iterable[str], *, source: str = "c
                       f"--set \"trainable=[{example}]\"")
 
 
+DATASET_KEYS = {  # keys that only some data sets read; set on another, they would be ignored without a word
+    "tasks.path": ("images", "csv"), "tasks.val_fraction": ("images", "csv"), "tasks.test_fraction": ("images", "csv"),
+    "tasks.text_column": ("csv",), "tasks.label_column": ("csv",), "tasks.group_column": ("csv",),
+    "tasks.split_column": ("csv",), "tasks.test_path": ("csv",), "model.channels": ("images",)}
+
+
+def dataset_keys(cfg, source: str) -> None:
+    """A ConfigError for a key changed from its default on a data set that does not read it."""
+    for key, datasets in DATASET_KEYS.items():
+        section, name = key.split(".")
+        value, default = getattr(getattr(cfg, section), name), getattr(type(getattr(cfg, section))(), name)
+        if value != default and cfg.tasks.dataset not in datasets:
+            raise ConfigError(f"{source}: {key} = {value!r} is read only when tasks.dataset is {' or '.join(datasets)}, "
+                              f"and this run's is {cfg.tasks.dataset}; drop it (its default is {default!r})")
+
+
 def own_data(cfg, source: str) -> None:
     t = cfg.tasks
     what = "a folder (or .zip) of class subfolders" if t.dataset == "images" else "a CSV file of text,label rows"

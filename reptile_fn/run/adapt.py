@@ -69,6 +69,9 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
     reader = _reader(run)
     shots = reader(Path(support), None)
     n = len(shots.classes)
+    if n < 2:  # as the image reader: one class leaves nothing to classify
+        raise DataError(f"{support} has one class only ({shots.classes[0]!r}); the support set needs labelled examples "
+                        "of two or more classes")
     if n > run.cfg.tasks.n_way:  # more classes than the head has outputs: grow it (see _widened)
         cfg = dataclasses.replace(run.cfg, tasks=dataclasses.replace(run.cfg.tasks, n_way=n))
         run = dataclasses.replace(run, cfg=cfg, shapes=(run.in_dim, n))
@@ -132,15 +135,25 @@ def _reader(run: Run):
     """``read(path, classes) -> Labelled`` for the run's kind of input (images or sentences)."""
     kind = C.model_kind(run.cfg)
     if kind == "conv4":
-        return lambda path, classes: _images(path, classes, run.in_dim)
+        return lambda path, classes: _images(_kind_of(path, "image", run), classes, run.in_dim)
     if kind == "text":
         from reptile_fn.text.encoder import load_tokenizer
 
         tokenizer = load_tokenizer(run.cfg.model.encoder)
         t = run.cfg.tasks
-        return lambda path, classes: _texts(path, classes, tokenizer, t.text_column, t.label_column)
+        return lambda path, classes: _texts(_kind_of(path, "text", run), classes, tokenizer, t.text_column, t.label_column)
     raise DataError(f"`adapt` takes image runs (conv4) and text runs; this run's model is {kind} "
                     f"(tasks.dataset = {run.cfg.tasks.dataset}), whose tasks come from the built-in families")
+
+
+def _kind_of(path: Path, kind: str, run: Run) -> Path:
+    """``path`` unless it is plainly the other kind of data: a CSV for an image run, a folder for a text run."""
+    source = f"this is {'an image' if kind == 'image' else 'a text'} run (tasks.dataset = {run.cfg.tasks.dataset})"
+    if kind == "image" and path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        raise DataError(f"{path} is a text file, but {source}; give a folder (or .zip) of class subfolders of images")
+    if kind == "text" and path.is_dir():
+        raise DataError(f"{path} is a folder, but {source}; give a CSV file of sentences (text,label columns)")
+    return path
 
 
 def _images(path: Path, classes: tuple[str, ...] | None, in_dim) -> Labelled:
@@ -178,7 +191,7 @@ def _match(data: Labelled, classes: tuple[str, ...] | None, path: Path) -> Label
         return data
     unknown = sorted(set(data.classes) - set(classes))
     if unknown:
-        raise DataError(f"{path} has classes the support set does not ({', '.join(unknown[:5])}); a query item can "
-                        f"only be labelled with a support class ({', '.join(classes)})")
+        raise DataError(f"{path} has classes the support set does not ({', '.join(map(repr, unknown[:5]))}); a query "
+                        f"item can only be labelled with a support class ({', '.join(map(repr, classes))})")
     index = np.array([classes.index(c) for c in data.classes])
     return data._replace(labels=index[data.labels], classes=classes)

@@ -76,7 +76,14 @@ class Run:
     def train_tasks(self) -> Sampler:
         """The sampler of meta-training episodes: ``tasks`` with ``train_shots`` support examples if set."""
         shots = self.cfg.tasks.train_shots
-        return dataclasses.replace(self.tasks, k_shot=shots) if shots else self.tasks
+        try:
+            return dataclasses.replace(self.tasks, k_shot=shots) if shots else self.tasks
+        except ConfigError as e:
+            if "k_shot + query_size" not in str(e):
+                raise
+            raise ConfigError(f"tasks.train_shots = {shots} with query_size = {self.cfg.tasks.query_size} needs "
+                              f"{shots + self.cfg.tasks.query_size} examples of a class, more than the data has: "
+                              f"{str(e).split(' but ', 1)[-1].split(';')[0]}; lower tasks.train_shots") from None
 
     def sample_train(self, key: mx.array, n_tasks: int) -> Episode:
         return self.train_tasks.sample_train(key, n_tasks)
@@ -376,6 +383,9 @@ def require_finite(params, source) -> None:
 def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:
     """The settings that point a run's evaluation at data it never trained on: a folder of images (image
     runs, resized to the run's input size) or a CSV (text runs), every class held out."""
+    if cfg.tasks.path and Path(cfg.tasks.path).expanduser().resolve() == Path(path).expanduser().resolve():
+        raise ConfigError(f"--data {path} is the data this run meta-trained on (its tasks.path), so its classes are "
+                          "not held out; `eval` without --data scores the run's held-out classes, or give other data")
     path = json.dumps(str(path))  # a JSON string is a YAML string: never parsed as a number, null or comment
     kind = C.model_kind(cfg)
     if kind == "conv4":

@@ -34,6 +34,7 @@ SPLITS = ("train", "val", "test")
 TRAIN_SPLITS = ("train", "all")
 TEST_SPLITS = ("test", "val", "all")
 MAX_FIELD = 100_000
+MAX_BYTES = 1 << 30  # a CSV of few-shot sentences larger than this is a mistake (the whole file is read into memory)
 """The longest field accepted, in characters: longer ones are a broken quote or not a sentence."""
 KEYS = {"text": "tasks.text_column", "label": "tasks.label_column", "group": "tasks.group_column",
         "split": "tasks.split_column"}
@@ -136,6 +137,11 @@ def _existing(path: str | os.PathLike) -> Path:
                         "tasks.test_path)")
     if file.is_dir():
         raise DataError(f"{file} is a directory; give the path of the CSV file inside it")
+    if not file.is_file():  # a pipe would block, a device (/dev/zero) never end
+        raise DataError(f"{file} is not a regular file (a device, a pipe or a socket); give a CSV file")
+    if file.stat().st_size > MAX_BYTES:
+        raise DataError(f"{file} is {file.stat().st_size / 2**30:.1f} GiB, above the {MAX_BYTES // 2**30} GiB a CSV of "
+                        "few-shot sentences may have (CLINC150 is 4 MB); give a smaller file")
     return file
 
 
@@ -159,6 +165,10 @@ def _rows(file: Path) -> Iterator[tuple[int, list[str]]]:
         raise _not_utf8(file) from None
     except csv.Error as e:
         if "field limit" in str(e):
+            with open(file, "rb") as f:
+                if b"\0" in f.read(1 << 16):  # binary, not an unclosed quote
+                    raise DataError(f"{file} contains a NUL character: it is binary or UTF-16, not UTF-8 text; save "
+                                    "it as CSV UTF-8") from None
             raise _too_long(file, line) from None
         raise DataError(f"{file}: the record starting on line {line} is not valid CSV ({e}); a quoted field must "
                         'end with its closing quote right before a comma or the line end, with "" for a quote '
