@@ -559,3 +559,18 @@ def test_a_bomb_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded the bomb"))
     with pytest.raises(DataError, match="too large"):
         I.load_images(root, image_size=8)
+
+
+def test_a_pipe_among_the_images_or_as_the_zip_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from reptile_fn.errors import DataError
+    from reptile_fn.tasks import image_files
+
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    os.mkfifo(tmp_path / "data" / "cat" / "x.png")
+    with pytest.raises(DataError, match="not a regular file"):
+        image_files.has_class_folders(tmp_path / "data")
+    os.mkfifo(tmp_path / "pipe.zip")
+    with pytest.raises(DataError, match="not a regular file"):
+        image_files.has_class_folders(tmp_path / "pipe.zip")

@@ -15,6 +15,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from stat import S_ISREG
 from typing import Callable, Iterator, NamedTuple
 
 from reptile_fn import progress
@@ -67,6 +68,9 @@ def _list_folder(root: Path) -> tuple[_Listing, str]:
                     stat = (root / name).stat()
                 except OSError as e:  # a broken link
                     refuse(e)
+                if not S_ISREG(stat.st_mode):  # a named pipe would block the reader forever
+                    raise DataError(f"{root / name} is not a regular file (a pipe, a device or a socket); remove it "
+                                    "or replace it with the image")
                 digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return listing, digest.hexdigest()
 
@@ -190,6 +194,8 @@ def read_classes(names: list[list[str]], size: int, opener: Callable, show: Call
 @contextlib.contextmanager
 def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str], str], str | None]]:
     """(listing, opener of a name, how to show a name in a message, fingerprint or None for a zip)."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise DataError(f"{path} is not a regular file (a pipe, a device or a socket); give a folder or a .zip")
     if path.is_dir():
         listing, fingerprint = _list_folder(path)
         yield listing, (lambda name: open(path / name, "rb")), (lambda name: str(path / name)), fingerprint
