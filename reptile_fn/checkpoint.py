@@ -62,6 +62,9 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
 def load(path: str | Path) -> tuple[dict[str, mx.array], dict]:
     """Read a checkpoint: (flat arrays keyed ``params.*``/``state.*``, decoded metadata)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is a folder or not a regular file; pass the .safetensors file "
+                              "written by `reptile-fn train` (a run folder stands for the checkpoint in it)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .safetensors file written by `reptile-fn train`")
     try:
@@ -101,6 +104,10 @@ def restore(arrays: dict[str, mx.array], prefix: str, like: Tree, *, source: str
         if got.shape != ref.shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(got.shape)} but the model expects {tuple(ref.shape)}; "
                                   "use the config the checkpoint was trained with")
+        if mx.issubdtype(got.dtype, mx.floating) != mx.issubdtype(ref.dtype, mx.floating):
+            name = lambda dtype: str(dtype).rsplit(".", 1)[-1]  # noqa: E731 - mlx.core.int32 -> int32
+            raise CheckpointError(f"{source}: {key} holds {name(got.dtype)} values but the model's are {name(ref.dtype)}; the file "
+                                  "was altered or written by other code: use a checkpoint written by `reptile-fn train`")
         return got.astype(ref.dtype)
 
     return tree_map_with_path(pick, like)

@@ -84,7 +84,7 @@ def _errors_to_exit(fn):
             with sigterm_as_interrupt():
                 return fn(*args, **kwargs)
         except ReptileFnError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, whatever it quotes
             raise typer.Exit(2) from None
         except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
             where = f" ({e.filename})" if e.filename else ""
@@ -134,9 +134,11 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
     if checkpoint is not None:
-        card = pretrained.card(checkpoint)
-        typer.echo(pretrained.format_card(card) if card else f"{checkpoint}: no model card (cards come with the "
-                   f"shipped initializations: {', '.join(pretrained.names())})")
+        card = pretrained.card(checkpoint) if checkpoint.strip() else None
+        if card is None:
+            raise ReptileFnError(f"'{checkpoint}' has no model card: cards come with the shipped initializations "
+                                 f"({', '.join(pretrained.names())}); a run's own results are in its summary.json")
+        typer.echo(pretrained.format_card(card))
     if config is not None or set_:
         typer.echo(describe_model(C.load(config, set_)))
 
@@ -189,7 +191,8 @@ def train(
     from reptile_fn import io
 
     name = config.stem if config else "default"
-    out = io.check_out_dir(out or Path("runs") / name)
+    out = io.check_out_dir(out or Path("runs") / name, ("checkpoint.safetensors", "metrics.jsonl", "summary.json",
+                                                         "config.yaml"))
     if resume and not config:
         # --set on a resumed run is compared against the run's own config, not the defaults
         cfg = C.with_overrides(stored_config(out), set_) if set_ else None

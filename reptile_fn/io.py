@@ -72,9 +72,11 @@ def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: 
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {path}: {existing} is not writable; pass a folder you can write to")
     for name in names:
-        if (path / name).is_dir():
-            raise OutputError(f"{option} {path}: {path / name} is a folder where a file goes; move it away or pass "
-                              f"another folder")
+        target = path / name
+        if target.exists() and not target.is_file():
+            what = "a folder" if target.is_dir() else "not a regular file (a pipe, a device or a socket)"
+            raise OutputError(f"{option} {path}: {target} is {what} where a file goes; move it away or pass another "
+                              "folder")
     return path
 
 
@@ -97,6 +99,15 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically."""
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_jsonl_line(line: str) -> bool:
+    """Whether ``line`` is one whole JSON value."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def read_jsonl(path: str | os.PathLike) -> list:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 from typer.testing import CliRunner
 
@@ -332,3 +333,34 @@ def test_a_checkpoint_whose_stored_config_has_an_unknown_key_is_not_a_typo(tiny_
 def test_an_unknown_shipped_name_is_quoted_plainly():
     message = _user_error(runner.invoke(app, ["eval", "--checkpoint", "omniglot-7w1s"]), "'omniglot-7w1s' is neither")
     assert "PosixPath" not in message
+
+
+def test_compare_refuses_a_run_twice_and_labels_each_runs_last_step(tiny_run, tmp_path):
+    _user_error(runner.invoke(app, ["compare", str(tiny_run), str(tiny_run)]), "given twice")
+    table = [line for line in runner.invoke(app, ["compare", str(tiny_run)]).stdout.splitlines() if line.startswith("|")]
+    steps = C.load(None, TINY).eval.inner_steps
+    assert "| last step | last |" in table[0] and table[2].endswith(f"| {steps} |")
+
+
+@pytest.mark.parametrize("item, needle", [("tasks=5", "tasks is a section"), ("inner_lr=", "no value after '='"),
+                                          ("foo=1", "README's key table")])
+def test_set_mistakes_name_their_fix(item, needle):
+    _user_error(runner.invoke(app, ["validate", "--set", item]), needle)
+
+
+def test_info_of_something_without_a_model_card_is_an_error(tiny_run):
+    for checkpoint in ("", str(tiny_run / "checkpoint.safetensors")):
+        _user_error(runner.invoke(app, ["info", "--checkpoint", checkpoint]), "has no model card")
+
+
+def test_a_checkpoint_whose_parameters_became_integers_is_refused(tiny_run, tmp_path):
+    from mlx.utils import tree_unflatten
+
+    from reptile_fn import checkpoint as ck
+
+    arrays, meta = ck.load(tiny_run / "checkpoint.safetensors")
+    params = tree_unflatten([(k[len("params."):], v.astype(mx.int32)) for k, v in arrays.items() if k.startswith("params.")])
+    state = tree_unflatten([(k[len("state."):], v) for k, v in arrays.items() if k.startswith("state.")])
+    ck.save(tmp_path / "checkpoint.safetensors", params, state, meta)
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "ev")]),
+                "holds int32 values")

@@ -177,3 +177,23 @@ def test_an_omniglot_png_claiming_billions_of_pixels_is_refused_without_decoding
                     z.writestr(f"images_background/Alpha{a}/character{c + 1:02d}/{c:04d}_{d:02d}.png", bomb)
     with pytest.raises(DataError, match=r"corrupt or truncated .*--force"):
         O.load_set("background", root)
+
+
+def test_resume_refuses_an_edited_config_yaml_and_a_damaged_log_and_keeps_a_finished_runs_speed(tmp_path):
+    cfg = C.load(None, TINY)
+    out = tmp_path / "run"
+    _train(cfg, out)
+    first = json.loads((out / R.SUMMARY).read_text())
+    _train(None, out, resume=True)  # already finished: re-evaluates, keeps how fast it trained
+    again = json.loads((out / R.SUMMARY).read_text())
+    assert again["seconds"] == first["seconds"] and again["meta_steps_per_s"] == first["meta_steps_per_s"]
+    config = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(config.replace(f"inner_lr: {cfg.inner_lr}", "inner_lr: 0.5"))
+    with pytest.raises(C.ConfigError, match="config.yaml was edited \\(inner_lr\\)"):
+        _train(None, out, resume=True)
+    (out / "config.yaml").write_text(config)
+    log = (out / R.METRICS).read_text()
+    (out / R.METRICS).write_text("\x8f garbage\n" + log)
+    with pytest.raises(CheckpointError, match="line 1 is not a metrics record"):
+        _train(None, out, resume=True)
+    assert (out / R.METRICS).read_text() == "\x8f garbage\n" + log  # kept, not wiped

@@ -550,3 +550,21 @@ def test_benchmark_rows_keep_per_episode_counts_for_resuming_and_pairing():
     # any row with per-episode counts is paired with the prototypes on its own first episodes
     paired = vs_prototypes({"prototypes": {"correct": [25, 15, 20, 5]}, "lora0": row}, "lora0")
     assert paired["episodes"] == 3 and paired["difference"] == pytest.approx(100 * np.mean([0, 0, 5]) / 25)
+
+
+def test_a_damaged_encoder_folder_is_one_data_error(tmp_path):
+    """Sizes config.json cannot have, sizes the weights do not have, or NaN weights: refused before the encoder runs."""
+    import json
+    import shutil
+
+    from reptile_fn.errors import DataError
+
+    source = E.encoder_path()
+    for change, needle in (({"num_attention_heads": 5}, "does not divide"), ({"num_hidden_layers": 0}, "must be >= 1"),
+                           ({"intermediate_size": 1000}, "its config.json says"), ("[1, 2]", "JSON object")):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        shutil.copytree(source, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(change if isinstance(change, str) else json.dumps({**config, **change}))
+        with pytest.raises(DataError, match=needle):
+            E.load_encoder(folder)

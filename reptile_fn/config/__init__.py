@@ -221,8 +221,12 @@ def apply_override(data: dict, item: str) -> dict:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set inner_lr=0.02")
     key, raw = item.split("=", 1)
     key = resolve_key(key.strip())
+    if not raw.strip():
+        raise ConfigError(f"--set {item!r}: no value after '='; give one, e.g. --set {key}=VALUE (null for none)")
     try:
         value = yaml.safe_load(raw)
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deeply to read; give a plain value or a short list") from None
     except yaml.YAMLError:
         value = raw
     out = _deep_copy(data)
@@ -248,7 +252,11 @@ def resolve_key(key: str) -> str:
         return by_leaf[0]
     if len(by_leaf) > 1:
         raise ConfigError(f"key {key!r} is ambiguous; use one of {', '.join(by_leaf)}")
-    raise ConfigError(f"unknown config key {key!r}{suggest(key, keys)}")
+    if key in _sections():
+        example = next(k for k in keys if k.startswith(key + "."))
+        raise ConfigError(f"{key} is a section, not a key; set one of its keys, e.g. --set {example}=VALUE")
+    raise ConfigError(f"unknown config key {key!r}"
+                      + (suggest(key, keys) or "; the keys are in README's key table and configs/default.yaml"))
 
 
 def to_dict(cfg: Any) -> dict:

@@ -68,6 +68,9 @@ def read(path: str | Path) -> tuple[dict, str]:
         raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to read (hundreds of levels); a config is a few levels of "
+                          "'key: value' sections") from None
     if data is None:
         return {}, str(p)
     if not isinstance(data, dict):

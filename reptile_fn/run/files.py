@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+import yaml
 
 from reptile_fn import checkpoint, io
 from reptile_fn import config as C
 from reptile_fn.run.build import checked_iteration
-from reptile_fn.errors import CheckpointError, ConfigError
+from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError
 
 CHECKPOINT = "checkpoint.safetensors"
 ADAPTER_DIR = "adapter"  # PEFT runs: adapters.safetensors + adapter_config.json
@@ -47,7 +48,18 @@ class Saved:
                                   "written by `reptile-fn train`") from None
 
     def check_same_config(self, cfg: C.Config | None) -> None:
-        """A ConfigError naming the keys where ``cfg`` (if given) differs from the run's own."""
+        """A ConfigError naming the keys where ``cfg`` (if given), or the run folder's config.yaml, differs from
+        the run's own config (the checkpoint's: editing config.yaml changes nothing, so it must not look as if)."""
+        written = self.path.parent / CONFIG
+        if written.is_file():
+            try:
+                on_disk = C.from_dict(yaml.safe_load(written.read_text(encoding="utf-8")), source=str(written), stored=True)
+            except (ReptileFnError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
+                on_disk = self.cfg  # unreadable: the checkpoint's config is the run's, and it rewrites the file
+            if on_disk != self.cfg:
+                diff = [k for k in C.leaf_keys() if C.get(self.cfg, k) != C.get(on_disk, k)]
+                raise ConfigError(f"--resume: {written} was edited ({', '.join(diff)}), but a run's config is the one in "
+                                  f"its checkpoint; undo the edit, or start a new run in another --out with the new config")
         if cfg is not None and cfg != self.cfg:
             diff = [k for k in C.leaf_keys() if C.get(self.cfg, k) != C.get(cfg, k)]
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diff)}; "
@@ -76,8 +88,14 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def truncate_metrics(path: Path, iteration: int) -> None:
-    """Keep only whole records up to the checkpoint, so a resumed run's log equals an uninterrupted one."""
+    """Keep only whole records up to the checkpoint, so a resumed run's log equals an uninterrupted one. A line
+    other than the last that is not a record means the file was damaged: refused rather than wiped."""
     if not path.exists():
         return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    bad = next((n for n, line in enumerate(lines[:-1], 1) if line.strip() and not io.read_jsonl_line(line)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} line {bad} is not a metrics record: the log is damaged; move it away to resume "
+                              "(the checkpoint is intact; the resumed run logs from its iteration on)")
     keep = [r for r in read_metrics(path) if r["iteration"] <= iteration]
     io.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

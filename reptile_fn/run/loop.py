@@ -110,9 +110,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
             saver.save(at)
             why = "terminated" if isinstance(stop, Terminated) else "interrupted"
             log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
-        if isinstance(stop, Terminated):
-            raise SystemExit(143) from None  # what SIGTERM's default action reports, after saving
-        raise
+        raise  # the command line turns it into one error line and exit status 143 (SIGTERM) or 130 (Ctrl-C)
     except RuntimeError as e:
         if not distributed.lost_peer(e):
             raise
@@ -174,6 +172,13 @@ def finish(run: Run, out: Path, at: Progress, *, seconds: float, done: int, w: d
         return summary
     if run.peft is not None:
         summary["peft"] = peft_summary(run, at.params)
+    if not done and (out / SUMMARY).is_file():  # a finished run resumed: keep the speed it was trained at
+        try:
+            previous = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # damaged: rewritten whole below
+            previous = {}
+        summary.update({k: previous[k] for k in ("seconds", "meta_steps_per_s", "examples_per_s")
+                        if isinstance(previous, dict) and k in previous})
     if at.iteration == cfg.meta_iterations:
         summary["eval"] = final_evaluation(run, at.params, at.state)
         io.write_text(out / SUMMARY, json.dumps(summary, indent=2))

@@ -347,27 +347,36 @@ def format_speed(speed: dict) -> str:
 
 def compare_runs(runs: list[Path]) -> str:
     """Markdown: one row per (run, init) with the final few-shot results (eval/results.json if present)."""
-    rows, header = [], None
-    for run in map(Path, runs):
+    rows, metrics = [], set()
+    runs = [Path(r) for r in runs]
+    for run in runs:
         _check_results(run)
-    for run in map(Path, runs):
+    twice = next((r for i, r in enumerate(runs) if r.resolve() in [q.resolve() for q in runs[:i]]), None)
+    if twice is not None:
+        raise ReptileFnError(f"{twice} is given twice; compare each run once")
+    for run in runs:
         source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / SUMMARY
         if not source.exists():
             raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
         data = json.loads(source.read_text())
         ev = data.get("eval", data)
         cfg = data.get("config") or json.loads(json.dumps(_config_dict(run)))
+        metrics.add(ev["metric"])
+        if len(metrics) > 1:
+            raise ReptileFnError("the runs are scored by different metrics (accuracy, higher is better, and MSE, lower "
+                                 "is better); compare classification runs and regression runs separately")
         key, scale = ("metric", 100.0) if ev["metric"] == "accuracy" else ("loss", 1.0)
-        cols = [0, 1, 5, cfg["eval"]["inner_steps"]]
-        header = header or ("| run | algorithm | families | k_shot | init | " + " | ".join(f"{c} steps" for c in cols)
-                            + " |\n|" + "---|" * (5 + len(cols)))
+        last = cfg["eval"]["inner_steps"]
         for name, curve in ev["inits"].items():
             pos = {st: i for i, st in enumerate(curve["steps"])}
             cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
-                     if c in pos else "" for c in cols]
+                     if c in pos else "" for c in (0, 1, 5, last)]
             rows.append(f"| {run.name} | {cfg['algorithm']} | {', '.join(cfg['tasks']['families'])} | "
-                        f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + " |")
-    unit = "query accuracy (%) or MSE, mean ± 95% CI over held-out episodes"
+                        f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + f" | {last} |")
+    header = ("| run | algorithm | families | k_shot | init | 0 steps | 1 step | 5 steps | last step | last |\n|"
+              + "---|" * 10)
+    unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
+        ", mean ± 95% CI over held-out episodes; last step: after the run's eval.inner_steps (the last column)")
     return f"{unit}\n\n{header}\n" + "\n".join(rows)
 
 

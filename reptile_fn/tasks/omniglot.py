@@ -109,6 +109,11 @@ def load_set(set_name: str = "background", data_dir: str | os.PathLike | None = 
     path = zip_path(set_name, data_dir)
     if not path.is_file():
         root = datasets.data_dir(data_dir)
+        if root.is_file():
+            raise DataError(f"the data folder {root} is a file; give the folder that holds omniglot/ (--data-dir)")
+        if path.exists():
+            raise DataError(f"Omniglot file {path} is a folder or not a regular file; move it away and download the "
+                            f"zip with `reptile-fn download omniglot --data-dir {root}`")
         raise DataError(
             f"Omniglot file {path} not found; download it with `reptile-fn download omniglot --data-dir {root}`"
             + ("" if set_name in ("background", "evaluation") else f" --sets {set_name}")

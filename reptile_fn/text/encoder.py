@@ -40,6 +40,7 @@ import numpy as np
 
 from reptile_fn.errors import ConfigError, DataError, ReptileFnError
 from reptile_fn.models import Model, dense, dense_init
+from reptile_fn.text.checks import check_config, check_weights
 from reptile_fn.tree import Tree
 
 WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "tokenizer.json", "config.json"
@@ -117,7 +118,10 @@ def load_encoder(path: str | os.PathLike | None = None) -> tuple[Tree, EncoderCo
     """``(params, config, tokenizer)`` of a BERT checkpoint folder (default: all-MiniLM-L6-v2)."""
     folder = encoder_path(path)
     try:
-        config = EncoderConfig.from_hf(json.loads((folder / CONFIG).read_text()))
+        raw = json.loads((folder / CONFIG).read_text())
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a JSON object of settings, got a {type(raw).__name__}")
+        config = EncoderConfig.from_hf(raw)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"cannot read the encoder config {folder / CONFIG} ({type(e).__name__}: {e}); "
                         "it must be a Hugging Face BERT config.json") from e
@@ -125,6 +129,8 @@ def load_encoder(path: str | os.PathLike | None = None) -> tuple[Tree, EncoderCo
         weights = mx.load(str(folder / WEIGHTS))
     except Exception as e:  # mx.load raises ValueError/RuntimeError on a truncated file
         raise DataError(f"cannot read the encoder weights {folder / WEIGHTS} ({e}); reinstall them ({INSTALL})") from e
+    check_config(config, folder / CONFIG)
+    check_weights(weights, config, folder / WEIGHTS)
     params = from_hf(weights, config, source=folder / WEIGHTS)
     mx.eval(params)
     return params, config, load_tokenizer(folder)
