@@ -197,3 +197,31 @@ def test_resume_refuses_an_edited_config_yaml_and_a_damaged_log_and_keeps_a_fini
     with pytest.raises(CheckpointError, match="line 1 is not a metrics record"):
         _train(None, out, resume=True)
     assert (out / R.METRICS).read_text() == "\x8f garbage\n" + log  # kept, not wiped
+
+
+def test_a_run_being_trained_cannot_be_trained_by_a_second_process(tmp_path):
+    """Two `train --resume` of one run at once would both write its files; the second is refused."""
+    from reptile_fn.errors import ConfigError
+    from reptile_fn.run.files import exclusive
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from reptile_fn.run.files import exclusive\n"
+                               "with exclusive(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="being trained by another process"):
+            _train(C.load(None, TINY), out)
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(out):  # free again once the holder is gone
+        pass
+    _train(C.load(None, TINY), tmp_path / "fresh", stop_at=2)
+    with pytest.raises(ConfigError, match="already holds a run"):  # and the lock is released after a failed start
+        _train(C.load(None, TINY), tmp_path / "fresh")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(Exception):
+        _train(C.load(None, [*TINY, "tasks.dataset=omniglot", "tasks.data_dir=/nonexistent"]), tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # a run that failed to start leaves no empty folder

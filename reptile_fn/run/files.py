@@ -8,7 +8,10 @@ against a baseline) and, for PEFT runs, ``adapter/`` (the meta-learned adapter a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -64,6 +67,30 @@ class Saved:
             diff = [k for k in C.leaf_keys() if C.get(self.cfg, k) != C.get(cfg, k)]
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diff)}; "
                               "resume without --config/--set, or start a new run in another --out")
+
+
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """Hold the run folder for this process while it trains: a second ``train`` of the same run (two --resume at
+    once) is refused, instead of both writing its files. The lock is the folder's own (flock), gone with the process."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{out} is being trained by another process right now; wait for it to end or stop it, "
+                              "or choose another --out") from None
+        except OSError:  # a file system without locks: go on unguarded
+            pass
+        yield
+    except BaseException:
+        if created and not any(out.iterdir()):  # a run that failed to start leaves no empty folder behind
+            out.rmdir()
+        raise
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -34,8 +34,8 @@ from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
 from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
 from reptile_fn.run.build import Run, build, require_finite, run_keys, settled
-from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, remove_stale_temporaries,
-                                  truncate_metrics)
+from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive,
+                                  remove_stale_temporaries, truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
@@ -61,7 +61,14 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     """
     w = distributed.world()
     out = Path(out_dir)
-    run, at = start(cfg, out, resume=resume, w=w, log=log)
+    stack = contextlib.ExitStack()
+    if w.is_main:
+        stack.enter_context(exclusive(out))
+    try:
+        run, at = start(cfg, out, resume=resume, w=w, log=log)
+    except BaseException as e:
+        stack.__exit__(type(e), e, e.__traceback__)  # tells exclusive() the start failed (close() would not)
+        raise
     cfg = run.cfg
     keys = run_keys(cfg.seed)
     iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
@@ -74,7 +81,6 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     callbacks = (*callbacks, *_progress(progress, w, at.iteration, cfg, log))
     metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
     t0, first = time.perf_counter(), at.iteration
-    stack = contextlib.ExitStack()
     stack.enter_context(sigterm_as_interrupt())
     try:
         for i in range(first, end):
