@@ -87,7 +87,9 @@ def _errors_to_exit(fn):
             typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, whatever it quotes
             raise typer.Exit(2) from None
         except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
-            where = f" ({e.filename})" if e.filename else ""
+            from reptile_fn.io import written_name  # the file a temporary stands for
+
+            where = f" ({written_name(e.filename)})" if e.filename else ""
             typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:

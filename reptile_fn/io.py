@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -78,6 +79,14 @@ def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: 
             raise OutputError(f"{option} {path}: {target} is {what} where a file goes; move it away or pass another "
                               "folder")
     return path
+
+
+def written_name(filename: str | os.PathLike) -> str:
+    """The file an ``atomic_path`` temporary stands for (``.name.abc123xy.tmp`` -> ``name``), else ``filename``:
+    what an error about the temporary should name."""
+    path = Path(filename)
+    match = re.fullmatch(r"\.(.+)\.[a-z0-9_]{8}\.tmp.*", path.name)
+    return str(path.with_name(match.group(1))) if match else str(filename)
 
 
 def _fsync_dir(folder: Path) -> None:

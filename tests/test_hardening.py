@@ -225,3 +225,14 @@ def test_a_run_being_trained_cannot_be_trained_by_a_second_process(tmp_path):
     with pytest.raises(Exception):
         _train(C.load(None, [*TINY, "tasks.dataset=omniglot", "tasks.data_dir=/nonexistent"]), tmp_path / "never")
     assert not (tmp_path / "never").exists()  # a run that failed to start leaves no empty folder
+
+
+@pytest.mark.parametrize("temporary, shown", [("/r/.metrics.jsonl.5i_p2thf.tmp", "/r/metrics.jsonl"),
+                                              ("/r/.checkpoint.safetensors.ab12cd34.tmp.safetensors",
+                                               "/r/checkpoint.safetensors"), ("/r/summary.json", "/r/summary.json")])
+def test_an_error_about_a_temporary_names_the_file_being_written(temporary, shown, tmp_path):
+    from reptile_fn import io
+
+    assert io.written_name(temporary) == shown
+    with io.atomic_path(tmp_path / "x.json") as tmp:  # the names atomic_path really makes
+        assert io.written_name(tmp) == str(tmp_path / "x.json")
