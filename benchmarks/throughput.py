@@ -283,8 +283,15 @@ def text_missing() -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line (through `reptile-fn bench`: one `error:` line), not a usage block."""
+
+    def error(self, message: str):
+        raise SystemExit(f"{message}; `python benchmarks/throughput.py --help` lists the options")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = _Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="W1,W2,W3,W4",
                     help="W3 needs the text extra and all-MiniLM-L6-v2's files (skipped, with a note, without them)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -310,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "gpu":
         if not mx.is_available(mx.gpu):
-            raise SystemExit("--device gpu: MLX has no GPU here (install the cuda extra on an NVIDIA machine)")
+            raise SystemExit("--device gpu: MLX has no GPU here; install the cuda extra on an NVIDIA machine, or use "
+                         "--device cpu")
         mx.set_default_device(mx.gpu)
     else:
         mx.set_default_device(mx.cpu)
@@ -323,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     custom = {}
     for part in filter(None, (args.sizes or "").split(";")):
         w, _, sizes = part.partition(":")
+        if not all(v.strip().isdigit() and int(v) > 0 for v in sizes.split(",")):
+            raise SystemExit(f"--sizes {args.sizes!r}: {part!r} needs whole meta-batch sizes >= 1, e.g. 'W1:8,64;W2:5'")
         custom[w.strip()] = [int(v) for v in sizes.split(",")]
+    if args.json is not None:  # checked before minutes of measuring, not after
+        io.check_out_dir(args.json.parent, (args.json.name,), option="--json")
     for name in args.workloads.split(","):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}; use W1, W2, W3 or W4")

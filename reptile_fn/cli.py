@@ -57,13 +57,6 @@ def _checkpoint(path: Path) -> Path:
                           f"`reptile-fn train` (or its {CHECKPOINT}), or a shipped initialization's name")
 
 
-def _default_out(checkpoint: Path, sub: str) -> Path:
-    """Where a command writes unless told: ``<run>/<sub>``, or ``runs/<sub>/<name>`` for a shipped init."""
-    from reptile_fn import pretrained
-
-    return Path("runs") / sub / checkpoint.stem if pretrained.is_shipped(checkpoint) else checkpoint.parent / sub
-
-
 def _limit(option: str, value: Optional[int], key: str) -> None:
     """A command-line count checked against the config limit of the setting it stands for."""
     from reptile_fn import config as C
@@ -228,7 +221,8 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
     data_dir: Optional[Path] = DataDirOpt,
     encoder: Optional[Path] = EncoderOpt,
-    split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val, or evaluation (runs of the alphabets protocol)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val, or evaluation "
+                                        "(runs of the alphabets protocol)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Score the run on data it never trained on: a folder "
                                         "(or .zip) of class subfolders for image runs, a CSV of text,label rows for "
                                         "text runs; every class is held out."),
@@ -249,7 +243,9 @@ def eval_(
         raise ReptileFnError("--split and --set tasks.test_split both choose the held-out split; give one of them")
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(_checkpoint(checkpoint))
-    out_dir = io.check_out_dir(out or _default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
+    out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
+    if json_out is not None:
+        io.check_out_dir(json_out.parent, (json_out.name,), option="--json")
     run, params, state, iteration = load(checkpoint, overrides, data=data)
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
@@ -330,7 +326,7 @@ def embed(
     from reptile_fn import io, plots, pretrained
 
     checkpoint = pretrained.resolve(_checkpoint(checkpoint))
-    out_dir = io.check_out_dir(out or _default_out(checkpoint, "embed"), ("embed.json", "task_embeddings.png"))
+    out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "embed"), ("embed.json", "task_embeddings.png"))
     from reptile_fn.run.files import Saved
 
     if (dataset := Saved(checkpoint).cfg.tasks.dataset) not in ("synthetic", "omniglot"):  # before loading its data
@@ -397,8 +393,10 @@ def bench(ctx: typer.Context) -> None:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
+        if isinstance(e.code, str):  # the script's own message (sys.exit("...")): one error line, as ours
+            raise ReptileFnError(e.code.removeprefix("error: ")) from None
         if e.code not in (0, None):
-            raise typer.Exit(e.code if isinstance(e.code, int) else 1) from None
+            raise typer.Exit(e.code) from None
 
 
 def main() -> None:

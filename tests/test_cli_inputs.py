@@ -212,10 +212,10 @@ def test_compare_of_good_runs_still_works(tiny_run):
 def test_data_dir_and_encoder_paths_are_taken_literally(tmp_path, name):
     """--data-dir and --encoder go into the config as JSON strings: never a YAML comment, null, number or bool."""
     path = tmp_path / name
-    sets = cli._with_data_dir([], path, path)
-    cfg = C.load(None, sets)
+    text = ["tasks.dataset=csv", "tasks.path=x.csv"]  # a data set that reads model.encoder
+    cfg = C.load(None, text + cli._with_data_dir([], path, path))
     assert cfg.tasks.data_dir == str(path) and cfg.model.encoder == str(path)
-    relative = C.load(None, cli._with_data_dir([], Path(name), Path(name)))
+    relative = C.load(None, text + cli._with_data_dir([], Path(name), Path(name)))
     assert relative.tasks.data_dir == name and relative.model.encoder == name
 
 
@@ -364,3 +364,20 @@ def test_a_checkpoint_whose_parameters_became_integers_is_refused(tiny_run, tmp_
     ck.save(tmp_path / "checkpoint.safetensors", params, state, meta)
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "ev")]),
                 "holds int32 values")
+
+
+def test_eval_json_is_checked_before_the_work_and_divergence_is_an_error(tiny_run, tmp_path):
+    (tmp_path / "taken").mkdir()
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--json",
+                                    str(tmp_path / "taken")]), "--json", "is a folder where a file goes")
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--baselines",
+                                 "random", "--speed-steps", "0", "--set", "eval.inner_lr=1e30"])
+    last = result.stderr.strip().splitlines()[-1]  # after the evaluation's progress lines
+    assert result.exit_code == 2 and last.startswith("error: adaptation diverged") and "lower eval.inner_lr" in last
+    assert not (tmp_path / "ev" / "results.json").exists()
+
+
+def test_bench_script_messages_reach_the_user_as_one_error_line():
+    if mx.cuda.is_available() or mx.metal.is_available():
+        pytest.skip("a GPU is here, so --device gpu is valid")
+    _user_error(runner.invoke(app, ["bench", "--device", "gpu"]), "--device gpu")

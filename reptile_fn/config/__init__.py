@@ -340,7 +340,8 @@ def _build(cls: type, data: dict, prefix: str, source: str):
     for k in data:
         if k not in names:
             full = prefix + str(k)
-            raise ConfigError(f"{source}: unknown key {full!r}{suggest(full, leaf_keys() + _sections())}")
+            hint = suggest(full, leaf_keys() + _sections()) or "; the keys are in README's key table and configs/default.yaml"
+            raise ConfigError(f"{source}: unknown key {full!r}{hint}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:

@@ -32,7 +32,8 @@ def trainable(patterns: Sequence[str], paths: Iterable[str], *, source: str = "c
 DATASET_KEYS = {  # keys that only some data sets read; set on another, they would be ignored without a word
     "tasks.path": ("images", "csv"), "tasks.val_fraction": ("images", "csv"), "tasks.test_fraction": ("images", "csv"),
     "tasks.text_column": ("csv",), "tasks.label_column": ("csv",), "tasks.group_column": ("csv",),
-    "tasks.split_column": ("csv",), "tasks.test_path": ("csv",), "model.channels": ("images",)}
+    "tasks.split_column": ("csv",), "tasks.test_path": ("csv",), "model.channels": ("images",),
+    "model.encoder": ("clinc150", "csv")}
 
 
 def dataset_keys(cfg, source: str) -> None:

@@ -59,5 +59,10 @@ def format_card(c: dict) -> str:
     return "\n".join(lines)
 
 
+def default_out(checkpoint: Path, sub: str) -> Path:
+    """Where a command writes unless told: ``<run>/<sub>``, or ``runs/<sub>/<name>`` for a shipped init."""
+    return Path("runs") / sub / checkpoint.stem if is_shipped(checkpoint) else checkpoint.parent / sub
+
+
 def is_shipped(path: Path) -> bool:
     return Path(path).resolve().parent == HERE

@@ -17,7 +17,7 @@ import numpy as np
 from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.baselines import Init, make_baselines, steps_to_reach
-from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError
+from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError, TrainingDivergedError
 from reptile_fn.evaluate import per_episode_curves, recorded_steps, summarize
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
@@ -119,6 +119,10 @@ def final_evaluation(run: Run, params, state, episodes: int | None = None, steps
         inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state, progress=bar)}
         for name, b in base.items():  # baselines adapt what they say (every leaf, the head), whatever the run adapts
             inits[name] = evaluate_init(run, b.params, keys.eval_final, n, horizon, trainable=b.trainable, progress=bar)
+    diverged = [name for name, c in inits.items() if not np.all(np.isfinite(c["loss"]["mean"]))]
+    if diverged:  # NaN in a results table reads as a number; refuse it with the setting that caused it
+        raise TrainingDivergedError(f"adaptation diverged (NaN/Inf loss) during evaluation of {', '.join(diverged)}; "
+                                    f"lower eval.inner_lr (now {cfg.eval.inner_lr or cfg.inner_lr}) or eval.inner_steps")
     out = {"kind": run.tasks.kind, "metric": "accuracy" if run.metric is not None else "mse",
            "k_shot": cfg.tasks.k_shot, "inner_lr": cfg.eval.inner_lr or cfg.inner_lr,
            "inner_lr_learned": isinstance(run.meta.inner(state).lr, dict), "inits": inits}

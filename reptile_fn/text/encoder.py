@@ -40,7 +40,7 @@ import numpy as np
 
 from reptile_fn.errors import ConfigError, DataError, ReptileFnError
 from reptile_fn.models import Model, dense, dense_init
-from reptile_fn.text.checks import check_config, check_weights
+from reptile_fn.text.checks import check_config, check_weights, restore_hint
 from reptile_fn.tree import Tree
 
 WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "tokenizer.json", "config.json"
@@ -128,7 +128,7 @@ def load_encoder(path: str | os.PathLike | None = None) -> tuple[Tree, EncoderCo
     try:
         weights = mx.load(str(folder / WEIGHTS))
     except Exception as e:  # mx.load raises ValueError/RuntimeError on a truncated file
-        raise DataError(f"cannot read the encoder weights {folder / WEIGHTS} ({e}); reinstall them ({INSTALL})") from e
+        raise DataError(f"cannot read the encoder weights {folder / WEIGHTS} ({e}); {restore_hint(path, INSTALL)}") from e
     check_config(config, folder / CONFIG)
     check_weights(weights, config, folder / WEIGHTS)
     params = from_hf(weights, config, source=folder / WEIGHTS)
