@@ -105,3 +105,9 @@ def test_way_sets_the_classes_of_embedded_omniglot_episodes(omniglot_run, tmp_pa
                                     key=mx.random.key(1), n_way=3)
         assert r["n_way"] == 3 and len(r["families"]) == 2
         _assert_user_error(runner.invoke(app, [*args, "--way", "9"]), "the run's head has 5")
+
+
+def test_a_bank_smaller_than_the_alphabets_is_refused(omniglot_run):
+    run, params, _, _ = R.load(omniglot_run[0])
+    with pytest.raises(ConfigError, match="1 bank tasks for 2 families or alphabets"):
+        alphabet_identification(probe(run), params, run.tasks, k_shot=1, bank_tasks=1, query_tasks=1, key=mx.random.key(0))

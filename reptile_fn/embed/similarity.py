@@ -125,6 +125,10 @@ def _check_counts(**counts: int) -> None:
 
 def identify(bank: dict, bank_labels: np.ndarray, query: dict, query_labels: np.ndarray, **info) -> dict:
     """Nearest-neighbour identification with each embedding ``{name: (tasks, d)}``, standardised by the bank."""
+    groups = len(info.get("families", ()))
+    if len(bank_labels) < groups:  # a family without a bank task can never be named: the accuracy would mislead
+        raise ConfigError(f"{len(bank_labels)} bank tasks for {groups} families or alphabets: each needs bank tasks to be "
+                          f"named; use at least {groups} (--tasks {5 * groups} gives about 5 each)")
     accuracy, embeddings = {}, {}
     for name in bank:
         b, q = standardize(bank[name], query[name])
