@@ -335,7 +335,7 @@ def embed(
     import mlx.core as mx
 
     from reptile_fn.run import load
-    from reptile_fn.run.report import format_identification, identify_tasks
+    from reptile_fn.run.identify import format_identification, identify_tasks
 
     run, params, _, iteration = load(checkpoint, _with_data_dir([], data_dir))
     result = identify_tasks(run, params, k_shot=shots, bank_tasks=tasks_n, query_tasks=max(1, tasks_n // 2),
