@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import platform
 import sys
 from pathlib import Path
@@ -13,25 +12,12 @@ import typer
 
 import reptile_fn
 from reptile_fn import _blas, _malloc
+from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, path_arg
 from reptile_fn.errors import CheckpointError, ReptileFnError
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Functional meta-learning (Reptile, MAML and kin) on MLX.")
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file, or a shipped config's name (e.g. sine, "
-                         "omniglot_5w1s; `reptile-fn info` lists them). Default: the built-in default config.")
-SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
-DataDirOpt = typer.Option(None, "--data-dir", help="Data folder (Omniglot zips); sets tasks.data_dir.")
-EncoderOpt = typer.Option(None, "--encoder", help="Text runs: a BERT-style folder (model.safetensors, tokenizer.json, "
-                          "config.json) instead of all-MiniLM-L6-v2; sets model.encoder.")
-
-
-def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[Path] = None) -> List[str]:
-    # paths as JSON strings (valid YAML): a path is never parsed as YAML ("a #2" is not a comment, "null" no null)
-    return [*sets, *([f"tasks.data_dir={json.dumps(str(data_dir))}"] if data_dir else []),
-            *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -170,7 +156,7 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
 def train(
     config: Optional[Path] = ConfigOpt,
     set_: List[str] = SetOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", parser=path_arg, help="Run directory (default: runs/<config>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     data_dir: Optional[Path] = DataDirOpt,
@@ -217,8 +203,8 @@ def eval_(
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps K (default: the config's)."),
     speed_steps: int = typer.Option(100, "--speed-steps", min=0,
                                     help="Horizon for the adaptation-speed analysis (0: skip it)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where results.json and the PNGs go (default: <run>/eval)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results JSON to this file."),
+    out: Optional[Path] = typer.Option(None, "--out", parser=path_arg, help="Folder for results (default: <run>/eval)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", parser=path_arg, help="Also write the results JSON here."),
     data_dir: Optional[Path] = DataDirOpt,
     encoder: Optional[Path] = EncoderOpt,
     split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val, or evaluation "
@@ -271,8 +257,8 @@ def adapt(
                                "to score them), or a CSV with a text column (and a label column, to score them)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps (default: the run's "
                                         "eval.inner_steps)."),
-    out: Path = typer.Option(Path("predictions"), "--out", help="Where predictions.csv, predictions.json and "
-                             "adapted.safetensors go."),
+    out: Path = typer.Option(Path("predictions"), "--out", parser=path_arg,
+                             help="Where predictions.csv, predictions.json and adapted.safetensors go."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the adaptation's mini-batch order."),
 ) -> None:
     """Adapt a meta-learned init to your labelled examples and label new ones (class and probabilities)."""
@@ -308,7 +294,7 @@ def embed(
     seed: int = typer.Option(0, "--seed", help="Seed of the fresh held-out tasks."),
     way: Optional[int] = typer.Option(None, "--way", min=2, help="Omniglot: classes per embedded episode (default: "
                                       "the run's n_way; 20-way runs need fewer: an alphabet holds few held-out characters)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where embed.json and the PNG go (default: <run>/embed)."),
+    out: Optional[Path] = typer.Option(None, "--out", parser=path_arg, help="Folder for results (default: <run>/embed)."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Names the family (synthetic runs) or alphabet (Omniglot) of fresh held-out tasks by handcrafted and Fisher

@@ -15,6 +15,7 @@ LAYERS = {
     "reptile_fn._malloc": 0, "reptile_fn.progress": 0,
     "reptile_fn.episode": 1, "reptile_fn.optim": 1, "reptile_fn.models": 1, "reptile_fn.losses": 1, "reptile_fn.heads": 1,
     "reptile_fn.datasets": 1, "reptile_fn.checkpoint": 1, "reptile_fn.text": 1, "reptile_fn.text.encoder": 1,
+    "reptile_fn.text.gelu": 1,
     "reptile_fn.inner": 2,
     "reptile_fn.algorithms": 3, "reptile_fn.evaluate": 3, "reptile_fn.baselines": 3, "reptile_fn.tasks": 3,
     "reptile_fn.peft.lora": 3, "reptile_fn.peft.io": 3, "reptile_fn.text.batching": 3,
@@ -22,7 +23,7 @@ LAYERS = {
     "reptile_fn.config": 5, "reptile_fn.coerce": 5, "reptile_fn.distributed": 5, "reptile_fn.plots": 5,
     "reptile_fn.pretrained": 5,
     "reptile_fn.run": 6,
-    "reptile_fn.cli": 7,
+    "reptile_fn.cli": 7, "reptile_fn.cli_options": 7,
 }
 CORE = 4
 MAX_MODULE_LINES = 420  # "~400"

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import reptile_fn
-from reptile_fn import cli
+from reptile_fn import cli, cli_options
 from reptile_fn import config as C
 from reptile_fn.cli import app
 from reptile_fn.run import CHECKPOINT, SUMMARY
@@ -213,9 +213,9 @@ def test_data_dir_and_encoder_paths_are_taken_literally(tmp_path, name):
     """--data-dir and --encoder go into the config as JSON strings: never a YAML comment, null, number or bool."""
     path = tmp_path / name
     text = ["tasks.dataset=csv", "tasks.path=x.csv"]  # a data set that reads model.encoder
-    cfg = C.load(None, text + cli._with_data_dir([], path, path))
+    cfg = C.load(None, text + cli_options._with_data_dir([], path, path))
     assert cfg.tasks.data_dir == str(path) and cfg.model.encoder == str(path)
-    relative = C.load(None, text + cli._with_data_dir([], Path(name), Path(name)))
+    relative = C.load(None, text + cli_options._with_data_dir([], Path(name), Path(name)))
     assert relative.tasks.data_dir == name and relative.model.encoder == name
 
 
@@ -232,6 +232,8 @@ def test_data_dir_with_a_hash_or_named_null_reaches_the_loader(tmp_path, monkeyp
     (["eval"], "error: Missing option '--checkpoint'; see reptile-fn eval --help"),
     (["bogus"], "error: No such command 'bogus'"),
     (["validate", "--set", "inner_lr=nan"], "error: built-in default config with --set inner_lr=nan"),
+    (["train", "--out", "", "--set", "meta_iterations=2"], "error: Invalid value for '--out' / '-o': Value error, it is empty"),
+    (["eval", "--checkpoint", "omniglot-5w1s", "--json", " "], "error: Invalid value for '--json': Value error, it is empty"),
 ])
 def test_usage_errors_are_one_error_line_from_the_installed_command(args, message, tmp_path):
     """click's own errors (a bad option value, a missing or unknown option or command) and ours, through the
@@ -244,6 +246,7 @@ def test_usage_errors_are_one_error_line_from_the_installed_command(args, messag
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written where the command ran
 
 
 def test_every_shipped_init_has_a_model_card_that_info_prints():
@@ -381,3 +384,4 @@ def test_bench_script_messages_reach_the_user_as_one_error_line():
     if mx.cuda.is_available() or mx.metal.is_available():
         pytest.skip("a GPU is here, so --device gpu is valid")
     _user_error(runner.invoke(app, ["bench", "--device", "gpu"]), "--device gpu")
+

@@ -568,3 +568,28 @@ def test_a_damaged_encoder_folder_is_one_data_error(tmp_path):
         (folder / "config.json").write_text(change if isinstance(change, str) else json.dumps({**config, **change}))
         with pytest.raises(DataError, match=needle):
             E.load_encoder(folder)
+
+
+def test_an_encoder_with_few_positions_gets_sentences_that_fit(tmp_path):
+    """An encoder whose config.json has fewer positions than the sentences the tasks ask for (max_length 64)
+    gets its sentences cut to its positions, [CLS] … [SEP] kept, rather than an error asking for a max_length
+    no setting reaches."""
+    import json
+    import shutil
+
+    folder = tmp_path / "short"
+    shutil.copytree(E.encoder_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    weights = mx.load(str(folder / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("position_embeddings.weight"))
+    weights[name] = weights[name][:16]
+    mx.save_safetensors(str(folder / "model.safetensors"), weights)
+    params, cfg, tokenizer = E.load_encoder(folder)
+    long = " ".join(["word"] * 40)
+    ids, mask = E.tokenize(tokenizer, [long, "hi"], max_length=64)
+    assert ids.shape == (2, 16) and ids[0, 0] == 101 and ids[0, 15] == 102 and mask[1].sum() == 3
+    full, _ = E.tokenize(E.load_tokenizer(), [long], max_length=16)
+    np.testing.assert_array_equal(ids[0], full[0])  # the same cut as tokenize's own at that length
+    out = E.encode(params, cfg, mx.array(ids), mx.array(mask))
+    assert out.shape == (2, cfg.hidden_size) and bool(mx.all(mx.isfinite(out)))
