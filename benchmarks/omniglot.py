@@ -31,7 +31,6 @@ from pathlib import Path
 
 import reptile_fn  # before mlx.core: importing it loads OpenBLAS on Linux
 from reptile_fn import checkpoint, io, pretrained
-from reptile_fn import config as C
 from reptile_fn import run as R
 
 import mlx.core as mx
@@ -82,6 +81,14 @@ def learning_curve(run: Path) -> list[dict]:
     return [{"iteration": r["iteration"], "accuracy": 100 * r["eval"]["metric"]} for r in rows if "eval" in r]
 
 
+def other_curve(run: Path) -> dict:
+    """What the report shows of a run the table does not score: its held-out curve and how it was set up."""
+    stored = R.stored_config(run)
+    return {"run": str(run.resolve().relative_to(ROOT) if run.resolve().is_relative_to(ROOT) else run),
+            "curve": learning_curve(run), "during_training_episodes": stored.eval.during_training_episodes,
+            "meta_iterations": stored.meta_iterations, "meta_batch_size": stored.meta_batch_size, "init": stored.init}
+
+
 def plot(res: dict) -> None:
     import matplotlib
 
@@ -94,6 +101,10 @@ def plot(res: dict) -> None:
         if pts:
             ax.plot([p["iteration"] for p in pts], [p["accuracy"] for p in pts], marker="o",
                     label=f"{way}-way 1-shot, transductive ({run['during_training_episodes']} episodes)")
+    for label, run in res.get("curves", {}).items():  # runs the table does not score: same axes, dashed
+        pts = run["curve"]
+        ax.plot([p["iteration"] for p in pts], [p["accuracy"] for p in pts], marker=".", linestyle="--",
+                label=f"{label} ({run['during_training_episodes']} episodes)")
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("held-out accuracy after 50 steps (%)")
     ax.set_title("Omniglot, Reptile: accuracy during meta-training")
@@ -267,6 +278,12 @@ def render_standard(res: dict) -> str:
         pts = ", ".join(f"{p['iteration']:,}: {p['accuracy']:.1f}%" for p in run["curve"])
         lines.append(f"- {way}-way run ({run['during_training_episodes']} episodes per point, 5 queries per class): "
                      f"{pts}.")
+    for label, run in res.get("curves", {}).items():
+        pts = ", ".join(f"{p['iteration']:,}: {p['accuracy']:.1f}%" for p in run["curve"])
+        start = f", started from `{run['init']}`" if run.get("init") else ""
+        lines.append(f"- {label}, not in the table (`{run['run']}`{start}, {run['meta_iterations']:,} meta-iterations "
+                     f"planned, meta-batch {run['meta_batch_size']}; {run['during_training_episodes']} episodes per "
+                     f"point): {pts}.")
     lines += ["", END]
     return "\n".join(lines)
 
@@ -291,11 +308,19 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=JSON, help=f"results file (default {JSON.relative_to(ROOT)})")
     ap.add_argument("--add", action="append", default=[], type=Path, metavar="FILE",
                     help="join the runs and cells of another --json FILE into the table (with --report-only)")
+    ap.add_argument("--curve", action="append", default=[], metavar="LABEL=DIR",
+                    help="also draw and list the learning curve of a run the table does not score (with "
+                         "--report-only; a LABEL given again is replaced, LABEL= removes it)")
     args = ap.parse_args()
     if args.report_only:
         res = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}, "runs": {}}
         for extra in args.add:
             res = merge(res, json.loads(extra.read_text()))
+        for item in args.curve:
+            label, run = item.split("=", 1)
+            res.setdefault("curves", {}).pop(label, None)
+            if run:
+                res["curves"][label] = other_curve(Path(run))
         write_json(JSON, res)
         plot(res)
         write_report(res)
