@@ -25,5 +25,7 @@ def ship(run: Path, name: str, overrides: list[str] = ()) -> Path:
                                              with_tasks=False)  # rebuilt as the run was (its seed, its base)
     path = PRETRAINED / f"{name}.safetensors"
     checkpoint.save(path, params, state, {"config": C.to_dict(built.cfg), "iteration": iteration,
-                                          "source": f"benchmarks/shipping.py from {run.name}"})
+                                          "source": f"benchmarks/shipping.py from {run.name}"},
+                    reference=built.rebuilt_init)  # a frozen base the loader rebuilds (an encoder): its digest only
     return path
+

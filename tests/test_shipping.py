@@ -8,7 +8,7 @@ from pathlib import Path
 import mlx.core as mx
 from conftest import TINY, quiet
 
-from reptile_fn import checkpoint, pretrained
+from reptile_fn import checkpoint, io, pretrained
 from reptile_fn import config as C
 from reptile_fn import run as R
 
@@ -47,3 +47,24 @@ def test_text_card_reads_validation_and_test_scores(tmp_path):
     assert card["scores"][2]["split"] == "Banking77, 5-way 5-shot"
     assert card["training"]["meta_iterations"] == C.load(None, TINY).meta_iterations
     assert pretrained.format_card(card).count("\n  score      ") == 3
+
+
+def test_a_shipped_adapter_stores_its_frozen_base_as_digests_and_loads_whole(tmp_path, monkeypatch):
+    """A PEFT run's frozen base (an encoder the loader rebuilds) goes into the shipped file as digests only, as
+    in the run's own checkpoint: the LoRA init over all-MiniLM-L6-v2 is then 0.5 MB, not 90, and still loads
+    by name to the trained parameters."""
+    run = tmp_path / "run"
+    cfg = C.with_overrides(C.load(None, TINY), ["peft.method=lora", "peft.base=init", "peft.targets=[layer*.w]"])
+    R.train(cfg, run, progress=False, log=quiet)
+    monkeypatch.setattr(shipping, "PRETRAINED", tmp_path / "pretrained")
+    (tmp_path / "pretrained").mkdir()
+    path = shipping.ship(run, "tiny-lora")
+    shipped, _ = checkpoint.load(path)
+    frozen = [k for k in shipped if ".base.layer" in k]  # the body; the head (params.base.head) was meta-learned
+    assert frozen and all(k.startswith("derived.params.") for k in frozen)
+    assert "params.base.head.w" in shipped
+    assert any(k.startswith("params.adapter.") for k in shipped)
+    _, params, _, _ = R.load(run / R.CHECKPOINT, with_tasks=False)
+    monkeypatch.setattr(pretrained, "HERE", tmp_path / "pretrained")
+    _, loaded, _, _ = R.load("tiny-lora", with_tasks=False)
+    assert io.digest(loaded) == io.digest(params)

@@ -593,3 +593,17 @@ def test_an_encoder_with_few_positions_gets_sentences_that_fit(tmp_path):
     np.testing.assert_array_equal(ids[0], full[0])  # the same cut as tokenize's own at that length
     out = E.encode(params, cfg, mx.array(ids), mx.array(mask))
     assert out.shape == (2, cfg.hidden_size) and bool(mx.all(mx.isfinite(out)))
+
+
+def test_the_shipped_adapter_loads_by_name_onto_the_installed_encoder():
+    """minilm-intent-lora ships its adapter and the digests of the encoder it was trained on (0.5 MB, not the
+    90 MB encoder again): loading it by name rebuilds the encoder from the text extra's files and checks them."""
+    from reptile_fn import checkpoint, io, pretrained
+    from reptile_fn import run as R
+
+    arrays, _ = checkpoint.load(pretrained.resolve("minilm-intent-lora"))
+    assert not [k for k in arrays if k.startswith("params.base.encoder.")]
+    _, params, _, iteration = R.load("minilm-intent-lora", with_tasks=False)
+    encoder, _, _ = E.load_encoder()
+    assert iteration == 1000 and io.digest(params["base"]["encoder"]) == io.digest(encoder)
+    assert params["adapter"] and all(mx.all(mx.isfinite(v)).item() for _, v in tree_flatten(params["adapter"]))
