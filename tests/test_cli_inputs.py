@@ -385,3 +385,13 @@ def test_bench_script_messages_reach_the_user_as_one_error_line():
         pytest.skip("a GPU is here, so --device gpu is valid")
     _user_error(runner.invoke(app, ["bench", "--device", "gpu"]), "--device gpu")
 
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`reptile-fn info | head -1`: once the reader has gone, the command stops with the shell's status for a
+    closed pipe (141) and no error line or traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", "from reptile_fn.cli import main; main()", "info", "--checkpoint",
+                             "omniglot-5w1s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # before the command has printed anything (it starts in ~0.5 s)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
