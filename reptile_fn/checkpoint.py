@@ -110,4 +110,12 @@ def restore(arrays: dict[str, mx.array], prefix: str, like: Tree, *, source: str
                                   "was altered or written by other code: use a checkpoint written by `reptile-fn train`")
         return got.astype(ref.dtype)
 
-    return tree_map_with_path(pick, like)
+    restored = tree_map_with_path(pick, like)
+    expected = {f"{prefix}.{k}" for k, _ in tree_flatten(like)}
+    extra = sorted(k.removeprefix(f"{DERIVED}.") for k in arrays
+                   if k.removeprefix(f"{DERIVED}.").startswith(f"{prefix}.") and k.removeprefix(f"{DERIVED}.") not in expected)
+    if extra and fresh is None:  # a fresh head at another n_way may leave the stored one unused
+        raise CheckpointError(f"{source} has tensors the model does not ({', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}); "
+                              "it was written for a different model or altered: use the config it was trained with, or a "
+                              "checkpoint written by `reptile-fn train`")
+    return restored

@@ -76,6 +76,16 @@ def test_restore_casts_to_the_dtype_of_like(tmp_path):
     np.testing.assert_array_equal(np.array(got["w"]), [1.5, 2.5])
 
 
+def test_a_tensor_the_model_lacks_is_refused_not_dropped(tmp_path):
+    """An added tensor (an altered file, or one written for a bigger model) is named, not silently ignored."""
+    params = _params()
+    path = ck.save(tmp_path / "c.safetensors", {**params, "extra": {"w": mx.ones((2,))}})
+    arrays, _ = ck.load(path)
+    with pytest.raises(CheckpointError, match="has tensors the model does not \\(params.extra.w\\)"):
+        ck.restore(arrays, "params", _like(params))
+    _assert_tree_equal(ck.restore(arrays, "params", _like(params), fresh=lambda p: False), params)  # a fresh head's case
+
+
 def test_without_state(tmp_path):
     path = ck.save(tmp_path / "c.safetensors", _params())
     arrays, meta = ck.load(path)

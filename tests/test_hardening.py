@@ -197,6 +197,33 @@ def test_resume_refuses_an_edited_config_yaml_and_a_damaged_log_and_keeps_a_fini
     with pytest.raises(CheckpointError, match="line 1 is not a metrics record"):
         _train(None, out, resume=True)
     assert (out / R.METRICS).read_text() == "\x8f garbage\n" + log  # kept, not wiped
+    (out / R.METRICS).write_text('{"iteration": "abc"}\n' + log)  # JSON, but not a record: damaged too
+    with pytest.raises(CheckpointError, match="line 1 is not a metrics record"):
+        _train(None, out, resume=True)
+    (out / R.METRICS).write_text(log)
+    for damage in ("algorithm: [unclosed\n", None):  # an unreadable or a deleted config.yaml is written back
+        if damage is None:
+            (out / "config.yaml").unlink()
+        else:
+            (out / "config.yaml").write_text(damage)
+        _train(None, out, resume=True)
+        assert (out / "config.yaml").read_text() == config
+
+
+def test_a_folder_with_a_runs_log_but_no_checkpoint_is_not_overwritten(tmp_path):
+    """A log without its checkpoint (deleted, or a kill -9 before the first one): `--resume` has nothing to
+    continue, and a fresh start would wipe the log, so it is refused too; the log stays as it was."""
+    out = tmp_path / "run"
+    _train(C.load(None, TINY), out)
+    (out / R.CHECKPOINT).unlink()
+    log = (out / R.METRICS).read_text()
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        _train(None, out, resume=True)
+    with pytest.raises(C.ConfigError, match="holds the log of a run"):
+        _train(C.load(None, TINY), out)
+    assert (out / R.METRICS).read_text() == log
+    (out / R.METRICS).write_text("")  # an empty log holds nothing to lose
+    _train(C.load(None, TINY), out)
 
 
 def test_a_run_being_trained_cannot_be_trained_by_a_second_process(tmp_path):

@@ -114,13 +114,21 @@ def read_metrics(path: Path) -> list[dict]:
     return [r for r in io.read_jsonl(path) if isinstance(r, dict) and isinstance(r.get("iteration"), int)]
 
 
+def _is_record(line: str) -> bool:
+    """Whether a metrics.jsonl line is a whole record: a JSON object with an integer iteration."""
+    if not io.read_jsonl_line(line):
+        return False
+    record = json.loads(line)
+    return isinstance(record, dict) and isinstance(record.get("iteration"), int)
+
+
 def truncate_metrics(path: Path, iteration: int) -> None:
     """Keep only whole records up to the checkpoint, so a resumed run's log equals an uninterrupted one. A line
     other than the last that is not a record means the file was damaged: refused rather than wiped."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    bad = next((n for n, line in enumerate(lines[:-1], 1) if line.strip() and not io.read_jsonl_line(line)), None)
+    bad = next((n for n, line in enumerate(lines[:-1], 1) if line.strip() and not _is_record(line)), None)
     if bad is not None:
         raise CheckpointError(f"{path} line {bad} is not a metrics record: the log is damaged; move it away to resume "
                               "(the checkpoint is intact; the resumed run logs from its iteration on)")

@@ -35,7 +35,7 @@ from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
 from reptile_fn.run.build import Run, build, require_finite, run_keys, settled
 from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive,
-                                  remove_stale_temporaries, truncate_metrics)
+                                  read_metrics, remove_stale_temporaries, truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
@@ -144,12 +144,16 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
         if w.is_main:
             remove_stale_temporaries(out)
             truncate_metrics(out / METRICS, saved.iteration)
+            io.write_text(out / CONFIG, C.dump(cfg))  # back, if it was deleted or unreadable (an edit was refused)
             log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
         return run, Progress(params, state, saved.iteration, saved.window, saved.n_window)
     cfg = settled(cfg or C.Config())
     if ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
                           "or choose another --out")
+    if (out / METRICS).is_file() and read_metrics(out / METRICS):  # a run's log without its checkpoint: starting over would overwrite it
+        raise ConfigError(f"{out} holds the log of a run ({METRICS}) but no {CHECKPOINT} to continue it from; choose "
+                          f"another --out, or move {METRICS} away to start over in this folder")
     run = build(cfg, _reduce(cfg, w))
     params = run.initial_params(run_keys(cfg.seed).init)
     if w.is_main:
