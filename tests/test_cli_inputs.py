@@ -395,3 +395,12 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()  # before the command has printed anything (it starts in ~0.5 s)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+@pytest.mark.parametrize("item", ["seed=3", "tasks.protocol=alphabets"])
+def test_eval_refuses_a_set_that_moves_the_held_out_split(tiny_run, tmp_path, item):
+    """The seed shuffles the class split (and builds the init); the protocol and fractions draw it: changed at
+    evaluation, "held-out" episodes would draw classes the run meta-trained on."""
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--set", item]),
+                f"{item.split('=')[0]} = ", "would change which classes are held out")
+    assert not (tmp_path / "ev").exists()

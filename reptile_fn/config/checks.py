@@ -110,3 +110,22 @@ def within_group(cfg, source: str) -> None:
             raise ConfigError(f"{source}: tasks.{part}_within_group (each {part} task's classes from one group) is "
                               f"for clinc150 (its domains) and csv (tasks.group_column), not {cfg.tasks.dataset}; set "
                               "it to false")
+
+
+# keys that choose which classes a run holds out (the seed also shuffles the class split and builds the init)
+SPLIT_KEYS = ("seed", "tasks.protocol", "tasks.split_by", "tasks.val_fraction", "tasks.test_fraction",
+              "tasks.split_column", "tasks.group_column")
+
+
+def same_split(stored, cfg, source: str) -> None:
+    """A ConfigError if ``cfg`` (a saved run's config with evaluation overrides) changes a key that decides which
+    classes the run held out: its "held-out" episodes would then draw classes it meta-trained on."""
+    def get(c, key):
+        section, _, name = key.rpartition(".")
+        return getattr(getattr(c, section) if section else c, name)
+
+    changed = [f"{k} = {get(cfg, k)!r} (trained with {get(stored, k)!r})" for k in SPLIT_KEYS if get(cfg, k) != get(stored, k)]
+    if changed:
+        raise ConfigError(f"{source}: {'; '.join(changed)} would change which classes are held out, so evaluation would "
+                          "draw classes the run meta-trained on; leave it as trained (more --episodes for other "
+                          "episodes), or score other data with --data")

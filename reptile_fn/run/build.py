@@ -353,7 +353,9 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     if data is not None:
         overrides = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data) + list(overrides)
     if overrides:
-        cfg = C.with_overrides(cfg, overrides)
+        stored, cfg = cfg, C.with_overrides(cfg, overrides)
+        if data is None:
+            C.checks.same_split(stored, cfg, f"evaluating {checkpoint_path} with {' '.join(overrides)}")
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
     fresh = None  # a head every task rebuilds from its support set (prototypes) evaluates at any n_way
     if cfg.peft.head == "prototypes" and cfg.tasks.n_way != stored_way:
