@@ -728,3 +728,30 @@ def test_a_key_the_data_set_does_not_read_is_an_error(item, dataset):
     sets = [f"tasks.dataset={dataset}", *(["tasks.path=data"] if dataset in ("images", "csv") else []), item]
     with pytest.raises(ConfigError, match=f"{item.split('=')[0]} = .* is read only when tasks.dataset is"):
         C.load(None, sets)
+
+
+def test_config_from_a_pipe_is_read_and_a_silent_pipe_or_endless_file_is_refused(tmp_path, monkeypatch):
+    """`--config <(...)` works; a named pipe nobody writes to (open() would block forever), /dev/zero and an
+    oversized file are refused with one error each; a YAML mistake names its line."""
+    import os
+    import threading
+
+    from reptile_fn.config import files
+
+    monkeypatch.setattr(files, "PIPE_WAIT_S", 0.3)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is a pipe that nothing wrote to"):
+        C.load(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("meta_iterations: 7\n"))
+    writer.start()
+    assert C.load(fifo).meta_iterations == 7
+    writer.join()
+    with pytest.raises(ConfigError, match="is over 1 MB"):
+        C.load("/dev/zero")
+    (tmp_path / "big.yaml").write_text("# x\n" * 300_000)
+    with pytest.raises(ConfigError, match="is over 1 MB"):
+        C.load(tmp_path / "big.yaml")
+    (tmp_path / "bad.yaml").write_text("seed: 1\ntasks: [1,\n  k_shot: 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML on line 4"):
+        C.load(tmp_path / "bad.yaml")

@@ -3,6 +3,8 @@ strict YAML (UTF-8, one value per key). Every problem is one ``ConfigError`` nam
 
 from __future__ import annotations
 
+import os
+import select
 from pathlib import Path
 
 import yaml
@@ -53,7 +55,7 @@ def read(path: str | Path) -> tuple[dict, str]:
         hint = f"; did you mean {p / 'config.yaml'} (the run's config)?" if (p / "config.yaml").is_file() else ""
         raise ConfigError(f"config {p} is a directory, not a YAML file; pass the file itself{hint}")
     try:
-        raw = p.read_bytes()
+        raw = _read(p)
     except OSError as e:
         raise ConfigError(f"config file {p} cannot be read ({e.strerror or e}); check its permissions") from None
     try:
@@ -67,7 +69,10 @@ def read(path: str | Path) -> tuple[dict, str]:
     except _DuplicateKey as e:
         raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" on line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where} ({getattr(e, 'problem', None) or str(e).splitlines()[0]}); "
+                          "fix the syntax") from None
     except RecursionError:
         raise ConfigError(f"{p}: nested too deeply to read (hundreds of levels); a config is a few levels of "
                           "'key: value' sections") from None
@@ -77,6 +82,36 @@ def read(path: str | Path) -> tuple[dict, str]:
         raise ConfigError(f"{p}: expected a mapping of keys to values at the top level, got {type(data).__name__}; "
                           "write one 'key: value' per line")
     return data, str(p)
+
+
+MAX_BYTES, PIPE_WAIT_S = 1 << 20, 10.0  # a config is a few dozen lines
+
+
+def _read(p: Path) -> bytes:
+    """The bytes of a config file. A pipe (``--config <(...)``, /dev/stdin) is read until its writer closes it, but
+    never waited on for more than ``PIPE_WAIT_S`` without data (a named pipe nobody writes to would block forever);
+    nothing is read past ``MAX_BYTES`` (/dev/zero never ends)."""
+    too_big = ConfigError(f"config {p} is over {MAX_BYTES >> 20} MB; a config is a few dozen 'key: value' lines")
+    if p.is_file():
+        if p.stat().st_size > MAX_BYTES:
+            raise too_big
+        return p.read_bytes()
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    chunks, size = [], 0
+    try:
+        while True:
+            if not select.select([fd], [], [], PIPE_WAIT_S)[0]:
+                raise ConfigError(f"config {p} is a pipe that nothing wrote to for {PIPE_WAIT_S:.0f} s; pass a YAML "
+                                  "file, or start the writer first")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise too_big
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 class _DuplicateKey(Exception):

@@ -21,8 +21,10 @@ def warm_start(source: str, fresh: Callable, load: Callable) -> Callable:
     from reptile_fn import pretrained
 
     def initial(key: mx.array):
-        if not pretrained.resolve(source).is_file():
-            raise ConfigError(f"init = {source} does not exist; point it at a run's checkpoint.safetensors or a "
+        path = pretrained.resolve(source)
+        if not path.is_file():
+            what = "is a folder or not a regular file (a pipe, a device)" if path.exists() else "does not exist"
+            raise ConfigError(f"init = {source} {what}; point it at a run's checkpoint.safetensors or a "
                               "shipped initialization (`reptile-fn info` lists them), or set init: null")
         params = fresh(key)
         _, donor, _, _ = load(source, with_tasks=False)
