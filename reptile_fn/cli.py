@@ -359,7 +359,7 @@ def download(
 
 @app.command()
 @_errors_to_exit
-def compare(runs: List[Path] = typer.Argument(..., help="Run directories written by train (and eval).")) -> None:
+def compare(runs: List[Path] = typer.Argument(..., help="Run folders (train), eval folders or results files.")) -> None:
     """A markdown table of several runs side by side (final few-shot results of each init)."""
     from reptile_fn.run import compare_runs
 

@@ -404,3 +404,28 @@ def test_eval_refuses_a_set_that_moves_the_held_out_split(tiny_run, tmp_path, it
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--set", item]),
                 f"{item.split('=')[0]} = ", "would change which classes are held out")
     assert not (tmp_path / "ev").exists()
+
+
+def test_compare_reports_what_was_evaluated_and_tells_runs_apart(tiny_run, tmp_path):
+    """An `eval` with other settings is labelled with them (k_shot, the last step evaluated), not the training
+    config's; an eval folder or a results file compares directly; non-synthetic tasks show their dataset and way;
+    same-named runs show their paths, and a '|' in a name cannot split the table."""
+    import shutil
+
+    run = tmp_path / "x" / "a|b"
+    shutil.copytree(tiny_run, run)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--set", "tasks.k_shot=1", "--steps", "3",
+                                 "--baselines", "random", "--speed-steps", "0"])
+    assert result.exit_code == 0, result.output
+    shutil.copytree(tiny_run, tmp_path / "y" / "a|b")
+    table = [line for line in runner.invoke(app, ["compare", str(run), str(tmp_path / "y" / "a|b")]).stdout.splitlines()
+             if line.startswith("| ")]
+    first = next(line for line in table if line.startswith(f"| {str(run).replace('|', chr(92) + '|')} |"))
+    assert "| 1 | meta |" in first and first.endswith("| 3 |")  # k_shot 1, last step 3, as evaluated
+    assert any(line.startswith(f"| {tmp_path / 'y' / 'a'}\\|b |") for line in table)
+    assert all(line.replace("\\|", "").count("|") == 11 for line in table)  # 10 columns in every row
+    results = json.loads((run / "eval" / "results.json").read_text())
+    results["config"]["tasks"].update(dataset="omniglot", n_way=20)
+    (tmp_path / "other.json").write_text(json.dumps(results))
+    rows = runner.invoke(app, ["compare", str(tmp_path / "other.json"), str(run / "eval")]).stdout
+    assert "| other.json | reptile | omniglot 20-way | 1 | meta |" in rows and "| eval | reptile | linear" in rows

@@ -14,6 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from reptile_fn import config as C
 from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.baselines import Init, make_baselines, steps_to_reach
@@ -177,7 +178,6 @@ def adaptation_speed(ev: dict, k: int) -> dict:
 
 def describe_model(cfg) -> str:
     """Parameter counts of a config's model: total, adapted per task, meta-learned (PEFT: the adapter)."""
-    from reptile_fn import config as C
     from reptile_fn.run.build import build
 
     run = build(cfg)
@@ -216,7 +216,7 @@ def probe(run: Run):
 def save_results(run: Run, params, state, ev: dict, out_dir: Path, *, checkpoint: Path, iteration: int,
                  baselines: dict | None = None, json_out: Path | None = None) -> list[Path]:
     """``results.json`` (and ``json_out``) and the figures of an evaluation; returns the paths written."""
-    payload = {"checkpoint": str(checkpoint), "iteration": iteration, **ev}
+    payload = {"checkpoint": str(checkpoint), "iteration": iteration, "config": C.to_dict(run.cfg), **ev}
     written = [io.write_json(target, payload) for target in filter(None, (Path(out_dir) / "results.json", json_out))]
     return written[:1] + write_figures(run, params, state, ev, Path(out_dir), Path(checkpoint).parent / METRICS,
                                        baselines)
@@ -312,64 +312,72 @@ def format_speed(speed: dict) -> str:
 
 
 def compare_runs(runs: list[Path]) -> str:
-    """Markdown: one row per (run, init) with the final few-shot results (eval/results.json if present)."""
+    """Markdown: one row per (run, init) with the final few-shot results. A run folder gives its eval/results.json
+    if present (the latest `eval`), else its summary.json; an `eval --out` folder or a results file gives its own."""
     rows, metrics = [], set()
     runs = [Path(r) for r in runs]
-    for run in runs:
-        _check_results(run)
+    sources = [_results_source(run) for run in runs]
     twice = next((r for i, r in enumerate(runs) if r.resolve() in [q.resolve() for q in runs[:i]]), None)
     if twice is not None:
         raise ReptileFnError(f"{twice} is given twice; compare each run once")
-    for run in runs:
-        source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / SUMMARY
-        if not source.exists():
-            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
+    names = [run.name for run in runs]
+    for run, source in zip(runs, sources):
         data = json.loads(source.read_text())
         ev = data.get("eval", data)
-        cfg = data.get("config") or json.loads(json.dumps(_config_dict(run)))
+        own = source.name == SUMMARY or source == run / "eval" / "results.json"  # else: the folder of its checkpoint
+        cfg = data.get("config") or _config_dict(run if own else Path(data["checkpoint"]).parent)
         metrics.add(ev["metric"])
         if len(metrics) > 1:
             raise ReptileFnError("the runs are scored by different metrics (accuracy, higher is better, and MSE, lower "
                                  "is better); compare classification runs and regression runs separately")
         key, scale = ("metric", 100.0) if ev["metric"] == "accuracy" else ("loss", 1.0)
-        last = cfg["eval"]["inner_steps"]
-        for name, curve in ev["inits"].items():
+        t = cfg["tasks"]
+        tasks = ", ".join(t["families"]) if t["dataset"] == "synthetic" else f"{t['dataset']} {t['n_way']}-way"
+        name = (str(run) if names.count(run.name) > 1 else run.name).replace("|", "\\|")  # | would split the row
+        for init, curve in ev["inits"].items():
             pos = {st: i for i, st in enumerate(curve["steps"])}
+            last = max(curve["steps"])  # what was evaluated (eval --steps), not what the config says
             cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
                      if c in pos else "" for c in (0, 1, 5, last)]
-            rows.append(f"| {run.name} | {cfg['algorithm']} | {', '.join(cfg['tasks']['families'])} | "
-                        f"{cfg['tasks']['k_shot']} | {name} | " + " | ".join(cells) + f" | {last} |")
-    header = ("| run | algorithm | families | k_shot | init | 0 steps | 1 step | 5 steps | last step | last |\n|"
+            rows.append(f"| {name} | {cfg['algorithm']} | {tasks} | {t['k_shot']} | {init} | " + " | ".join(cells)
+                        + f" | {last} |")
+    header = ("| run | algorithm | tasks | k_shot | init | 0 steps | 1 step | 5 steps | last step | last |\n|"
               + "---|" * 10)
     unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
-        ", mean ± 95% CI over held-out episodes; last step: after the run's eval.inner_steps (the last column)")
+        ", mean ± 95% CI over held-out episodes; last step: after the last step evaluated (the last column)")
     return f"{unit}\n\n{header}\n" + "\n".join(rows)
 
 
-def _check_results(run: Path) -> None:
-    """The results file ``compare_runs`` reads from a run directory (eval/results.json, else summary.json) must
-    hold a results table."""
-    if not run.is_dir():
-        raise ReptileFnError(f"{run} is not a run directory; pass folders written by `reptile-fn train`")
-    source, fix = run / "eval" / "results.json", f"rewrite it with `reptile-fn eval --checkpoint {run}`"
-    if not source.exists():
+def _results_source(run: Path) -> Path:
+    """The results file ``compare_runs`` reads for ``run`` (a run folder, an `eval --out` folder or a results file),
+    checked to hold a results table."""
+    if run.is_file() and run.suffix == ".json":
+        source, fix = run, "rewrite it with `reptile-fn eval`"
+    elif not run.is_dir():
+        raise ReptileFnError(f"{run} is not a run directory or a results file; pass folders written by `reptile-fn "
+                             "train` or `reptile-fn eval`, or their results.json")
+    elif (run / "eval" / "results.json").exists() or (run / "results.json").exists():
+        source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / "results.json"
+        fix = f"rewrite it with `reptile-fn eval --checkpoint {run}`"
+    else:
         source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
-    if not source.exists():
-        return  # compare_runs says the run has no results
+        if not source.exists():
+            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
     try:
-        ev = json.loads(source.read_text(encoding="utf-8"))
-        ev = ev.get("eval", ev)
+        data = json.loads(source.read_text(encoding="utf-8"))
+        ev = data.get("eval", data)
         ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
+        ok = ok and ("config" in data or source.name == SUMMARY or source == run / "eval" / "results.json"
+                     or "checkpoint" in data)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
         raise ReptileFnError(f"{source} is {what}; {fix}")
+    return source
 
 
 def _config_dict(run_dir: Path) -> dict:
-    from reptile_fn import config as C
-
     return C.to_dict(stored_config(run_dir))
 
 
