@@ -429,3 +429,17 @@ def test_compare_reports_what_was_evaluated_and_tells_runs_apart(tiny_run, tmp_p
     (tmp_path / "other.json").write_text(json.dumps(results))
     rows = runner.invoke(app, ["compare", str(tmp_path / "other.json"), str(run / "eval")]).stdout
     assert "| other.json | reptile | omniglot 20-way | 1 | meta |" in rows and "| eval | reptile | linear" in rows
+
+
+def test_eval_says_nothing_it_cannot_measure(tiny_run, tmp_path):
+    """One episode has no interval (not "± 0.00"); after 0 steps there is no adaptation speed to compare (it was
+    "0 steps, 0.0x" for every init); a split the run's data set does not have is refused, not ignored."""
+    one = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "a"), "--episodes", "1",
+                              "--baselines", "random", "--speed-steps", "0"])
+    assert one.exit_code == 0 and "no 95% CI from one episode" in one.stdout and "±" not in one.stdout
+    zero = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "b"), "--steps", "0",
+                               "--episodes", "5", "--baselines", "random"])
+    assert zero.exit_code == 0 and "adaptation speed" not in zero.stdout
+    assert "speed" not in json.loads((tmp_path / "b" / "results.json").read_text())
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "c"), "--split", "val"]),
+                "tasks.test_split = 'val' is read only when tasks.dataset is")

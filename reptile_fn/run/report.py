@@ -127,7 +127,7 @@ def final_evaluation(run: Run, params, state, episodes: int | None = None, steps
     out = {"kind": run.tasks.kind, "metric": "accuracy" if run.metric is not None else "mse",
            "k_shot": cfg.tasks.k_shot, "inner_lr": cfg.eval.inner_lr or cfg.inner_lr,
            "inner_lr_learned": isinstance(run.meta.inner(state).lr, dict), "inits": inits}
-    if speed_steps:
+    if speed_steps and k > 0:  # after 0 steps every init is where it starts: no speed to compare
         out["speed"] = adaptation_speed(out, k)
         ms = {"meta": ms_per_step(run, params, state=state)}
         ms.update({name: ms_per_step(run, b.params, trainable=b.trainable) for name, b in base.items()})
@@ -289,10 +289,13 @@ def format_results(ev: dict, show_steps: tuple[int, ...] | None = None, max_step
     k_max = steps[-1] if max_step is None else max_step
     cols = [k for k in (show_steps or sorted({0, 1, 5, k_max, steps[-1]})) if k in steps]
     head = f"{'init':<10}" + "".join(f"{f'{k} steps':>18}" for k in cols)
-    lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, mean ± 95% CI", head]
+    one = first["episodes"] < 2  # no interval from one episode: "± 0.00" would claim certainty
+    lines = [f"{label}, {first['episodes']} held-out episodes, k_shot={ev['k_shot']}, "
+             + ("no 95% CI from one episode" if one else "mean ± 95% CI"), head]
     for name, curve in ev["inits"].items():
         at = [steps.index(k) for k in cols]
-        cells = [f"{_num(scale * curve[metric]['mean'][i])} ± {_num(scale * curve[metric]['ci95'][i])}" for i in at]
+        cells = [_num(scale * curve[metric]["mean"][i]) + ("" if one else f" ± {_num(scale * curve[metric]['ci95'][i])}")
+                 for i in at]
         lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
