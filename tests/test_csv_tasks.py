@@ -319,9 +319,9 @@ BAD = {
     "unclosed quote": (b'text,label\nhi,a\n"ho,b\nhe,c\n', {}, r"the record starting on line 3 is not valid CSV "
                                                               r"\(unexpected end of data\)"),
     "unclosed quote, long": (b'text,label\nhi,a\n"ho,b\n' + b"he,c\n" * 30000, {},
-                             rf"the record starting on line 3 has a field longer than {MAX_FIELD} characters"),
+                             rf"the record starting on line 3 has a field longer than {MAX_FIELD:,} characters"),
     "long field": (b'text,label\nhi,a\n"' + b"x" * (MAX_FIELD + 1) + b'",b\n', {},
-                   rf"the record starting on line 3 has a field longer than {MAX_FIELD}"),
+                   rf"the record starting on line 3 has a field longer than {MAX_FIELD:,}"),
 }
 
 
@@ -386,3 +386,20 @@ def test_a_csv_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
         read_texts(fifo)
     with pytest.raises(DataError, match="not a regular file"):
         read_texts("/dev/zero")
+
+
+def test_column_mistakes_name_a_fix_the_reader_can_take(tmp_path):
+    """`adapt` has no --set, so a CSV with other column names is told to rename them; a tab- or semicolon-separated
+    file is told it is not comma-separated, not to set column options."""
+    from reptile_fn.tasks.csv import read_texts
+
+    other = tmp_path / "other.csv"
+    other.write_text("sentence,intent\nhello,greet\n")
+    with pytest.raises(DataError, match="name them 'text' and 'label' in the header"):
+        read_texts(other)
+    for sep, name in (("\t", "tabs"), (";", "semicolons")):
+        (tmp_path / "sep.csv").write_text(f"text{sep}label\nhello{sep}greet\n")
+        with pytest.raises(DataError, match=f"it looks separated by {name}: save it with commas"):
+            read_texts(tmp_path / "sep.csv")
+        with pytest.raises(DataError, match=f"it looks separated by {name}"):
+            load_csv(tmp_path / "sep.csv")

@@ -113,7 +113,8 @@ def read_texts(path: str | os.PathLike, *, text_column: str = "text", label_colu
         raise DataError(f"{file} is empty; it needs a header line naming its columns ({text_column}"
                         f"{',' + label_column if labels == 'required' else ''}) and one line per sentence")
     labelled = labels == "required" or label_column in [h.strip() for h in header]
-    index = _columns(file, header_line, header, {"text": text_column, "label": label_column if labelled else None})
+    index = _columns(file, header_line, header, {"text": text_column, "label": label_column if labelled else None},
+                     settable=False)
     texts, names, lines = [], [], []
     for line, row in rows:
         if len(row) != len(header):
@@ -178,8 +179,9 @@ def _rows(file: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def _too_long(file: Path, line: int) -> DataError:
-    return DataError(f"{file}: the record starting on line {line} has a field longer than {MAX_FIELD} characters; "
-                     "probably a quote (\") that is never closed: close it, or write \"\" for a quote inside a field")
+    return DataError(f"{file}: the record starting on line {line} has a field longer than {MAX_FIELD:,} characters, the "
+                     "limit: if a quote (\") is never closed, close it or write \"\" for a quote inside a field; if the "
+                     "text really is that long, shorten it (the encoder reads only its first 64 tokens, 128 in adapt)")
 
 
 def _not_utf8(file: Path) -> DataError:
@@ -202,16 +204,23 @@ def _not_utf8(file: Path) -> DataError:
                      "iconv -f latin1 -t utf-8)")
 
 
-def _columns(file: Path, line: int, header: list[str], columns: dict[str, str | None]) -> dict[str, int]:
-    """The index of each named column in the header; a DataError if one is absent or named twice."""
+def _columns(file: Path, line: int, header: list[str], columns: dict[str, str | None], *,
+             settable: bool = True) -> dict[str, int]:
+    """The index of each named column in the header; a DataError if one is absent or named twice. ``settable``:
+    the caller's config keys can name other columns (training); else the file must use the run's names (adapt)."""
     names = [h.strip() for h in header]
     missing = [k for k, c in columns.items() if c is not None and c not in names]
     if missing:
         shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
         wanted = " and ".join(f"{k} column {columns[k]!r}" for k in missing)
-        raise DataError(f"{file} has no {wanted}: its header (line {line}) has the columns {shown}; set "
-                        f"{' / '.join(KEYS[k] for k in missing)} to the columns that hold them, or if the file has no "
-                        f"header, add a first line naming its columns, e.g. {columns['text']},{columns['label']}")
+        sep = next((name for s, name in (("\t", "tabs"), (";", "semicolons"), ("|", "'|'")) if len(names) == 1
+                    and s in names[0]), None)
+        fix = (f"it looks separated by {sep}: save it with commas (CSV)" if sep else
+               f"set {' / '.join(KEYS[k] for k in missing)} to the columns that hold them" if settable else
+               f"name them {' and '.join(repr(columns[k]) for k in missing)} in the header (this run's "
+               f"{' / '.join(KEYS[k] for k in missing)})")
+        raise DataError(f"{file} has no {wanted}: its header (line {line}) has the columns {shown}; {fix}, or if the "
+                        f"file has no header, add a first line naming its columns, e.g. {columns['text']},{columns['label']}")
     twice = [c for k, c in columns.items() if c is not None and names.count(c) > 1]
     if twice:
         raise DataError(f"{file}: its header (line {line}) names the column {twice[0]!r} more than once; rename one")
