@@ -397,12 +397,13 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     assert proc.wait(timeout=120) == 141 and err == ""
 
 
-@pytest.mark.parametrize("item", ["seed=3", "tasks.protocol=alphabets"])
-def test_eval_refuses_a_set_that_moves_the_held_out_split(tiny_run, tmp_path, item):
+@pytest.mark.parametrize("run, item", [(None, "seed=3"), ("omniglot-5w1s", "tasks.protocol=alphabets"),
+                                       ("omniglot-5w1s", "seed=1")])
+def test_eval_refuses_a_set_that_moves_the_held_out_split(tiny_run, tmp_path, run, item):
     """The seed shuffles the class split (and builds the init); the protocol and fractions draw it: changed at
-    evaluation, "held-out" episodes would draw classes the run meta-trained on."""
-    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--set", item]),
-                f"{item.split('=')[0]} = ", "would change which classes are held out")
+    evaluation, "held-out" episodes would draw classes the run meta-trained on (refused before any data is read)."""
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", run or str(tiny_run), "--out", str(tmp_path / "ev"), "--set",
+                                    item]), f"{item.split('=')[0]} = ", "would change which classes are held out")
     assert not (tmp_path / "ev").exists()
 
 

@@ -363,10 +363,12 @@ def test_text_config_errors():
     from reptile_fn import config as C
     from reptile_fn.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="tasks.test_split = evaluation is Omniglot's"):
+    with pytest.raises(ConfigError, match="'evaluation' is not one of test, val, banking77 \\(the splits of clinc150"):
         C.load(None, ["tasks.dataset=clinc150", "tasks.test_split=evaluation"])
-    with pytest.raises(ConfigError, match="banking77 is for tasks.dataset = clinc150"):
-        C.load(None, ["tasks.test_split=banking77"])
+    with pytest.raises(ConfigError, match="'banking77' is not one of test, val, evaluation \\(the splits of omniglot"):
+        C.load(None, ["tasks.dataset=omniglot", "tasks.test_split=banking77"])
+    with pytest.raises(ConfigError, match="test_split = 'banking77' is read only when tasks.dataset is"):
+        C.load(None, ["tasks.test_split=banking77"])  # synthetic tasks have one held-out split
 
 
 # --- frozen-encoder baselines on cached embeddings -------------------------------------------------

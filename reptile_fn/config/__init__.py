@@ -159,6 +159,11 @@ def choices() -> dict[str, tuple[str, ...]]:
     }
 
 
+# the held-out splits each data set has (``tasks.test_split``); evaluation: Omniglot's second zip
+SPLITS = {"omniglot": ("test", "val", "evaluation"), "clinc150": ("test", "val", "banking77"),
+          "images": ("test", "val", "all"), "csv": ("test", "val", "all")}
+
+
 def _datasets() -> dict[str, str]:
     from reptile_fn.tasks import DATASETS
 
@@ -277,12 +282,14 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     from reptile_fn.tasks import make_distribution  # the registries live with the code they name
 
     allowed = choices()
+    allowed["tasks.test_split"] = SPLITS.get(cfg.tasks.dataset, allowed["tasks.test_split"])
     for key in leaf_keys():
         v = get(cfg, key)
         if v is None:
             continue
         if key in allowed and v not in allowed[key]:
-            raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(allowed[key])}"
+            of = f" (the splits of {cfg.tasks.dataset}; `eval --split` sets it)" if key == "tasks.test_split" else ""
+            raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(allowed[key])}{of}"
                               f"{suggest(str(v), allowed[key])}")
         if key in limits.POSITIVE and v <= 0:
             raise ConfigError(f"{source}: {key} must be > 0, got {v}")
@@ -302,15 +309,8 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     checks.dataset_keys(cfg, source)
     if cfg.tasks.dataset in ("images", "csv"):
         return checks.own_data(cfg, source)
-    if cfg.tasks.test_split == "all":
-        raise ConfigError(f"{source}: tasks.test_split = all (every class) is for your own data (tasks.dataset = images "
-                          "or csv); use test or val")
     if cfg.tasks.dataset == "clinc150":
-        if cfg.tasks.test_split == "evaluation":
-            raise ConfigError(f"{source}: tasks.test_split = evaluation is Omniglot's; for clinc150 use test, val or banking77")
         return
-    if cfg.tasks.test_split == "banking77":
-        raise ConfigError(f"{source}: tasks.test_split = banking77 is for tasks.dataset = clinc150; use test")
     if cfg.tasks.dataset == "omniglot":
         if max(cfg.tasks.k_shot, cfg.tasks.train_shots or 0) + cfg.tasks.query_size > 20:
             raise ConfigError(f"{source}: Omniglot has 20 drawers per character, so k_shot (or train_shots) + "
