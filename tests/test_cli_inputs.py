@@ -444,3 +444,10 @@ def test_eval_says_nothing_it_cannot_measure(tiny_run, tmp_path):
     assert "speed" not in json.loads((tmp_path / "b" / "results.json").read_text())
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "c"), "--split", "val"]),
                 "tasks.test_split = 'val' is read only when tasks.dataset is")
+
+
+def test_a_set_that_rebuilds_another_model_is_named_as_the_cause(tiny_run, tmp_path):
+    """`eval --set algorithm=maml` builds an optimizer state the checkpoint lacks: the error says the --set did it."""
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--set",
+                                    "algorithm=maml", "--set", "outer_optimizer=adam"]),
+                "(after algorithm=maml outer_optimizer=adam: the run was trained without them")

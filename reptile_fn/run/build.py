@@ -29,6 +29,7 @@ from reptile_fn.heads import prototype_head
 from reptile_fn.models import HEAD, Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
+from reptile_fn.run.files import checked_iteration, require_finite
 from reptile_fn.run.warm import warm_start
 
 
@@ -360,26 +361,15 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     fresh = None  # a head every task rebuilds from its support set (prototypes) evaluates at any n_way
     if cfg.peft.head == "prototypes" and cfg.tasks.n_way != stored_way:
         fresh = T.match(f"*{_head_path(cfg)}.*")
-    params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path), fresh=fresh)
-    state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path), fresh=fresh)
+    try:
+        params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path), fresh=fresh)
+        state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path), fresh=fresh)
+    except CheckpointError as e:  # the file is whole (it loaded): what changed is the model the --set built
+        changed = [o for o in overrides if not o.startswith(("tasks.data_dir=", "tasks.test_split="))]
+        raise (CheckpointError(f"{e} (after {' '.join(changed)}: the run was trained without them; drop the --set "
+                               "of how it was built)") if changed else e) from None
     require_finite(params, checkpoint_path)
     return run, params, state, checked_iteration(meta.get("iteration", 0), cfg, checkpoint_path)
-
-
-def checked_iteration(iteration, cfg: C.Config, source) -> int:
-    """A saved run's meta-iteration, if it is an integer within its meta_iterations; else a CheckpointError."""
-    if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= cfg.meta_iterations:
-        raise CheckpointError(f"{source} records meta-iteration {iteration!r}, not an integer in 0.."
-                              f"{cfg.meta_iterations} (its meta_iterations): the file was edited or damaged; use a "
-                              "checkpoint written by `reptile-fn train`")
-    return iteration
-
-
-def require_finite(params, source) -> None:
-    """A CheckpointError if a checkpoint's parameters hold NaN or Inf (nothing sensible can be evaluated or resumed)."""
-    if not bool(T.all_finite(params)):
-        raise CheckpointError(f"{source} holds NaN/Inf parameters, so it cannot be evaluated or resumed; use an "
-                              "earlier checkpoint of the run, or train again with a lower inner_lr or outer_lr")
 
 
 def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:

@@ -19,7 +19,7 @@ import yaml
 
 from reptile_fn import checkpoint, io
 from reptile_fn import config as C
-from reptile_fn.run.build import checked_iteration
+from reptile_fn import tree as T
 from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -27,6 +27,22 @@ ADAPTER_DIR = "adapter"  # PEFT runs: adapters.safetensors + adapter_config.json
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+
+
+def checked_iteration(iteration, cfg: C.Config, source) -> int:
+    """A saved run's meta-iteration, if it is an integer within its meta_iterations; else a CheckpointError."""
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= cfg.meta_iterations:
+        raise CheckpointError(f"{source} records meta-iteration {iteration!r}, not an integer in 0.."
+                              f"{cfg.meta_iterations} (its meta_iterations): the file was edited or damaged; use a "
+                              "checkpoint written by `reptile-fn train`")
+    return iteration
+
+
+def require_finite(params, source) -> None:
+    """A CheckpointError if a checkpoint's parameters hold NaN or Inf (nothing sensible can be evaluated or resumed)."""
+    if not bool(T.all_finite(params)):
+        raise CheckpointError(f"{source} holds NaN/Inf parameters, so it cannot be evaluated or resumed; use an "
+                              "earlier checkpoint of the run, or train again with a lower inner_lr or outer_lr")
 
 
 class Saved:

@@ -33,9 +33,9 @@ from reptile_fn import tree as T
 from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
 from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
-from reptile_fn.run.build import Run, build, require_finite, run_keys, settled
+from reptile_fn.run.build import Run, build, run_keys, settled
 from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive,
-                                  read_metrics, remove_stale_temporaries, truncate_metrics)
+                                  read_metrics, remove_stale_temporaries, require_finite, truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
