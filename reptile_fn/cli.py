@@ -13,7 +13,7 @@ import typer
 import reptile_fn
 from reptile_fn import _blas, _malloc
 from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, path_arg
-from reptile_fn.errors import CheckpointError, ReptileFnError
+from reptile_fn.errors import CheckpointError, OutputError, ReptileFnError
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -235,6 +235,9 @@ def eval_(
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(_checkpoint(checkpoint))
     out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
+    if json_out is not None and json_out.exists() and not json_out.is_file():
+        raise OutputError(f"--json {json_out} is a folder or not a regular file; pass the JSON file to write, e.g. "
+                             f"{json_out / 'results.json'}")
     if json_out is not None:
         io.check_out_dir(json_out.parent, (json_out.name,), option="--json")
     run, params, state, iteration = load(checkpoint, overrides, data=data)

@@ -53,8 +53,9 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
 
 
 def suggest(word: str, options: Sequence[str]) -> str:
-    # Compare leaf names too, so that 'tasks.kshot' suggests 'tasks.k_shot'.
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    # Compare leaf names too, so that 'tasks.kshot' suggests 'tasks.k_shot'; 'REPTILE' is 'reptile' in other case.
+    close = [o for o in options if o.lower() == word.lower()] or difflib.get_close_matches(word, list(options), n=1,
+                                                                                              cutoff=0.5)
     if not close:
         leaf = word.split(".")[-1]
         leaves = {o.split(".")[-1]: o for o in options}

@@ -150,10 +150,20 @@ def download_omniglot(
     for s in sets:
         _check_set(s)
     dest = Path(dest).expanduser()
+    created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the download folder {dest}: {e}; choose a writable --data-dir") from e
+    try:
+        return _download_sets(dest, sets, overwrite, say)
+    except BaseException:
+        if created and not any(dest.iterdir()):  # a failed download leaves no empty folder of its own behind
+            dest.rmdir()
+        raise
+
+
+def _download_sets(dest: Path, sets: tuple[str, ...], overwrite: bool, say) -> list[Path]:
     paths = []
     for s in sets:
         size, sha256 = OMNIGLOT_FILES[s]

@@ -190,9 +190,11 @@ def test_compare_with_a_bad_summary_names_the_file_and_keeps_it(tiny_run, tmp_pa
     bad.mkdir()
     (bad / SUMMARY).write_text(content)
     result = runner.invoke(app, ["compare", str(tiny_run), str(bad)])
-    message = _user_error(result, str(bad / SUMMARY), what, "--resume")
-    assert "nothing to resume" not in message
+    message = _user_error(result, str(bad / SUMMARY), what, "leave")  # no checkpoint: --resume could not rewrite it
+    assert "--resume" not in message
     assert (bad / SUMMARY).read_text() == content
+    (bad / CHECKPOINT).write_bytes((tiny_run / CHECKPOINT).read_bytes())
+    _user_error(runner.invoke(app, ["compare", str(tiny_run), str(bad)]), str(bad / SUMMARY), what, "--resume")
 
 
 def test_compare_with_a_bad_eval_results_file(tiny_run, tmp_path):
@@ -372,7 +374,7 @@ def test_a_checkpoint_whose_parameters_became_integers_is_refused(tiny_run, tmp_
 def test_eval_json_is_checked_before_the_work_and_divergence_is_an_error(tiny_run, tmp_path):
     (tmp_path / "taken").mkdir()
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--json",
-                                    str(tmp_path / "taken")]), "--json", "is a folder where a file goes")
+                                    str(tmp_path / "taken")]), "--json", "is a folder or not a regular file")
     result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--baselines",
                                  "random", "--speed-steps", "0", "--set", "eval.inner_lr=1e30"])
     last = result.stderr.strip().splitlines()[-1]  # after the evaluation's progress lines
@@ -451,3 +453,17 @@ def test_a_set_that_rebuilds_another_model_is_named_as_the_cause(tiny_run, tmp_p
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--set",
                                     "algorithm=maml", "--set", "outer_optimizer=adam"]),
                 "(after algorithm=maml outer_optimizer=adam: the run was trained without them")
+
+
+def test_messages_name_the_fix_the_user_can_take(tiny_run, tmp_path):
+    """--json given a folder asks for a file in it; an image run given a CSV says so; a value that must be positive
+    says what to write instead; a value in the wrong case is suggested in the right one."""
+    (tmp_path / "folder").mkdir()
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--json",
+                                    str(tmp_path / "folder")]), "is a folder or not a regular file", "folder/results.json")
+    (tmp_path / "x.csv").write_text("text,label\nhi,a\n")
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", "omniglot-5w1s", "--out", str(tmp_path / "ev"), "--data",
+                                    str(tmp_path / "x.csv")]), "is a text file, but this is an image run")
+    _user_error(runner.invoke(app, ["validate", "--set", "eval.every=0"]), "set it to meta_iterations or more")
+    _user_error(runner.invoke(app, ["validate", "--set", "algorithm=REPTILE"]), "did you mean 'reptile'?")
+    assert not (tmp_path / "ev").exists()

@@ -171,11 +171,12 @@ def test_download_checksum_mismatch_leaves_nothing(monkeypatch, tmp_path):
     with pytest.raises(DataError, match="does not match its published checksum") as e:
         datasets.download_omniglot(dest, ["background_small1"])
     assert "nothing was saved" in str(e.value)
-    assert os.listdir(dest) == []
+    assert not dest.exists()  # the folder the download made is gone with it: no empty data folder left behind
+    dest.mkdir()
     serve(monkeypatch, official[:-10])  # truncated
     with pytest.raises(DataError, match="published checksum"):
         datasets.download_omniglot(dest, ["background_small1"])
-    assert os.listdir(dest) == []
+    assert os.listdir(dest) == []  # a folder that was there stays
 
 
 def test_download_network_error_and_existing_bad_file(monkeypatch, tmp_path):

@@ -292,9 +292,10 @@ def validate(cfg: Config, *, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(allowed[key])}{of}"
                               f"{suggest(str(v), allowed[key])}")
         if key in limits.POSITIVE and v <= 0:
-            raise ConfigError(f"{source}: {key} must be > 0, got {v}")
+            hint = limits.POSITIVE_HINTS.get(key, "give a positive number")
+            raise ConfigError(f"{source}: {key} must be > 0, got {v}; {hint}")
         if key in limits.NON_NEGATIVE and v < 0:
-            raise ConfigError(f"{source}: {key} must be >= 0, got {v}")
+            raise ConfigError(f"{source}: {key} must be >= 0, got {v}; give 0 or more")
         if key in LIMITS:
             check_limit(key, v, source)
     if not cfg.trainable:

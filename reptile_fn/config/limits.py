@@ -16,6 +16,14 @@ POSITIVE = {"tasks.train_shots", "tasks.n_way", "model.filters",
             "tasks.k_shot", "tasks.query_size", "model.hidden", "model.depth", "eval.episodes", "eval.every",
             "eval.during_training_episodes", "eval.inner_lr", "eval.inner_batch_size", "inner_batch_size",
             "peft.rank", "peft.scale", "peft.head_scale", "peft.base_pretrain_iterations", "peft.target_rank", "model.image_size"}
+# what to write instead of a non-positive value where the reader may want "never" or "none"
+POSITIVE_HINTS = {
+    "eval.every": "to evaluate only at the end, set it to meta_iterations or more",
+    "log_every": "to log only at the end, set it to meta_iterations or more",
+    "checkpoint_every": "to save only at the end (and on a stop), set it to meta_iterations or more",
+    "eval.inner_lr": "null uses inner_lr", "eval.inner_batch_size": "null uses inner_batch_size",
+    "inner_batch_size": "null takes the whole support set per step", "tasks.train_shots": "null uses k_shot",
+}
 NON_NEGATIVE = {"seed", "inner_steps", "tasks.num_train_tasks", "eval.inner_steps", "outer_lr_final"}
 
 

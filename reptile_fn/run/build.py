@@ -378,8 +378,12 @@ def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[s
     if cfg.tasks.path and Path(cfg.tasks.path).expanduser().resolve() == Path(path).expanduser().resolve():
         raise ConfigError(f"--data {path} is the data this run meta-trained on (its tasks.path), so its classes are "
                           "not held out; `eval` without --data scores the run's held-out classes, or give other data")
+    text_file = Path(path).is_file() and Path(path).suffix.lower() in (".csv", ".tsv", ".txt")
     path = json.dumps(str(path))  # a JSON string is a YAML string: never parsed as a number, null or comment
     kind = C.model_kind(cfg)
+    if kind == "conv4" and text_file:
+        raise ConfigError(f"--data {path} is a text file, but this is an image run; pass a folder of class subfolders "
+                          "of images (or a zip of one)")
     if kind == "conv4":
         return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all",
                 f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]

@@ -23,7 +23,7 @@ from reptile_fn.evaluate import per_episode_curves, recorded_steps, summarize
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
 from reptile_fn.run.build import Run, evaluation_loop, run_keys
-from reptile_fn.run.files import METRICS, SUMMARY, stored_config
+from reptile_fn.run.files import CHECKPOINT, METRICS, SUMMARY, stored_config
 from reptile_fn.progress import task
 
 PEFT_BASELINES = ("lora0", "base-full", "base-head", "random")
@@ -364,6 +364,8 @@ def _results_source(run: Path) -> Path:
         fix = f"rewrite it with `reptile-fn eval --checkpoint {run}`"
     else:
         source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
+        if not (run / CHECKPOINT).exists():
+            fix = f"without the run's {CHECKPOINT} it cannot be rewritten: leave {run} out of the comparison"
         if not source.exists():
             raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
     try:
