@@ -218,7 +218,7 @@ def test_eval_prints_the_same_numbers_as_train(cli_run, tmp_path):
     assert _table(result.stdout) == _table(train_result.stdout)
     assert "meta-iteration 20" in result.stdout
     stored = json.loads(json_path.read_text())
-    assert {k: v for k, v in stored.items() if k not in ("checkpoint", "iteration")} == \
+    assert {k: v for k, v in stored.items() if k not in ("checkpoint", "iteration", "config")} == \
         json.loads((out / SUMMARY).read_text())["eval"]
     # the default eval (more baselines, a longer horizon) repeats the same meta and random cells
     default = runner.invoke(app, ["eval", "--checkpoint", str(out / CHECKPOINT), "--out", str(tmp_path / "ev2"),

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from reptile_fn import tree as T
@@ -102,6 +102,8 @@ def test_frozen_parameters_never_change(seed, patterns, outer):
        inner_lr=st.floats(0.001, 0.1), beta=st.floats(0.05, 1.0),
        inner_opt=st.sampled_from(["sgd", "adam"]), outer_opt=st.sampled_from(["sgd", "adam"]),
        batch_size=st.sampled_from([None, 3]), hidden=st.integers(2, 16))
+@example(seed=0, n_tasks=1, steps=4, inner_lr=0.0625, beta=1.0, inner_opt="sgd", outer_opt="adam", batch_size=None,
+         hidden=15)  # diverges to NaN in both by the second step (hypothesis found it)
 def test_vmapped_compiled_step_equals_serial_reference(seed, n_tasks, steps, inner_lr, beta, inner_opt, outer_opt,
                                                        batch_size, hidden):
     # Adam's first inner step moves every leaf by exactly ±lr, so task directions can cancel exactly;
@@ -117,6 +119,9 @@ def test_vmapped_compiled_step_equals_serial_reference(seed, n_tasks, steps, inn
         batch = regression_batch(seed + i, n_tasks)
         p_fast, s_fast, m_fast = fast.step(p_fast, s_fast, batch, mx.random.key(i))
         p_ref, s_ref, m_ref = ref.step(p_ref, s_ref, batch, mx.random.key(i))
+    if not bool(T.all_finite(p_ref)):  # outer Adam's ±β step can blow an inner SGD loop up: then both must
+        assert not bool(T.all_finite(p_fast))
+        return
     assert max_abs_diff(p_fast, p_ref) < 1e-5
     for k in m_fast:  # metrics can be large (losses): compare relatively
         np.testing.assert_allclose(np.array(m_fast[k]), np.array(m_ref[k]), rtol=1e-5, atol=1e-6)
