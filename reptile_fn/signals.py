@@ -26,3 +26,19 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def shielded():
+    """SIGINT and SIGTERM are ignored while the block runs: the save a first stop asked for finishes whole (a
+    second Ctrl-C used to land inside it and leave the checkpoint and the adapter files at different iterations)."""
+    try:
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -467,3 +467,10 @@ def test_messages_name_the_fix_the_user_can_take(tiny_run, tmp_path):
     _user_error(runner.invoke(app, ["validate", "--set", "eval.every=0"]), "set it to meta_iterations or more")
     _user_error(runner.invoke(app, ["validate", "--set", "algorithm=REPTILE"]), "did you mean 'reptile'?")
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("targets, needle", [("[nomatch*]", "no parameter matches targets (peft.targets)"),
+                                             ("[layer*.b]", "only weights with 2+ dimensions")])
+def test_lora_targets_that_fit_no_weight_are_one_error(targets, needle):
+    for command in ("validate", "info"):
+        _user_error(runner.invoke(app, [command, "--set", "peft.method=lora", "--set", f"peft.targets={targets}"]), needle)

@@ -263,3 +263,18 @@ def test_an_error_about_a_temporary_names_the_file_being_written(temporary, show
     assert io.written_name(temporary) == shown
     with io.atomic_path(tmp_path / "x.json") as tmp:  # the names atomic_path really makes
         assert io.written_name(tmp) == str(tmp_path / "x.json")
+
+
+def test_a_second_stop_during_the_save_is_ignored_until_it_is_done():
+    """``signals.shielded``: SIGINT and SIGTERM inside the block do nothing; the handlers are back after it."""
+    from reptile_fn.signals import shielded
+
+    before = signal.getsignal(signal.SIGINT)
+    with shielded():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # delivered (and ignored) here
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)

@@ -79,9 +79,9 @@ def test_lora_init_conventions_and_errors():
     assert peft.trainable_count(adapter) == 3 * (8 + 8)
     # a rank above min(in, out) is clipped to full rank
     assert peft.lora_init(mx.random.key(1), base, targets=("layer0.w",), rank=10)["layer0"]["w"]["lora_a"].shape == (3, 3)
-    with pytest.raises(ValueError, match="no parameter matches"):
+    with pytest.raises(ConfigError, match="no parameter matches"):
         peft.lora_init(mx.random.key(1), base, targets=("nothing.*",))
-    with pytest.raises(ValueError, match="only weights with 2"):
+    with pytest.raises(ConfigError, match="only weights with 2"):
         peft.lora_init(mx.random.key(1), base, targets=("layer0.b",))
     with pytest.raises(ValueError, match="does not have"):
         peft.merge({"other": base["layer1"]}, adapter)

@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from reptile_fn.errors import ConfigError
 from reptile_fn import tree as T
 from reptile_fn.tree import PathPredicate, Tree
 
@@ -56,16 +57,17 @@ def lora_init(key: mx.array, base: Tree, *, targets: str | Iterable[str] | PathP
     ``mask=True`` adds the all-ones rank mask ``lora_e`` that AdaLoRA-style allocation prunes.
     """
     if rank < 1:
-        raise ValueError(f"lora_init: rank must be >= 1, got {rank}")
+        raise ConfigError(f"lora_init: rank (peft.rank) must be >= 1, got {rank}")
     pick = _predicate(targets)
     chosen = [(p, w) for p, w in tree_flatten(base) if pick(p)]
     if not chosen:
-        raise ValueError(f"lora_init: no parameter matches targets {targets!r}; base paths are {', '.join(T.paths(base))}")
+        raise ConfigError(f"lora_init: no parameter matches targets (peft.targets) {list(targets)!r}; name some of the "
+                          f"weights: {', '.join(p for p, w in tree_flatten(base) if w.ndim >= 2)}")
     flat = []
     for (path, w), k in zip(chosen, mx.random.split(key, len(chosen))):
         if w.ndim < 2:
-            raise ValueError(f"lora_init: {path} has shape {tuple(w.shape)}; only weights with 2+ dimensions "
-                             "can carry a LoRA adapter (target e.g. '*.w', not biases)")
+            raise ConfigError(f"lora_init: {path} has shape {tuple(w.shape)}; only weights with 2+ dimensions "
+                              "can carry a LoRA adapter (peft.targets e.g. '*.w', not biases or norms)")
         d_in, d_out = _matrix_dims(tuple(w.shape))
         r = min(rank, d_in, d_out)  # a rank above min(in, out) adds nothing
         bound = 1.0 / math.sqrt(d_in)

@@ -37,7 +37,7 @@ from reptile_fn.run.build import Run, build, run_keys, settled
 from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive,
                                   read_metrics, remove_stale_temporaries, require_finite, truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
-from reptile_fn.signals import Terminated, sigterm_as_interrupt
+from reptile_fn.signals import Terminated, shielded, sigterm_as_interrupt
 
 
 class Progress(NamedTuple):
@@ -113,7 +113,8 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler, kill): save what is done
         metrics_file.flush()
         if at.iteration > first and bool(T.all_finite(at.params)) and w.is_main:
-            saver.save(at)
+            with shielded():  # a second Ctrl-C during the save must not cut it short
+                saver.save(at)
             why = "terminated" if isinstance(stop, Terminated) else "interrupted"
             log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
         raise  # the command line turns it into one error line and exit status 143 (SIGTERM) or 130 (Ctrl-C)

@@ -129,8 +129,13 @@ def final_evaluation(run: Run, params, state, episodes: int | None = None, steps
            "inner_lr_learned": isinstance(run.meta.inner(state).lr, dict), "inits": inits}
     if speed_steps and k > 0:  # after 0 steps every init is where it starts: no speed to compare
         out["speed"] = adaptation_speed(out, k)
-        ms = {"meta": ms_per_step(run, params, state=state)}
-        ms.update({name: ms_per_step(run, b.params, trainable=b.trainable) for name, b in base.items()})
+        m = min(64, n)  # timed on as many tasks as were evaluated, at most 64 (a text episode is costly)
+        with task(f"timing an inner step ({1 + len(base)} inits × {m} tasks)", 1 + len(base)) as bar:
+            ms = {"meta": ms_per_step(run, params, state=state, episodes=m)}
+            bar.advance()
+            for name, b in base.items():
+                ms[name] = ms_per_step(run, b.params, trainable=b.trainable, episodes=m)
+                bar.advance()
         for name, row in out["speed"]["inits"].items():
             row["ms_per_step"] = round(ms[name], 4)
             row["ms_to_target"] = round(ms[name] * row["steps"], 3)
