@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -238,3 +239,19 @@ def test_a_run_whose_tasks_rebuild_the_head_evaluates_at_another_way(tmp_path):
         "--out", plain, "--no-progress")
     with pytest.raises(CheckpointError, match="head.w has shape"):
         load(plain / "checkpoint.safetensors", ["tasks.n_way=3"])
+
+
+def test_a_relative_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """A run records where its data was, so `eval` and `--resume` from another folder read the same files (a
+    relative tasks.path silently pointed at whatever had that name there)."""
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "data", range(12), 5, 1)
+    cli("train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", "tasks.path=data", *TINY_IMAGES,
+        "--set", "meta_iterations=2", "--out", "run", "--no-progress")
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["tasks"]["path"]
+    assert recorded == str((tmp_path / "data").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no data/ here: eval still finds the run's own
+    cli("eval", "--checkpoint", tmp_path / "run", "--episodes", "3", "--baselines", "random", "--speed-steps", "0",
+        "--out", tmp_path / "ev")

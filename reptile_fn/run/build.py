@@ -169,13 +169,22 @@ def _head_path(cfg: C.Config) -> str:
 
 def settled(cfg: C.Config) -> C.Config:
     """``cfg`` with the choices that depend on this machine's files fixed, so that a run records what it used:
-    Omniglot's ``protocol: auto`` becomes "standard" (both zips present) or "alphabets" (the background zip)."""
+    Omniglot's ``protocol: auto`` becomes "standard" (both zips present) or "alphabets" (the background zip), and a
+    relative data, encoder, base or init path becomes absolute (eval or --resume from another folder would
+    otherwise read other files)."""
+    def absolute(v):
+        return str(Path(v).expanduser().resolve()) if v and Path(v).expanduser().exists() else v
+
     t = cfg.tasks
     if t.dataset == "omniglot" and t.protocol == "auto":
         from reptile_fn.tasks.omniglot import resolve_protocol
 
-        return dataclasses.replace(cfg, tasks=dataclasses.replace(t, protocol=resolve_protocol("auto", t.data_dir)))
-    return cfg
+        t = dataclasses.replace(t, protocol=resolve_protocol("auto", t.data_dir))
+    return dataclasses.replace(
+        cfg, tasks=dataclasses.replace(t, path=absolute(t.path), test_path=absolute(t.test_path)),
+        model=dataclasses.replace(cfg.model, encoder=absolute(cfg.model.encoder)), init=absolute(cfg.init),
+        peft=dataclasses.replace(cfg.peft, base=absolute(cfg.peft.base) if cfg.peft.base.endswith(".safetensors")
+                                 else cfg.peft.base))
 
 
 def trainable_predicate(patterns: tuple[str, ...]) -> PathPredicate | None:
