@@ -403,3 +403,13 @@ def test_column_mistakes_name_a_fix_the_reader_can_take(tmp_path):
             read_texts(tmp_path / "sep.csv")
         with pytest.raises(DataError, match=f"it looks separated by {name}"):
             load_csv(tmp_path / "sep.csv")
+
+
+def test_a_repeated_sentence_counts_once(tmp_path):
+    """Support and query are distinct sentences: a line repeated under its label is one example, so a label of 3
+    sentences written 4 times each cannot fill a 3 + 3 episode (it let one sentence sit in both and score 74 % on
+    random labels)."""
+    rows = "".join(f"sentence {c}-{i} here,label{c}\n" for c in range(4) for i in range(3) for _ in range(4))
+    (tmp_path / "dup.csv").write_text("text,label\n" + rows)
+    with pytest.raises(DataError, match="fewer than k_shot \\+ query_size = 6 distinct sentences"):
+        make_csv_tasks(tmp_path / "dup.csv", n_way=2, k_shot=3, query_size=3, test_split="all")

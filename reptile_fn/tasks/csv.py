@@ -358,9 +358,12 @@ def _check_split(file: Path, name: str, part: TextClasses, needed: int) -> None:
     if not part.names:
         raise DataError(f"the {name!r} split of {file} has no labels; give it some (tasks.split_column, or "
                         "tasks.val_fraction / tasks.test_fraction), or choose another split")
-    few = [(n, len(t)) for n, t in zip(part.names, part.texts) if len(t) < needed]
+    # distinct sentences: with a line repeated, support and query could share it (a label of 3 sentences written 4
+    # times each scored 74 % on random labels)
+    few = [(n, len(set(t))) for n, t in zip(part.names, part.texts) if len(set(t)) < needed]
     if few:
         shown = ", ".join(f"{n!r} ({c})" for n, c in few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
         raise DataError(f"in {file}, the {name!r} split has labels with fewer than k_shot + query_size = {needed} "
-                        f"sentences: {shown}; support and query must be distinct sentences, so add sentences, remove "
+                        f"distinct sentences: {shown}; support and query must be distinct sentences (a repeated line "
+                        "counts once), so add sentences, remove "
                         "those labels, or lower k_shot or query_size")
