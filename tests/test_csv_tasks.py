@@ -349,7 +349,7 @@ def test_missing_file_directory_and_split_errors(tmp_path, tokenizer):
     short = write(tmp_path / "short.csv", [["text", "label"]] + [r[:2] for r in corpus(n_labels=10, per=6)]
                   + [["one more", "intent03"]])
     with pytest.raises(DataError, match=r"short.csv, the 'train' split has labels with fewer than k_shot \+ query_size "
-                                        r"= 8 sentences: 'intent0\d' \(\d\)"):
+                                        r"= 8 distinct sentences: 'intent0\d' \(\d\)"):
         make_csv_tasks(short, k_shot=4, query_size=4, tokenizer=tokenizer)
     no_val = write(tmp_path / "noval.csv", [["text", "label", "s"]] + [[t, lab, "test" if lab < "intent03" else "train"]
                                                                       for t, lab, _ in corpus(10, per=6)])
