@@ -574,3 +574,20 @@ def test_a_pipe_among_the_images_or_as_the_zip_is_refused_not_waited_on(tmp_path
     os.mkfifo(tmp_path / "pipe.zip")
     with pytest.raises(DataError, match="not a regular file"):
         image_files.has_class_folders(tmp_path / "pipe.zip")
+
+
+def test_linked_class_folders_are_classes_and_a_link_back_is_refused(tmp_path, one_level):
+    """A class folder that is a symlink is read like any other (os.walk skipped it, so the class vanished); a link
+    to a folder already read (one class twice, or a loop) is refused rather than counted twice or followed forever."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for c in ONE_LEVEL:
+        os.symlink(one_level / c, linked / c)
+    assert I.load_images(linked, image_size=16).counts.tolist() == I.load_images(one_level, image_size=16).counts.tolist()
+    os.symlink(one_level / "cat", one_level / "cat_again")
+    with pytest.raises(DataError, match="cat_again is a link to .*cat, which is read already"):
+        I.load_images(one_level, image_size=16)
+    (one_level / "cat_again").unlink()
+    os.symlink(one_level, one_level / "cat" / "loop")
+    with pytest.raises(DataError, match="loop is a link to"):
+        I.load_images(one_level, image_size=16)

@@ -52,8 +52,13 @@ def _list_folder(root: Path) -> tuple[_Listing, str]:
     def refuse(error: OSError) -> None:
         raise DataError(f"cannot read {error.filename} ({error.strerror}); check that it exists and may be read")
 
-    listing, digest = _Listing([], [], set()), hashlib.sha256()
-    for folder, subfolders, files in os.walk(root, onerror=refuse):
+    listing, digest, seen = _Listing([], [], set()), hashlib.sha256(), {}
+    for folder, subfolders, files in os.walk(root, onerror=refuse, followlinks=True):  # a linked class is a class
+        real = os.path.realpath(folder)
+        if real in seen:
+            raise DataError(f"{folder} is a link to {seen[real]}, which is read already (a loop of links, or one class "
+                            "twice); remove the link")
+        seen[real] = folder
         subfolders[:] = sorted(d for d in subfolders if not _hidden(d))
         rel = Path(folder).relative_to(root).parts
         if rel:
