@@ -755,3 +755,11 @@ def test_config_from_a_pipe_is_read_and_a_silent_pipe_or_endless_file_is_refused
     (tmp_path / "bad.yaml").write_text("seed: 1\ntasks: [1,\n  k_shot: 2\n")
     with pytest.raises(ConfigError, match="not valid YAML on line 4"):
         C.load(tmp_path / "bad.yaml")
+
+
+def test_a_random_base_on_a_text_run_is_refused():
+    """A text model's own init is the pretrained encoder, so peft.base = random silently meant init there."""
+    with pytest.raises(ConfigError, match="peft.base = random on a text run"):
+        C.load(None, ["tasks.dataset=clinc150", "peft.method=lora", "peft.base=random",
+                      "peft.targets=[encoder.layers.*.query.w]"])
+    assert C.load(None, ["peft.method=lora", "peft.base=random"]).peft.base == "random"  # synthetic: a random MLP

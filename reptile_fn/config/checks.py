@@ -90,6 +90,9 @@ def peft(cfg, source: str) -> None:
                           "(the base is pretrained on the run's training classes)")
     if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
         raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
+    if p.base == "random" and cfg.tasks.dataset in ("clinc150", "csv"):  # it would silently be the pretrained encoder
+        raise ConfigError(f"{source}: peft.base = random on a text run: its model's init is the pretrained encoder "
+                          "(there is no random encoder); use init, or pretrain")
 
 
 def prototype_head(cfg, source: str) -> None:
