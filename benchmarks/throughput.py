@@ -290,13 +290,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(f"{message}; `python benchmarks/throughput.py --help` lists the options")
 
 
+VARIANTS = ("serial", "vmap", "vmap+compile", "unrolled+compile", "fused")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="W1,W2,W3,W4",
                     help="W3 needs the text extra and all-MiniLM-L6-v2's files (skipped, with a note, without them)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
-    ap.add_argument("--variants", default="serial,vmap,vmap+compile,unrolled+compile,fused")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--algorithms", default="reptile,fomaml,maml",
                     help="reptile gets every variant; the others the serial reference and vmap+compile (W1) "
                          "or vmap+compile only (W2)")
@@ -312,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true",
                     help="then regenerate the performance section of research/results.md from research/perf/*.json")
     args = ap.parse_args(argv)
+    for option, value, known in (("--variants", args.variants, VARIANTS), ("--algorithms", args.algorithms, ALGORITHMS)):
+        unknown = [v for v in value.split(",") if v not in known]
+        if unknown or not value:
+            raise SystemExit(f"{option} {value!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not one of "
+                             f"{', '.join(known)}")
+    for option, value in (("--fuse", args.fuse), ("--repeats", args.repeats), ("--min-block", args.min_block)):
+        if not value > 0:
+            raise SystemExit(f"{option} {value}: it must be > 0")
     if args.quick:
         args.repeats, args.min_block = 2, 0.05
 

@@ -474,3 +474,13 @@ def test_messages_name_the_fix_the_user_can_take(tiny_run, tmp_path):
 def test_lora_targets_that_fit_no_weight_are_one_error(targets, needle):
     for command in ("validate", "info"):
         _user_error(runner.invoke(app, [command, "--set", "peft.method=lora", "--set", f"peft.targets={targets}"]), needle)
+
+
+@pytest.mark.parametrize("args, needle", [(["--variants", "bogus"], "'bogus' is not one of serial"),
+                                          (["--algorithms", "x"], "'x' is not one of reptile"),
+                                          (["--fuse", "0"], "--fuse 0: it must be > 0"),
+                                          (["--repeats", "0", "--quick"], "--repeats 0: it must be > 0")])
+def test_bench_options_it_passes_on_are_checked(args, needle):
+    """An unknown variant was timed as vmap+compile under its own name; an unknown algorithm, --fuse 0 and
+    --repeats 0 were tracebacks."""
+    _user_error(runner.invoke(app, ["bench", "--workloads", "W1", *args]), needle)
