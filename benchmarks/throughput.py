@@ -318,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     for option, value, known in (("--variants", args.variants, VARIANTS), ("--algorithms", args.algorithms, ALGORITHMS)):
         unknown = [v for v in value.split(",") if v not in known]
         if unknown or not value:
-            raise SystemExit(f"{option} {value!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not one of "
-                             f"{', '.join(known)}")
+            raise SystemExit(f"{option} {value!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not one of them; "
+                             f"use a comma list of {', '.join(known)}")
     for option, value in (("--fuse", args.fuse), ("--repeats", args.repeats), ("--min-block", args.min_block)):
         if not value > 0:
-            raise SystemExit(f"{option} {value}: it must be > 0")
+            raise SystemExit(f"{option} {value}: it must be > 0; give a positive number")
     if args.quick:
         args.repeats, args.min_block = 2, 0.05
 

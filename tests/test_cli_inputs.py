@@ -476,8 +476,8 @@ def test_lora_targets_that_fit_no_weight_are_one_error(targets, needle):
         _user_error(runner.invoke(app, [command, "--set", "peft.method=lora", "--set", f"peft.targets={targets}"]), needle)
 
 
-@pytest.mark.parametrize("args, needle", [(["--variants", "bogus"], "'bogus' is not one of serial"),
-                                          (["--algorithms", "x"], "'x' is not one of reptile"),
+@pytest.mark.parametrize("args, needle", [(["--variants", "bogus"], "'bogus' is not one of them; use a comma list of serial"),
+                                          (["--algorithms", "x"], "'x' is not one of them; use a comma list of reptile"),
                                           (["--fuse", "0"], "--fuse 0: it must be > 0"),
                                           (["--repeats", "0", "--quick"], "--repeats 0: it must be > 0")])
 def test_bench_options_it_passes_on_are_checked(args, needle):
