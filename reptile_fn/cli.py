@@ -189,7 +189,9 @@ def train(
         return  # a multi-process run reports from rank 0 only
     rate = (f" ({summary['meta_steps_per_s']} meta-steps/s, {summary['examples_per_s']:,.0f} support examples "
             "adapted/s)" if summary["meta_steps_per_s"] else "")
-    typer.echo(f"trained {summary['iteration']} meta-iterations in {summary['seconds']:.1f} s{rate}; run in {out}")
+    done = summary["session_iterations"] or summary["iteration"]  # a finished run resumed: its training's figures
+    so_far = f" (now at {summary['iteration']})" if done != summary["iteration"] else ""
+    typer.echo(f"trained {done} meta-iterations{so_far} in {summary['seconds']:.1f} s{rate}; run in {out}")
     if "peft" in summary:
         typer.echo(format_peft(summary["peft"]) + f"; adapter in {out / 'adapter'}")
     if "eval" in summary:

@@ -300,3 +300,17 @@ def test_train_divergence_is_a_clean_error(tmp_path):
                                  "--set", "tasks.families=[sine]", "--set", "inner_lr=100.0"])
     _assert_user_error(result, "NaN", "inner_lr")
     assert not (out / CHECKPOINT).exists()
+
+
+def test_a_resumed_run_reports_the_iterations_it_trained_now(tmp_path):
+    """`trained N meta-iterations in S s` divides this session's iterations by this session's time; it said the
+    run's total (600) over a 148-iteration session's seconds."""
+    from reptile_fn import config as C
+    from reptile_fn import run as R
+
+    out = tmp_path / "run"
+    cfg = C.load(None, list(TINY))
+    R.train(cfg, out, progress=False, log=lambda _m: None, stop_at=12)
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert f"trained {cfg.meta_iterations - 12} meta-iterations (now at {cfg.meta_iterations}) in " in result.stdout

@@ -173,6 +173,7 @@ def finish(run: Run, out: Path, at: Progress, *, seconds: float, done: int, w: d
         "iteration": at.iteration,
         "meta_iterations": cfg.meta_iterations,
         "seconds": round(seconds, 3),
+        "session_iterations": done,  # this process's share (a resumed run did the rest before)
         "meta_steps_per_s": float(f"{done / seconds:.3g}") if done else None,
         "examples_per_s": float(f"{done * _examples_per_step(run) / seconds:.3g}") if done else None,
         "processes": w.size,
