@@ -326,7 +326,7 @@ def embed(
     from reptile_fn.run.files import Saved
 
     if (dataset := Saved(checkpoint).cfg.tasks.dataset) not in ("synthetic", "omniglot"):  # before loading its data
-        raise ReptileFnError(f"{checkpoint} is a {dataset} run; embed names the family of a run on synthetic "
+        raise ReptileFnError(f"{checkpoint} is a run on {dataset}; embed names the family of a run on synthetic "
                              "classification families or the alphabet of an Omniglot run: pass one of those")
     import mlx.core as mx
 

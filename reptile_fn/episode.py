@@ -119,9 +119,12 @@ def check_classes(what: str, n_classes: int, fewest: int, *, n_way: int, k_shot:
                   unit: str = "examples", classes: str = "classes") -> None:
     """A ConfigError unless a split of ``n_classes`` classes (the smallest with ``fewest`` examples)
     can give N-way episodes of k_shot + query_size distinct examples per class."""
+    def count(n: int, plural: str) -> str:  # "1 image", "3 images"
+        return f"{n} {plural[:-1] if n == 1 and plural.endswith('s') else plural}"
+
     if k_shot + query_size > fewest:
-        raise ConfigError(f"k_shot + query_size = {k_shot + query_size} but {what} has one of its {classes} with only {fewest} "
-                          f"{unit}; support and query must be distinct {unit}, so lower k_shot or query_size")
+        raise ConfigError(f"k_shot + query_size = {k_shot + query_size} but {what} has one of its {classes} with only "
+                          f"{count(fewest, unit)}; support and query must be distinct {unit}, so lower k_shot or query_size")
     if n_way > n_classes:
-        raise ConfigError(f"n_way = {n_way} but {what} has only {n_classes} {classes}; lower n_way or choose a larger "
-                          "split")
+        raise ConfigError(f"n_way = {n_way} but {what} has only {count(n_classes, classes)}; lower n_way or choose a "
+                          "larger split")

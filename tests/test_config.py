@@ -763,3 +763,12 @@ def test_a_random_base_on_a_text_run_is_refused():
         C.load(None, ["tasks.dataset=clinc150", "peft.method=lora", "peft.base=random",
                       "peft.targets=[encoder.layers.*.query.w]"])
     assert C.load(None, ["peft.method=lora", "peft.base=random"]).peft.base == "random"  # synthetic: a random MLP
+
+
+def test_small_mistakes_get_their_fix():
+    """A shipped config's name with '-' for '_' is suggested; split fractions beside a split column (which decides
+    alone) are refused rather than ignored."""
+    with pytest.raises(ConfigError, match="did you mean 'omniglot_5w1s'"):
+        C.load("omniglot-5w1s")
+    with pytest.raises(ConfigError, match="tasks.val_fraction and tasks.test_fraction are not read"):
+        C.load(None, ["tasks.dataset=csv", "tasks.path=x.csv", "tasks.split_column=split", "tasks.test_fraction=0.3"])

@@ -178,9 +178,13 @@ def write_csv(path: Path, labels, per: int, seed: int, *, with_labels: bool = Tr
         w.writerow(["text", "label"] if with_labels else ["text"])
         for label in labels:
             words = TOPICS[label].split()
-            for _ in range(per):
+            seen = set()
+            while len(seen) < per:  # distinct sentences: a repeated one would be support and query at once
                 text = f"can you help me with the {rng.choice(words)} and the {rng.choice(words)} please"
-                w.writerow([text, label] if with_labels else [text])
+                text += "" if text not in seen else f" {rng.choice(['now', 'today', 'again', 'soon'])}"
+                if text not in seen:
+                    seen.add(text)
+                    w.writerow([text, label] if with_labels else [text])
     return path
 
 

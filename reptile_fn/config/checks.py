@@ -60,6 +60,9 @@ def own_data(cfg, source: str) -> None:
     if t.test_fraction == 0 or t.val_fraction + t.test_fraction >= 1:
         raise ConfigError(f"{source}: tasks.test_fraction must be > 0 and tasks.val_fraction + tasks.test_fraction < 1 "
                           f"(got {t.val_fraction} and {t.test_fraction}): some classes must be left to meta-train on")
+    if t.split_column is not None and (t.val_fraction, t.test_fraction) != (0.2, 0.2):  # the column decides alone
+        raise ConfigError(f"{source}: tasks.split_column = {t.split_column!r} gives each label its split, so "
+                          "tasks.val_fraction and tasks.test_fraction are not read; drop them")
     if cfg.model.channels not in (None, 1, 3):
         raise ConfigError(f"{source}: model.channels must be 1 (grayscale), 3 (RGB) or null (from the data), "
                           f"got {cfg.model.channels}")

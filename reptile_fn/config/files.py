@@ -42,7 +42,11 @@ def resolve(path: str | Path) -> Path:
     if str(path) == p.name and folder and (folder / f"{name}.yaml").is_file():
         return folder / f"{name}.yaml"
     if str(path) == p.name:
-        raise ConfigError(f"config {str(path)!r} is neither a file nor a shipped config (shipped: {available}); "
+        from reptile_fn.coerce import suggest
+
+        near = suggest(name.replace("-", "_"), shipped_names()).removeprefix("; ")  # omniglot-5w1s: omniglot_5w1s
+        raise ConfigError(f"config {str(path)!r} is neither a file nor a shipped config (shipped: {available}"
+                          f"{'; ' + near if near else ''}); "
                           "pass a YAML file or one of those names, e.g. --config sine")
     raise ConfigError(f"config file {p} does not exist; pass an existing YAML file or a shipped config's name "
                       f"({available})")

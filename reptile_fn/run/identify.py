@@ -40,7 +40,8 @@ def format_identification(result: dict) -> str:
     names, what = result["families"], result["what"]
     left_out = f" ({len(result['left_out'])} with fewer than {result['n_way']} left out)" if result.get("left_out") else ""
     return "\n".join([
-        f"{what} identification of fresh held-out tasks, {len(names)} {what}s{left_out}: {', '.join(names)}; "
+        f"{what} identification of fresh held-out tasks, {len(names)} {'families' if what == 'family' else what + 's'}"
+        f"{left_out}: {', '.join(names)}; "
         f"k_shot={result['k_shot']}",
         f"top-1 nearest neighbour, {result['query_tasks']} queries vs {result['bank_tasks']} labelled bank tasks "
         f"(chance {100 / len(names):.1f}%)",
