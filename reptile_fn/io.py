@@ -58,6 +58,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def same_data(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths hold the same data: one file or folder, or two files with the same bytes (a copy)."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    if a.resolve() == b.resolve():
+        return True
+    if not (a.is_file() and b.is_file() and a.stat().st_size == b.stat().st_size):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while (chunk := fa.read(1 << 20)) == fb.read(1 << 20):
+            if not chunk:
+                return True
+    return False
+
+
 def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: str = "--out") -> Path:
     """``path`` if it is a folder that can be written (or created) and none of ``names`` in it is a folder;
     else an ``OutputError`` naming ``option``. Called before the work whose results go there."""

@@ -198,6 +198,10 @@ def test_csv_meta_training_eval_and_adapt(tmp_path):
         "eval.inner_steps=2", "--set", "inner_steps=1", "--set", "log_every=1", "--set", "checkpoint_every=2",
         "--out", out, "--no-progress")
     assert json.loads((out / "summary.json").read_text())["eval"]["inits"]["meta"]["episodes"] == 3
+    (tmp_path / "copy.csv").write_bytes(data.read_bytes())  # a copy of the training data is not held out
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(tmp_path / "copy.csv"), "--out",
+                                      str(tmp_path / "ev0")])
+    assert result.exit_code == 2 and "is the data this run meta-trained on" in result.output, result.output
     other = write_csv(tmp_path / "other.csv", ["weather", "music", "food", "bank"], 5, 1)
     cli("eval", "--checkpoint", out / "checkpoint.safetensors", "--data", other, "--episodes", 3, "--steps", 1,
         "--speed-steps", 0, "--baselines", "lora0", "--out", tmp_path / "eval")

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import mlx.core as mx
 
-from reptile_fn import checkpoint, optim
+from reptile_fn import checkpoint, io, optim
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, LOCAL, MetaStep, Reduce
@@ -384,7 +384,7 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
 def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:
     """The settings that point a run's evaluation at data it never trained on: a folder of images (image
     runs, resized to the run's input size) or a CSV (text runs), every class held out."""
-    if cfg.tasks.path and Path(cfg.tasks.path).expanduser().resolve() == Path(path).expanduser().resolve():
+    if cfg.tasks.path and io.same_data(cfg.tasks.path, path):
         raise ConfigError(f"--data {path} is the data this run meta-trained on (its tasks.path), so its classes are "
                           "not held out; `eval` without --data scores the run's held-out classes, or give other data")
     text_file = Path(path).is_file() and Path(path).suffix.lower() in (".csv", ".tsv", ".txt")
