@@ -117,16 +117,17 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
         ("configs", ", ".join(shipped_names()) + "  (--config NAME)"),
         ("inits", ", ".join(pretrained.names()) + "  (--checkpoint NAME)"),
     ]
+    card = pretrained.card(checkpoint) if checkpoint is not None and checkpoint.strip() else None
+    if checkpoint is not None and card is None:  # before any output: a failed command prints only its error line
+        raise ReptileFnError(f"'{checkpoint}' has no model card: cards come with the shipped initializations "
+                             f"({', '.join(pretrained.names())}); a run's own results are in its summary.json")
+    model = describe_model(C.load(config, set_)) if config is not None or set_ else None
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
-    if checkpoint is not None:
-        card = pretrained.card(checkpoint) if checkpoint.strip() else None
-        if card is None:
-            raise ReptileFnError(f"'{checkpoint}' has no model card: cards come with the shipped initializations "
-                                 f"({', '.join(pretrained.names())}); a run's own results are in its summary.json")
+    if card is not None:
         typer.echo(pretrained.format_card(card))
-    if config is not None or set_:
-        typer.echo(describe_model(C.load(config, set_)))
+    if model is not None:
+        typer.echo(model)
 
 
 @app.command()
