@@ -12,33 +12,30 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
+def _handling(handlers: dict):
+    """``handlers`` (signal -> handler) while the block runs, the previous ones after it; outside the main thread,
+    where signals cannot be set, nothing changes."""
+    try:
+        previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def sigterm_as_interrupt():
-    """SIGTERM raises ``Terminated`` while the block runs (main thread only; elsewhere signals cannot be set)."""
+    """SIGTERM raises ``Terminated`` while the block runs (main thread only)."""
     def handler(signum, frame):
         raise Terminated()
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _handling({signal.SIGTERM: handler})
 
 
-@contextlib.contextmanager
 def shielded():
     """SIGINT and SIGTERM are ignored while the block runs: the save a first stop asked for finishes whole (a
     second Ctrl-C used to land inside it and leave the checkpoint and the adapter files at different iterations)."""
-    try:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return _handling({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})
