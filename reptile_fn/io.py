@@ -9,6 +9,7 @@ leaves either the old file or the new one, never half of one, and no temporary f
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import json
 import os
@@ -61,15 +62,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def same_data(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths hold the same data: one file or folder, or two files with the same bytes (a copy)."""
     a, b = Path(a).expanduser(), Path(b).expanduser()
-    if a.resolve() == b.resolve():
-        return True
-    if not (a.is_file() and b.is_file() and a.stat().st_size == b.stat().st_size):
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while (chunk := fa.read(1 << 20)) == fb.read(1 << 20):
-            if not chunk:
-                return True
-    return False
+    return a.resolve() == b.resolve() or (a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False))
 
 
 def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: str = "--out") -> Path:

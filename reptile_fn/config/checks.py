@@ -60,7 +60,8 @@ def own_data(cfg, source: str) -> None:
     if t.test_fraction == 0 or t.val_fraction + t.test_fraction >= 1:
         raise ConfigError(f"{source}: tasks.test_fraction must be > 0 and tasks.val_fraction + tasks.test_fraction < 1 "
                           f"(got {t.val_fraction} and {t.test_fraction}): some classes must be left to meta-train on")
-    if t.split_column is not None and (t.val_fraction, t.test_fraction) != (0.2, 0.2):  # the column decides alone
+    default = type(t)()
+    if t.split_column is not None and (t.val_fraction, t.test_fraction) != (default.val_fraction, default.test_fraction):
         raise ConfigError(f"{source}: tasks.split_column = {t.split_column!r} gives each label its split, so "
                           "tasks.val_fraction and tasks.test_fraction are not read; drop them")
     if cfg.model.channels not in (None, 1, 3):
@@ -127,9 +128,7 @@ SPLIT_KEYS = ("seed", "tasks.protocol", "tasks.split_by", "tasks.val_fraction", 
 def same_split(stored, cfg, source: str) -> None:
     """A ConfigError if ``cfg`` (a saved run's config with evaluation overrides) changes a key that decides which
     classes the run held out: its "held-out" episodes would then draw classes it meta-trained on."""
-    def get(c, key):
-        section, _, name = key.rpartition(".")
-        return getattr(getattr(c, section) if section else c, name)
+    from reptile_fn.config import get  # the package imports this module first
 
     changed = [f"{k} = {get(cfg, k)!r} (trained with {get(stored, k)!r})" for k in SPLIT_KEYS if get(cfg, k) != get(stored, k)]
     if changed:
