@@ -13,7 +13,7 @@ import typer
 import reptile_fn
 from reptile_fn import _blas, _malloc
 from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, path_arg
-from reptile_fn.errors import CheckpointError, OutputError, ReptileFnError
+from reptile_fn.errors import OutputError, ReptileFnError
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -29,18 +29,6 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Functional meta-learning (Reptile, MAML and kin) on MLX."""
-
-
-def _checkpoint(path: Path) -> Path:
-    """A run directory stands for its checkpoint.safetensors; anything else is passed on as given."""
-    from reptile_fn.run import CHECKPOINT
-
-    if not path.is_dir():
-        return path
-    if (path / CHECKPOINT).is_file():
-        return path / CHECKPOINT
-    raise CheckpointError(f"{path} is a directory without a {CHECKPOINT}; pass a run directory written by "
-                          f"`reptile-fn train` (or its {CHECKPOINT}), or a shipped initialization's name")
 
 
 def _limit(option: str, value: Optional[int], key: str) -> None:
@@ -236,7 +224,7 @@ def eval_(
     if split is not None and any(s.split("=", 1)[0].strip() in ("tasks.test_split", "test_split") for s in set_):
         raise ReptileFnError("--split and --set tasks.test_split both choose the held-out split; give one of them")
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
-    checkpoint = pretrained.resolve(_checkpoint(checkpoint))
+    checkpoint = pretrained.resolve(checkpoint)
     out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
     if json_out is not None and json_out.exists() and not json_out.is_file():
         raise OutputError(f"--json {json_out} is a folder or not a regular file; pass the JSON file to write, e.g. "
@@ -281,7 +269,9 @@ def adapt(
     _limit("--seed", seed, "seed")
     from reptile_fn import io
 
-    checkpoint = _checkpoint(checkpoint)
+    from reptile_fn import pretrained
+
+    pretrained.resolve(checkpoint)  # a missing file or a folder without a run stops here, before anything is written
     io.check_out_dir(out, ("predictions.csv", "predictions.json", "adapted.safetensors"))
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
     counts = np.bincount(pred.predicted, minlength=len(pred.classes))
@@ -322,7 +312,7 @@ def embed(
         _limit(option, value, key)
     from reptile_fn import io, plots, pretrained
 
-    checkpoint = pretrained.resolve(_checkpoint(checkpoint))
+    checkpoint = pretrained.resolve(checkpoint)
     out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "embed"), ("embed.json", "task_embeddings.png"))
     from reptile_fn.run.files import Saved
 

@@ -53,7 +53,7 @@ def test_a_warm_started_run_begins_at_the_donors_parameters_and_trains_on(donor,
 def test_a_head_of_another_way_starts_fresh_the_body_is_copied():
     five, twenty = conv4((28, 28, 1), 5, filters=8), conv4((28, 28, 1), 20, filters=8)
     donor, target = five.init(mx.random.key(0)), twenty.init(mx.random.key(1))
-    out, d, t = _flat(transplant(donor, target)), _flat(donor), _flat(target)
+    out, d, t = _flat(transplant(donor, target, source="donor")), _flat(donor), _flat(target)
     assert out.keys() == t.keys()
     heads = [k for k in out if k.startswith("head.")]
     assert heads and all(out[k].shape == t[k].shape for k in out)
@@ -90,3 +90,55 @@ def test_cli_validate_reads_the_init(donor, tmp_path):
     res = CliRunner().invoke(app, ["validate", "--set", f"init={donor}", "--set", "model.hidden=32"])
     assert res.exit_code != 0 and "error: init = " in res.output and "shape" in res.output
     assert CliRunner().invoke(app, ["validate", "--set", f"init={donor}", "--set", "model.hidden=16"]).exit_code == 0
+
+
+def test_a_run_folder_stands_for_its_checkpoint_in_init_and_peft_base(donor):
+    """``init`` and ``peft.base`` take what ``--checkpoint`` takes: a run folder, its checkpoint, a shipped name."""
+    _, want, _, _ = R.load(donor, with_tasks=False)
+    cfg = C.load(None, TINY + (f"init={donor.parent}",))
+    run = build(cfg)
+    for k, v in _flat(want).items():
+        np.testing.assert_array_equal(_flat(run.initial_params(run_keys(cfg.seed).init))[k], v, err_msg=k)
+    cfg = C.load(None, TINY + ("peft.method=lora", f"peft.base={donor.parent}"))
+    run = build(cfg)
+    base = _flat(run.initial_params(mx.random.key(0))["base"])
+    assert base.keys() == _flat(want).keys()
+    for k, v in _flat(want).items():
+        np.testing.assert_array_equal(base[k], v, err_msg=k)
+    empty = donor.parent.parent / "empty"
+    empty.mkdir(exist_ok=True)
+    for key in ("init", "peft.base"):
+        extra = ("peft.method=lora",) if key == "peft.base" else ()
+        with pytest.raises(ConfigError, match=rf"{key} = .*empty is a folder without a checkpoint.safetensors"):
+            build(C.load(None, TINY + extra + (f"{key}={empty}",))).initial_params(mx.random.key(0))
+
+
+def test_a_typo_in_peft_base_is_caught_when_the_config_loads():
+    with pytest.raises(ConfigError, match=r"peft.base = 'pretrian' \(did you mean 'pretrain'\?\)"):
+        C.load(None, ["peft.method=lora", "peft.base=pretrian"])
+    with pytest.raises(ConfigError, match=r"did you mean 'omniglot-5w1s'"):
+        C.load(None, ["peft.method=lora", "peft.base=omniglot-5w1"])
+
+
+def test_lora_on_own_images_over_a_shipped_omniglot_init(tmp_path):
+    """peft.base = a shipped name: the base is its features (a head of another n_way starts fresh), an adapter
+    is meta-learned over them on the user's grayscale images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(16):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, size=(28, 28), dtype=np.uint8)).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    cfg = C.load("images_5w1s", [f"tasks.path={tmp_path / 'data'}", "tasks.n_way=3", "tasks.train_shots=1",
+                                 "tasks.query_size=1", "peft.method=lora", "peft.base=omniglot-5w1s"])
+    run = build(cfg)
+    base = _flat(run.initial_params(mx.random.key(0))["base"])
+    _, shipped, _, _ = R.load("omniglot-5w1s", with_tasks=False)
+    shipped = _flat(shipped)
+    assert base.keys() == shipped.keys()
+    for k, v in shipped.items():
+        if k.startswith("head."):
+            assert base[k].shape[-1] == 3 and v.shape[-1] == 5  # 3-way here, 5-way there: fresh
+        else:
+            np.testing.assert_array_equal(base[k], v, err_msg=k)

@@ -91,7 +91,7 @@ class PeftConfig:
     # | prototypes: every task starts it at the support set's prototype classifier (Proto-MAML), never meta-learned
     head_scale: float = 1.0  # prototypes: logit_k = head_scale · (‖z‖² − ‖z − c_k‖²), the start's confidence
     meta_learn_base: bool = False  # also meta-learn the base (Reptile: the base then adapts too)
-    base: str = "pretrain"  # random | pretrain | init (the model's own init: text = the pretrained encoder) | a checkpoint
+    base: str = "pretrain"  # random | pretrain | init (the model's own init: text = the pretrained encoder) | a run or shipped name
     base_families: tuple[str, ...] | None = None  # synthetic: families the base is pretrained on (null: the run's)
     base_pretrain_iterations: int = 2000
     target_rank: int | None = None  # adalora: total rank left at the end (null: half the initial total)

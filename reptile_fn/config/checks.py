@@ -92,8 +92,16 @@ def peft(cfg, source: str) -> None:
     if p.base_families is not None and cfg.tasks.dataset != "synthetic":
         raise ConfigError(f"{source}: peft.base_families is for synthetic tasks; with {cfg.tasks.dataset} set it to null "
                           "(the base is pretrained on the run's training classes)")
-    if p.base not in ("random", "pretrain", "init") and not p.base.endswith(".safetensors"):
-        raise ConfigError(f"{source}: peft.base = {p.base!r}: use random, pretrain, init, or a run's checkpoint.safetensors")
+    if p.base not in ("random", "pretrain", "init") and not _names_a_run(p.base):
+        import difflib
+
+        from reptile_fn import pretrained
+
+        close = difflib.get_close_matches(p.base, ["random", "pretrain", "init", *pretrained.names()], n=1)
+        raise ConfigError(f"{source}: peft.base = {p.base!r}"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + ": use random, pretrain, init, a plain run (its folder or checkpoint.safetensors), or a "
+                          f"shipped initialization ({', '.join(pretrained.names())})")
     if p.base == "random" and cfg.tasks.dataset in ("clinc150", "csv"):  # it would silently be the pretrained encoder
         raise ConfigError(f"{source}: peft.base = random on a text run: its model's init is the pretrained encoder "
                           "(there is no random encoder); use init, or pretrain")
@@ -135,3 +143,14 @@ def same_split(stored, cfg, source: str) -> None:
         raise ConfigError(f"{source}: {'; '.join(changed)} would change which classes are held out, so evaluation would "
                           "draw classes the run meta-trained on; leave it as trained (more --episodes for other "
                           "episodes), or score other data with --data")
+
+
+def _names_a_run(value: str) -> bool:
+    """Whether ``value`` can name a run: a shipped initialization, or a path (a run written elsewhere may not exist
+    on this machine: building the run checks the file)."""
+    from pathlib import Path
+
+    from reptile_fn import pretrained
+
+    return bool(value.strip()) and (value in pretrained.names() or "/" in value or "\\" in value
+                                    or value.endswith(".safetensors") or Path(value).expanduser().exists())

@@ -22,9 +22,18 @@ def names() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.safetensors"))
 
 
+RUN_CHECKPOINT = "checkpoint.safetensors"  # what ``reptile-fn train`` writes into its run folder
+
+
 def resolve(checkpoint: str | Path) -> Path:
-    """A checkpoint path as given if it exists, else the shipped file of that name."""
-    p = Path(checkpoint)
+    """A checkpoint path as given if it exists (a run folder: its checkpoint.safetensors), else the shipped file
+    of that name."""
+    p = Path(checkpoint).expanduser()
+    if p.is_dir():
+        if (p / RUN_CHECKPOINT).is_file():
+            return p / RUN_CHECKPOINT
+        raise CheckpointError(f"{checkpoint} is a folder without a {RUN_CHECKPOINT}; pass a run folder written by "
+                              f"`reptile-fn train` (or its {RUN_CHECKPOINT}), or a shipped initialization's name")
     if p.exists():
         return p
     if p.suffix == "" and p.name == str(checkpoint) and (HERE / f"{p.name}.safetensors").is_file():

@@ -9,14 +9,13 @@ branch on the algorithm again.
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import mlx.core as mx
 
-from reptile_fn import checkpoint, io, optim
+from reptile_fn import checkpoint, optim
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, LOCAL, MetaStep, Reduce
@@ -30,7 +29,8 @@ from reptile_fn.models import HEAD, Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
 from reptile_fn.run.files import checked_iteration, require_finite
-from reptile_fn.run.warm import warm_start
+from reptile_fn.run.stored import own_data_overrides, stored_shapes
+from reptile_fn.run.warm import transplant, warm_start
 
 
 class Keys(NamedTuple):
@@ -183,8 +183,7 @@ def settled(cfg: C.Config) -> C.Config:
     return dataclasses.replace(
         cfg, tasks=dataclasses.replace(t, path=absolute(t.path), test_path=absolute(t.test_path)),
         model=dataclasses.replace(cfg.model, encoder=absolute(cfg.model.encoder)), init=absolute(cfg.init),
-        peft=dataclasses.replace(cfg.peft, base=absolute(cfg.peft.base) if cfg.peft.base.endswith(".safetensors")
-                                 else cfg.peft.base))
+        peft=dataclasses.replace(cfg.peft, base=cfg.peft.base if cfg.peft.base in BASES else absolute(cfg.peft.base)))
 
 
 def trainable_predicate(patterns: tuple[str, ...]) -> PathPredicate | None:
@@ -277,14 +276,23 @@ def _meta_step(cfg: C.Config, model: Model, loss, inner: InnerLoop, meta_trainab
 
 # --- PEFT ----------------------------------------------------------------------------------------
 
+BASES = ("random", "pretrain", "init")  # peft.base's keywords; anything else names a plain run or a shipped init
+
 def _peft_wiring(cfg: C.Config, base_model: Model):
     """(peft.Peft, what adapts, what the outer loop learns) for a PEFT config."""
     from reptile_fn import peft
 
     p = cfg.peft
-    if p.base.endswith(".safetensors") and not Path(p.base).expanduser().is_file():
-        raise ConfigError(f"peft.base = {p.base} does not exist; point it at a plain run's checkpoint.safetensors, or "
-                          "use pretrain, init or random")
+    if p.base not in BASES:
+        from reptile_fn import pretrained
+
+        try:
+            found = pretrained.resolve(p.base)
+        except CheckpointError as e:
+            raise ConfigError(f"peft.base = {e}; or use pretrain, init or random") from None
+        if not found.is_file():
+            raise ConfigError(f"peft.base = {p.base} does not exist; point it at a plain run (its folder or "
+                              "checkpoint.safetensors) or a shipped initialization's name, or use pretrain, init or random")
     pf = peft.peft_model(base_model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
     inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
                                         reptile=cfg.algorithm == "reptile", meta_learn_head=p.head == "meta")
@@ -333,10 +341,10 @@ def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
                                   f"{source.in_dim}/{source.out_dim}, the run's tasks {tasks.in_dim}/{tasks.out_dim}; "
                                   "pick families of the same kind")
         return pretrain(base_model, loss, source, key, iterations=p.base_pretrain_iterations)
-    arrays, meta = checkpoint.load(p.base)
-    if meta.get("config", {}).get("peft", {}).get("method", "none") != "none":
+    donor_run, donor, _, _ = load(p.base, with_tasks=False)  # a run folder, its checkpoint or a shipped name
+    if donor_run.cfg.peft.method != "none":
         raise ConfigError(f"peft.base = {p.base} is itself a PEFT run; point at a plain run's checkpoint")
-    return checkpoint.restore(arrays, "params", base_model.init(key), source=p.base)
+    return transplant(donor, base_model.init(key), source=p.base, key="peft.base")
 
 
 # --- a saved run ---------------------------------------------------------------------------------
@@ -379,41 +387,3 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
                                "of how it was built)") if changed else e) from None
     require_finite(params, checkpoint_path)
     return run, params, state, checked_iteration(meta.get("iteration", 0), cfg, checkpoint_path)
-
-
-def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:
-    """The settings that point a run's evaluation at data it never trained on: a folder of images (image
-    runs, resized to the run's input size) or a CSV (text runs), every class held out."""
-    if cfg.tasks.path and io.same_data(cfg.tasks.path, path):
-        raise ConfigError(f"--data {path} is the data this run meta-trained on (its tasks.path), so its classes are "
-                          "not held out; `eval` without --data scores the run's held-out classes, or give other data")
-    text_file = Path(path).is_file() and Path(path).suffix.lower() in (".csv", ".tsv", ".txt")
-    path = json.dumps(str(path))  # a JSON string is a YAML string: never parsed as a number, null or comment
-    kind = C.model_kind(cfg)
-    if kind == "conv4" and text_file:
-        raise ConfigError(f"--data {path} is a text file, but this is an image run; pass a folder of class subfolders "
-                          "of images (or a zip of one)")
-    if kind == "conv4":
-        return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all",
-                f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]
-    if kind == "text":
-        return ["tasks.dataset=csv", f"tasks.path={path}", "tasks.test_split=all"]
-    raise ConfigError(f"--data takes image runs (a folder of class subfolders) and text runs (a CSV); this run's tasks "
-                      f"are the built-in {', '.join(cfg.tasks.families)} families")
-
-
-def stored_shapes(cfg: C.Config, arrays: dict, meta: dict) -> tuple:
-    """``(in_dim, out_dim)`` of a saved run's model, from its metadata (runs since 2026-11-29 record it), else
-    from its config and the first convolution's weights."""
-    if "shapes" in meta:
-        in_dim, out_dim = meta["shapes"]
-        return (tuple(in_dim) if isinstance(in_dim, list) else in_dim), out_dim
-    kind = C.model_kind(cfg)
-    if kind == "mlp":
-        families = _families(cfg)
-        return families.in_dim, families.out_dim
-    if kind == "text":
-        return (2, 0), cfg.tasks.n_way  # the encoder takes any sentence length
-    conv0 = next(a for k, a in arrays.items() if k.endswith("conv0.w"))
-    size = 28 if cfg.tasks.dataset == "omniglot" else cfg.model.image_size
-    return (size, size, int(conv0.shape[-1])), cfg.tasks.n_way

@@ -17,12 +17,12 @@ from pathlib import Path
 import mlx.core as mx
 import yaml
 
-from reptile_fn import checkpoint, io
+from reptile_fn import checkpoint, io, pretrained
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError
 
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = pretrained.RUN_CHECKPOINT
 ADAPTER_DIR = "adapter"  # PEFT runs: adapters.safetensors + adapter_config.json
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"

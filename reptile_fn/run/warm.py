@@ -12,20 +12,24 @@ from reptile_fn.models import HEAD
 
 
 def warm_start(source: str, fresh: Callable, load: Callable) -> Callable:
-    """(key) -> the parameters of ``source`` (a checkpoint or shipped name, read with ``load``, ``run.load``) in the
+    """(key) -> the parameters of ``source`` (a run folder, its checkpoint or a shipped name, read with ``load``, ``run.load``) in the
     tree ``fresh(key)`` builds.
 
     Every leaf is copied by path and must have the same shape, except a head of another shape (a run of
     another ``n_way``): it keeps its fresh init. A leaf only one side has is a ConfigError naming it. Only a
     fresh start reads ``source``: a warm-started run resumes and loads without it."""
     from reptile_fn import pretrained
+    from reptile_fn.errors import CheckpointError
 
     def initial(key: mx.array):
-        path = pretrained.resolve(source)
+        try:
+            path = pretrained.resolve(source)
+        except CheckpointError as e:
+            raise ConfigError(f"init = {e}; or set init: null") from None
         if not path.is_file():
-            what = "is a folder or not a regular file (a pipe, a device)" if path.exists() else "does not exist"
-            raise ConfigError(f"init = {source} {what}; point it at a run's checkpoint.safetensors or a "
-                              "shipped initialization (`reptile-fn info` lists them), or set init: null")
+            what = "is not a regular file (a pipe, a device)" if path.exists() else "does not exist"
+            raise ConfigError(f"init = {source} {what}; point it at a run (its folder or checkpoint.safetensors) or "
+                              "a shipped initialization (`reptile-fn info` lists them), or set init: null")
         params = fresh(key)
         _, donor, _, _ = load(source, with_tasks=False)
         return transplant(donor, params, source=source)
@@ -33,7 +37,7 @@ def warm_start(source: str, fresh: Callable, load: Callable) -> Callable:
     return initial
 
 
-def transplant(donor, target, *, source: str = "init"):
+def transplant(donor, target, *, source: str, key: str = "init"):
     """``target`` with every leaf replaced by ``donor``'s at the same path; a head whose shape differs stays."""
     from mlx.utils import tree_flatten, tree_unflatten
 
@@ -42,7 +46,7 @@ def transplant(donor, target, *, source: str = "init"):
     missing = [k for k, _ in wanted if k not in given]
     if extra or missing:
         odd = ", ".join((extra + missing)[:3])
-        raise ConfigError(f"init = {source} has another architecture (leaves only one side has: {odd}); set the "
+        raise ConfigError(f"{key} = {source} has another architecture (leaves only one side has: {odd}); set the "
                           "run's model settings (model.filters, model.norm, model.hidden, ...) to the checkpoint's")
     head = T.match(HEAD)
     out = []
@@ -52,7 +56,7 @@ def transplant(donor, target, *, source: str = "init"):
         elif head(path):
             out.append((path, leaf))
         else:
-            raise ConfigError(f"init = {source}: {path} has shape {tuple(given[path].shape)} there and "
+            raise ConfigError(f"{key} = {source}: {path} has shape {tuple(given[path].shape)} there and "
                               f"{tuple(leaf.shape)} in this run; set the run's model and input settings to the "
                               "checkpoint's (only a head of another n_way may differ)")
     return tree_unflatten(out)

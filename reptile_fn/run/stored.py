@@ -1,0 +1,52 @@
+"""What a saved run needs to be scored on other data: the shapes its model was built for and the settings that
+point its evaluation at a user's folder of images or CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reptile_fn import config as C
+from reptile_fn import io
+from reptile_fn.errors import ConfigError
+from reptile_fn.tasks import make_distribution
+
+
+def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[str]:
+    """The settings that point a run's evaluation at data it never trained on: a folder of images (image
+    runs, resized to the run's input size) or a CSV (text runs), every class held out."""
+    if cfg.tasks.path and io.same_data(cfg.tasks.path, path):
+        raise ConfigError(f"--data {path} is the data this run meta-trained on (its tasks.path), so its classes are "
+                          "not held out; `eval` without --data scores the run's held-out classes, or give other data")
+    text_file = Path(path).is_file() and Path(path).suffix.lower() in (".csv", ".tsv", ".txt")
+    path = json.dumps(str(path))  # a JSON string is a YAML string: never parsed as a number, null or comment
+    kind = C.model_kind(cfg)
+    if kind == "conv4" and text_file:
+        raise ConfigError(f"--data {path} is a text file, but this is an image run; pass a folder of class subfolders "
+                          "of images (or a zip of one)")
+    if kind == "conv4":
+        return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all",
+                f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]
+    if kind == "text":
+        return ["tasks.dataset=csv", f"tasks.path={path}", "tasks.test_split=all"]
+    raise ConfigError(f"--data takes image runs (a folder of class subfolders) and text runs (a CSV); this run's tasks "
+                      f"are the built-in {', '.join(cfg.tasks.families)} families")
+
+
+def stored_shapes(cfg: C.Config, arrays: dict, meta: dict) -> tuple:
+    """``(in_dim, out_dim)`` of a saved run's model, from its metadata (runs since 2026-11-29 record it), else
+    from its config and the first convolution's weights."""
+    if "shapes" in meta:
+        in_dim, out_dim = meta["shapes"]
+        return (tuple(in_dim) if isinstance(in_dim, list) else in_dim), out_dim
+    kind = C.model_kind(cfg)
+    if kind == "mlp":
+        t = cfg.tasks
+        families = make_distribution(t.families, k_shot=t.k_shot, query_size=t.query_size,
+                                     num_train_tasks=t.num_train_tasks, seed=cfg.seed)
+        return families.in_dim, families.out_dim
+    if kind == "text":
+        return (2, 0), cfg.tasks.n_way  # the encoder takes any sentence length
+    conv0 = next(a for k, a in arrays.items() if k.endswith("conv0.w"))
+    size = 28 if cfg.tasks.dataset == "omniglot" else cfg.model.image_size
+    return (size, size, int(conv0.shape[-1])), cfg.tasks.n_way
