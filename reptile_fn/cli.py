@@ -194,7 +194,8 @@ def eval_(
                                     "shipped initialization's name (omniglot-5w1s, omniglot-5w5s)."),
     baselines: Optional[str] = typer.Option(
         None, "--baselines", help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only); "
-        "PEFT runs: lora0 (fresh adapter), base-full, base-head, random. Default: all but random for PEFT."),
+        "PEFT runs: lora0 (fresh adapter; not for peft.method head/full), base-full, base-head, random. "
+        "Default: all but random for PEFT."),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="Held-out episodes (default: the config's)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps K (default: the config's)."),
     speed_steps: int = typer.Option(100, "--speed-steps", min=0,

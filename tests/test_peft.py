@@ -258,6 +258,21 @@ def test_peft_run_end_to_end_writes_adapters_and_beats_nothing_with_clear_baseli
         baseline_inits(s, ("transfer",))
 
 
+@pytest.mark.parametrize("method,start", [("head", "base-head"), ("full", "base-full")])
+def test_a_run_without_an_adapter_is_measured_against_its_own_start_not_a_lora0_twin(tmp_path, method, start):
+    """peft.method head/full has no adapter: its start adapted like the run is base-head/base-full, so the final
+    evaluation names it so, the defaults hold it once, and asking for lora0 says which baseline it would be."""
+    from reptile_fn.run.report import default_baselines
+
+    summary = train(C.load(None, TINY + ("peft.method=" + method, "peft.train_head=true")), tmp_path,
+                    progress=False, log=quiet)
+    assert set(summary["eval"]["inits"]) == {"meta", start}
+    s, _, _, _ = load_run(tmp_path / "checkpoint.safetensors")
+    assert default_baselines(s) == ("base-full", "base-head")
+    with pytest.raises(ConfigError, match=f"lora0 .*peft.method is {method}.*is {start}"):
+        baseline_inits(s, ("lora0",))
+
+
 def test_peft_counts_and_patterns():
     pf, params = _peft_params(method="lora", rank=2)
     inner, meta = peft.patterns("lora")

@@ -72,7 +72,22 @@ def _episode_bytes(run: Run) -> int:
 
 
 def default_baselines(run: Run) -> tuple[str, ...]:
-    return ("lora0", "base-full", "base-head") if run.peft is not None else ("random", "transfer", "head")
+    if run.peft is None:
+        return "random", "transfer", "head"
+    return ("base-full", "base-head") if _without_adapter(run) else ("lora0", "base-full", "base-head")
+
+
+def _without_adapter(run: Run) -> bool:
+    """A PEFT run of method head or full: no adapter, so ``lora0`` would be ``base-head`` / ``base-full`` again."""
+    return run.cfg.peft.method in ("head", "full")
+
+
+def fresh_start(run: Run) -> str:
+    """The baseline that is the run's starting point adapted like the run: what its meta-learning is measured
+    against (plain runs: a random init)."""
+    if run.peft is None:
+        return "random"
+    return {"head": "base-head", "full": "base-full"}.get(run.cfg.peft.method, "lora0")
 
 
 def baseline_inits(run: Run, names) -> dict[str, Init]:
@@ -91,6 +106,9 @@ def baseline_inits(run: Run, names) -> dict[str, Init]:
     if unknown:
         raise ConfigError(f"unknown baseline {unknown[0]!r} for a PEFT run; choose from {', '.join(PEFT_BASELINES)} "
                           "(base-full / base-head fine-tune the run's pretrained base)")
+    if "lora0" in names and _without_adapter(run):
+        raise ConfigError(f"baseline lora0 (a fresh adapter) needs an adapter; this run's peft.method is "
+                          f"{run.cfg.peft.method}: its starting point adapted like the run is {fresh_start(run)}")
     start = run.initial_params(keys.init)
     chosen = {"lora0": lambda: Init(start, run.inner.trainable), "base-full": lambda: Init(start, T.match("base.*")),
               "base-head": lambda: Init(start, T.match(f"base.{HEAD}")),
@@ -114,7 +132,7 @@ def final_evaluation(run: Run, params, state, episodes: int | None = None, steps
     k = cfg.eval.inner_steps if steps is None else steps
     horizon = max(k, speed_steps or 0)
     if baselines is None:  # the final evaluation of `train`: random init, or for PEFT a fresh adapter on the base
-        baselines = ("lora0",) if run.peft is not None else ("random",)
+        baselines = (fresh_start(run),)
     base = baselines if isinstance(baselines, dict) else baseline_inits(run, baselines)
     with task(f"evaluation ({1 + len(base)} inits × {n} episodes × {horizon} steps)", n * (1 + len(base))) as bar:
         inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state, progress=bar)}
