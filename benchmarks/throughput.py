@@ -287,19 +287,22 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose mistakes are one line (through `reptile-fn bench`: one `error:` line), not a usage block."""
 
     def error(self, message: str):
-        raise SystemExit(f"{message}; `python benchmarks/throughput.py --help` lists the options")
+        raise SystemExit(f"{message}; `{self.prog} --help` lists the options")
 
 
 VARIANTS = ("serial", "vmap", "vmap+compile", "unrolled+compile", "fused")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = _Parser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--workloads", default="W1,W2,W3,W4",
-                    help="W3 needs the text extra and all-MiniLM-L6-v2's files (skipped, with a note, without them)")
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+                    help="comma list of W1 (sine MLP), W2 (Omniglot conv4), W3 (MiniLM LoRA), W4 (Omniglot evaluation); "
+                         "W3 needs the text extra and all-MiniLM-L6-v2's files (skipped, with a note, without them)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where MLX runs (gpu: MLX with CUDA or "
+                    "Metal), and the peers with it")
     ap.add_argument("--peers", action="store_true", help="also run the JAX/PyTorch peers that are importable")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of how reptile_fn's meta-step runs: "
+                    + ", ".join(VARIANTS) + " (default: all)")
     ap.add_argument("--algorithms", default="reptile,fomaml,maml",
                     help="reptile gets every variant; the others the serial reference and vmap+compile (W1) "
                          "or vmap+compile only (W2)")
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="meta-batch sizes per workload, e.g. 'W1:8,64;W2:5,32' (default: W1:8;W2:5;W3:2;W4:100; "
                          "W4's size is the number of episodes)")
     ap.add_argument("--scaling", action="store_true", help="meta-batch scaling table of the vmap+compile step")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks per figure (the median is reported)")
     ap.add_argument("--min-block", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter blocks (smoke test)")
     ap.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
@@ -385,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['workload']:<9}{r['meta_batch_size']:>4}{r['meta_steps_per_s']:>14.1f}{r['ms_per_task']:>13.3f}"
                   f"{1000.0 / r['meta_steps_per_s']:>13.3f}")
     if args.json:
-        out = {"environment": env, "argv": sys.argv, "results": rows, "scaling": scaling,
+        used = sys.argv[1:] if argv is None else list(argv)  # the options, however the script was started
+        out = {"environment": env, "argv": ["benchmarks/throughput.py", *used], "results": rows, "scaling": scaling,
                "best_peer": [{"workload": w, "meta_batch_size": m, "meta_steps_per_s": v} for (w, m), v in best_peer.items()]}
         io.write_json(args.json, out, indent=2)
         print(f"\nwrote {args.json}")

@@ -366,9 +366,9 @@ def compare(runs: List[Path] = typer.Argument(..., help="Run folders (train), ev
 SOURCE_ROOT = Path(reptile_fn.__file__).resolve().parents[1]  # the repository, when run from a source checkout
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 @_errors_to_exit
-def bench(ctx: typer.Context) -> None:
+def bench(ctx: typer.Context) -> None:  # --help goes to the script: its argparse lists every option
     """Meta-step throughput tables (runs benchmarks/throughput.py; pass its options, e.g. --peers --json F)."""
     import runpy
 
@@ -377,9 +377,10 @@ def bench(ctx: typer.Context) -> None:
         raise ReptileFnError("the benchmarks ship with the source, not with the installed package; to run them, "
                              "git clone the reptile_fn repository and run `uv run reptile-fn bench` in it "
                              "(benchmarks/README.md there has the options)")
-    sys.argv = [str(script), *ctx.args]
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        code = runpy.run_path(str(script), run_name="bench")["main"](list(ctx.args), prog="reptile-fn bench")
+        if code:
+            raise typer.Exit(code)
     except SystemExit as e:
         if isinstance(e.code, str):  # the script's own message (sys.exit("...")): one error line, as ours
             raise ReptileFnError(e.code.removeprefix("error: ")) from None

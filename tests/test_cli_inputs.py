@@ -391,6 +391,14 @@ def test_bench_script_messages_reach_the_user_as_one_error_line():
     _user_error(runner.invoke(app, ["bench", "--device", "gpu"]), "--device gpu")
 
 
+def test_bench_help_lists_the_benchmarks_own_options():
+    """`reptile-fn bench --help` is the script's help (its options), under the command's name."""
+    res = runner.invoke(app, ["bench", "--help"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("usage: reptile-fn bench") and all(o in res.output for o in ("--peers", "--workloads",
+                                                                                              "--json", "--sizes"))
+    _user_error(runner.invoke(app, ["bench", "--no-such-option"]), "--no-such-option; `reptile-fn bench --help`")
+
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """`reptile-fn info | head -1`: once the reader has gone, the command stops with the shell's status for a
