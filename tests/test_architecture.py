@@ -18,7 +18,7 @@ LAYERS = {
     "reptile_fn.text.gelu": 1,
     "reptile_fn.inner": 2,
     "reptile_fn.algorithms": 3, "reptile_fn.evaluate": 3, "reptile_fn.baselines": 3, "reptile_fn.tasks": 3,
-    "reptile_fn.peft.lora": 3, "reptile_fn.peft.io": 3, "reptile_fn.text.batching": 3,
+    "reptile_fn.tasks.overlap": 3, "reptile_fn.peft.lora": 3, "reptile_fn.peft.io": 3, "reptile_fn.text.batching": 3,
     "reptile_fn.embed": 4, "reptile_fn.peft": 4, "reptile_fn.text.frozen": 4,
     "reptile_fn.config": 5, "reptile_fn.coerce": 5, "reptile_fn.distributed": 5, "reptile_fn.plots": 5,
     "reptile_fn.pretrained": 5,

@@ -79,6 +79,23 @@ def test_eval_on_a_folder_the_run_never_saw(image_run, tmp_path):
     assert results["inits"]["meta"]["episodes"] == 8
 
 
+def test_eval_data_that_repeats_training_classes_is_refused_whatever_its_name(image_run, tmp_path):
+    """A zip of the training folder, or a new folder holding a copy of one meta-training class under another name,
+    would be scored as held-out: the images are compared, not the paths."""
+    import shutil
+
+    root, out = image_run
+    zipped = shutil.make_archive(str(tmp_path / "train_set"), "zip", root / "train_set")
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", zipped, "--out", str(tmp_path / "e1")])
+    assert result.exit_code == 2 and "mostly images this run meta-trained on" in result.output, result.output
+    assert "of its 12 classes" in result.output and not (tmp_path / "e1").exists()
+    run, _, _, _ = load(out / "checkpoint.safetensors")
+    mixed = write_images(tmp_path / "mixed", range(20, 25), 6, 1)
+    shutil.copytree(root / "train_set" / run.tasks.train_classes[0], mixed / "renamed")
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(mixed), "--out", str(tmp_path / "e2")])
+    assert result.exit_code == 2 and "1 of its 6 classes is mostly" in result.output and "'renamed' (100%)" in result.output
+
+
 def test_adapt_labels_new_images_and_writes_predictions_and_parameters(image_run, tmp_path):
     root, out = image_run
     support = write_images(tmp_path / "support", range(30, 32), 3, 2)
@@ -171,7 +188,8 @@ TOPICS = {"weather": "rain sunny forecast cold snow", "music": "song play album 
           "home": "lights thermostat door vacuum garden", "shopping": "order delivery cart price refund"}
 
 
-def write_csv(path: Path, labels, per: int, seed: int, *, with_labels: bool = True) -> Path:
+def write_csv(path: Path, labels, per: int, seed: int, *, with_labels: bool = True,
+              template: str = "can you help me with the {} and the {} please") -> Path:
     rng = random.Random(seed)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -180,7 +198,7 @@ def write_csv(path: Path, labels, per: int, seed: int, *, with_labels: bool = Tr
             words = TOPICS[label].split()
             seen = set()
             while len(seen) < per:  # distinct sentences: a repeated one would be support and query at once
-                text = f"can you help me with the {rng.choice(words)} and the {rng.choice(words)} please"
+                text = template.format(rng.choice(words), rng.choice(words))
                 text += "" if text not in seen else f" {rng.choice(['now', 'today', 'again', 'soon'])}"
                 if text not in seen:
                     seen.add(text)
@@ -202,7 +220,12 @@ def test_csv_meta_training_eval_and_adapt(tmp_path):
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(tmp_path / "copy.csv"), "--out",
                                       str(tmp_path / "ev0")])
     assert result.exit_code == 2 and "is the data this run meta-trained on" in result.output, result.output
-    other = write_csv(tmp_path / "other.csv", ["weather", "music", "food", "bank"], 5, 1)
+    reused = write_csv(tmp_path / "reused.csv", ["weather", "music", "food", "bank"], 5, 1)  # training's sentences
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(reused), "--out",
+                                      str(tmp_path / "ev1")])
+    assert result.exit_code == 2 and "mostly sentences this run meta-trained on" in result.output, result.output
+    other = write_csv(tmp_path / "other.csv", ["weather", "music", "food", "bank"], 5, 1,
+                      template="i would like to ask about {} or maybe {} today")
     cli("eval", "--checkpoint", out / "checkpoint.safetensors", "--data", other, "--episodes", 3, "--steps", 1,
         "--speed-steps", 0, "--baselines", "lora0", "--out", tmp_path / "eval")
     support = write_csv(tmp_path / "support.csv", ["weather", "music", "food"], 3, 2)

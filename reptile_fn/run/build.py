@@ -366,7 +366,7 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     if "config" not in meta:
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by "
                               "`reptile-fn train`")
-    cfg = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
+    cfg = trained = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
     stored_way = cfg.tasks.n_way
     if data is not None:
         overrides = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data) + list(overrides)
@@ -375,6 +375,8 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         if data is None:
             C.checks.same_split(stored, cfg, f"evaluating {checkpoint_path} with {' '.join(overrides)}")
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
+    if data is not None and run.tasks is not None:
+        _check_held_out(trained, run.tasks, data)
     fresh = None  # a head every task rebuilds from its support set (prototypes) evaluates at any n_way
     if cfg.peft.head == "prototypes" and cfg.tasks.n_way != stored_way:
         fresh = T.match(f"*{_head_path(cfg)}.*")
@@ -387,3 +389,25 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
                                "of how it was built)") if changed else e) from None
     require_finite(params, checkpoint_path)
     return run, params, state, checked_iteration(meta.get("iteration", 0), cfg, checkpoint_path)
+
+
+def _check_held_out(trained: C.Config, held: Sampler, data) -> None:
+    """A ConfigError if classes of ``--data`` are mostly items the run meta-trained on (``tasks.overlap``); nothing
+    when the training data is not on this machine (a shipped init, a run from elsewhere)."""
+    from reptile_fn.errors import ReptileFnError
+    from reptile_fn.tasks.overlap import class_names, seen_classes
+
+    if trained.tasks.dataset not in ("images", "csv", "clinc150"):
+        return
+    try:
+        encoder = _encoder(trained)
+        seen = seen_classes(make_tasks(trained, tokenizer=encoder[2] if encoder else None), held)
+    except ReptileFnError:
+        return
+    if seen:
+        items = "images" if trained.tasks.dataset == "images" else "sentences"
+        shown = ", ".join(f"{n!r} ({100 * f:.0f}%)" for n, f in seen[:4]) + (" ..." if len(seen) > 4 else "")
+        verb, total = "is" if len(seen) == 1 else "are", len(class_names(held, "test"))
+        raise ConfigError(f"--data {data}: {len(seen)} of its {total} classes {verb} mostly {items} this run "
+                          f"meta-trained on ({shown}), so not held out; remove them from --data (or score the run's "
+                          "own held-out classes: eval without --data)")
