@@ -196,6 +196,31 @@ def test_resume_on_an_eval_boundary_keeps_the_eval_record(tmp_path, tiny_run):
     _resume_matches_uninterrupted(tmp_path, tiny_run, stop_at=10)  # eval.every = 10
 
 
+def test_a_stop_during_the_evaluation_is_evaluated_on_resume(tmp_path, tiny_run, monkeypatch):
+    """Ctrl-C (or SIGTERM) while iteration 10's held-out evaluation runs: the checkpoint at 10 says the evaluation
+    is due, so the resumed run logs it first and the log equals the uninterrupted run's (it used to lose the point)."""
+    from reptile_fn.run import loop
+
+    cfg, full, full_summary = tiny_run
+    part, real = tmp_path / "part", loop.evaluate_init
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "evaluate_init", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg, part)
+    _, meta = ck.load(part / R.CHECKPOINT)
+    assert meta["iteration"] == 10 and meta["eval_due"] is True  # eval.every = 10
+    assert not any("eval" in r for r in R.files.read_metrics(part / R.METRICS))
+    monkeypatch.setattr(loop, "evaluate_init", real)
+    resumed = _train(None, part, resume=True)
+    assert (part / R.METRICS).read_text() == (full / R.METRICS).read_text()
+    assert resumed["eval"] == full_summary["eval"]
+    _assert_same_checkpoint(full / R.CHECKPOINT, part / R.CHECKPOINT)
+    assert "eval_due" not in ck.load(part / R.CHECKPOINT)[1]
+
+
 def test_resume_between_log_boundaries_gives_the_same_metrics(tmp_path, tiny_run):
     _resume_matches_uninterrupted(tmp_path, tiny_run, stop_at=7)  # log_every = 5
 

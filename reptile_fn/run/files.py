@@ -58,6 +58,7 @@ class Saved:
         self.path, self.arrays = path, arrays
         self.cfg = C.from_dict(meta["config"], source=str(path), stored=True)
         self.iteration = checked_iteration(meta["iteration"], self.cfg, path)
+        self.eval_due = meta.get("eval_due") is True  # stopped before its iteration's evaluation was logged
         lw = meta.get("log_window") or {"count": 0, "sums": {}}
         try:
             self.window = {str(k): mx.array(float(v), dtype=mx.float32) for k, v in lw["sums"].items()}

@@ -65,7 +65,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     if w.is_main:
         stack.enter_context(exclusive(out))
     try:
-        run, at = start(cfg, out, resume=resume, w=w, log=log)
+        run, at, eval_due = start(cfg, out, resume=resume, w=w, log=log)
     except BaseException as e:
         stack.__exit__(type(e), e, e.__traceback__)  # tells exclusive() the start failed (close() would not)
         raise
@@ -74,7 +74,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
     end = min(cfg.meta_iterations, stop_at) if stop_at is not None else cfg.meta_iterations
     step = _iteration(run, w)
-    saver = _Saver(run, out, w, last_good=at.iteration if resume else None)
+    saver = _Saver(run, out, w, last_good=at.iteration if resume else None, eval_due=eval_due)
     waiting = _watchdog(w, saver, lambda: at.iteration)
     with waiting():
         distributed.check_same(w, f"{C.dump(cfg)}\nstart: {at.iteration}", "config or checkpoint")
@@ -82,7 +82,18 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     metrics_file = open(out / METRICS if w.is_main else os.devnull, "a")
     t0, first = time.perf_counter(), at.iteration
     stack.enter_context(sigterm_as_interrupt())
+    evaluated = None  # the last iteration whose held-out evaluation is in the log
+
+    def evaluate(it: int, params, state) -> None:
+        nonlocal evaluated
+        # every process evaluates (rank 0 records it), so none waits on another's evaluation
+        curve = evaluate_init(run, params, keys.eval_during, cfg.eval.during_training_episodes, state=state)
+        _write(metrics_file, {"iteration": it, "eval": _final_point(curve)})
+        evaluated = it
+
     try:
+        if saver.eval_due:  # the run stopped at an evaluation's iteration before the evaluation was logged
+            evaluate(first, at.params, at.state)
         for i in range(first, end):
             params, state, metrics = step(at.params, at.state, iteration_keys[i])
             window = metrics if not at.window else {k: at.window[k] + metrics[k] for k in metrics}
@@ -103,10 +114,8 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
                 _write(metrics_file, record)
                 for c in callbacks:
                     c.on_log(it, record)
-            if it % cfg.eval.every == 0 and it != cfg.meta_iterations:
-                # every process evaluates (rank 0 records it), so none waits on another's evaluation
-                curve = evaluate_init(run, params, keys.eval_during, cfg.eval.during_training_episodes, state=state)
-                _write(metrics_file, {"iteration": it, "eval": _final_point(curve)})
+            if _eval_at(cfg, it):
+                evaluate(it, params, state)
             if it % cfg.checkpoint_every == 0 or it == end:
                 metrics_file.flush()
                 saver.save(at)
@@ -114,7 +123,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
         metrics_file.flush()
         if at.iteration > first and bool(T.all_finite(at.params)) and w.is_main:
             with shielded():  # a second Ctrl-C during the save must not cut it short
-                saver.save(at)
+                saver.save(at, eval_due=_eval_at(cfg, at.iteration) and evaluated != at.iteration)
             why = "terminated" if isinstance(stop, Terminated) else "interrupted"
             log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
         raise  # the command line turns it into one error line and exit status 143 (SIGTERM) or 130 (Ctrl-C)
@@ -131,8 +140,9 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
 
 
 def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World,
-          log: Callable[[str], None]) -> tuple[Run, Progress]:
-    """Build the run and its starting point: a fresh run in ``out``, or its last checkpoint with ``resume``."""
+          log: Callable[[str], None]) -> tuple[Run, Progress, bool]:
+    """Build the run and its starting point: a fresh run in ``out``, or its last checkpoint with ``resume``; and
+    whether the evaluation of that iteration is still to be logged (``Saved.eval_due``)."""
     ckpt_path = out / CHECKPOINT
     if resume:
         saved = Saved(ckpt_path)
@@ -147,7 +157,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
             truncate_metrics(out / METRICS, saved.iteration)
             io.write_text(out / CONFIG, C.dump(cfg))  # back, if it was deleted or unreadable (an edit was refused)
             log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
-        return run, Progress(params, state, saved.iteration, saved.window, saved.n_window)
+        return run, Progress(params, state, saved.iteration, saved.window, saved.n_window), saved.eval_due
     cfg = settled(cfg or C.Config())
     if ckpt_path.exists():
         raise ConfigError(f"{out} already holds a run ({ckpt_path.name}); pass --resume to continue it "
@@ -162,7 +172,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
         remove_stale_temporaries(out)
         io.write_text(out / CONFIG, C.dump(cfg))
         (out / METRICS).unlink(missing_ok=True)
-    return run, Progress(params, run.meta.init(params), 0, {}, 0)
+    return run, Progress(params, run.meta.init(params), 0, {}, 0), False
 
 
 def finish(run: Run, out: Path, at: Progress, *, seconds: float, done: int, w: distributed.World) -> dict:
@@ -225,19 +235,21 @@ def _iteration(run: Run, w: distributed.World) -> Callable:
 class _Saver:
     """Checkpoints (and a PEFT run's adapter files) of the run in ``out``; knows the last good one."""
 
-    def __init__(self, run: Run, out: Path, w: distributed.World, last_good: int | None):
-        self.run, self.out, self.w, self.last_good = run, out, w, last_good
+    def __init__(self, run: Run, out: Path, w: distributed.World, last_good: int | None, eval_due: bool = False):
+        self.run, self.out, self.w, self.last_good, self.eval_due = run, out, w, last_good, eval_due
         self.path = out / CHECKPOINT
         self.reference = run.rebuilt_init
 
-    def save(self, at: Progress) -> None:
+    def save(self, at: Progress, *, eval_due: bool = False) -> None:
+        """Checkpoint ``at``; ``eval_due``: the evaluation of its iteration is not in the log yet (a resume runs it)."""
         if not bool(T.all_finite(at.params)):
             raise self.diverged(at.iteration)
         if self.w.is_main:
             # The open log window travels with the checkpoint, so a resumed run logs the same means.
             window = {"count": at.n_window, "sums": {k: float(v) for k, v in at.window.items()}}
             meta = {"config": C.to_dict(self.run.cfg), "iteration": at.iteration, "log_window": window,
-                    "shapes": [list(d) if isinstance(d, tuple) else d for d in self.run.shapes]}
+                    "shapes": [list(d) if isinstance(d, tuple) else d for d in self.run.shapes],
+                    **({"eval_due": True} if eval_due else {})}
             checkpoint.save(self.path, at.params, at.state, meta, reference=self.reference)
             if self.run.peft is not None:
                 save_adapter_files(self.run, at.params, self.out / ADAPTER_DIR)
@@ -306,6 +318,11 @@ def _examples_per_step(run: Run) -> int:
 
 def _nothing(*_) -> None:
     pass
+
+
+def _eval_at(cfg: C.Config, it: int) -> bool:
+    """Whether meta-iteration ``it`` ends with a held-out evaluation (the last one has the final evaluation)."""
+    return it > 0 and it % cfg.eval.every == 0 and it != cfg.meta_iterations
 
 
 def _write(f, record: dict) -> None:
