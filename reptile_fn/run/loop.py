@@ -83,17 +83,9 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     t0, first = time.perf_counter(), at.iteration
     stack.enter_context(sigterm_as_interrupt())
     evaluated = None  # the last iteration whose held-out evaluation is in the log
-
-    def evaluate(it: int, params, state) -> None:
-        nonlocal evaluated
-        # every process evaluates (rank 0 records it), so none waits on another's evaluation
-        curve = evaluate_init(run, params, keys.eval_during, cfg.eval.during_training_episodes, state=state)
-        _write(metrics_file, {"iteration": it, "eval": _final_point(curve)})
-        evaluated = it
-
     try:
         if saver.eval_due:  # the run stopped at an evaluation's iteration before the evaluation was logged
-            evaluate(first, at.params, at.state)
+            evaluated = _evaluate(run, at.params, at.state, first, metrics_file)
         for i in range(first, end):
             params, state, metrics = step(at.params, at.state, iteration_keys[i])
             window = metrics if not at.window else {k: at.window[k] + metrics[k] for k in metrics}
@@ -115,7 +107,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
                 for c in callbacks:
                     c.on_log(it, record)
             if _eval_at(cfg, it):
-                evaluate(it, params, state)
+                evaluated = _evaluate(run, params, state, it, metrics_file)
             if it % cfg.checkpoint_every == 0 or it == end:
                 metrics_file.flush()
                 saver.save(at)
@@ -318,6 +310,15 @@ def _examples_per_step(run: Run) -> int:
 
 def _nothing(*_) -> None:
     pass
+
+
+def _evaluate(run: Run, params, state, it: int, metrics_file) -> int:
+    """Score held-out episodes at meta-iteration ``it`` and log the result; returns ``it``. Every process evaluates
+    (rank 0 records it), so none waits on another's evaluation."""
+    curve = evaluate_init(run, params, run_keys(run.cfg.seed).eval_during, run.cfg.eval.during_training_episodes,
+                          state=state)
+    _write(metrics_file, {"iteration": it, "eval": _final_point(curve)})
+    return it
 
 
 def _eval_at(cfg: C.Config, it: int) -> bool:
