@@ -437,12 +437,14 @@ def test_compare_reports_what_was_evaluated_and_tells_runs_apart(tiny_run, tmp_p
     first = next(line for line in table if line.startswith(f"| {str(run).replace('|', chr(92) + '|')} |"))
     assert "| 1 | meta |" in first and first.endswith("| 3 |")  # k_shot 1, last step 3, as evaluated
     assert any(line.startswith(f"| {tmp_path / 'y' / 'a'}\\|b |") for line in table)
-    assert all(line.replace("\\|", "").count("|") == 11 for line in table)  # 10 columns in every row
+    assert all(line.replace("\\|", "").count("|") == 13 for line in table)  # 12 columns in every row
     results = json.loads((run / "eval" / "results.json").read_text())
     results["config"]["tasks"].update(dataset="omniglot", n_way=20)
     (tmp_path / "other.json").write_text(json.dumps(results))
     rows = runner.invoke(app, ["compare", str(tmp_path / "other.json"), str(run / "eval")]).stdout
-    assert "| other.json | reptile | omniglot 20-way | 1 | meta |" in rows and "| eval | reptile | linear" in rows
+    episodes = results["inits"]["meta"]["episodes"]
+    assert f"| other.json | reptile | omniglot 20-way | test | {episodes} | 1 | meta |" in rows
+    assert f"| eval | reptile | linear, xor, circles, spiral |  | {episodes} | 1 | meta |" in rows
 
 
 def test_eval_says_nothing_it_cannot_measure(tiny_run, tmp_path):

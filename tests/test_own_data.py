@@ -96,6 +96,51 @@ def test_eval_data_that_repeats_training_classes_is_refused_whatever_its_name(im
     assert result.exit_code == 2 and "1 of its 6 classes is mostly" in result.output and "'renamed' (100%)" in result.output
 
 
+def test_eval_data_compares_with_random_only_and_says_what_it_scored(image_run, tmp_path):
+    """With --data every class is held out, so the training split is those classes too: transfer and head would be
+    pretrained on the images they are scored on. They are left out by default and refused by name; compare labels the
+    row with the data and the split it was scored on."""
+    root, out = image_run
+    other = write_images(tmp_path / "other", range(20, 26), 6, 1)
+    cli("eval", "--checkpoint", out, "--data", other, "--episodes", 4, "--steps", 2, "--speed-steps", 0,
+        "--out", tmp_path / "ev")
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert set(results["inits"]) == {"meta", "random"}
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(other), "--baselines",
+                                      "random,transfer", "--out", str(tmp_path / "ev2")])
+    assert result.exit_code == 2 and "transfer baseline is pretrained on the run's training classes" in result.output
+    table = cli("compare", out, tmp_path / "ev")
+    assert "| images other 2-way | all | 4 | 1 | meta |" in table and "| images train_set 2-way | test |" in table
+
+
+def test_an_omniglot_init_takes_dark_ink_on_white_as_its_loader_gave_it(tmp_path):
+    """Omniglot runs train on ink = 255 (the loader inverts the scans). Scans as they come (dark strokes on white) are
+    inverted for them in eval --data and adapt, and the command says so; a set that is already light-on-dark is not."""
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        for i in range(3):
+            pixels = np.full((28, 28), 255, np.uint8)
+            pixels[rng.integers(0, 28, 40), rng.integers(0, 28, 40)] = 0
+            pixels[4 * c:4 * c + 4, :] = 0  # a stroke per class
+            (tmp_path / "scans" / f"char{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / "scans" / f"char{c}" / f"{i}.png")
+            (tmp_path / "inked" / f"char{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - pixels).save(tmp_path / "inked" / f"char{c}" / f"{i}.png")
+    run, _, _, _ = load("omniglot-5w1s", data=tmp_path / "scans")
+    assert run.tasks.inverted and run.cfg.tasks.invert == "light"
+    assert not load("omniglot-5w1s", data=tmp_path / "inked")[0].tasks.inverted
+    a = np.array(load("omniglot-5w1s", data=tmp_path / "scans")[0].tasks.test_images)
+    b = np.array(load("omniglot-5w1s", data=tmp_path / "inked")[0].tasks.test_images)
+    np.testing.assert_array_equal(a, b)  # the model sees the same pixels either way
+    text = cli("eval", "--checkpoint", "omniglot-5w1s", "--data", tmp_path / "scans", "--episodes", 2, "--steps", 1,
+               "--speed-steps", 0, "--out", tmp_path / "ev")
+    assert "were inverted" in text
+    support, query = tmp_path / "scans", tmp_path / "scans"
+    pred, _, _ = adapt_to("omniglot-5w1s", support, query, steps=1)
+    assert pred.inverted
+    assert not adapt_to("omniglot-5w1s", tmp_path / "inked", tmp_path / "inked", steps=1)[0].inverted
+
+
 def test_adapt_labels_new_images_and_writes_predictions_and_parameters(image_run, tmp_path):
     root, out = image_run
     support = write_images(tmp_path / "support", range(30, 32), 3, 2)

@@ -40,6 +40,7 @@ class TasksConfig:
     split_by: str = "domain"  # clinc150: class-disjoint split by domain or by intent
     protocol: str = "auto"  # omniglot: standard (both zips) | alphabets (background only) | auto
     path: str | None = None  # images: a folder (or .zip) of class subfolders; csv: a CSV file of text,label rows
+    invert: str = "never"  # images: never | always | light (when the set is mostly light: dark strokes on white)
     val_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for validation
     test_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for testing
     text_column: str = "text"  # csv: the column holding the sentence
@@ -139,6 +140,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from reptile_fn.models import ACTIVATIONS, CONV_IMPLS
     from reptile_fn.peft import METHODS
     from reptile_fn.tasks import DATASETS
+    from reptile_fn.tasks.images import INVERT
     from reptile_fn.tasks.omniglot import PROTOCOLS
     from reptile_fn.tasks.text import SPLIT_BY
 
@@ -148,6 +150,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "tasks.test_split": ("test", "val", "evaluation", "banking77", "all"),
         "tasks.split_by": SPLIT_BY,
         "tasks.protocol": PROTOCOLS,
+        "tasks.invert": INVERT,
         "model.norm": ("batch",),
         "model.conv_impl": CONV_IMPLS,
         "model.activation": tuple(ACTIVATIONS),

@@ -42,6 +42,7 @@ class Predictions(NamedTuple):
     labels: np.ndarray | None  # the query items' true classes (indices into ``classes``), when given
     params: Tree  # the adapted parameters
     steps: int
+    inverted: bool = False  # images turned over (255 - pixel) to match the run's training images (tasks.invert)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -86,7 +87,8 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
     probs = [mx.softmax(score(adapted, shots.x, asked.x[i:i + QUERY_CHUNK]), axis=-1)
              for i in range(0, asked.x.shape[0], QUERY_CHUNK)]
     probabilities = np.concatenate([np.array(p) for p in probs])
-    return Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps), run, state
+    inverted = getattr(reader, "inverted", lambda: False)()
+    return Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps, inverted), run, state
 
 
 def _widened(tree: Tree, n: int) -> Tree:
@@ -121,7 +123,8 @@ def save_predictions(pred: Predictions, run: Run, state, out_dir: str | Path, *,
                      **({"label": truth[0]} if truth else {}), "probabilities": probs})
     written = [io.write_text(out / "predictions.csv", buf.getvalue()),
                io.write_json(out / "predictions.json", {"checkpoint": source, "steps": pred.steps, "classes": list(pred.classes),
-                                                         "accuracy": pred.accuracy, "predictions": rows})]
+                                                         "accuracy": pred.accuracy, "inverted_images": pred.inverted,
+                                                         "predictions": rows})]
     meta = {"config": C.to_dict(run.cfg), "iteration": 0, "shapes": [list(run.in_dim) if isinstance(run.in_dim, tuple)
                                                                      else run.in_dim, run.shapes[1]],
             "adapted": {"from": source, "steps": pred.steps, "classes": list(pred.classes)}}
@@ -135,7 +138,17 @@ def _reader(run: Run):
     """``read(path, classes) -> Labelled`` for the run's kind of input (images or sentences)."""
     kind = C.model_kind(run.cfg)
     if kind == "conv4":
-        return lambda path, classes: _images(_kind_of(path, "image", run), classes, run.in_dim)
+        from reptile_fn.tasks.images import invert_policy
+
+        policy, decided = invert_policy(run.cfg.tasks.dataset, run.cfg.tasks.invert), []  # the support set decides
+
+        def read(path, classes):
+            data, flip = _images(_kind_of(path, "image", run), classes, run.in_dim, policy, decided[0] if decided else None)
+            decided[:] = [flip]
+            return data
+
+        read.inverted = lambda: bool(decided and decided[0])
+        return read
     if kind == "text":
         from reptile_fn.text.encoder import load_tokenizer
 
@@ -156,7 +169,10 @@ def _kind_of(path: Path, kind: str, run: Run) -> Path:
     return path
 
 
-def _images(path: Path, classes: tuple[str, ...] | None, in_dim) -> Labelled:
+def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "never",
+            flip: bool | None = None) -> tuple[Labelled, bool]:
+    """The images at ``path`` as the model takes them, and whether they were inverted: ``flip`` if given (the
+    support set's choice, so a query is read the same way), else as ``invert`` decides for this set."""
     from reptile_fn.tasks import image_files, images
 
     size, _, channels = in_dim
@@ -169,8 +185,10 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim) -> Labelled:
     else:  # a plain folder of images to label
         pixels, items = image_files.read_folder(path, size)
         labels, found = None, classes
-    x = images.decode(mx.array(images.with_channels(pixels, channels)))
-    return _match(Labelled(x, labels, tuple(found), tuple(items)), classes, path)
+    pixels = images.with_channels(pixels, channels)
+    flip = images.inverts(pixels, invert) if flip is None else flip
+    x = images.decode(mx.array(255 - pixels if flip else pixels))
+    return _match(Labelled(x, labels, tuple(found), tuple(items)), classes, path), flip
 
 
 def _texts(path: Path, classes: tuple[str, ...] | None, tokenizer, text_column: str, label_column: str) -> Labelled:

@@ -225,7 +225,7 @@ def make_tasks(cfg: C.Config, *, tokenizer=None) -> Sampler:
 
         return make_image_tasks(t.path, **episode, image_size=cfg.model.image_size, channels=cfg.model.channels,
                                 train_split="all" if t.test_split == "all" else "train", test_split=t.test_split,
-                                seed=cfg.seed, val=t.val_fraction, test=t.test_fraction)
+                                seed=cfg.seed, val=t.val_fraction, test=t.test_fraction, invert=t.invert)
     if t.dataset == "csv":
         from reptile_fn.tasks.csv import make_csv_tasks
 

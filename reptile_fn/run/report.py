@@ -7,7 +7,6 @@ the run's seed, so results are deterministic and comparable across inits and run
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,12 +17,12 @@ from reptile_fn import config as C
 from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.baselines import Init, make_baselines, steps_to_reach
-from reptile_fn.errors import CheckpointError, ConfigError, ReptileFnError, TrainingDivergedError
+from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.evaluate import per_episode_curves, recorded_steps, summarize
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
 from reptile_fn.run.build import Run, evaluation_loop, run_keys
-from reptile_fn.run.files import CHECKPOINT, METRICS, SUMMARY, stored_config
+from reptile_fn.run.files import METRICS
 from reptile_fn.progress import task
 
 PEFT_BASELINES = ("lora0", "base-full", "base-head", "random")
@@ -73,8 +72,14 @@ def _episode_bytes(run: Run) -> int:
 
 def default_baselines(run: Run) -> tuple[str, ...]:
     if run.peft is None:
-        return "random", "transfer", "head"
+        return ("random",) if _trains_on_held_out(run) else ("random", "transfer", "head")
     return ("base-full", "base-head") if _without_adapter(run) else ("lora0", "base-full", "base-head")
+
+
+def _trains_on_held_out(run: Run) -> bool:
+    """Every class is held out (``tasks.test_split = all``: ``eval --data``), so the training split is the same
+    classes and a baseline pretrained on it (transfer, head) would have seen the evaluation's images."""
+    return run.tasks is not None and run.cfg.tasks.test_split == "all"
 
 
 def _without_adapter(run: Run) -> bool:
@@ -98,6 +103,12 @@ def baseline_inits(run: Run, names) -> dict[str, Init]:
     the base), ``base-head`` (its head only), ``random`` (a random base, fully fine-tuned).
     """
     keys = run_keys(run.cfg.seed)
+    pretrained = sorted({"transfer", "head"} & set(names))
+    if run.peft is None and pretrained and _trains_on_held_out(run):
+        raise ConfigError(f"the {' and '.join(pretrained)} baseline{'s are' if len(pretrained) > 1 else ' is'} "
+                          "pretrained on the run's training classes, and here every class is held out (eval --data, or "
+                          "tasks.test_split = all), so it would train on the images it is scored on; use --baselines "
+                          "random")
     if run.peft is None:
         with task("pretraining the transfer baseline", 2000 if {"transfer", "head"} & set(names) else 0) as bar:
             return make_baselines(names, run.model, run.loss, run.tasks, random_key=keys.random_init,
@@ -317,7 +328,7 @@ def format_results(ev: dict, show_steps: tuple[int, ...] | None = None, max_step
              + ("no 95% CI from one episode" if one else "mean ± 95% CI"), head]
     for name, curve in ev["inits"].items():
         at = [steps.index(k) for k in cols]
-        cells = [_num(scale * curve[metric]["mean"][i]) + ("" if one else f" ± {_num(scale * curve[metric]['ci95'][i])}")
+        cells = [number(scale * curve[metric]["mean"][i]) + ("" if one else f" ± {number(scale * curve[metric]['ci95'][i])}")
                  for i in at]
         lines.append(f"{name:<10}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
@@ -337,77 +348,6 @@ def format_speed(speed: dict) -> str:
     return "\n".join(lines)
 
 
-def compare_runs(runs: list[Path]) -> str:
-    """Markdown: one row per (run, init) with the final few-shot results. A run folder gives its eval/results.json
-    if present (the latest `eval`), else its summary.json; an `eval --out` folder or a results file gives its own."""
-    rows, metrics = [], set()
-    runs = [Path(r) for r in runs]
-    sources = [_results_source(run) for run in runs]
-    twice = next((r for i, r in enumerate(runs) if r.resolve() in [q.resolve() for q in runs[:i]]), None)
-    if twice is not None:
-        raise ReptileFnError(f"{twice} is given twice; compare each run once")
-    names = [run.name for run in runs]
-    for run, source in zip(runs, sources):
-        data = json.loads(source.read_text())
-        ev = data.get("eval", data)
-        own = source.name == SUMMARY or source == run / "eval" / "results.json"  # else: the folder of its checkpoint
-        cfg = data.get("config") or _config_dict(run if own else Path(data["checkpoint"]).parent)
-        metrics.add(ev["metric"])
-        if len(metrics) > 1:
-            raise ReptileFnError("the runs are scored by different metrics (accuracy, higher is better, and MSE, lower "
-                                 "is better); compare classification runs and regression runs separately")
-        key, scale = ("metric", 100.0) if ev["metric"] == "accuracy" else ("loss", 1.0)
-        t = cfg["tasks"]
-        tasks = ", ".join(t["families"]) if t["dataset"] == "synthetic" else f"{t['dataset']} {t['n_way']}-way"
-        name = (str(run) if names.count(run.name) > 1 else run.name).replace("|", "\\|")  # | would split the row
-        for init, curve in ev["inits"].items():
-            pos = {st: i for i, st in enumerate(curve["steps"])}
-            last = max(curve["steps"])  # what was evaluated (eval --steps), not what the config says
-            cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
-                     if c in pos else "" for c in (0, 1, 5, last)]
-            rows.append(f"| {name} | {cfg['algorithm']} | {tasks} | {t['k_shot']} | {init} | " + " | ".join(cells)
-                        + f" | {last} |")
-    header = ("| run | algorithm | tasks | k_shot | init | 0 steps | 1 step | 5 steps | last step | last |\n|"
-              + "---|" * 10)
-    unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
-        ", mean ± 95% CI over held-out episodes; last step: after the last step evaluated (the last column)")
-    return f"{unit}\n\n{header}\n" + "\n".join(rows)
-
-
-def _results_source(run: Path) -> Path:
-    """The results file ``compare_runs`` reads for ``run`` (a run folder, an `eval --out` folder or a results file),
-    checked to hold a results table."""
-    if run.is_file() and run.suffix == ".json":
-        source, fix = run, "rewrite it with `reptile-fn eval`"
-    elif not run.is_dir():
-        raise ReptileFnError(f"{run} is not a run directory or a results file; pass folders written by `reptile-fn "
-                             "train` or `reptile-fn eval`, or their results.json")
-    elif (run / "eval" / "results.json").exists() or (run / "results.json").exists():
-        source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / "results.json"
-        fix = f"rewrite it with `reptile-fn eval --checkpoint {run}`"
-    else:
-        source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
-        if not (run / CHECKPOINT).exists():
-            fix = f"without the run's {CHECKPOINT} it cannot be rewritten: leave {run} out of the comparison"
-        if not source.exists():
-            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-        ev = data.get("eval", data)
-        ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
-        ok = ok and ("config" in data or source.name == SUMMARY or source == run / "eval" / "results.json"
-                     or "checkpoint" in data)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
-        raise ReptileFnError(f"{source} is {what}; {fix}")
-    return source
-
-
-def _config_dict(run_dir: Path) -> dict:
-    return C.to_dict(stored_config(run_dir))
-
-
-def _num(v: float) -> str:
+def number(v: float) -> str:
+    """A table cell's number: two decimals, or powers of ten when it is large (a diverged MSE)."""
     return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.1e}"

@@ -24,8 +24,12 @@ def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[s
     if kind == "conv4" and text_file:
         raise ConfigError(f"--data {path} is a text file, but this is an image run; pass a folder of class subfolders "
                           "of images (or a zip of one)")
-    if kind == "conv4":
-        return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all",
+    if kind == "conv4":  # an Omniglot run's images as its loader gave them: ink bright on dark (tasks.invert)
+        from reptile_fn.tasks.images import invert_policy
+
+        omniglot = ["tasks.protocol=auto"] if cfg.tasks.dataset == "omniglot" else []
+        return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all", *omniglot,
+                f"tasks.invert={invert_policy(cfg.tasks.dataset, cfg.tasks.invert)}",
                 f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]
     if kind == "text":
         return ["tasks.dataset=csv", f"tasks.path={path}", "tasks.test_split=all"]

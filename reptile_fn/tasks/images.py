@@ -55,6 +55,21 @@ import numpy as np
 
 TRAIN_SPLITS = ("train", "all")
 TEST_SPLITS = ("test", "val", "all")
+INVERT = ("never", "always", "light")  # tasks.invert
+
+
+def invert_policy(dataset: str, invert: str) -> str:
+    """How a run's model wants new images: an Omniglot run was trained on ink = 255 (the loader inverts the scans), so
+    a set of dark strokes on a light background is inverted for it ("light"); an image-folder run as it was trained
+    (``tasks.invert``)."""
+    return "light" if dataset == "omniglot" else invert
+
+
+def inverts(images: np.ndarray, invert: str) -> bool:
+    """Whether ``invert`` turns the uint8 set ``images`` over: "always", "never", or "light": when its mean pixel is
+    light (dark strokes on a light background, e.g. scanned handwriting)."""
+    check_choice("tasks.invert", invert, INVERT)
+    return invert == "always" or (invert == "light" and images.size > 0 and float(images.mean()) > 127.5)
 CACHE_VERSION = 1
 
 
@@ -167,6 +182,7 @@ class ImageTasks:
     test_split: str = "test"
     train_classes: tuple[str, ...] = ()
     test_classes: tuple[str, ...] = ()
+    inverted: bool = False  # the images were turned over (255 - pixel) by tasks.invert
 
     kind: ClassVar[str] = "classification"
 
@@ -229,16 +245,20 @@ class ImageTasks:
 def make_image_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 1, query_size: int = 5,
                      image_size: int = 28, channels: int | None = None, train_split: str = "train",
                      test_split: str = "test", seed: int = 0, val: float = 0.2, test: float = 0.2,
-                     cache: bool = True) -> ImageTasks:
+                     cache: bool = True, invert: str = "never") -> ImageTasks:
     """An episode sampler over the images at ``path``: ``train_split`` ("train" or "all") for ``sample_train``,
     ``test_split`` ("test", "val" or "all": every class, to score a run on a data set it never trained on) for
     ``sample_test``. ``seed``, ``val`` and ``test`` choose the split (``split_images``), not the sampling key.
-    ``channels``: 1 or 3 to convert every image to that many (a model's input), None to keep the data's."""
+    ``channels``: 1 or 3 to convert every image to that many (a model's input), None to keep the data's.
+    ``invert``: never, always, or light (``inverts``: when the set is mostly light), decided once for the whole set."""
     check_choice("train_split", train_split, TRAIN_SPLITS)
     check_choice("test_split", test_split, TEST_SPLITS)
     data = load_images(path, image_size=image_size, cache=cache)
     if channels is not None:
         data = data._replace(images=with_channels(data.images, channels), channels=channels)
+    flipped = inverts(data.images, invert)
+    if flipped:
+        data = data._replace(images=255 - data.images)
     everything = {"all": np.arange(len(data.classes))}  # "all" twice needs no split (nor 3 classes or groups)
     index = split_images(data, seed=seed, val=val, test=test) if {train_split, test_split} != {"all"} else everything
 
@@ -252,4 +272,5 @@ def make_image_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 1
 
     train, train_classes = device(train_split)
     held, test_classes = device(test_split)
-    return ImageTasks(*train, *held, n_way, k_shot, query_size, train_split, test_split, train_classes, test_classes)
+    return ImageTasks(*train, *held, n_way, k_shot, query_size, train_split, test_split, train_classes, test_classes,
+                      flipped)

@@ -1,0 +1,101 @@
+"""Several runs side by side: ``compare_runs`` reads each run's (or each evaluation's) results and prints one
+markdown table, every row labelled with what it was scored on (data, split, episodes) and how far it adapted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reptile_fn import config as C
+from reptile_fn.errors import CheckpointError, ReptileFnError
+from reptile_fn.run.files import CHECKPOINT, SUMMARY, stored_config
+from reptile_fn.run.report import number as _num
+
+
+def compare_runs(runs: list[Path]) -> str:
+    """Markdown: one row per (run, init) with the final few-shot results. A run folder gives its eval/results.json
+    if present (the latest `eval`), else its summary.json; an `eval --out` folder or a results file gives its own."""
+    rows, metrics = [], set()
+    runs = [Path(r) for r in runs]
+    sources = [_results_source(run) for run in runs]
+    twice = next((r for i, r in enumerate(runs) if r.resolve() in [q.resolve() for q in runs[:i]]), None)
+    if twice is not None:
+        raise ReptileFnError(f"{twice} is given twice; compare each run once")
+    names = [run.name for run in runs]
+    for run, source in zip(runs, sources):
+        data = json.loads(source.read_text())
+        ev = data.get("eval", data)
+        own = source.name == SUMMARY or source == run / "eval" / "results.json"  # else: the folder of its checkpoint
+        cfg = data.get("config") or _config_dict(run if own else Path(data["checkpoint"]).parent)
+        metrics.add(ev["metric"])
+        if len(metrics) > 1:
+            raise ReptileFnError("the runs are scored by different metrics (accuracy, higher is better, and MSE, lower "
+                                 "is better); compare classification runs and regression runs separately")
+        key, scale = ("metric", 100.0) if ev["metric"] == "accuracy" else ("loss", 1.0)
+        t = cfg["tasks"]
+        name = _cell(str(run) if names.count(run.name) > 1 else run.name)
+        for init, curve in ev["inits"].items():
+            pos = {st: i for i, st in enumerate(curve["steps"])}
+            last = max(curve["steps"])  # what was evaluated (eval --steps), not what the config says
+            cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
+                     if c in pos else "" for c in (0, 1, 5, last)]
+            rows.append(f"| {name} | {cfg['algorithm']} | {_tasks(t)} | {_split(t)} | {curve.get('episodes', '')} | "
+                        f"{t['k_shot']} | {init} | " + " | ".join(cells) + f" | {last} |")
+    header = ("| run | algorithm | tasks | split | episodes | k_shot | init | 0 steps | 1 step | 5 steps | last step "
+              "| last |\n|" + "---|" * 12)
+    unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
+        ", mean ± 95% CI over held-out episodes; last step: after the last step evaluated (the last column)")
+    return f"{unit}\n\n{header}\n" + "\n".join(rows)
+
+
+def _results_source(run: Path) -> Path:
+    """The results file ``compare_runs`` reads for ``run`` (a run folder, an `eval --out` folder or a results file),
+    checked to hold a results table."""
+    if run.is_file() and run.suffix == ".json":
+        source, fix = run, "rewrite it with `reptile-fn eval`"
+    elif not run.is_dir():
+        raise ReptileFnError(f"{run} is not a run directory or a results file; pass folders written by `reptile-fn "
+                             "train` or `reptile-fn eval`, or their results.json")
+    elif (run / "eval" / "results.json").exists() or (run / "results.json").exists():
+        source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / "results.json"
+        fix = f"rewrite it with `reptile-fn eval --checkpoint {run}`"
+    else:
+        source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
+        if not (run / CHECKPOINT).exists():
+            fix = f"without the run's {CHECKPOINT} it cannot be rewritten: leave {run} out of the comparison"
+        if not source.exists():
+            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        ev = data.get("eval", data)
+        ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
+        ok = ok and ("config" in data or source.name == SUMMARY or source == run / "eval" / "results.json"
+                     or "checkpoint" in data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
+        raise ReptileFnError(f"{source} is {what}; {fix}")
+    return source
+
+
+def _tasks(t: dict) -> str:
+    """What the run was scored on: its synthetic families, or its data set (for your own data, the file or folder
+    evaluated: ``eval --data`` scores other data than the run's training set) and way."""
+    if t["dataset"] == "synthetic":
+        return ", ".join(t["families"])
+    data = f" {_cell(Path(t['path']).name)}" if t.get("path") else ""
+    return f"{t['dataset']}{data} {t['n_way']}-way"
+
+
+def _split(t: dict) -> str:
+    """The held-out split scored: test, val, evaluation (Omniglot), banking77, or all (every class of --data)."""
+    return "" if t["dataset"] == "synthetic" else t.get("test_split", "test")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a | would split the row
+
+
+def _config_dict(run_dir: Path) -> dict:
+    return C.to_dict(stored_config(run_dir))
