@@ -4,6 +4,7 @@ never trained on (`eval --data`), and `adapt` a run, or a shipped initialization
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,6 @@ def test_eval_on_a_folder_the_run_never_saw(image_run, tmp_path):
 def test_eval_data_that_repeats_training_classes_is_refused_whatever_its_name(image_run, tmp_path):
     """A zip of the training folder, or a new folder holding a copy of one meta-training class under another name,
     would be scored as held-out: the images are compared, not the paths."""
-    import shutil
-
     root, out = image_run
     zipped = shutil.make_archive(str(tmp_path / "train_set"), "zip", root / "train_set")
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", zipped, "--out", str(tmp_path / "e1")])
@@ -169,6 +168,15 @@ def test_adapt_a_plain_folder_and_the_python_function(image_run, tmp_path):
     assert pred.items == ("item_0.png", "item_1.png", "item_2.png") and pred.labels is None and pred.accuracy is None
     assert pred.probabilities.shape == (3, 2) and pred.steps == 8
     assert [pred.classes[i] for i in pred.predicted] == ["class_31"] * 3
+    # a labelled query of a single class is scored (it is not a few-shot data set: one class is enough) ...
+    one = tmp_path / "one"
+    shutil.copytree(tmp_path / "q" / "class_31", one / "class_31")
+    pred, _, _ = adapt_to(out / "checkpoint.safetensors", support, one, steps=8)
+    assert pred.labels is not None and pred.accuracy == 1.0 and len(pred.items) == 3
+    # ... and a zip of a plain folder is the folder's images to label, not a class named after the folder
+    zipped = shutil.make_archive(str(tmp_path / "to_label"), "zip", tmp_path, "to_label")
+    pred, _, _ = adapt_to(out / "checkpoint.safetensors", support, zipped, steps=8)
+    assert pred.labels is None and len(pred.items) == 3
 
 
 def test_a_shipped_omniglot_init_adapts_to_colour_images(tmp_path):

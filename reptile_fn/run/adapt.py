@@ -176,14 +176,17 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "
     from reptile_fn.tasks import image_files, images
 
     size, _, channels = in_dim
-    if classes is None or image_files.has_class_folders(path):
-        data = images.load_images(path, image_size=size, cache=False)
+    one = image_files.only_folder(path) if classes is not None else None  # a zip of a plain folder, or one class
+    wrapped = one is not None and one not in classes  # not a support class: a folder of images to label
+    if classes is None or (image_files.has_class_folders(path) and not wrapped):
+        minimum = 2 if classes is None else 1  # a labelled query may hold a single class
+        data = images.load_images(path, image_size=size, cache=False, min_classes=minimum)
         labels = np.repeat(np.arange(len(data.classes)), data.counts)
         with image_files.open_source(path) as (listing, _, _, _):
-            items = [name for files in image_files.find_classes(listing, str(path))[1] for name in files]
+            items = [name for files in image_files.find_classes(listing, str(path), minimum)[1] for name in files]
         pixels, found = data.images, data.classes
     else:  # a plain folder of images to label
-        pixels, items = image_files.read_folder(path, size)
+        pixels, items = image_files.read_folder(path, size, inside=one if wrapped else None)
         labels, found = None, classes
     pixels = images.with_channels(pixels, channels)
     flip = images.inverts(pixels, invert) if flip is None else flip

@@ -98,8 +98,9 @@ def _list_zip(z: zipfile.ZipFile, path: Path) -> _Listing:
     return listing
 
 
-def find_classes(listing: _Listing, where: str) -> tuple[list[tuple[str, str]], list[list[str]]]:
-    """(group, class) of each class, sorted, and each class's image names, sorted by file name."""
+def find_classes(listing: _Listing, where: str, min_classes: int = 2) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """(group, class) of each class, sorted, and each class's image names, sorted by file name. A few-shot data set
+    needs two classes or more; ``min_classes=1`` reads a single class too (labelled items to score)."""
     images, dirs = listing.images, listing.dirs
     if not images:
         found = f"; found {len(listing.others)} other files, e.g. {listing.others[0][1]!r}" if listing.others else ""
@@ -129,7 +130,7 @@ def find_classes(listing: _Listing, where: str) -> tuple[list[tuple[str, str]], 
             raise DataError(f"the {what} folder {'/'.join(empty[0])!r} in {where} holds no images "
                             f"({' '.join(EXTENSIONS)}); add images to it or delete it")
     keys = sorted(members, key=lambda k: (k[0], k[-1]))
-    if len(keys) < 2:
+    if len(keys) < min_classes:
         raise DataError(f"{where} has one class only ({'/'.join(keys[0])!r}); a few-shot data set needs a folder "
                         f"per class ({LAYOUTS}) and at least n_way classes")
     return [(k[0], "/".join(k)) for k in keys], [[name for _, name in sorted(members[k])] for k in keys]
@@ -183,10 +184,12 @@ def read_image(opener: Callable, name: str, shown: str, size: int) -> tuple[np.n
                         f"({' '.join(EXTENSIONS)}) or delete it") from None
 
 
-def read_classes(names: list[list[str]], size: int, opener: Callable, show: Callable) -> tuple[np.ndarray, np.ndarray]:
-    """Every class's images decoded: (images uint8 (N, S, S, C), counts int32)."""
-    decoded = []
-    with progress.task(f"decoding {sum(map(len, names))} images (once; then cached)", sum(map(len, names))) as bar:
+def read_classes(names: list[list[str]], size: int, opener: Callable, show: Callable,
+                 cached: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every class's images decoded: (images uint8 (N, S, S, C), counts int32). ``cached``: the caller keeps the
+    result, and the progress line says so."""
+    decoded, n = [], sum(map(len, names))
+    with progress.task(f"decoding {n} images" + (" (once; then cached)" if cached else ""), n) as bar:
         for files in names:
             for name in files:
                 decoded.append(read_image(opener, name, show(name), size))
@@ -214,11 +217,13 @@ def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str]
         yield _list_zip(z, path), z.open, (lambda name: f"{name!r} in {path}"), None
 
 
-def read_folder(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
-    """The images directly in the folder ``path`` (not in subfolders), decoded like ``read_classes``, with their
-    file names: (images uint8 (n, S, S, C), names)."""
+def read_folder(path: Path, size: int, inside: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """The images directly in the folder ``path`` (not in subfolders; ``inside``: in that one subfolder, e.g. the
+    folder a zip was made of), decoded like ``read_classes``, with their file names: (images uint8 (n, S, S, C),
+    names)."""
+    where = (inside,) if inside else ()
     with open_source(path) as (listing, opener, show, _):
-        names = sorted(name for parts, name in listing.images if len(parts) == 1)
+        names = sorted(name for parts, name in listing.images if tuple(parts[:-1]) == where)
         if not names:
             raise DataError(f"no images ({' '.join(EXTENSIONS)}) directly in {path}; put the images to label in it")
         images, _ = read_classes([names], size, opener, show)
@@ -229,3 +234,11 @@ def has_class_folders(path: Path) -> bool:
     """Whether the folder or zip at ``path`` holds its images in class folders (else they lie in it directly)."""
     with open_source(path) as (listing, _, _, _):
         return any(len(parts) > 1 for parts, _ in listing.images)
+
+
+def only_folder(path: Path) -> str | None:
+    """The one subfolder every image of the folder or zip at ``path`` lies directly in (a zip of a folder, or a
+    single class), else None."""
+    with open_source(path) as (listing, _, _, _):
+        tops = {tuple(parts[:-1]) for parts, _ in listing.images}
+    return next(iter(tops))[0] if len(tops) == 1 and len(next(iter(tops))) == 1 else None

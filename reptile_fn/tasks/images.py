@@ -103,7 +103,7 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return (np.cumsum(counts) - counts).astype(np.int32)
 
 
-def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = True) -> ImageSet:
+def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = True, min_classes: int = 2) -> ImageSet:
     """Every image of the folder or ``.zip`` at ``path``, decoded to ``image_size`` square (from the cache when
     it is current); see the module docstring for layouts, modes, resizing and errors."""
     check_int("image_size", image_size, 1, "pixels per side of the resized images")
@@ -114,10 +114,10 @@ def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = 
         raise DataError(f"{path} is a file but not a .zip; give a folder or a .zip laid out as {LAYOUTS}")
     path = path.resolve()
     with open_source(path) as (listing, opener, show, fingerprint):
-        groups_classes, names = find_classes(listing, str(path))
+        groups_classes, names = find_classes(listing, str(path), min_classes)
 
         def build() -> dict[str, np.ndarray]:
-            images, counts = read_classes(names, image_size, opener, show)
+            images, counts = read_classes(names, image_size, opener, show, cached=cache)
             return {"images": images, "counts": counts, "offsets": _offsets(counts),
                     "classes": np.array([c for _, c in groups_classes], dtype=np.str_),
                     "groups": np.array([g for g, _ in groups_classes], dtype=np.str_)}
