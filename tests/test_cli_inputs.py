@@ -136,6 +136,21 @@ def test_info_lists_shipped_configs():
         assert name in row
 
 
+def test_info_counts_a_data_set_configs_parameters_without_its_data(monkeypatch, tmp_path):
+    """Counting parameters needs the model's shapes, which an Omniglot or text config gives without its data
+    (info has no --data-dir to give)."""
+    monkeypatch.delenv("REPTILE_FN_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["info", "--config", "omniglot_20w1s"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith("parameters"))
+    from reptile_fn.models import conv4
+    from reptile_fn.tree import param_count
+
+    expected = param_count(conv4((28, 28, 1), 20, filters=64, norm="batch").init(mx.random.key(0)))
+    assert f"conv4: {expected:,} of {expected:,} adapt per task" in row
+
+
 def test_train_with_a_shipped_config_name_writes_runs_under_its_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "--config", "sine", "--no-progress", *_sets(TINY)])

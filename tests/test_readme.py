@@ -35,3 +35,18 @@ def test_readme_peft_example_runs_and_prints_what_it_says(capsys):
     printed = capsys.readouterr().out.strip()
     promised = re.search(r"print\(peft.ranks.*# (.*)$", code, re.M).group(1)
     assert printed == promised
+
+
+def test_readme_python_snippets_run_clean_in_a_fresh_interpreter(tmp_path):
+    """Each snippet as a user pastes it into a new Python: no warning (importing mlx.core before reptile_fn warns
+    that the slow reference BLAS may run)."""
+    import subprocess
+    import sys
+
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", README, re.S)):
+        script = tmp_path / f"snippet{i}.py"
+        script.write_text(code)
+        proc = subprocess.run([sys.executable, "-W", "default", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr, (i, proc.stderr)

@@ -213,8 +213,9 @@ def adaptation_speed(ev: dict, k: int) -> dict:
 def describe_model(cfg) -> str:
     """Parameter counts of a config's model: total, adapted per task, meta-learned (PEFT: the adapter)."""
     from reptile_fn.run.build import build
+    from reptile_fn.run.stored import config_shapes
 
-    run = build(cfg)
+    run = build(cfg, shapes=config_shapes(cfg))  # no data read where the settings give the shapes
     params = run.model.init(mx.random.key(cfg.seed))  # shapes only: a random base stands in for a pretrained one
     if run.peft is not None:
         return f"{'parameters':<14} " + format_peft(peft_summary(run, params))

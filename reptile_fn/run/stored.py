@@ -54,3 +54,17 @@ def stored_shapes(cfg: C.Config, arrays: dict, meta: dict) -> tuple:
     conv0 = next(a for k, a in arrays.items() if k.endswith("conv0.w"))
     size = 28 if cfg.tasks.dataset == "omniglot" else cfg.model.image_size
     return (size, size, int(conv0.shape[-1])), cfg.tasks.n_way
+
+
+def config_shapes(cfg: C.Config) -> tuple | None:
+    """``(in_dim, out_dim)`` a config's model takes, when its settings alone say so (no data read): Omniglot's 28×28
+    drawings, sentences, images with ``model.channels`` set; None when only the data can tell (synthetic families
+    are built without data anyway; images of unknown channels)."""
+    t, kind = cfg.tasks, C.model_kind(cfg)
+    if t.dataset == "omniglot":
+        return (28, 28, 1), t.n_way
+    if kind == "text":
+        return (2, 0), t.n_way
+    if t.dataset == "images" and cfg.model.channels is not None:
+        return (cfg.model.image_size, cfg.model.image_size, cfg.model.channels), t.n_way
+    return None
