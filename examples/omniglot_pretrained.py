@@ -1,11 +1,12 @@
 """Score a shipped meta-learned Omniglot initialization on held-out characters.
 
-The package ships Reptile initializations of the conv4 network for 5-way 1-shot and 5-shot
-(``reptile_fn/pretrained``; research/results.md says how they were trained). Load one by name,
+The package ships Reptile initializations of the conv4 network for 5-way and 20-way, 1-shot and 5-shot
+(omniglot-5w1s, omniglot-5w5s, omniglot-20w1s, omniglot-20w5s in ``reptile_fn/pretrained``; research/results.md
+says how they were trained, ``reptile-fn info --checkpoint NAME`` prints a card). Load one by name,
 adapt it on each episode's support set and score the query set (transductive batch norm, as the
 papers' main tables):
 
-    uv run python examples/omniglot_pretrained.py --data-dir DIR    # DIR/omniglot/images_background.zip
+    uv run python examples/omniglot_pretrained.py --data-dir DIR    # DIR/omniglot/images_*.zip
     uv run python examples/omniglot_pretrained.py --data-dir DIR --name omniglot-5w5s --episodes 200
 
 ``reptile-fn download omniglot --data-dir DIR`` fetches the official zips.

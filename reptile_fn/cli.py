@@ -190,8 +190,9 @@ def train(
 @app.command("eval")
 @_errors_to_exit
 def eval_(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint.safetensors written by train, or a "
-                                    "shipped initialization's name (omniglot-5w1s, omniglot-5w5s)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder written by train (or its "
+                                    "checkpoint.safetensors), or a shipped initialization's name (`reptile-fn info` "
+                                    "lists them)."),
     baselines: Optional[str] = typer.Option(
         None, "--baselines", help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only); "
         "PEFT runs: lora0 (fresh adapter; not for peft.method head/full), base-full, base-head, random. "
@@ -252,8 +253,8 @@ def eval_(
 @app.command()
 @_errors_to_exit
 def adapt(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run's checkpoint.safetensors, or a shipped "
-                                    "initialization's name (e.g. omniglot-5w1s)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder (or its checkpoint.safetensors), or a "
+                                    "shipped initialization's name (e.g. omniglot-5w1s; `reptile-fn info` lists them)."),
     support: Path = typer.Option(..., "--support", help="Your labelled examples: a folder of class subfolders of "
                                  "images (image runs) or a CSV with text,label columns (text runs)."),
     query: Path = typer.Option(..., "--query", help="What to label: a folder of images (or of class subfolders, "
@@ -293,7 +294,7 @@ def adapt(
 @app.command()
 @_errors_to_exit
 def embed(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by train, or a shipped name: a "
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder or checkpoint, or a shipped name: a "
                                     "run on synthetic classification families (names the family) or Omniglot (the alphabet)."),
     family: List[str] = typer.Option([], "--family", help="Only these task families (repeatable; default: the run's)."),
     shots: int = typer.Option(5, "--shots", help="Support examples per class of every embedded task (k_shot)."),
@@ -346,7 +347,8 @@ def embed(
 @_errors_to_exit
 def download(
     dataset: str = typer.Argument(..., help="What to download: omniglot."),
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="The data folder: the zips go into its "
+                                            "omniglot/ subfolder (default: $REPTILE_FN_DATA)."),
     sets: str = typer.Option("background,evaluation", "--sets", help="Omniglot zips: background, evaluation."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file whose checksum differs."),
 ) -> None:

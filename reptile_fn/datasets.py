@@ -150,7 +150,7 @@ def download_omniglot(
     for s in sets:
         _check_set(s)
     dest = Path(dest).expanduser()
-    created = not dest.exists()
+    created = [p for p in (dest, *dest.parents) if not p.exists()]  # innermost first
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -158,8 +158,9 @@ def download_omniglot(
     try:
         return _download_sets(dest, sets, overwrite, say)
     except BaseException:
-        if created and not any(dest.iterdir()):  # a failed download leaves no empty folder of its own behind
-            dest.rmdir()
+        for folder in created:  # a failed download leaves none of the folders it made behind (if still empty)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
 
 
@@ -176,7 +177,7 @@ def _download_sets(dest: Path, sets: tuple[str, ...], overwrite: bool, say) -> l
             if not overwrite:
                 raise DataError(
                     f"{path} exists but is not the official file (its size or SHA-256 differs); delete it, "
-                    "or download again with overwrite=True (--force on the command line)"
+                    "or download again with --force (overwrite=True in Python)"
                 )
         url = OMNIGLOT_URL.format(set=s)
         say(f"downloading {url} ({size / 1e6:.1f} MB)")

@@ -60,10 +60,11 @@ def training_curve(metrics_jsonl: str | Path, path: str | Path, title: str | Non
     if evals:
         key = "metric" if "metric" in evals[0]["eval"] else "loss"
         ax2 = ax.twinx() if key == "metric" else ax
-        ax2.plot([r["iteration"] for r in evals], [r["eval"][key] for r in evals], color="C1", marker="o",
-                 markersize=3, label="held-out accuracy after adaptation" if key == "metric" else "held-out query loss")
+        scale = 100.0 if key == "metric" else 1.0  # accuracy in %, as every table prints it
+        ax2.plot([r["iteration"] for r in evals], [scale * r["eval"][key] for r in evals], color="C3", marker="o",
+                 markersize=3, label="held-out accuracy after adaptation (%)" if key == "metric" else "held-out query loss")
         if key == "metric":
-            ax2.set_ylabel("held-out query accuracy")
+            ax2.set_ylabel("held-out query accuracy (%)")
             ax2.legend(loc="lower right")
     ax.legend(loc="upper right")
     ax.set_title(title or "meta-training")

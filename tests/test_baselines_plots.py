@@ -42,8 +42,14 @@ def test_adaptation_speed_on_hand_made_curves():
                                          "never": curve([0.5] * 5)}}
     speed = report.adaptation_speed(ev, 2)
     assert speed["target"] == 0.9 and speed["meta_steps"] == 2
-    assert speed["inits"]["slow"] == {"steps": 4, "reached": True, "ratio": 2.0}
+    assert speed["inits"]["slow"] == {"steps": 4, "reached": True, "ratio": 2.0, "steps_from": 4}
     assert speed["inits"]["never"]["reached"] is False and speed["inits"]["never"]["ratio"] == 2.0
+    # a sparse grid past step 2 (0, 1, 2, 5, 10): reached at recorded step 10 means somewhere in 6..10
+    sparse = {"metric": "accuracy", "inits": {name: dict(c, steps=[0, 1, 2, 5, 10]) for name, c in ev["inits"].items()}}
+    speed = report.adaptation_speed(sparse, 2)
+    assert speed["inits"]["slow"]["steps"] == 10 and speed["inits"]["slow"]["steps_from"] == 6
+    table = report.format_speed(speed)
+    assert "6-10 steps" in table and "≤5.0x" in table and ">10 steps" in table
 
 
 def test_pretraining_lowers_the_pooled_loss_and_is_deterministic():

@@ -184,8 +184,11 @@ def test_download_network_error_and_existing_bad_file(monkeypatch, tmp_path):
     with pytest.raises(DataError, match="could not download .*no route to host"):
         datasets.download_omniglot(tmp_path, ["background"])
     assert os.listdir(tmp_path) == []
+    with pytest.raises(DataError, match="could not download"):  # the folders it made for it go again
+        datasets.download_omniglot(tmp_path / "new" / "deeper", ["background"])
+    assert os.listdir(tmp_path) == []
     (tmp_path / "images_background.zip").write_bytes(b"not the official file")
-    with pytest.raises(DataError, match="exists but is not the official file"):
+    with pytest.raises(DataError, match="exists but is not the official file.*--force"):
         datasets.download_omniglot(tmp_path, ["background"])
     with pytest.raises(DataError, match="unknown Omniglot set 'foo'"):
         datasets.download_omniglot(tmp_path, ["foo"])

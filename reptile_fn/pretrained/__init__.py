@@ -59,8 +59,9 @@ def format_card(c: dict) -> str:
              f"  trained    {t['algorithm']}; {t['meta_iterations']:,} meta-iterations{paper}, meta-batch "
              f"{t['meta_batch_size']}", f"  command    {t['command']}"]
     for s in c["scores"]:
+        steps = "" if f"after {s['steps']} inner steps" in s["mode"] else f", {s['steps']} steps"  # said once
         lines.append(f"  score      {s['accuracy']:.2f} ± {s['ci95']:.2f}% on {s['split']}, {s['mode']}, {s['episodes']} "
-                     f"episodes, {s['steps']} steps")
+                     f"episodes{steps}")
     p = c.get("paper")
     if p:
         lines.append(f"  paper      {p['transductive']} transductive / {p['non_transductive']} non-transductive ({p['note']})")
