@@ -21,6 +21,15 @@ def enable(on: bool = True) -> None:
     _enabled["on"] = on
 
 
+def duration(seconds: float) -> str:
+    """A time span a reader takes in at a glance: 42 s, 17 min, 31.1 h (? when not known yet)."""
+    if seconds != seconds:  # NaN: nothing done yet
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 class Task:
     """One long phase of ``total`` units: ``advance(n)`` as they are done."""
 
@@ -47,7 +56,7 @@ class Task:
             self.last = now
             elapsed = now - self.t0
             eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-            print(f"{self.label}: {self.done}/{self.total} ({elapsed:.0f} s, eta {eta:.0f} s)", file=sys.stderr,
+            print(f"{self.label}: {self.done}/{self.total} ({duration(elapsed)}, eta {duration(eta)})", file=sys.stderr,
                   flush=True)
 
     def close(self) -> None:

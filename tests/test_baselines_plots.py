@@ -165,3 +165,11 @@ def test_compare_prints_a_markdown_table(two_runs):
     assert lines[0].startswith("| run | algorithm") and any("| b | fomaml |" in line for line in lines)
     bad = CliRunner().invoke(app, ["compare", str(two_runs / "missing")])
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_progress_durations_read_at_a_glance():
+    from reptile_fn.progress import duration
+
+    assert [duration(s) for s in (0.4, 119, 120, 7199, 7200, 112021)] == ["0 s", "119 s", "2 min", "120 min", "2.0 h",
+                                                                          "31.1 h"]
+    assert duration(float("nan")) == "?"

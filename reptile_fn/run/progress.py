@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable
 
-from reptile_fn.progress import LINE_EVERY
+from reptile_fn.progress import LINE_EVERY, duration
 
 class NoProgress:
     def on_log(self, iteration: int, record: dict) -> None:
@@ -37,7 +37,7 @@ class Lines:
         info = " ".join(f"{k}={v:.3g}" for k, v in record.items() if k != "iteration")
         done = iteration - self.start
         eta = (now - self.t0) / done * (self.total - iteration) if done > 0 else float("nan")
-        self.log(f"meta-iteration {iteration}/{self.total} {info} ({now - self.t0:.0f} s, eta {eta:.0f} s)")
+        self.log(f"meta-iteration {iteration}/{self.total} {info} ({duration(now - self.t0)}, eta {duration(eta)})")
 
     def close(self) -> None:
         pass
