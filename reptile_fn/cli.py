@@ -234,11 +234,11 @@ def eval_(
     if json_out is not None:
         io.check_out_dir(json_out.parent, (json_out.name,), option="--json")
     run, params, state, iteration = load(checkpoint, overrides, data=data)
-    if getattr(run.tasks, "inverted", False):
-        typer.echo(f"the images of {data} were inverted (mostly light: dark strokes on a light background), as the "
-                   "run's training images were (bright strokes on dark; tasks.invert)")
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
+    if getattr(run.tasks, "inverted", 0):
+        typer.echo(f"{run.tasks.inverted} images of {data} were inverted (light: dark strokes on a light background), "
+                   "to look like the run's training images (bright strokes on dark; tasks.invert)")
     ev = final_evaluation(run, params, state, episodes=episodes, steps=steps, baselines=base,
                           speed_steps=speed_steps or None)
     typer.echo(f"{checkpoint} (meta-iteration {iteration})")
@@ -283,8 +283,8 @@ def adapt(
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
                f"labelled {len(pred.items)} items of {query}: " + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
     if pred.inverted:
-        typer.echo("the images were inverted (mostly light: dark strokes on a light background), as the run's training "
-                   "images were (bright strokes on dark; tasks.invert)")
+        typer.echo(f"{pred.inverted} of the images were inverted (light: dark strokes on a light background), to look "
+                   "like the run's training images (bright strokes on dark; tasks.invert)")
     if pred.accuracy is not None:
         typer.echo(f"accuracy on the labelled query items: {100 * pred.accuracy:.2f}% ({len(pred.items)} items)")
     written = save_predictions(pred, run, state, out, source=str(checkpoint))

@@ -134,10 +134,14 @@ def test_an_omniglot_init_takes_dark_ink_on_white_as_its_loader_gave_it(tmp_path
     text = cli("eval", "--checkpoint", "omniglot-5w1s", "--data", tmp_path / "scans", "--episodes", 2, "--steps", 1,
                "--speed-steps", 0, "--out", tmp_path / "ev")
     assert "were inverted" in text
-    support, query = tmp_path / "scans", tmp_path / "scans"
-    pred, _, _ = adapt_to("omniglot-5w1s", support, query, steps=1)
-    assert pred.inverted
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["inverted_images"] == 18
+    pred, _, _ = adapt_to("omniglot-5w1s", tmp_path / "scans", tmp_path / "scans", steps=1)
+    assert pred.inverted == 36  # support and query
     assert not adapt_to("omniglot-5w1s", tmp_path / "inked", tmp_path / "inked", steps=1)[0].inverted
+    # image by image: scanned support, inked query (or a set of both) end up one way, and score the same
+    mixed, _, _ = adapt_to("omniglot-5w1s", tmp_path / "scans", tmp_path / "inked", steps=1)
+    assert mixed.inverted == 18 and mixed.accuracy == pred.accuracy
+    np.testing.assert_allclose(mixed.probabilities, pred.probabilities, atol=1e-6)
 
 
 def test_adapt_labels_new_images_and_writes_predictions_and_parameters(image_run, tmp_path):

@@ -214,7 +214,18 @@ def test_a_stop_during_the_evaluation_is_evaluated_on_resume(tmp_path, tiny_run,
     assert meta["iteration"] == 10 and meta["eval_due"] is True  # eval.every = 10
     assert not any("eval" in r for r in R.files.read_metrics(part / R.METRICS))
     monkeypatch.setattr(loop, "evaluate_init", real)
-    resumed = _train(None, part, resume=True)
+    calls = []
+
+    def stop_at_the_first_step(*args, **kwargs):  # a resume stopped after the due evaluation, before any step
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_iteration", lambda run, w: stop_at_the_first_step)
+    with pytest.raises(KeyboardInterrupt):
+        _train(None, part, resume=True)
+    assert calls and sum("eval" in r for r in R.files.read_metrics(part / R.METRICS)) == 1
+    monkeypatch.undo()
+    resumed = _train(None, part, resume=True)  # evaluates again: the log must hold it once
     assert (part / R.METRICS).read_text() == (full / R.METRICS).read_text()
     assert resumed["eval"] == full_summary["eval"]
     _assert_same_checkpoint(full / R.CHECKPOINT, part / R.CHECKPOINT)

@@ -42,7 +42,7 @@ class Predictions(NamedTuple):
     labels: np.ndarray | None  # the query items' true classes (indices into ``classes``), when given
     params: Tree  # the adapted parameters
     steps: int
-    inverted: bool = False  # images turned over (255 - pixel) to match the run's training images (tasks.invert)
+    inverted: int = 0  # support and query images turned over (255 − pixel) to match the run's training images
 
     @property
     def predicted(self) -> np.ndarray:
@@ -87,7 +87,7 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
     probs = [mx.softmax(score(adapted, shots.x, asked.x[i:i + QUERY_CHUNK]), axis=-1)
              for i in range(0, asked.x.shape[0], QUERY_CHUNK)]
     probabilities = np.concatenate([np.array(p) for p in probs])
-    inverted = getattr(reader, "inverted", lambda: False)()
+    inverted = getattr(reader, "inverted", lambda: 0)()
     return Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps, inverted), run, state
 
 
@@ -140,14 +140,14 @@ def _reader(run: Run):
     if kind == "conv4":
         from reptile_fn.tasks.images import invert_policy
 
-        policy, decided = invert_policy(run.cfg.tasks.dataset, run.cfg.tasks.invert), []  # the support set decides
+        policy, flipped = invert_policy(run.cfg.tasks.dataset, run.cfg.tasks.invert), []
 
         def read(path, classes):
-            data, flip = _images(_kind_of(path, "image", run), classes, run.in_dim, policy, decided[0] if decided else None)
-            decided[:] = [flip]
+            data, flip = _images(_kind_of(path, "image", run), classes, run.in_dim, policy)
+            flipped.append(int(flip.sum()))
             return data
 
-        read.inverted = lambda: bool(decided and decided[0])
+        read.inverted = lambda: sum(flipped)
         return read
     if kind == "text":
         from reptile_fn.text.encoder import load_tokenizer
@@ -169,10 +169,8 @@ def _kind_of(path: Path, kind: str, run: Run) -> Path:
     return path
 
 
-def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "never",
-            flip: bool | None = None) -> tuple[Labelled, bool]:
-    """The images at ``path`` as the model takes them, and whether they were inverted: ``flip`` if given (the
-    support set's choice, so a query is read the same way), else as ``invert`` decides for this set."""
+def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "never") -> tuple[Labelled, np.ndarray]:
+    """The images at ``path`` as the model takes them, and which of them ``invert`` turned over."""
     from reptile_fn.tasks import image_files, images
 
     size, _, channels = in_dim
@@ -189,8 +187,8 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "
         pixels, items = image_files.read_folder(path, size, inside=one if wrapped else None)
         labels, found = None, classes
     pixels = images.with_channels(pixels, channels)
-    flip = images.inverts(pixels, invert) if flip is None else flip
-    x = images.decode(mx.array(255 - pixels if flip else pixels))
+    flip = images.inverts(pixels, invert)
+    x = images.decode(mx.array(images.inverted(pixels, flip)))
     return _match(Labelled(x, labels, tuple(found), tuple(items)), classes, path), flip
 
 

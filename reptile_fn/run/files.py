@@ -139,9 +139,11 @@ def _is_record(line: str) -> bool:
     return isinstance(record, dict) and isinstance(record.get("iteration"), int)
 
 
-def truncate_metrics(path: Path, iteration: int) -> None:
-    """Keep only whole records up to the checkpoint, so a resumed run's log equals an uninterrupted one. A line
-    other than the last that is not a record means the file was damaged: refused rather than wiped."""
+def truncate_metrics(path: Path, iteration: int, *, eval_due: bool = False) -> None:
+    """Keep only whole records up to the checkpoint, so a resumed run's log equals an uninterrupted one (``eval_due``:
+    without an evaluation record at ``iteration``, which the resumed run writes: one a stopped resume had already
+    written would appear twice). A line other than the last that is not a record means the file was damaged: refused
+    rather than wiped."""
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -149,5 +151,6 @@ def truncate_metrics(path: Path, iteration: int) -> None:
     if bad is not None:
         raise CheckpointError(f"{path} line {bad} is not a metrics record: the log is damaged; move it away to resume "
                               "(the checkpoint is intact; the resumed run logs from its iteration on)")
-    keep = [r for r in read_metrics(path) if r["iteration"] <= iteration]
+    keep = [r for r in read_metrics(path) if r["iteration"] < iteration
+            or (r["iteration"] == iteration and not (eval_due and "eval" in r))]
     io.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

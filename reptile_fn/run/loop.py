@@ -146,7 +146,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
         require_finite(params, ckpt_path)
         if w.is_main:
             remove_stale_temporaries(out)
-            truncate_metrics(out / METRICS, saved.iteration)
+            truncate_metrics(out / METRICS, saved.iteration, eval_due=saved.eval_due)
             io.write_text(out / CONFIG, C.dump(cfg))  # back, if it was deleted or unreadable (an edit was refused)
             log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
         return run, Progress(params, state, saved.iteration, saved.window, saved.n_window), saved.eval_due

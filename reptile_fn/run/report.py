@@ -254,6 +254,8 @@ def save_results(run: Run, params, state, ev: dict, out_dir: Path, *, checkpoint
                  baselines: dict | None = None, json_out: Path | None = None) -> list[Path]:
     """``results.json`` (and ``json_out``) and the figures of an evaluation; returns the paths written."""
     payload = {"checkpoint": str(checkpoint), "iteration": iteration, "config": C.to_dict(run.cfg), **ev}
+    if getattr(run.tasks, "inverted", 0):  # tasks.invert turned these images over (eval --data of an Omniglot run)
+        payload["inverted_images"] = run.tasks.inverted
     written = [io.write_json(target, payload) for target in filter(None, (Path(out_dir) / "results.json", json_out))]
     return written[:1] + write_figures(run, params, state, ev, Path(out_dir), Path(checkpoint).parent / METRICS,
                                        baselines)

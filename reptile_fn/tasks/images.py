@@ -65,11 +65,19 @@ def invert_policy(dataset: str, invert: str) -> str:
     return "light" if dataset == "omniglot" else invert
 
 
-def inverts(images: np.ndarray, invert: str) -> bool:
-    """Whether ``invert`` turns the uint8 set ``images`` over: "always", "never", or "light": when its mean pixel is
-    light (dark strokes on a light background, e.g. scanned handwriting)."""
+def inverts(images: np.ndarray, invert: str) -> np.ndarray:
+    """Which of the uint8 images (n, S, S, C) ``invert`` turns over: all ("always"), none ("never"), or ("light")
+    each whose mean pixel is light: dark strokes on a light background, e.g. scanned handwriting. Image by image, so a
+    set of mixed polarity, or a query unlike its support set, ends up one way."""
     check_choice("tasks.invert", invert, INVERT)
-    return invert == "always" or (invert == "light" and images.size > 0 and float(images.mean()) > 127.5)
+    if invert != "light":
+        return np.full(len(images), invert == "always")
+    return images.reshape(len(images), -1).mean(axis=1) > 127.5
+
+
+def inverted(images: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """``images`` with those ``flip`` marks turned over (255 − pixel)."""
+    return np.where(flip.reshape(-1, *([1] * (images.ndim - 1))), 255 - images, images) if flip.any() else images
 CACHE_VERSION = 1
 
 
@@ -182,7 +190,7 @@ class ImageTasks:
     test_split: str = "test"
     train_classes: tuple[str, ...] = ()
     test_classes: tuple[str, ...] = ()
-    inverted: bool = False  # the images were turned over (255 - pixel) by tasks.invert
+    inverted: int = 0  # how many images tasks.invert turned over (255 − pixel)
 
     kind: ClassVar[str] = "classification"
 
@@ -256,9 +264,8 @@ def make_image_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 1
     data = load_images(path, image_size=image_size, cache=cache)
     if channels is not None:
         data = data._replace(images=with_channels(data.images, channels), channels=channels)
-    flipped = inverts(data.images, invert)
-    if flipped:
-        data = data._replace(images=255 - data.images)
+    flip = inverts(data.images, invert)
+    data = data._replace(images=inverted(data.images, flip))
     everything = {"all": np.arange(len(data.classes))}  # "all" twice needs no split (nor 3 classes or groups)
     index = split_images(data, seed=seed, val=val, test=test) if {train_split, test_split} != {"all"} else everything
 
@@ -273,4 +280,4 @@ def make_image_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 1
     train, train_classes = device(train_split)
     held, test_classes = device(test_split)
     return ImageTasks(*train, *held, n_way, k_shot, query_size, train_split, test_split, train_classes, test_classes,
-                      flipped)
+                      int(flip.sum()))
