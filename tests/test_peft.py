@@ -432,3 +432,22 @@ def test_frozen_base_is_not_copied_into_the_checkpoint(tmp_path):
     _, whole, _, it = load_run(tmp_path / "whole" / "checkpoint.safetensors")
     _, part, _, _ = load_run(tmp_path / "part" / "checkpoint.safetensors")
     assert it == 6 and max_abs_diff(whole, part) == 0.0
+
+
+def test_eval_data_keeps_a_pretrained_base_from_training_on_the_scored_classes(tmp_path):
+    """With every class held out (eval --data: tasks.test_split = all) the training split is the scored classes, so a
+    peft.base: pretrain (which lora0 / base-full / base-head start from) would be pretrained on them: random only."""
+    from types import SimpleNamespace
+
+    from reptile_fn.run.report import default_baselines
+
+    data = tmp_path / "imgs"
+    for c in range(3):
+        (data / f"c{c}").mkdir(parents=True)
+    held = C.load("images_5w1s", [f"tasks.path={data}", "tasks.test_split=all", "peft.method=lora", "peft.base=pretrain"])
+    run = SimpleNamespace(tasks=object(), cfg=held, peft=object())
+    assert default_baselines(run) == ("random",)
+    with pytest.raises(ConfigError, match="lora0 and base-full baselines are pretrained on the run's training classes"):
+        baseline_inits(run, ("random", "lora0", "base-full"))
+    own = SimpleNamespace(tasks=object(), cfg=C.with_overrides(held, ["peft.base=init"]), peft=object())
+    assert default_baselines(own) == ("lora0", "base-full", "base-head")  # no pretraining: nothing seen

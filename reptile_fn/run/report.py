@@ -71,15 +71,22 @@ def _episode_bytes(run: Run) -> int:
 
 
 def default_baselines(run: Run) -> tuple[str, ...]:
+    if _pretrained_on_held_out(run):
+        return ("random",)
     if run.peft is None:
-        return ("random",) if _trains_on_held_out(run) else ("random", "transfer", "head")
+        return "random", "transfer", "head"
     return ("base-full", "base-head") if _without_adapter(run) else ("lora0", "base-full", "base-head")
 
 
-def _trains_on_held_out(run: Run) -> bool:
-    """Every class is held out (``tasks.test_split = all``: ``eval --data``), so the training split is the same
-    classes and a baseline pretrained on it (transfer, head) would have seen the evaluation's images."""
-    return run.tasks is not None and run.cfg.tasks.test_split == "all"
+def _pretrained_on_held_out(run: Run) -> tuple[str, ...]:
+    """The baselines that would be pretrained on the very classes scored: every class is held out
+    (``tasks.test_split = all``: ``eval --data``), so the training split is those classes, and transfer / head (plain
+    runs) or a PEFT run's ``peft.base: pretrain`` (lora0, base-full, base-head start from it) train on them."""
+    if run.tasks is None or run.cfg.tasks.test_split != "all":
+        return ()
+    if run.peft is None:
+        return "transfer", "head"
+    return ("lora0", "base-full", "base-head") if run.cfg.peft.base == "pretrain" else ()
 
 
 def _without_adapter(run: Run) -> bool:
@@ -103,11 +110,11 @@ def baseline_inits(run: Run, names) -> dict[str, Init]:
     the base), ``base-head`` (its head only), ``random`` (a random base, fully fine-tuned).
     """
     keys = run_keys(run.cfg.seed)
-    pretrained = sorted({"transfer", "head"} & set(names))
-    if run.peft is None and pretrained and _trains_on_held_out(run):
-        raise ConfigError(f"the {' and '.join(pretrained)} baseline{'s are' if len(pretrained) > 1 else ' is'} "
+    leaking = [n for n in names if n in _pretrained_on_held_out(run)]
+    if leaking:
+        raise ConfigError(f"the {' and '.join(leaking)} baseline{'s are' if len(leaking) > 1 else ' is'} "
                           "pretrained on the run's training classes, and here every class is held out (eval --data, or "
-                          "tasks.test_split = all), so it would train on the images it is scored on; use --baselines "
+                          "tasks.test_split = all), so it would train on the data it is scored on; use --baselines "
                           "random")
     if run.peft is None:
         with task("pretraining the transfer baseline", 2000 if {"transfer", "head"} & set(names) else 0) as bar:
