@@ -111,3 +111,31 @@ def test_a_bank_smaller_than_the_alphabets_is_refused(omniglot_run):
     run, params, _, _ = R.load(omniglot_run[0])
     with pytest.raises(ConfigError, match="1 bank tasks for 2 families or alphabets"):
         alphabet_identification(probe(run), params, run.tasks, k_shot=1, bank_tasks=1, query_tasks=1, key=mx.random.key(0))
+
+
+def test_eval_data_of_its_own_training_characters_is_refused(omniglot_run, tmp_path):
+    """An Omniglot run reads --data as its loader read the zips (nearest-neighbour, ink = 255), so a folder of PNGs
+    copied out of its training zip gives the very drawings it meta-trained on, and is refused; characters it never
+    saw are scored."""
+    import zipfile
+
+    checkpoint, root = omniglot_run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(datasets.CACHE_ENV, str(root / "cache"))
+        train_chars = O.load_split("train", root / "data").characters
+        with zipfile.ZipFile(root / "data" / "images_background.zip") as z:
+            for name in z.namelist():
+                alphabet, character = name.rsplit("/", 3)[-3:-1] if name.endswith(".png") else (None, None)
+                if alphabet and f"{alphabet}/{character}" in train_chars[:6]:
+                    target = tmp_path / "copied" / f"{alphabet}_{character}" / name.rsplit("/", 1)[-1]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(z.read(name))
+        assert len(list((tmp_path / "copied").iterdir())) == 6
+        result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "copied"),
+                                     "--out", str(tmp_path / "ev")])
+        assert result.exit_code == 2 and "6 of its 6 classes are at least a quarter images this run meta-trained on" in result.output, result.output
+        make_zip(tmp_path / "new.zip", alphabets=2, characters=3, seed=7)
+        result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "new.zip"),
+                                     "--episodes", "2", "--steps", "1", "--speed-steps", "0", "--out", str(tmp_path / "ev")])
+        assert result.exit_code == 0, result.output
+        assert "inverted" in result.output  # the PNGs are ink on white: turned over, as the loader did

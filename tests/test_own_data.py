@@ -86,13 +86,13 @@ def test_eval_data_that_repeats_training_classes_is_refused_whatever_its_name(im
     root, out = image_run
     zipped = shutil.make_archive(str(tmp_path / "train_set"), "zip", root / "train_set")
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", zipped, "--out", str(tmp_path / "e1")])
-    assert result.exit_code == 2 and "mostly images this run meta-trained on" in result.output, result.output
+    assert result.exit_code == 2 and "at least a quarter images this run meta-trained on" in result.output, result.output
     assert "of its 12 classes" in result.output and not (tmp_path / "e1").exists()
     run, _, _, _ = load(out / "checkpoint.safetensors")
     mixed = write_images(tmp_path / "mixed", range(20, 25), 6, 1)
     shutil.copytree(root / "train_set" / run.tasks.train_classes[0], mixed / "renamed")
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(mixed), "--out", str(tmp_path / "e2")])
-    assert result.exit_code == 2 and "1 of its 6 classes is mostly" in result.output and "'renamed' (100%)" in result.output
+    assert result.exit_code == 2 and "1 of its 6 classes is at least a quarter" in result.output and "'renamed' (100%)" in result.output
 
 
 def test_eval_data_compares_with_random_only_and_says_what_it_scored(image_run, tmp_path):
@@ -280,7 +280,7 @@ def test_csv_meta_training_eval_and_adapt(tmp_path):
     reused = write_csv(tmp_path / "reused.csv", ["weather", "music", "food", "bank"], 5, 1)  # training's sentences
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(reused), "--out",
                                       str(tmp_path / "ev1")])
-    assert result.exit_code == 2 and "mostly sentences this run meta-trained on" in result.output, result.output
+    assert result.exit_code == 2 and "at least a quarter sentences this run meta-trained on" in result.output, result.output
     other = write_csv(tmp_path / "other.csv", ["weather", "music", "food", "bank"], 5, 1,
                       template="i would like to ask about {} or maybe {} today")
     cli("eval", "--checkpoint", out / "checkpoint.safetensors", "--data", other, "--episodes", 3, "--steps", 1,

@@ -41,6 +41,7 @@ class TasksConfig:
     protocol: str = "auto"  # omniglot: standard (both zips) | alphabets (background only) | auto
     path: str | None = None  # images: a folder (or .zip) of class subfolders; csv: a CSV file of text,label rows
     invert: str = "never"  # images: never | always | light (each mostly light image: dark strokes on white)
+    resample: str = "box"  # images: box (area average) | nearest | lanczos: how images are resized
     val_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for validation
     test_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for testing
     text_column: str = "text"  # csv: the column holding the sentence
@@ -140,6 +141,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from reptile_fn.models import ACTIVATIONS, CONV_IMPLS
     from reptile_fn.peft import METHODS
     from reptile_fn.tasks import DATASETS
+    from reptile_fn.tasks.image_files import RESAMPLE
     from reptile_fn.tasks.images import INVERT
     from reptile_fn.tasks.omniglot import PROTOCOLS
     from reptile_fn.tasks.text import SPLIT_BY
@@ -151,6 +153,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "tasks.split_by": SPLIT_BY,
         "tasks.protocol": PROTOCOLS,
         "tasks.invert": INVERT,
+        "tasks.resample": RESAMPLE,
         "model.norm": ("batch",),
         "model.conv_impl": CONV_IMPLS,
         "model.activation": tuple(ACTIVATIONS),

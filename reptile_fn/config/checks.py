@@ -34,7 +34,8 @@ DATASET_KEYS = {  # keys that only some data sets read; set on another, they wou
     "tasks.text_column": ("csv",), "tasks.label_column": ("csv",), "tasks.group_column": ("csv",),
     "tasks.split_column": ("csv",), "tasks.test_path": ("csv",), "model.channels": ("images",),
     "model.encoder": ("clinc150", "csv"), "tasks.test_split": ("omniglot", "clinc150", "images", "csv"),
-    "tasks.protocol": ("omniglot",), "tasks.split_by": ("clinc150",), "tasks.invert": ("images",)}
+    "tasks.protocol": ("omniglot",), "tasks.split_by": ("clinc150",), "tasks.invert": ("images",),
+    "tasks.resample": ("images",)}
 
 
 def dataset_keys(cfg, source: str) -> None:

@@ -138,12 +138,13 @@ def _reader(run: Run):
     """``read(path, classes) -> Labelled`` for the run's kind of input (images or sentences)."""
     kind = C.model_kind(run.cfg)
     if kind == "conv4":
-        from reptile_fn.tasks.images import invert_policy
+        from reptile_fn.tasks.images import own_images
 
-        policy, flipped = invert_policy(run.cfg.tasks.dataset, run.cfg.tasks.invert), []
+        t, flipped = run.cfg.tasks, []
+        invert, resample = own_images(t.dataset, t.invert, t.resample)
 
         def read(path, classes):
-            data, flip = _images(_kind_of(path, "image", run), classes, run.in_dim, policy)
+            data, flip = _images(_kind_of(path, "image", run), classes, run.in_dim, invert, resample)
             flipped.append(int(flip.sum()))
             return data
 
@@ -169,8 +170,9 @@ def _kind_of(path: Path, kind: str, run: Run) -> Path:
     return path
 
 
-def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "never") -> tuple[Labelled, np.ndarray]:
-    """The images at ``path`` as the model takes them, and which of them ``invert`` turned over."""
+def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "never",
+            resample: str = "box") -> tuple[Labelled, np.ndarray]:
+    """The images at ``path`` as the model takes them (resized with ``resample``), and which ``invert`` turned over."""
     from reptile_fn.tasks import image_files, images
 
     size, _, channels = in_dim
@@ -178,13 +180,13 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "
     wrapped = one is not None and one not in classes  # not a support class: a folder of images to label
     if classes is None or (image_files.has_class_folders(path) and not wrapped):
         minimum = 2 if classes is None else 1  # a labelled query may hold a single class
-        data = images.load_images(path, image_size=size, cache=False, min_classes=minimum)
+        data = images.load_images(path, image_size=size, cache=False, min_classes=minimum, resample=resample)
         labels = np.repeat(np.arange(len(data.classes)), data.counts)
         with image_files.open_source(path) as (listing, _, _, _):
             items = [name for files in image_files.find_classes(listing, str(path), minimum)[1] for name in files]
         pixels, found = data.images, data.classes
     else:  # a plain folder of images to label
-        pixels, items = image_files.read_folder(path, size, inside=one if wrapped else None)
+        pixels, items = image_files.read_folder(path, size, inside=one if wrapped else None, resample=resample)
         labels, found = None, classes
     pixels = images.with_channels(pixels, channels)
     flip = images.inverts(pixels, invert)

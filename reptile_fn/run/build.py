@@ -225,7 +225,8 @@ def make_tasks(cfg: C.Config, *, tokenizer=None) -> Sampler:
 
         return make_image_tasks(t.path, **episode, image_size=cfg.model.image_size, channels=cfg.model.channels,
                                 train_split="all" if t.test_split == "all" else "train", test_split=t.test_split,
-                                seed=cfg.seed, val=t.val_fraction, test=t.test_fraction, invert=t.invert)
+                                seed=cfg.seed, val=t.val_fraction, test=t.test_fraction, invert=t.invert,
+                                resample=t.resample)
     if t.dataset == "csv":
         from reptile_fn.tasks.csv import make_csv_tasks
 
@@ -397,7 +398,7 @@ def _check_held_out(trained: C.Config, held: Sampler, data) -> None:
     from reptile_fn.errors import ReptileFnError
     from reptile_fn.tasks.overlap import class_names, seen_classes
 
-    if trained.tasks.dataset not in ("images", "csv", "clinc150"):
+    if trained.tasks.dataset not in ("omniglot", "images", "csv", "clinc150"):
         return
     try:
         encoder = _encoder(trained)
@@ -405,9 +406,9 @@ def _check_held_out(trained: C.Config, held: Sampler, data) -> None:
     except ReptileFnError:
         return
     if seen:
-        items = "images" if trained.tasks.dataset == "images" else "sentences"
+        items = "sentences" if trained.tasks.dataset in ("csv", "clinc150") else "images"
         shown = ", ".join(f"{n!r} ({100 * f:.0f}%)" for n, f in seen[:4]) + (" ..." if len(seen) > 4 else "")
         verb, total = "is" if len(seen) == 1 else "are", len(class_names(held, "test"))
-        raise ConfigError(f"--data {data}: {len(seen)} of its {total} classes {verb} mostly {items} this run "
-                          f"meta-trained on ({shown}), so not held out; remove them from --data (or score the run's "
+        raise ConfigError(f"--data {data}: {len(seen)} of its {total} classes {verb} at least a quarter {items} this "
+                          f"run meta-trained on ({shown}), so not held out; remove them from --data (or score the run's "
                           "own held-out classes: eval without --data)")

@@ -24,12 +24,13 @@ def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[s
     if kind == "conv4" and text_file:
         raise ConfigError(f"--data {path} is a text file, but this is an image run; pass a folder of class subfolders "
                           "of images (or a zip of one)")
-    if kind == "conv4":  # an Omniglot run's images as its loader gave them: ink bright on dark (tasks.invert)
-        from reptile_fn.tasks.images import invert_policy
+    if kind == "conv4":  # an Omniglot run's images as its loader made them: ink bright on dark, nearest-neighbour
+        from reptile_fn.tasks.images import own_images
 
         omniglot = ["tasks.protocol=auto"] if cfg.tasks.dataset == "omniglot" else []
+        invert, resample = own_images(cfg.tasks.dataset, cfg.tasks.invert, cfg.tasks.resample)
         return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all", *omniglot,
-                f"tasks.invert={invert_policy(cfg.tasks.dataset, cfg.tasks.invert)}",
+                f"tasks.invert={invert}", f"tasks.resample={resample}",
                 f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]
     if kind == "text":
         return ["tasks.dataset=csv", f"tasks.path={path}", "tasks.test_split=all"]

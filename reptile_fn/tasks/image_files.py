@@ -25,6 +25,7 @@ import numpy as np
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP")  # what Pillow may identify them as (MPO: camera JPEGs)
+RESAMPLE = ("box", "nearest", "lanczos")  # tasks.resample: Pillow's BOX (area average), NEAREST, LANCZOS
 MAX_PIXELS = 89_478_485
 """Pillow's default ``Image.MAX_IMAGE_PIXELS``: a larger image is refused from its header, before decoding."""
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
@@ -136,9 +137,11 @@ def find_classes(listing: _Listing, where: str, min_classes: int = 2) -> tuple[l
     return [(k[0], "/".join(k)) for k in keys], [[name for _, name in sorted(members[k])] for k in keys]
 
 
-def _pixels(fp, size: int, shown: str) -> tuple[np.ndarray, bool]:
-    """The image in ``fp``, decoded and resized: uint8 (size, size) if grayscale, else (size, size, 3)."""
+def _pixels(fp, size: int, shown: str, resample: str = "box") -> tuple[np.ndarray, bool]:
+    """The image in ``fp``, decoded and resized with ``resample``: uint8 (size, size) if grayscale, else (size, size, 3)."""
     from PIL import Image, ImageOps
+
+    method = {"box": Image.Resampling.BOX, "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}[resample]
 
     Image.init()  # every plugin registered, so FORMATS can be filtered to those this Pillow has
     with warnings.catch_warnings():
@@ -155,24 +158,24 @@ def _pixels(fp, size: int, shown: str) -> tuple[np.ndarray, bool]:
         a = np.asarray(im, dtype=np.float32)
         peak = float(a.max(initial=0.0))  # 16 bits: 0..65535; "I" is 16-bit data if it exceeds 255; "F" 0..1 or 0..255
         a = a / 257 if im.mode.startswith("I;16") or (im.mode == "I" and peak > 255) else a * 255 if peak <= 1 else a
-        small = Image.fromarray(np.clip(a, 0, 255).astype(np.float32), "F").resize((size, size), Image.Resampling.BOX)
+        small = Image.fromarray(np.clip(a, 0, 255).astype(np.float32), "F").resize((size, size), method)
         return np.clip(np.rint(np.asarray(small)), 0, 255).astype(np.uint8), True
     if "A" in im.mode or "a" in im.mode or "transparency" in im.info:
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    a = np.asarray(im.convert("L" if gray else "RGB").resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+    a = np.asarray(im.convert("L" if gray else "RGB").resize((size, size), method), dtype=np.uint8)
     if not gray and (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all():
         return a[..., 0], True  # gray content in a colour mode (a gray GIF's palette, WebP, an RGB JPEG)
     return a, gray
 
 
-def read_image(opener: Callable, name: str, shown: str, size: int) -> tuple[np.ndarray, bool]:
+def read_image(opener: Callable, name: str, shown: str, size: int, resample: str = "box") -> tuple[np.ndarray, bool]:
     """``_pixels`` of the file ``opener(name)``, with every way it can be bad turned into a DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with opener(name) as fp:
-            return _pixels(fp, size, shown)
+            return _pixels(fp, size, shown, resample)
     except Image.DecompressionBombError as e:  # Pillow's own check, where it is set stricter than ours
         raise DataError(f"{shown} is too large to decode safely ({e}); shrink it or delete it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, zipfile.BadZipFile, RuntimeError,
@@ -185,14 +188,14 @@ def read_image(opener: Callable, name: str, shown: str, size: int) -> tuple[np.n
 
 
 def read_classes(names: list[list[str]], size: int, opener: Callable, show: Callable,
-                 cached: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 cached: bool = False, resample: str = "box") -> tuple[np.ndarray, np.ndarray]:
     """Every class's images decoded: (images uint8 (N, S, S, C), counts int32). ``cached``: the caller keeps the
     result, and the progress line says so."""
     decoded, n = [], sum(map(len, names))
     with progress.task(f"decoding {n} images" + (" (once; then cached)" if cached else ""), n) as bar:
         for files in names:
             for name in files:
-                decoded.append(read_image(opener, name, show(name), size))
+                decoded.append(read_image(opener, name, show(name), size, resample))
                 bar.advance()
     gray = all(g for _, g in decoded)
     images = np.stack([a if gray or not g else np.repeat(a[..., None], 3, axis=-1) for a, g in decoded])
@@ -217,7 +220,7 @@ def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str]
         yield _list_zip(z, path), z.open, (lambda name: f"{name!r} in {path}"), None
 
 
-def read_folder(path: Path, size: int, inside: str | None = None) -> tuple[np.ndarray, list[str]]:
+def read_folder(path: Path, size: int, inside: str | None = None, resample: str = "box") -> tuple[np.ndarray, list[str]]:
     """The images directly in the folder ``path`` (not in subfolders; ``inside``: in that one subfolder, e.g. the
     folder a zip was made of), decoded like ``read_classes``, with their file names: (images uint8 (n, S, S, C),
     names)."""
@@ -226,7 +229,7 @@ def read_folder(path: Path, size: int, inside: str | None = None) -> tuple[np.nd
         names = sorted(name for parts, name in listing.images if tuple(parts[:-1]) == where)
         if not names:
             raise DataError(f"no images ({' '.join(EXTENSIONS)}) directly in {path}; put the images to label in it")
-        images, _ = read_classes([names], size, opener, show)
+        images, _ = read_classes([names], size, opener, show, resample=resample)
     return images, names
 
 

@@ -47,7 +47,7 @@ from typing import ClassVar, NamedTuple, Sequence
 from reptile_fn import datasets
 from reptile_fn.episode import Episode, check_classes, sample_class_episodes
 from reptile_fn.errors import ConfigError, DataError, check_choice, check_int
-from reptile_fn.tasks.image_files import LAYOUTS, find_classes, open_source, read_classes
+from reptile_fn.tasks.image_files import LAYOUTS, RESAMPLE, find_classes, open_source, read_classes
 from reptile_fn.tasks.splits import fraction_split
 
 import mlx.core as mx
@@ -58,11 +58,11 @@ TEST_SPLITS = ("test", "val", "all")
 INVERT = ("never", "always", "light")  # tasks.invert
 
 
-def invert_policy(dataset: str, invert: str) -> str:
-    """How a run's model wants new images: an Omniglot run was trained on ink = 255 (the loader inverts the scans), so
-    a set of dark strokes on a light background is inverted for it ("light"); an image-folder run as it was trained
-    (``tasks.invert``)."""
-    return "light" if dataset == "omniglot" else invert
+def own_images(dataset: str, invert: str, resample: str) -> tuple[str, str]:
+    """``(invert, resample)`` with which a run's model takes new images: an Omniglot run's as its loader made them
+    (ink = 255 from the binary scans, resized nearest-neighbour: "light" inverts dark strokes on a light background);
+    an image-folder run's as it was trained (``tasks.invert``, ``tasks.resample``)."""
+    return ("light", "nearest") if dataset == "omniglot" else (invert, resample)
 
 
 def inverts(images: np.ndarray, invert: str) -> np.ndarray:
@@ -111,10 +111,12 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return (np.cumsum(counts) - counts).astype(np.int32)
 
 
-def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = True, min_classes: int = 2) -> ImageSet:
+def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = True, min_classes: int = 2,
+                resample: str = "box") -> ImageSet:
     """Every image of the folder or ``.zip`` at ``path``, decoded to ``image_size`` square (from the cache when
     it is current); see the module docstring for layouts, modes, resizing and errors."""
     check_int("image_size", image_size, 1, "pixels per side of the resized images")
+    check_choice("tasks.resample", resample, RESAMPLE)
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"image data set {path} not found; give a folder (or .zip) laid out as {LAYOUTS}")
@@ -125,7 +127,7 @@ def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = 
         groups_classes, names = find_classes(listing, str(path), min_classes)
 
         def build() -> dict[str, np.ndarray]:
-            images, counts = read_classes(names, image_size, opener, show, cached=cache)
+            images, counts = read_classes(names, image_size, opener, show, cached=cache, resample=resample)
             return {"images": images, "counts": counts, "offsets": _offsets(counts),
                     "classes": np.array([c for _, c in groups_classes], dtype=np.str_),
                     "groups": np.array([g for g, _ in groups_classes], dtype=np.str_)}
@@ -136,7 +138,8 @@ def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = 
                     and images.shape[3] in (1, 3) and len(counts) == len(a["classes"]) == len(a["groups"])
                     and int(counts.sum()) == images.shape[0] and np.array_equal(a["offsets"], _offsets(counts)))
 
-        arrays = datasets.cached_arrays(path, "images", f"{image_size}px", build, valid=valid, version=CACHE_VERSION,
+        size = f"{image_size}px" + ("" if resample == "box" else f"-{resample}")
+        arrays = datasets.cached_arrays(path, "images", size, build, valid=valid, version=CACHE_VERSION,
                                         use=cache, fingerprint=fingerprint)
     return ImageSet(arrays["images"], arrays["counts"].astype(np.int32), arrays["offsets"].astype(np.int32),
                     tuple(arrays["classes"].tolist()), tuple(arrays["groups"].tolist()), int(arrays["images"].shape[-1]))
@@ -253,7 +256,7 @@ class ImageTasks:
 def make_image_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 1, query_size: int = 5,
                      image_size: int = 28, channels: int | None = None, train_split: str = "train",
                      test_split: str = "test", seed: int = 0, val: float = 0.2, test: float = 0.2,
-                     cache: bool = True, invert: str = "never") -> ImageTasks:
+                     cache: bool = True, invert: str = "never", resample: str = "box") -> ImageTasks:
     """An episode sampler over the images at ``path``: ``train_split`` ("train" or "all") for ``sample_train``,
     ``test_split`` ("test", "val" or "all": every class, to score a run on a data set it never trained on) for
     ``sample_test``. ``seed``, ``val`` and ``test`` choose the split (``split_images``), not the sampling key.
@@ -261,7 +264,7 @@ def make_image_tasks(path: str | os.PathLike, *, n_way: int = 5, k_shot: int = 1
     ``invert``: never, always, or light (``inverts``: when the set is mostly light), decided once for the whole set."""
     check_choice("train_split", train_split, TRAIN_SPLITS)
     check_choice("test_split", test_split, TEST_SPLITS)
-    data = load_images(path, image_size=image_size, cache=cache)
+    data = load_images(path, image_size=image_size, cache=cache, resample=resample)
     if channels is not None:
         data = data._replace(images=with_channels(data.images, channels), channels=channels)
     flip = inverts(data.images, invert)

@@ -16,8 +16,11 @@ def _digest(a: np.ndarray) -> bytes:
 
 
 def class_items(sampler, part: str) -> list[set[bytes]] | None:
-    """Per class of ``part`` ("train" or "test"), the digests of its items: decoded images (``ImageTasks``) or a
-    sentence's token ids (``TextTasks``); None for a sampler that keeps no items (synthetic families)."""
+    """Per class of ``part`` ("train" or "test"), the digests of its items: decoded images (``ImageTasks``, Omniglot's
+    drawings: an image folder read as an Omniglot run reads it gives the same bytes) or a sentence's token ids
+    (``TextTasks``); None for a sampler that keeps no items (synthetic families)."""
+    if hasattr(sampler, f"{part}_images") and not hasattr(sampler, f"{part}_counts"):  # Omniglot: (classes, 20, S, S)
+        return [{_digest(drawing) for drawing in c} for c in np.array(getattr(sampler, f"{part}_images"))]
     if hasattr(sampler, f"{part}_images"):
         images = np.array(getattr(sampler, f"{part}_images"))
         counts, offsets = (np.array(getattr(sampler, f"{part}_{f}")) for f in ("counts", "offsets"))
@@ -32,9 +35,10 @@ def class_names(sampler, part: str) -> tuple[str, ...]:
     return tuple(getattr(sampler, f"{part}_classes", None) or getattr(sampler, f"{part}_names", None) or ())
 
 
-def seen_classes(trained, held, *, share: float = 0.5) -> list[tuple[str, float]]:
+def seen_classes(trained, held, *, share: float = 0.25) -> list[tuple[str, float]]:
     """``(name, fraction)`` of every held-out class of sampler ``held`` with at least ``share`` of its items among
-    the meta-training items of sampler ``trained``; empty when either keeps no items."""
+    the meta-training items of sampler ``trained`` (exact copies only: the same decoded pixels or tokens; a flipped
+    or re-encoded image is another item); empty when either keeps no items."""
     seen, mine = class_items(trained, "train"), class_items(held, "test")
     if seen is None or mine is None:
         return []
