@@ -42,14 +42,21 @@ def test_adaptation_speed_on_hand_made_curves():
                                          "never": curve([0.5] * 5)}}
     speed = report.adaptation_speed(ev, 2)
     assert speed["target"] == 0.9 and speed["meta_steps"] == 2
-    assert speed["inits"]["slow"] == {"steps": 4, "reached": True, "ratio": 2.0, "steps_from": 4}
+    assert speed["inits"]["slow"] == {"steps": 4, "reached": True, "ratio": 2.0, "steps_from": 4, "ratio_range": [2.0, 2.0]}
     assert speed["inits"]["never"]["reached"] is False and speed["inits"]["never"]["ratio"] == 2.0
     # a sparse grid past step 2 (0, 1, 2, 5, 10): reached at recorded step 10 means somewhere in 6..10
     sparse = {"metric": "accuracy", "inits": {name: dict(c, steps=[0, 1, 2, 5, 10]) for name, c in ev["inits"].items()}}
     speed = report.adaptation_speed(sparse, 2)
     assert speed["inits"]["slow"]["steps"] == 10 and speed["inits"]["slow"]["steps_from"] == 6
     table = report.format_speed(speed)
-    assert "6-10 steps" in table and "≤5.0x" in table and ">10 steps" in table
+    assert "6-10 steps" in table and "3.0-5.0x" in table and ">10 steps" in table  # 6/2 .. 10/2: meta took 2
+    # meta's own count a range too: the ratio's ends combine both ranges, and meta's row is 1.0x
+    ev = {"metric": "accuracy", "inits": {"meta": dict(curve([0.5, 0.6, 0.7, 0.9, 0.9]), steps=[0, 1, 2, 5, 10]),
+                                         "fast": dict(curve([0.5, 0.95, 0.95, 0.95, 0.95]), steps=[0, 1, 2, 5, 10])}}
+    speed = report.adaptation_speed(ev, 10)
+    assert speed["inits"]["meta"]["ratio_range"] == [1.0, 1.0] and speed["inits"]["fast"]["ratio_range"] == [1 / 5, 1 / 3]
+    table = report.format_speed(speed)
+    assert " 1.0x" in table and "≤" not in table.split("fast")[0].split("meta")[-1] and "0.2-0.3x" in table
 
 
 def test_pretraining_lowers_the_pooled_loss_and_is_deterministic():

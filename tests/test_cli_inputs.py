@@ -512,3 +512,21 @@ def test_bench_options_it_passes_on_are_checked(args, needle):
     """An unknown variant was timed as vmap+compile under its own name; an unknown algorithm, --fuse 0 and
     --repeats 0 were tracebacks."""
     _user_error(runner.invoke(app, ["bench", "--workloads", "W1", *args]), needle)
+
+
+def test_compare_labels_an_older_results_file_with_what_it_records(tiny_run, tmp_path):
+    """A results file without a stored config (older `eval --json`) takes the algorithm and data set from its run,
+    but its own k_shot, and no guessed split; if that run folder is gone the error says so (not 'nothing to resume')."""
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--set", "tasks.k_shot=1", "--steps", "2",
+                                 "--baselines", "random", "--speed-steps", "0", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "ev" / "results.json").read_text())
+    data.pop("config")
+    data["k_shot"] = 1
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    rows = runner.invoke(app, ["compare", str(tmp_path / "old.json")]).stdout
+    assert f"| old.json | reptile | linear, xor, circles, spiral | ? | {data['inits']['meta']['episodes']} | 1 | meta |" in rows
+    data["checkpoint"] = str(tmp_path / "gone" / "checkpoint.safetensors")
+    (tmp_path / "orphan.json").write_text(json.dumps(data))
+    _user_error(runner.invoke(app, ["compare", str(tmp_path / "orphan.json")]), "records no config",
+                str(tmp_path / "gone"))

@@ -26,7 +26,8 @@ def compare_runs(runs: list[Path]) -> str:
         data = json.loads(source.read_text())
         ev = data.get("eval", data)
         own = source.name == SUMMARY or source == run / "eval" / "results.json"  # else: the folder of its checkpoint
-        cfg = data.get("config") or _config_dict(run if own else Path(data["checkpoint"]).parent)
+        cfg = data.get("config") or _config_dict(run if own else Path(data["checkpoint"]).parent, source)
+        guessed = "config" not in data and not own  # an older results file: its run's settings, not its own
         metrics.add(ev["metric"])
         if len(metrics) > 1:
             raise ReptileFnError("the runs are scored by different metrics (accuracy, higher is better, and MSE, lower "
@@ -39,8 +40,9 @@ def compare_runs(runs: list[Path]) -> str:
             last = max(curve["steps"])  # what was evaluated (eval --steps), not what the config says
             cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
                      if c in pos else "" for c in (0, 1, 5, last)]
-            rows.append(f"| {name} | {cfg['algorithm']} | {_tasks(t)} | {_split(t)} | {curve.get('episodes', '')} | "
-                        f"{t['k_shot']} | {init} | " + " | ".join(cells) + f" | {last} |")
+            k_shot = data.get("k_shot", "?" if guessed else t["k_shot"])
+            rows.append(f"| {name} | {cfg['algorithm']} | {_tasks(t)} | {'?' if guessed else _split(t)} | "
+                        f"{curve.get('episodes', '')} | {k_shot} | {init} | " + " | ".join(cells) + f" | {last} |")
     header = ("| run | algorithm | tasks | split | episodes | k_shot | init | 0 steps | 1 step | 5 steps | last step "
               "| last |\n|" + "---|" * 12)
     unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
@@ -97,5 +99,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # a | would split the row
 
 
-def _config_dict(run_dir: Path) -> dict:
-    return C.to_dict(stored_config(run_dir))
+def _config_dict(run_dir: Path, source: Path) -> dict:
+    """The config of the run ``source`` belongs to (its folder's config.yaml or checkpoint)."""
+    try:
+        return C.to_dict(stored_config(run_dir))
+    except CheckpointError:
+        raise ReptileFnError(f"{source} records no config and its run folder {run_dir} holds none (gone or moved), so "
+                             "compare cannot label its rows; leave it out, or rewrite it with `reptile-fn eval`") from None

@@ -207,14 +207,19 @@ def adaptation_speed(ev: dict, k: int) -> dict:
     steps = ev["inits"]["meta"]["steps"]
     meta_curve = ev["inits"]["meta"][key]["mean"]
     target = meta_curve[steps.index(k)]
-    t_meta = max(steps[steps_to_reach(meta_curve, target, higher_is_better=accuracy)], 1)
+    i_meta = steps_to_reach(meta_curve, target, higher_is_better=accuracy)
+    t_meta = max(steps[i_meta], 1)
+    meta_from = max(steps[i_meta - 1] + 1 if i_meta else t_meta, 1)
     rows = {}
     for name, curve in ev["inits"].items():
         i = steps_to_reach(curve[key]["mean"], target, higher_is_better=accuracy)
         t = steps[i] if i is not None else steps[-1]  # the first recorded step at or past the target
-        # between recorded steps (a sparse grid past step 10) the target was reached somewhere after the previous one
+        # between recorded steps (a sparse grid past step 10) the target was reached somewhere after the previous one,
+        # so a count is a range, and a ratio to meta's (a range too) runs from the low ends to the high ones
         after = steps[i - 1] + 1 if i else t
-        rows[name] = {"steps": t, "reached": i is not None, "ratio": t / t_meta, "steps_from": after}
+        low, high = (1.0, 1.0) if name == "meta" else (after / t_meta, t / meta_from)
+        rows[name] = {"steps": t, "reached": i is not None, "ratio": t / t_meta, "steps_from": after,
+                      "ratio_range": [low, high]}
     return {"target": target, "target_from": f"meta after {k} steps", "metric": "accuracy" if accuracy else "mse",
             "horizon": steps[-1], "meta_steps": t_meta, "inits": rows}
 
@@ -356,10 +361,11 @@ def format_speed(speed: dict) -> str:
         between = row["reached"] and row.get("steps_from", row["steps"]) < row["steps"]  # only bounded by the grid
         steps = (f"{row['steps_from']}-{row['steps']}" if between else f"{row['steps']}") if row["reached"] \
             else f">{row['steps']}"
-        ratio = f"{'≤' if between else ''}{row['ratio']:.1f}x" if row["reached"] else f">{row['ratio']:.1f}x"
+        low, high = (f"{r:.1f}" for r in row.get("ratio_range", [row["ratio"]] * 2))
+        ratio = (f"{low}-{high}x" if low != high else f"{high}x") if row["reached"] else f">{row['ratio']:.1f}x"
         bound = ">" if not row["reached"] else "≤" if between else ""
         ms = f"   {bound}{row['ms_to_target']:.2f} ms per task" if "ms_to_target" in row else ""
-        lines.append(f"  {name:<10}{steps:>7} steps   {ratio:>7} the meta-learned init's{ms}")
+        lines.append(f"  {name:<10}{steps:>7} steps   {ratio:>9} the meta-learned init's{ms}")
     return "\n".join(lines)
 
 
