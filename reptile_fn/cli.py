@@ -31,6 +31,10 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Functional meta-learning (Reptile, MAML and kin) on MLX."""
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _limit(option: str, value: Optional[int], key: str) -> None:
     """A command-line count checked against the config limit of the setting it stands for."""
     from reptile_fn import config as C
@@ -281,12 +285,12 @@ def adapt(
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
     counts = np.bincount(pred.predicted, minlength=len(pred.classes))
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
-               f"labelled {len(pred.items)} items of {query}: " + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
+               f"labelled {_count(len(pred.items), 'item')} of {query}: " + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
     if pred.inverted:
         typer.echo(f"{pred.inverted} of the images were inverted (light: dark strokes on a light background), to look "
                    "like the run's training images (bright strokes on dark; tasks.invert)")
     if pred.accuracy is not None:
-        typer.echo(f"accuracy on the labelled query items: {100 * pred.accuracy:.2f}% ({len(pred.items)} items)")
+        typer.echo(f"accuracy on the labelled query items: {100 * pred.accuracy:.2f}% ({_count(len(pred.items), 'item')})")
     written = save_predictions(pred, run, state, out, source=str(checkpoint))
     typer.echo("wrote " + ", ".join(str(p) for p in written))
 

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from reptile_fn.cli import app
+from reptile_fn.errors import DataError
 from reptile_fn.run import load
 from reptile_fn.run.adapt import adapt_to
 
@@ -177,6 +178,10 @@ def test_adapt_a_plain_folder_and_the_python_function(image_run, tmp_path):
     shutil.copytree(tmp_path / "q" / "class_31", one / "class_31")
     pred, _, _ = adapt_to(out / "checkpoint.safetensors", support, one, steps=8)
     assert pred.labels is not None and pred.accuracy == 1.0 and len(pred.items) == 3
+    # a single folder that is no support class (a typo) is an error, as with two folders ...
+    shutil.copytree(tmp_path / "q" / "class_31", tmp_path / "typo" / "class_3l")
+    with pytest.raises(DataError, match=r"classes the support set does not \('class_3l'\).*directly in the query folder"):
+        adapt_to(out / "checkpoint.safetensors", support, tmp_path / "typo", steps=1)
     # ... and a zip of a plain folder is the folder's images to label, not a class named after the folder
     zipped = shutil.make_archive(str(tmp_path / "to_label"), "zip", tmp_path, "to_label")
     pred, _, _ = adapt_to(out / "checkpoint.safetensors", support, zipped, steps=8)

@@ -142,3 +142,18 @@ def test_lora_on_own_images_over_a_shipped_omniglot_init(tmp_path):
             assert base[k].shape[-1] == 3 and v.shape[-1] == 5  # 3-way here, 5-way there: fresh
         else:
             np.testing.assert_array_equal(base[k], v, err_msg=k)
+
+
+def test_a_start_from_another_kind_of_run_names_the_kinds(donor):
+    """No model setting turns an MLP into conv4: init / peft.base from another kind of run say what each run is, and
+    init refuses an adapter run as peft.base does."""
+    with pytest.raises(ConfigError, match=r"init = omniglot-5w1s is a conv4 run \(tasks.dataset = omniglot\) and this "
+                                          r"run's model is mlp"):
+        build(C.load(None, TINY + ("init=omniglot-5w1s",))).initial_params(mx.random.key(0))
+    with pytest.raises(ConfigError, match="init = minilm-intent-lora is itself a PEFT run"):
+        build(C.load(None, TINY + ("init=minilm-intent-lora",))).initial_params(mx.random.key(0))
+    with pytest.raises(ConfigError, match=r"peft.base = omniglot-5w1s is a conv4 run"):
+        build(C.load(None, TINY + ("peft.method=lora", "peft.base=omniglot-5w1s"))).initial_params(mx.random.key(0))
+    with pytest.raises(ConfigError) as typo:  # suggestions are whole networks only
+        C.load(None, ["peft.method=lora", "peft.base=minilm-intent-lor"])
+    assert "minilm-intent-lora" not in str(typo.value) and "omniglot-5w1s" in str(typo.value)

@@ -98,11 +98,12 @@ def peft(cfg, source: str) -> None:
 
         from reptile_fn import pretrained
 
-        close = difflib.get_close_matches(p.base, ["random", "pretrain", "init", *pretrained.names()], n=1)
+        plain = pretrained.plain_names()  # an adapter (minilm-intent-lora) cannot be a base
+        close = difflib.get_close_matches(p.base, ["random", "pretrain", "init", *plain], n=1)
         raise ConfigError(f"{source}: peft.base = {p.base!r}"
                           + (f" (did you mean {close[0]!r}?)" if close else "")
                           + ": use random, pretrain, init, a plain run (its folder or checkpoint.safetensors), or a "
-                          f"shipped initialization ({', '.join(pretrained.names())})")
+                          f"shipped initialization ({', '.join(plain)})")
     if p.base == "random" and cfg.tasks.dataset in ("clinc150", "csv"):  # it would silently be the pretrained encoder
         raise ConfigError(f"{source}: peft.base = random on a text run: its model's init is the pretrained encoder "
                           "(there is no random encoder); use init, or pretrain")

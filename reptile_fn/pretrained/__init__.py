@@ -25,6 +25,14 @@ def names() -> list[str]:
 RUN_CHECKPOINT = "checkpoint.safetensors"  # what ``reptile-fn train`` writes into its run folder
 
 
+def plain_names() -> list[str]:
+    """The shipped initializations of a whole network (what ``init`` and ``peft.base`` take), not adapters."""
+    from reptile_fn import checkpoint as ck
+
+    return [n for n in names()
+            if ck.load(HERE / f"{n}.safetensors")[1].get("config", {}).get("peft", {}).get("method", "none") == "none"]
+
+
 def resolve(checkpoint: str | Path) -> Path:
     """A checkpoint path as given if it exists (a run folder: its checkpoint.safetensors), else the shipped file
     of that name."""

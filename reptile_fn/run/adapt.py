@@ -177,7 +177,7 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "
 
     size, _, channels = in_dim
     one = image_files.only_folder(path) if classes is not None else None  # a zip of a plain folder, or one class
-    wrapped = one is not None and one not in classes  # not a support class: a folder of images to label
+    wrapped = one is not None and one not in classes and path.suffix.lower() == ".zip"  # the folder a zip was made of
     if classes is None or (image_files.has_class_folders(path) and not wrapped):
         minimum = 2 if classes is None else 1  # a labelled query may hold a single class
         data = images.load_images(path, image_size=size, cache=False, min_classes=minimum, resample=resample)
@@ -211,8 +211,11 @@ def _match(data: Labelled, classes: tuple[str, ...] | None, path: Path) -> Label
     if classes is None or data.labels is None or data.classes == classes:
         return data
     unknown = sorted(set(data.classes) - set(classes))
+    unlabelled = ("put the images directly in the query folder" if path.is_dir() or path.suffix.lower() == ".zip"
+                  else "leave out the label column")
     if unknown:
         raise DataError(f"{path} has classes the support set does not ({', '.join(map(repr, unknown[:5]))}); a query "
-                        f"item can only be labelled with a support class ({', '.join(map(repr, classes))})")
+                        f"item can only be labelled with a support class ({', '.join(map(repr, classes))}); to label "
+                        f"items without scoring them, {unlabelled}")
     index = np.array([classes.index(c) for c in data.classes])
     return data._replace(labels=index[data.labels], classes=classes)

@@ -30,7 +30,7 @@ from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
 from reptile_fn.run.files import checked_iteration, require_finite
 from reptile_fn.run.stored import own_data_overrides, stored_shapes
-from reptile_fn.run.warm import transplant, warm_start
+from reptile_fn.run.warm import same_kind, transplant, warm_start
 
 
 class Keys(NamedTuple):
@@ -137,7 +137,7 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
         if cfg.peft.method != "none":
             raise ConfigError(f"init = {cfg.init} starts a whole network; a PEFT run takes its base from peft.base "
                               "(a plain run's checkpoint.safetensors) and meta-learns a fresh adapter: set init: null")
-        initial_params = warm_start(cfg.init, initial_params, load)
+        initial_params = warm_start(cfg.init, initial_params, load, cfg)
     inner = InnerLoop(lr=cfg.inner_lr, steps=cfg.inner_steps, optimizer=cfg.inner_optimizer,
                       batch_size=cfg.inner_batch_size, trainable=trainable, adam_betas=tuple(cfg.inner_adam_betas),
                       head_init=_head_init(cfg, model, classification))
@@ -343,8 +343,7 @@ def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
                                   "pick families of the same kind")
         return pretrain(base_model, loss, source, key, iterations=p.base_pretrain_iterations)
     donor_run, donor, _, _ = load(p.base, with_tasks=False)  # a run folder, its checkpoint or a shipped name
-    if donor_run.cfg.peft.method != "none":
-        raise ConfigError(f"peft.base = {p.base} is itself a PEFT run; point at a plain run's checkpoint")
+    same_kind(donor_run.cfg, cfg, source=p.base, key="peft.base")
     return transplant(donor, base_model.init(key), source=p.base, key="peft.base")
 
 

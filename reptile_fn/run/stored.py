@@ -19,7 +19,8 @@ def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[s
         raise ConfigError(f"--data {path} is the data this run meta-trained on (its tasks.path), so its classes are "
                           "not held out; `eval` without --data scores the run's held-out classes, or give other data")
     text_file = Path(path).is_file() and Path(path).suffix.lower() in (".csv", ".tsv", ".txt")
-    path = json.dumps(str(path))  # a JSON string is a YAML string: never parsed as a number, null or comment
+    full = Path(path).expanduser().resolve() if Path(path).expanduser().exists() else Path(path)  # recorded whole
+    path = json.dumps(str(full))  # a JSON string is a YAML string: never parsed as a number, null or comment
     kind = C.model_kind(cfg)
     if kind == "conv4" and text_file:
         raise ConfigError(f"--data {path} is a text file, but this is an image run; pass a folder of class subfolders "

@@ -11,7 +11,21 @@ from reptile_fn.errors import ConfigError
 from reptile_fn.models import HEAD
 
 
-def warm_start(source: str, fresh: Callable, load: Callable) -> Callable:
+def same_kind(donor, cfg, *, source: str, key: str) -> None:
+    """A ConfigError unless the run ``source`` (its config ``donor``) can start the run of ``cfg``: a plain run (not
+    an adapter beside a base) of the same kind of model (no setting turns an MLP into conv4 or an encoder)."""
+    from reptile_fn import config as C
+
+    if donor.peft.method != "none":
+        raise ConfigError(f"{key} = {source} is itself a PEFT run (an adapter beside a base); point at a plain run")
+    theirs, ours = C.model_kind(donor), C.model_kind(cfg)
+    if theirs != ours:
+        raise ConfigError(f"{key} = {source} is a {theirs} run (tasks.dataset = {donor.tasks.dataset}) and this run's "
+                          f"model is {ours} (tasks.dataset = {cfg.tasks.dataset}); start from a run on the same kind of "
+                          "data")
+
+
+def warm_start(source: str, fresh: Callable, load: Callable, cfg) -> Callable:
     """(key) -> the parameters of ``source`` (a run folder, its checkpoint or a shipped name, read with ``load``, ``run.load``) in the
     tree ``fresh(key)`` builds.
 
@@ -31,7 +45,8 @@ def warm_start(source: str, fresh: Callable, load: Callable) -> Callable:
             raise ConfigError(f"init = {source} {what}; point it at a run (its folder or checkpoint.safetensors) or "
                               "a shipped initialization (`reptile-fn info` lists them), or set init: null")
         params = fresh(key)
-        _, donor, _, _ = load(source, with_tasks=False)
+        donor_run, donor, _, _ = load(source, with_tasks=False)
+        same_kind(donor_run.cfg, cfg, source=source, key="init")
         return transplant(donor, params, source=source)
 
     return initial
