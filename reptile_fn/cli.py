@@ -241,8 +241,9 @@ def eval_(
     names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
     if getattr(run.tasks, "inverted", 0):
-        typer.echo(f"{run.tasks.inverted} images of {data} were inverted (light: dark strokes on a light background), "
-                   "to look like the run's training images (bright strokes on dark; tasks.invert)")
+        typer.echo(f"{_count(run.tasks.inverted, 'image')} of {data} on a light background "
+                   f"{'was' if run.tasks.inverted == 1 else 'were'} inverted (dark strokes on white), to look like the "
+                   "run's training images (bright on dark; tasks.invert)")
     ev = final_evaluation(run, params, state, episodes=episodes, steps=steps, baselines=base,
                           speed_steps=speed_steps or None)
     typer.echo(f"{checkpoint} (meta-iteration {iteration})")
@@ -287,8 +288,9 @@ def adapt(
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
                f"labelled {_count(len(pred.items), 'item')} of {query}: " + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
     if pred.inverted:
-        typer.echo(f"{pred.inverted} of the images were inverted (light: dark strokes on a light background), to look "
-                   "like the run's training images (bright strokes on dark; tasks.invert)")
+        typer.echo(f"{_count(pred.inverted, 'image')} on a light background {'was' if pred.inverted == 1 else 'were'} "
+                   "inverted (dark strokes on white), to look like the run's training images (bright on dark; "
+                   "tasks.invert)")
     if pred.accuracy is not None:
         typer.echo(f"accuracy on the labelled query items: {100 * pred.accuracy:.2f}% ({_count(len(pred.items), 'item')})")
     written = save_predictions(pred, run, state, out, source=str(checkpoint))

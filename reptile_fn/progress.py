@@ -30,6 +30,12 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def note(message: str) -> None:
+    """One line on stderr for the user of a command (nothing from a library call, as ``task``)."""
+    if _enabled["on"]:
+        print(message, file=sys.stderr, flush=True)
+
+
 class Task:
     """One long phase of ``total`` units: ``advance(n)`` as they are done."""
 

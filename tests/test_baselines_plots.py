@@ -56,7 +56,7 @@ def test_adaptation_speed_on_hand_made_curves():
     speed = report.adaptation_speed(ev, 10)
     assert speed["inits"]["meta"]["ratio_range"] == [1.0, 1.0] and speed["inits"]["fast"]["ratio_range"] == [1 / 5, 1 / 3]
     table = report.format_speed(speed)
-    assert " 1.0x" in table and "≤" not in table.split("fast")[0].split("meta")[-1] and "0.2-0.3x" in table
+    assert " 1.0x" in table and "≤" not in table.split("fast")[0].split("meta")[-1] and "0.2-0.4x" in table  # 1/5 .. 1/3, widened
 
 
 def test_pretraining_lowers_the_pooled_loss_and_is_deterministic():

@@ -194,6 +194,20 @@ def test_a_shipped_omniglot_init_adapts_to_colour_images(tmp_path):
     pred, run, _ = adapt_to("omniglot-5w1s", support, query, steps=20)
     assert run.in_dim == (28, 28, 1) and pred.probabilities.shape == (9, 3)  # RGB turned gray for the 1-channel init
     assert pred.accuracy > 1 / 3
+    assert pred.inverted == 0  # colour images have no light background: inverting some would merge classes
+
+
+def test_eval_data_says_when_it_cannot_check_against_the_training_data(tmp_path):
+    data = write_images(tmp_path / "train_set", range(10), 4, 0)
+    out = tmp_path / "run"
+    cli("train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", f"tasks.path={data}", *TINY_IMAGES,
+        "--set", "meta_iterations=2", "--set", "checkpoint_every=2", "--set", "tasks.train_shots=1", "--out", out,
+        "--no-progress")
+    shutil.rmtree(data)  # the training data is gone (another machine): nothing to compare with, and it says so
+    other = write_images(tmp_path / "other", range(20, 24), 4, 1)
+    text = cli("eval", "--checkpoint", out, "--data", other, "--episodes", 2, "--steps", 1, "--speed-steps", 0,
+               "--out", tmp_path / "ev")
+    assert "note: --data was not compared with the run's training data" in text
 
 
 def test_adapt_to_more_classes_than_the_init_was_meta_trained_on(image_run, tmp_path):

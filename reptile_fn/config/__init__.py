@@ -40,7 +40,7 @@ class TasksConfig:
     split_by: str = "domain"  # clinc150: class-disjoint split by domain or by intent
     protocol: str = "auto"  # omniglot: standard (both zips) | alphabets (background only) | auto
     path: str | None = None  # images: a folder (or .zip) of class subfolders; csv: a CSV file of text,label rows
-    invert: str = "never"  # images: never | always | light (each mostly light image: dark strokes on white)
+    invert: str = "never"  # images: never | always | light (each image on a light background: strokes on white)
     resample: str = "box"  # images: box (area average) | nearest | lanczos: how images are resized
     val_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for validation
     test_fraction: float = 0.2  # images/csv: share of classes (or groups) held out for testing

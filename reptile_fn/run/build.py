@@ -375,8 +375,9 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         if data is None:
             C.checks.same_split(stored, cfg, f"evaluating {checkpoint_path} with {' '.join(overrides)}")
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
-    if data is not None and run.tasks is not None:
-        _check_held_out(trained, run.tasks, data)
+    if data is not None and run.tasks is not None:  # the training data where this command looks for data (--data-dir)
+        _check_held_out(dataclasses.replace(trained, tasks=dataclasses.replace(
+            trained.tasks, data_dir=cfg.tasks.data_dir or trained.tasks.data_dir)), run.tasks, data)
     fresh = None  # a head every task rebuilds from its support set (prototypes) evaluates at any n_way
     if cfg.peft.head == "prototypes" and cfg.tasks.n_way != stored_way:
         fresh = T.match(f"*{_head_path(cfg)}.*")
@@ -402,7 +403,10 @@ def _check_held_out(trained: C.Config, held: Sampler, data) -> None:
     try:
         encoder = _encoder(trained)
         seen = seen_classes(make_tasks(trained, tokenizer=encoder[2] if encoder else None), held)
-    except ReptileFnError:
+    except ReptileFnError as e:
+        from reptile_fn import progress
+
+        progress.note(f"note: --data was not compared with the run's training data, which is not here ({e})")
         return
     if seen:
         items = "sentences" if trained.tasks.dataset in ("csv", "clinc150") else "images"

@@ -7,6 +7,7 @@ the run's seed, so results are deterministic and comparable across inits and run
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -361,7 +362,8 @@ def format_speed(speed: dict) -> str:
         between = row["reached"] and row.get("steps_from", row["steps"]) < row["steps"]  # only bounded by the grid
         steps = (f"{row['steps_from']}-{row['steps']}" if between else f"{row['steps']}") if row["reached"] \
             else f">{row['steps']}"
-        low, high = (f"{r:.1f}" for r in row.get("ratio_range", [row["ratio"]] * 2))
+        lo, hi = row.get("ratio_range", [row["ratio"]] * 2)
+        low, high = (f"{f(round(r * 10, 9)) / 10:.1f}" for f, r in ((math.floor, lo), (math.ceil, hi)))  # widened to 0.1
         ratio = (f"{low}-{high}x" if low != high else f"{high}x") if row["reached"] else f">{row['ratio']:.1f}x"
         bound = ">" if not row["reached"] else "≤" if between else ""
         ms = f"   {bound}{row['ms_to_target']:.2f} ms per task" if "ms_to_target" in row else ""
