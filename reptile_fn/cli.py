@@ -87,11 +87,10 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
     import mlx.core as mx
     import numpy as np
 
-    from reptile_fn import config as C
     from reptile_fn import pretrained
     from reptile_fn.algorithms import ALGORITHMS
     from reptile_fn.config import shipped_names
-    from reptile_fn.run.report import describe_model
+    from reptile_fn.run.report import describe_config
     from reptile_fn.tasks import FAMILIES
 
     rows = [
@@ -113,7 +112,7 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
     if checkpoint is not None and card is None:  # before any output: a failed command prints only its error line
         raise ReptileFnError(f"'{checkpoint}' has no model card: cards come with the shipped initializations "
                              f"({', '.join(pretrained.names())}); a run's own results are in its summary.json")
-    model = describe_model(C.load(config, set_)) if config is not None or set_ else None
+    model = describe_config(config, set_) if config is not None or set_ else None
     for k, v in rows:
         typer.echo(f"{k:<14} {v}")
     if card is not None:

@@ -149,6 +149,11 @@ def test_info_counts_a_data_set_configs_parameters_without_its_data(monkeypatch,
 
     expected = param_count(conv4((28, 28, 1), 20, filters=64, norm="batch").init(mx.random.key(0)))
     assert f"conv4: {expected:,} of {expected:,} adapt per task" in row
+    # your own images: counted without a tasks.path (for gray images unless model.channels says otherwise)
+    row = next(line for line in runner.invoke(app, ["info", "--config", "images_5w1s"]).stdout.splitlines()
+               if line.startswith("parameters"))
+    gray = param_count(conv4((28, 28, 1), 5, filters=64, norm="batch").init(mx.random.key(0)))
+    assert f"conv4: {gray:,} of {gray:,}" in row and "model.channels=3" in row
 
 
 def test_train_with_a_shipped_config_name_writes_runs_under_its_name(tmp_path, monkeypatch):

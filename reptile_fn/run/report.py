@@ -225,6 +225,20 @@ def adaptation_speed(ev: dict, k: int) -> dict:
             "horizon": steps[-1], "meta_steps": t_meta, "inits": rows}
 
 
+def describe_config(path, overrides) -> str:
+    """``describe_model`` of a config file (or shipped name) with ``overrides``. Counting parameters reads no data, so
+    an own-data config without ``tasks.path`` is counted too (images: for 1-channel input unless model.channels)."""
+    try:
+        return describe_model(C.load(path, overrides))
+    except ConfigError as e:
+        if "needs tasks.path" not in str(e):
+            raise
+    cfg = C.load(path, [*overrides, "tasks.path=unread"])
+    if cfg.tasks.dataset == "images" and cfg.model.channels is None:
+        return describe_model(C.with_overrides(cfg, ["model.channels=1"])) + " (gray images; colour: model.channels=3)"
+    return describe_model(cfg)
+
+
 def describe_model(cfg) -> str:
     """Parameter counts of a config's model: total, adapted per task, meta-learned (PEFT: the adapter)."""
     from reptile_fn.run.build import build
