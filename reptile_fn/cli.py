@@ -285,7 +285,8 @@ def adapt(
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
     counts = np.bincount(pred.predicted, minlength=len(pred.classes))
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
-               f"labelled {_count(len(pred.items), 'item')} of {query}: " + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
+               f"labelled {_count(len(pred.items), 'item')} of {query}: "
+               + ", ".join(f"{c} {n}" for c, n in zip(pred.classes, counts)))
     if pred.inverted:
         typer.echo(f"{_count(pred.inverted, 'image')} on a light background {'was' if pred.inverted == 1 else 'were'} "
                    "inverted (dark strokes on white), to look like the run's training images (bright on dark; "

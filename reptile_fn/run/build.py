@@ -279,6 +279,7 @@ def _meta_step(cfg: C.Config, model: Model, loss, inner: InnerLoop, meta_trainab
 
 BASES = ("random", "pretrain", "init")  # peft.base's keywords; anything else names a plain run or a shipped init
 
+
 def _peft_wiring(cfg: C.Config, base_model: Model):
     """(peft.Peft, what adapts, what the outer loop learns) for a PEFT config."""
     from reptile_fn import peft
@@ -393,8 +394,8 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
 
 
 def _check_held_out(trained: C.Config, held: Sampler, data) -> None:
-    """A ConfigError if classes of ``--data`` are mostly items the run meta-trained on (``tasks.overlap``); nothing
-    when the training data is not on this machine (a shipped init, a run from elsewhere)."""
+    """A ConfigError if classes of ``--data`` are a quarter or more items the run meta-trained on (``tasks.overlap``);
+    a note when the training data is not on this machine to compare with (a run from elsewhere)."""
     from reptile_fn.errors import ReptileFnError
     from reptile_fn.tasks.overlap import class_names, seen_classes
 

@@ -26,8 +26,8 @@ def same_kind(donor, cfg, *, source: str, key: str) -> None:
 
 
 def warm_start(source: str, fresh: Callable, load: Callable, cfg) -> Callable:
-    """(key) -> the parameters of ``source`` (a run folder, its checkpoint or a shipped name, read with ``load``, ``run.load``) in the
-    tree ``fresh(key)`` builds.
+    """(key) -> the parameters of ``source`` (a run folder, its checkpoint or a shipped name, read with ``load``,
+    ``run.load``) in the tree ``fresh(key)`` builds, after ``same_kind`` checked it can start ``cfg``'s run.
 
     Every leaf is copied by path and must have the same shape, except a head of another shape (a run of
     another ``n_way``): it keeps its fresh init. A leaf only one side has is a ConfigError naming it. Only a
