@@ -313,6 +313,9 @@ def test_csv_meta_training_eval_and_adapt(tmp_path):
                "--out", tmp_path / "pred")
     rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
     assert [r["item"] for r in rows] == ["line 2", "line 3"] and "label" not in rows[0] and "labelled 2 items" in text
+    assert "inverted_images" not in json.loads((tmp_path / "pred" / "predictions.json").read_text())  # text: no images
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "pred")])
+    assert result.exit_code == 2 and "holds the predictions of `reptile-fn adapt`" in result.output
     one_class = write_csv(tmp_path / "one.csv", ["music"], 3, 5)
     for support_path, needle in ((one_class, "has one class only ('music')"), (tmp_path, "is a folder, but this is a text run")):
         result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out), "--support", str(support_path), "--query",

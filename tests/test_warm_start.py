@@ -157,3 +157,9 @@ def test_a_start_from_another_kind_of_run_names_the_kinds(donor):
     with pytest.raises(ConfigError) as typo:  # suggestions are whole networks only
         C.load(None, ["peft.method=lora", "peft.base=minilm-intent-lor"])
     assert "minilm-intent-lora" not in str(typo.value) and "omniglot-5w1s" in str(typo.value)
+
+
+def test_a_start_with_another_channel_count_names_model_channels():
+    gray, colour = conv4((28, 28, 1), 5, filters=8), conv4((28, 28, 3), 5, filters=8)
+    with pytest.raises(ConfigError, match=r"conv0.w .* it takes 1-channel images, so set model.channels=1"):
+        transplant(gray.init(mx.random.key(0)), colour.init(mx.random.key(0)), source="x", key="peft.base")

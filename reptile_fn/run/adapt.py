@@ -123,8 +123,9 @@ def save_predictions(pred: Predictions, run: Run, state, out_dir: str | Path, *,
                      **({"label": truth[0]} if truth else {}), "probabilities": probs})
     written = [io.write_text(out / "predictions.csv", buf.getvalue()),
                io.write_json(out / "predictions.json", {"checkpoint": source, "steps": pred.steps, "classes": list(pred.classes),
-                                                         "accuracy": pred.accuracy, "inverted_images": pred.inverted,
-                                                         "predictions": rows})]
+                                                         "accuracy": pred.accuracy, "predictions": rows,
+                                                         **({"inverted_images": pred.inverted}
+                                                            if C.model_kind(run.cfg) == "conv4" else {})})]
     meta = {"config": C.to_dict(run.cfg), "iteration": 0, "shapes": [list(run.in_dim) if isinstance(run.in_dim, tuple)
                                                                      else run.in_dim, run.shapes[1]],
             "adapted": {"from": source, "steps": pred.steps, "classes": list(pred.classes)}}

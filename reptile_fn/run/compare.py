@@ -61,6 +61,9 @@ def _results_source(run: Path) -> Path:
     elif (run / "eval" / "results.json").exists() or (run / "results.json").exists():
         source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / "results.json"
         fix = f"rewrite it with `reptile-fn eval --checkpoint {run}`"
+    elif (run / "predictions.json").exists():
+        raise ReptileFnError(f"{run} holds the predictions of `reptile-fn adapt`, not a run or an evaluation; compare "
+                             "takes run folders, `eval` folders or their results.json")
     else:
         source, fix = run / SUMMARY, f"rewrite it with `reptile-fn train --out {run} --resume` (it re-evaluates)"
         if not (run / CHECKPOINT).exists():

@@ -124,7 +124,7 @@ def baseline_inits(run: Run, names) -> dict[str, Init]:
     unknown = [n for n in names if n not in PEFT_BASELINES]
     if unknown:
         raise ConfigError(f"unknown baseline {unknown[0]!r} for a PEFT run; choose from {', '.join(PEFT_BASELINES)} "
-                          "(base-full / base-head fine-tune the run's pretrained base)")
+                          "(base-full / base-head fine-tune the run's base: peft.base)")
     if "lora0" in names and _without_adapter(run):
         raise ConfigError(f"baseline lora0 (a fresh adapter) needs an adapter; this run's peft.method is "
                           f"{run.cfg.peft.method}: its starting point adapted like the run is {fresh_start(run)}")

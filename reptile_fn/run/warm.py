@@ -71,7 +71,10 @@ def transplant(donor, target, *, source: str, key: str = "init"):
         elif head(path):
             out.append((path, leaf))
         else:
-            raise ConfigError(f"{key} = {source}: {path} has shape {tuple(given[path].shape)} there and "
-                              f"{tuple(leaf.shape)} in this run; set the run's model and input settings to the "
-                              "checkpoint's (only a head of another n_way may differ)")
+            theirs = tuple(given[path].shape)
+            fix = (f": it takes {theirs[-1]}-channel images, so set model.channels={theirs[-1]}"
+                   if path == "conv0.w" and theirs[:-1] == tuple(leaf.shape[:-1])
+                   else "; set the run's model and input settings to the checkpoint's")
+            raise ConfigError(f"{key} = {source}: {path} has shape {theirs} there and {tuple(leaf.shape)} in this run"
+                              f"{fix} (only a head of another n_way may differ)")
     return tree_unflatten(out)
