@@ -60,6 +60,7 @@ class Labelled(NamedTuple):
     labels: np.ndarray | None
     classes: tuple[str, ...]
     items: tuple[str, ...]
+    inverted: int = 0  # images tasks.invert turned over (255 − pixel)
 
 
 def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path, *, steps: int | None = None,
@@ -87,8 +88,8 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
     probs = [mx.softmax(score(adapted, shots.x, asked.x[i:i + QUERY_CHUNK]), axis=-1)
              for i in range(0, asked.x.shape[0], QUERY_CHUNK)]
     probabilities = np.concatenate([np.array(p) for p in probs])
-    inverted = getattr(reader, "inverted", lambda: 0)()
-    return Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps, inverted), run, state
+    return (Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps,
+                        shots.inverted + asked.inverted), run, state)
 
 
 def _widened(tree: Tree, n: int) -> Tree:
@@ -141,16 +142,9 @@ def _reader(run: Run):
     if kind == "conv4":
         from reptile_fn.tasks.images import own_images
 
-        t, flipped = run.cfg.tasks, []
+        t = run.cfg.tasks
         invert, resample = own_images(t.dataset, t.invert, t.resample)
-
-        def read(path, classes):
-            data, flip = _images(_kind_of(path, "image", run), classes, run.in_dim, invert, resample)
-            flipped.append(int(flip.sum()))
-            return data
-
-        read.inverted = lambda: sum(flipped)
-        return read
+        return lambda path, classes: _images(_kind_of(path, "image", run), classes, run.in_dim, invert, resample)
     if kind == "text":
         from reptile_fn.text.encoder import load_tokenizer
 
@@ -172,8 +166,8 @@ def _kind_of(path: Path, kind: str, run: Run) -> Path:
 
 
 def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "never",
-            resample: str = "box") -> tuple[Labelled, np.ndarray]:
-    """The images at ``path`` as the model takes them (resized with ``resample``), and which ``invert`` turned over."""
+            resample: str = "box") -> Labelled:
+    """The images at ``path`` as the model takes them (resized with ``resample``, turned over as ``invert`` says)."""
     from reptile_fn.tasks import image_files, images
 
     size, _, channels = in_dim
@@ -197,7 +191,7 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "
     pixels = images.with_channels(pixels, channels)
     flip = images.inverts(pixels, invert)
     x = images.decode(mx.array(images.inverted(pixels, flip)))
-    return _match(Labelled(x, labels, tuple(found), tuple(items)), classes, path), flip
+    return _match(Labelled(x, labels, tuple(found), tuple(items), int(flip.sum())), classes, path)
 
 
 def _texts(path: Path, classes: tuple[str, ...] | None, tokenizer, text_column: str, label_column: str) -> Labelled:

@@ -30,7 +30,7 @@ from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
 from reptile_fn.run.files import checked_iteration, require_finite
 from reptile_fn.run.stored import own_data_overrides, stored_shapes
-from reptile_fn.run.warm import same_kind, transplant, warm_start
+from reptile_fn.run.warm import found, same_kind, transplant, warm_start
 
 
 class Keys(NamedTuple):
@@ -286,15 +286,7 @@ def _peft_wiring(cfg: C.Config, base_model: Model):
 
     p = cfg.peft
     if p.base not in BASES:
-        from reptile_fn import pretrained
-
-        try:
-            found = pretrained.resolve(p.base)
-        except CheckpointError as e:
-            raise ConfigError(f"peft.base = {e}; or use pretrain, init or random") from None
-        if not found.is_file():
-            raise ConfigError(f"peft.base = {p.base} does not exist; point it at a plain run (its folder or "
-                              "checkpoint.safetensors) or a shipped initialization's name, or use pretrain, init or random")
+        found(p.base, key="peft.base", otherwise="use pretrain, init or random")
     pf = peft.peft_model(base_model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
     inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
                                         reptile=cfg.algorithm == "reptile", meta_learn_head=p.head == "meta")

@@ -25,6 +25,23 @@ def same_kind(donor, cfg, *, source: str, key: str) -> None:
                           "data")
 
 
+def found(source: str, *, key: str, otherwise: str):
+    """The checkpoint file ``source`` (a run folder, its checkpoint or a shipped name) names, or a ConfigError under
+    ``key`` that says what it is and what else to give (``otherwise``)."""
+    from reptile_fn import pretrained
+    from reptile_fn.errors import CheckpointError
+
+    try:
+        path = pretrained.resolve(source)
+    except CheckpointError as e:
+        raise ConfigError(f"{key} = {e}; or {otherwise}") from None
+    if not path.is_file():
+        what = "is not a regular file (a pipe, a device)" if path.exists() else "does not exist"
+        raise ConfigError(f"{key} = {source} {what}; point it at a run (its folder or checkpoint.safetensors) or a "
+                          f"shipped initialization (`reptile-fn info` lists them), or {otherwise}")
+    return path
+
+
 def warm_start(source: str, fresh: Callable, load: Callable, cfg) -> Callable:
     """(key) -> the parameters of ``source`` (a run folder, its checkpoint or a shipped name, read with ``load``,
     ``run.load``) in the tree ``fresh(key)`` builds, after ``same_kind`` checked it can start ``cfg``'s run.
@@ -32,18 +49,8 @@ def warm_start(source: str, fresh: Callable, load: Callable, cfg) -> Callable:
     Every leaf is copied by path and must have the same shape, except a head of another shape (a run of
     another ``n_way``): it keeps its fresh init. A leaf only one side has is a ConfigError naming it. Only a
     fresh start reads ``source``: a warm-started run resumes and loads without it."""
-    from reptile_fn import pretrained
-    from reptile_fn.errors import CheckpointError
-
     def initial(key: mx.array):
-        try:
-            path = pretrained.resolve(source)
-        except CheckpointError as e:
-            raise ConfigError(f"init = {e}; or set init: null") from None
-        if not path.is_file():
-            what = "is not a regular file (a pipe, a device)" if path.exists() else "does not exist"
-            raise ConfigError(f"init = {source} {what}; point it at a run (its folder or checkpoint.safetensors) or "
-                              "a shipped initialization (`reptile-fn info` lists them), or set init: null")
+        found(source, key="init", otherwise="set init: null")
         params = fresh(key)
         donor_run, donor, _, _ = load(source, with_tasks=False)
         same_kind(donor_run.cfg, cfg, source=source, key="init")
