@@ -19,7 +19,6 @@ from reptile_fn import checkpoint, optim
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, LOCAL, MetaStep, Reduce
-from reptile_fn.baselines import pretrain
 from reptile_fn.episode import Episode, Sampler
 from reptile_fn.errors import CheckpointError, ConfigError
 from reptile_fn.inner import InnerLoop
@@ -28,9 +27,10 @@ from reptile_fn.heads import prototype_head
 from reptile_fn.models import HEAD, Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
+from reptile_fn.run import peft_setup
 from reptile_fn.run.files import checked_iteration, require_finite
 from reptile_fn.run.stored import own_data_overrides, stored_shapes
-from reptile_fn.run.warm import found, same_kind, transplant, warm_start
+from reptile_fn.run.warm import warm_start
 
 
 class Keys(NamedTuple):
@@ -130,8 +130,8 @@ def build(cfg: C.Config, reduce: Reduce = LOCAL, *, shapes: tuple | None = None)
         C.check_trainable(patterns, T.paths(model.init(mx.random.key(0))), source="trainable")
     trainable, meta_trainable, pf, initial_params = trainable_predicate(patterns), None, None, model.init
     if cfg.peft.method != "none":
-        pf, trainable, meta_trainable = _peft_wiring(cfg, model)
-        initial_params = _peft_initial_params(cfg, pf, model, loss, tasks)
+        pf, trainable, meta_trainable = peft_setup.wiring(cfg, model)
+        initial_params = peft_setup.initial_params(cfg, pf, model, loss, tasks, load)
         model = pf.model
     if cfg.init is not None:
         if cfg.peft.method != "none":
@@ -183,7 +183,7 @@ def settled(cfg: C.Config) -> C.Config:
     return dataclasses.replace(
         cfg, tasks=dataclasses.replace(t, path=absolute(t.path), test_path=absolute(t.test_path)),
         model=dataclasses.replace(cfg.model, encoder=absolute(cfg.model.encoder)), init=absolute(cfg.init),
-        peft=dataclasses.replace(cfg.peft, base=cfg.peft.base if cfg.peft.base in BASES else absolute(cfg.peft.base)))
+        peft=dataclasses.replace(cfg.peft, base=cfg.peft.base if cfg.peft.base in peft_setup.BASES else absolute(cfg.peft.base)))
 
 
 def trainable_predicate(patterns: tuple[str, ...]) -> PathPredicate | None:
@@ -273,71 +273,6 @@ def _meta_step(cfg: C.Config, model: Model, loss, inner: InnerLoop, meta_trainab
     n, p = cfg.meta_iterations, cfg.peft
     return with_rank_allocation(meta, target_rank=p.target_rank or max(initial // 2, 1), total_steps=n,
                                 init_warmup=int(p.rank_warmup * n), final_warmup=int(p.rank_final * n))
-
-
-# --- PEFT ----------------------------------------------------------------------------------------
-
-BASES = ("random", "pretrain", "init")  # peft.base's keywords; anything else names a plain run or a shipped init
-
-
-def _peft_wiring(cfg: C.Config, base_model: Model):
-    """(peft.Peft, what adapts, what the outer loop learns) for a PEFT config."""
-    from reptile_fn import peft
-
-    p = cfg.peft
-    if p.base not in BASES:
-        found(p.base, key="peft.base", otherwise="use pretrain, init or random")
-    pf = peft.peft_model(base_model, method=p.method, targets=p.targets, rank=p.rank, scale=p.scale)
-    inner_pat, meta_pat = peft.patterns(p.method, train_head=p.train_head, meta_learn_base=p.meta_learn_base,
-                                        reptile=cfg.algorithm == "reptile", meta_learn_head=p.head == "meta")
-    if cfg.algorithm == "anil":
-        inner_pat = (peft.HEAD,)
-    pf = pf._replace(inner=inner_pat, meta=meta_pat)
-    return pf, T.match(inner_pat), T.match(meta_pat)
-
-
-def _peft_initial_params(cfg: C.Config, pf, base_model: Model, loss, tasks) -> Callable:
-    """(key) -> {"base": the configured base, "adapter": a fresh adapter}; pretraining runs only when called."""
-    p = cfg.peft
-
-    def initial(key: mx.array):
-        k_base, k_adapter = mx.random.split(key)
-        base = load_base(cfg, base_model, loss, tasks, k_base)
-        return {"base": base, "adapter": pf.new_adapter(k_adapter, base)}
-
-    start = initial if p.base not in ("random", "init") else pf.model.init
-    if p.head == "zero":  # every task adapts the head from zero (peft.head: zero)
-        return lambda key: zero_head(start(key))
-    return start
-
-
-def zero_head(params):
-    """``params`` with every leaf of the base's head set to zero."""
-    from reptile_fn import peft
-
-    head, rest = T.partition(params, T.match(peft.HEAD))
-    return T.combine(T.zeros_like(head), rest)
-
-
-def load_base(cfg: C.Config, base_model: Model, loss, tasks, key: mx.array):
-    """The PEFT base: pretrained on (part of) the task distribution, or a run's checkpoint."""
-    p = cfg.peft
-    if p.base in ("random", "init"):  # the model's own init (text: the pretrained encoder and a fresh head)
-        return base_model.init(key)
-    if p.base == "pretrain":
-        source = tasks
-        if p.base_families is not None:
-            t = cfg.tasks
-            source = make_distribution(p.base_families, k_shot=t.k_shot, query_size=t.query_size,
-                                       num_train_tasks=t.num_train_tasks, seed=cfg.seed + 1)
-            if source.out_dim != tasks.out_dim or source.in_dim != tasks.in_dim:
-                raise ConfigError(f"peft.base_families {list(p.base_families)} have inputs/outputs "
-                                  f"{source.in_dim}/{source.out_dim}, the run's tasks {tasks.in_dim}/{tasks.out_dim}; "
-                                  "pick families of the same kind")
-        return pretrain(base_model, loss, source, key, iterations=p.base_pretrain_iterations)
-    donor_run, donor, _, _ = load(p.base, with_tasks=False)  # a run folder, its checkpoint or a shipped name
-    same_kind(donor_run.cfg, cfg, source=p.base, key="peft.base")
-    return transplant(donor, base_model.init(key), source=p.base, key="peft.base")
 
 
 # --- a saved run ---------------------------------------------------------------------------------
