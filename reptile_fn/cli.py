@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import platform
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,9 +10,8 @@ import typer
 
 import reptile_fn
 from reptile_fn import _blas, _malloc
-from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, path_arg
+from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg
 from reptile_fn.errors import OutputError, ReptileFnError
-from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Functional meta-learning (Reptile, MAML and kin) on MLX.")
@@ -43,42 +40,8 @@ def _limit(option: str, value: Optional[int], key: str) -> None:
         C.check_limit(key, value, option)
 
 
-def _errors_to_exit(fn):
-    """Turn our errors into one 'error: …' line on stderr and exit status 2, with no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from reptile_fn import progress
-
-        progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
-        try:
-            with sigterm_as_interrupt():
-                return fn(*args, **kwargs)
-        except ReptileFnError as e:
-            typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, whatever it quotes
-            raise typer.Exit(2) from None
-        except BrokenPipeError:  # `reptile-fn info | head`: the reader has all it wanted; no error line
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
-            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a command stopped by the pipe
-        except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
-            from reptile_fn.io import written_name  # the file a temporary stands for
-
-            where = f" ({written_name(e.filename)})" if e.filename else ""
-            typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt as e:
-            signal_name = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
-            typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
-                       f"whole, the rest were not written (a training run continues with --resume)", err=True)
-            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
-
-    return wrapper
-
-
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model (a "
                                               "YAML file or a shipped config's name)."),
          set_: List[str] = SetOpt,
@@ -122,7 +85,7 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Als
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_dir: Optional[Path] = DataDirOpt,
              encoder: Optional[Path] = EncoderOpt) -> None:
     """Check a config (and that one meta-step runs with it); exit non-zero with a message if not."""
@@ -149,7 +112,7 @@ def validate(config: Optional[Path] = ConfigOpt, set_: List[str] = SetOpt, data_
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def train(
     config: Optional[Path] = ConfigOpt,
     set_: List[str] = SetOpt,
@@ -191,7 +154,7 @@ def train(
 
 
 @app.command("eval")
-@_errors_to_exit
+@errors_to_exit
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder written by train (or its "
                                     "checkpoint.safetensors), or a shipped initialization's name (`reptile-fn info` "
@@ -255,7 +218,7 @@ def eval_(
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def adapt(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder (or its checkpoint.safetensors), or a "
                                     "shipped initialization's name (e.g. omniglot-5w1s; `reptile-fn info` lists them)."),
@@ -298,7 +261,7 @@ def adapt(
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def embed(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder or checkpoint, or a shipped name: a "
                                     "run on synthetic classification families (names the family) or Omniglot (the alphabet)."),
@@ -350,7 +313,7 @@ def embed(
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def download(
     dataset: str = typer.Argument(..., help="What to download: omniglot."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="The data folder: the zips go into its "
@@ -369,7 +332,7 @@ def download(
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def compare(runs: List[Path] = typer.Argument(..., help="Run folders (train), eval folders or results files.")) -> None:
     """A markdown table of several runs side by side (final few-shot results of each init)."""
     from reptile_fn.run import compare_runs
@@ -381,7 +344,7 @@ SOURCE_ROOT = Path(reptile_fn.__file__).resolve().parents[1]  # the repository, 
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-@_errors_to_exit
+@errors_to_exit
 def bench(ctx: typer.Context) -> None:  # --help goes to the script: its argparse lists every option
     """Meta-step throughput tables (runs benchmarks/throughput.py; pass its options, e.g. --peers --json F)."""
     import runpy

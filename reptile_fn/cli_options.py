@@ -1,16 +1,22 @@
-"""Command-line options several ``reptile-fn`` commands share, and the parsing of a path argument.
+"""What every ``reptile-fn`` command shares: its options, the parsing of a path argument, and the turning of
+an error or a signal into one ``error:`` line and an exit status.
 
-Light on purpose (typer only): ``reptile-fn --help`` never imports MLX.
+Light on purpose (typer, no MLX): ``reptile-fn --help`` never imports MLX.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from reptile_fn.errors import ReptileFnError
+from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file, or a shipped config's name (e.g. sine, "
                          "omniglot_5w1s; `reptile-fn info` lists them). Default: the built-in default config.")
@@ -32,3 +38,37 @@ def path_arg(value: str | os.PathLike) -> Path:
     if not str(value).strip():
         raise ValueError("it is empty; pass a path (an unset shell variable?)")
     return Path(value)
+
+
+def errors_to_exit(fn):
+    """Turn our errors into one 'error: …' line on stderr and exit status 2, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from reptile_fn import progress
+
+        progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
+        try:
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
+        except ReptileFnError as e:
+            typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, whatever it quotes
+            raise typer.Exit(2) from None
+        except BrokenPipeError:  # `reptile-fn info | head`: the reader has all it wanted; no error line
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a command stopped by the pipe
+        except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
+            from reptile_fn.io import written_name  # the file a temporary stands for
+
+            where = f" ({written_name(e.filename)})" if e.filename else ""
+            typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as e:
+            signal_name = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
+            typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
+                       f"whole, the rest were not written (a training run continues with --resume)", err=True)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+
+    return wrapper
