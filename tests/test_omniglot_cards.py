@@ -45,3 +45,20 @@ def test_a_run_outside_the_table_is_drawn_and_listed_with_its_setup(tmp_path, mo
     monkeypatch.setattr(omniglot, "FIGURE", tmp_path / "curve.png")
     omniglot.plot(res)
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_alphabet_rows_replace_the_earlier_run_once_the_new_run_is_scored(tmp_path, monkeypatch):
+    """The alphabet-disjoint row: the earlier 6,000-iteration run until a split of the new run is scored, then one
+    row per scored split (its own iterations, split and queries per class), the earlier row gone."""
+    old = json.loads((ROOT / "research" / "omniglot.json").read_text())
+    files = (tmp_path / "test.json", tmp_path / "evaluation.json")
+    monkeypatch.setattr(omniglot, "ALPHABETS_JSONS", files)
+    before = omniglot.alphabet_rows()
+    assert len(before) == 1 and f"| {old['runs']['5']['iteration']:,} |" in before[0]
+    assert "5 test background alphabets; 5 queries" in before[0]
+    cell = {"accuracy": 93.25, "ci95": 0.71, "episodes": 1000, "split": "evaluation", "query_size": 1}
+    files[1].write_text(json.dumps({"protocol": {"episodes": 1000}, "runs": {"5": {"iteration": 100_000}},
+                                    "cells": {"5w1": {"transductive": cell}}}))
+    after = omniglot.alphabet_rows()
+    assert after == ["| alphabet-disjoint 5-way 1-shot (trained on 20 background alphabets, scored on the 20 alphabets "
+                     "of images_evaluation.zip; 1 query per class) | 100,000 | 93.25 ± 0.71 | | not run | |"]
