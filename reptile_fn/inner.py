@@ -143,12 +143,17 @@ def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tupl
 def batch_indices(key: mx.array, n: int, batch_size: int, steps: int) -> mx.array:
     """(steps, batch_size) indices into n examples: epochs of fresh permutations, cut in order.
 
-    As in supervised-reptile's ``_mini_batches``: every example is seen once per epoch.
+    As in supervised-reptile's ``_mini_batches``: every example is seen once per epoch. Epoch e's key is the
+    e-th of a chain of splits, so the first t rows are the same whatever ``steps`` is: the accuracy after t steps
+    does not depend on how many steps an evaluation goes on to (``mx.random.split(key, epochs)`` would give other
+    keys for every count).
     """
     epochs = math.ceil(steps * batch_size / n)
-    keys = mx.random.split(key, epochs)
-    order = mx.concatenate([mx.argsort(mx.random.uniform(shape=(n,), key=keys[e])) for e in range(epochs)])
-    return order[: steps * batch_size].reshape(steps, batch_size)
+    perms = []
+    for _ in range(epochs):
+        key, sub = mx.random.split(key)
+        perms.append(mx.argsort(mx.random.uniform(shape=(n,), key=sub)))
+    return mx.concatenate(perms)[: steps * batch_size].reshape(steps, batch_size)
 
 
 def minibatch_indices(key: mx.array | None, n: int, batch_size: int | None, steps: int) -> mx.array | None:

@@ -97,6 +97,17 @@ def test_batch_indices_are_epochs_of_permutations(n, b, steps, seed):
             assert len(set(chunk)) == len(chunk)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 8), st.integers(1, 8), st.integers(0, 99))
+def test_batch_indices_of_a_longer_horizon_start_with_the_shorter_ones(n, b, steps, more, seed):
+    """Step t's mini-batch is the same however many steps follow: an evaluation scored at 50 steps gives the
+    same 50-step accuracy whether it stops there or goes on to 100 (the adaptation-speed horizon)."""
+    b = min(b, n)
+    short = np.array(batch_indices(mx.random.key(seed), n, b, steps))
+    long = np.array(batch_indices(mx.random.key(seed), n, b, steps + more))
+    assert (long[:steps] == short).all()
+
+
 def test_minibatches_need_a_key_and_full_batch_size_equals_full_batch():
     params = MODEL.init(mx.random.key(5))
     support, _ = task(5, n=10)
