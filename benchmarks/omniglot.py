@@ -152,7 +152,8 @@ def write_cards(res: dict, way: int, training: dict, notes: str) -> list[Path]:
                           "note": f"Nichol et al. 2018, Table 1, standard protocol, {PAPER_ITERATIONS[way] // 1000}k "
                                   "meta-iterations"},
                 "evaluate": f"uv run reptile-fn eval --checkpoint {name} --data-dir DIR --steps 50 --episodes 1000 "
-                            "--set tasks.query_size=1 (the non-transductive score: add --set eval.transductive=false)",
+                            "--set tasks.query_size=1 --baselines none --speed-steps 0 (the non-transductive score: add --set "
+                            "eval.transductive=false)",
                 "notes": notes}
         path = PRETRAINED / f"{name}.json"
         io.write_text(path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")

@@ -161,8 +161,8 @@ def eval_(
                                     "lists them)."),
     baselines: Optional[str] = typer.Option(
         None, "--baselines", help="Comma list of random, transfer (pretrained on pooled tasks), head (head-only); "
-        "PEFT runs: lora0 (fresh adapter; not for peft.method head/full), base-full, base-head, random. "
-        "Default: all but random for PEFT."),
+        "PEFT runs: lora0 (fresh adapter; not for peft.method head/full), base-full, base-head, random; none: the "
+        "meta-learned init alone. Default: all but random for PEFT."),
     episodes: Optional[int] = typer.Option(None, "--episodes", min=1, help="Held-out episodes (default: the config's)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps K (default: the config's)."),
     speed_steps: int = typer.Option(100, "--speed-steps", min=0,
@@ -171,8 +171,8 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", parser=path_arg, help="Also write the results JSON here."),
     data_dir: Optional[Path] = DataDirOpt,
     encoder: Optional[Path] = EncoderOpt,
-    split: Optional[str] = typer.Option(None, "--split", help="Omniglot held-out split: test, val, or evaluation "
-                                        "(runs of the alphabets protocol)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Held-out split: test or val; Omniglot also evaluation "
+                                        "(runs of the alphabets protocol), clinc150 also banking77 (cross-domain)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Score the run on data it never trained on: a folder "
                                         "(or .zip) of class subfolders for image runs, a CSV of text,label rows for "
                                         "text runs; every class is held out."),
@@ -200,7 +200,8 @@ def eval_(
     if json_out is not None:
         io.check_out_dir(json_out.parent, (json_out.name,), option="--json")
     run, params, state, iteration = load(checkpoint, overrides, data=data)
-    names = tuple(b.strip() for b in baselines.split(",") if b.strip()) if baselines is not None else default_baselines(run)
+    names = (() if baselines.strip().lower() == "none" else tuple(b.strip() for b in baselines.split(",") if b.strip())
+             ) if baselines is not None else default_baselines(run)
     base = baseline_inits(run, names)
     if getattr(run.tasks, "inverted", 0):
         typer.echo(f"{_count(run.tasks.inverted, 'image')} of {data} on a light background "

@@ -196,6 +196,20 @@ def test_eval_takes_a_run_directory(tiny_run, tmp_path):
     assert str(tiny_run / CHECKPOINT) in by_dir.stdout
 
 
+def test_eval_baselines_none_scores_the_meta_learned_init_alone(tiny_run, tmp_path):
+    """--baselines none: the init's own cells (the same as beside a baseline), nothing pretrained or scored besides."""
+    common = ["eval", "--checkpoint", str(tiny_run), "--speed-steps", "0", "--episodes", "3"]
+    alone = runner.invoke(app, [*common, "--baselines", "none", "--json", str(tmp_path / "a.json"),
+                                "--out", str(tmp_path / "a")])
+    beside = runner.invoke(app, [*common, "--baselines", "random", "--json", str(tmp_path / "b.json"),
+                                 "--out", str(tmp_path / "b")])
+    assert alone.exit_code == 0 and beside.exit_code == 0, (alone.output, alone.exception)
+    inits = json.loads((tmp_path / "a.json").read_text())["inits"]
+    assert list(inits) == ["meta"]
+    assert inits["meta"] == json.loads((tmp_path / "b.json").read_text())["inits"]["meta"]
+    assert "random" not in alone.stdout and "pretraining" not in alone.output
+
+
 @pytest.mark.parametrize("command", [["eval"], ["embed"], ["adapt", "--support", "s", "--query", "q"]])
 def test_a_directory_without_a_checkpoint(tmp_path, command):
     (tmp_path / "notarun").mkdir()

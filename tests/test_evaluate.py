@@ -47,6 +47,18 @@ def test_evaluation_is_deterministic_given_the_key():
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_accuracy_after_k_mini_batch_steps_does_not_depend_on_the_horizon():
+    """`eval`'s adaptation-speed horizon (100 steps) extends the curve past K; the first K steps are the same
+    mini-batches, so the K-step cell equals a K-step evaluation's (and the training summary's)."""
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(4))
+    episodes = regression_batch(4, 5)  # 10 support points: mini-batches of 3 need a new epoch every ~3 steps
+    short, long = (per_episode_curves(InnerLoop(lr=0.05, steps=k, batch_size=3), model.apply, mse, params, episodes,
+                                      key=mx.random.key(5), record=list(range(k + 1)))["loss"] for k in (4, 12))
+    np.testing.assert_array_equal(long[:, :5], short)
+    assert not np.allclose(long[:, 5:], long[:, 4:5])  # the later steps go on adapting
+
+
 def test_nontransductive_scoring_equals_transductive_without_batch_statistics():
     model = mlp(1, 1, hidden=8)
     params = model.init(mx.random.key(2))
