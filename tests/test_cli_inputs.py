@@ -481,6 +481,25 @@ def test_compare_reports_what_was_evaluated_and_tells_runs_apart(tiny_run, tmp_p
     assert f"| eval | reptile | linear, xor, circles, spiral |  | {episodes} | 1 | meta |" in rows
 
 
+def test_eval_scores_its_own_k_under_the_speed_horizon_and_compare_shows_it(tiny_run, tmp_path):
+    """`eval --steps 13` with the default 100-step speed horizon: past step 10 the horizon's curve records every 5th
+    step only, yet K = 13 is scored, printed and the speed target; `compare` shows step 13, not the horizon's 100."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--steps", "13", "--episodes", "4",
+                                 "--baselines", "random"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "13 steps" in result.stdout and "100 steps" in result.stdout and "meta after 13 steps" in result.stdout
+    ev = json.loads((run / "eval" / "results.json").read_text())
+    assert ev["inner_steps"] == 13 and 13 in ev["inits"]["meta"]["steps"]
+    row = next(line for line in runner.invoke(app, ["compare", str(run / "eval")]).stdout.splitlines()
+               if "| meta |" in line)
+    at13 = ev["inits"]["meta"]["metric"]["mean"][ev["inits"]["meta"]["steps"].index(13)]
+    assert row.endswith("| 13 |") and f"{100 * at13:.2f} ±" in row
+
+
 def test_eval_says_nothing_it_cannot_measure(tiny_run, tmp_path):
     """One episode has no interval (not "± 0.00"); after 0 steps there is no adaptation speed to compare (it was
     "0 steps, 0.0x" for every init); a split the run's data set does not have is refused, not ignored."""

@@ -37,7 +37,9 @@ def compare_runs(runs: list[Path]) -> str:
         name = _cell(str(run) if names.count(run.name) > 1 else run.name)
         for init, curve in ev["inits"].items():
             pos = {st: i for i, st in enumerate(curve["steps"])}
-            last = max(curve["steps"])  # what was evaluated (eval --steps), not what the config says
+            # the evaluation's own K (eval --steps; the curve may run on to the speed table's horizon); an older file
+            # without it: the last step it recorded
+            last = ev.get("inner_steps", max(curve["steps"]))
             cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
                      if c in pos else "" for c in (0, 1, 5, last)]
             k_shot = data.get("k_shot", "?" if guessed else t["k_shot"])
@@ -46,7 +48,8 @@ def compare_runs(runs: list[Path]) -> str:
     header = ("| run | algorithm | tasks | split | episodes | k_shot | init | 0 steps | 1 step | 5 steps | last step "
               "| last |\n|" + "---|" * 12)
     unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
-        ", mean ± 95% CI over held-out episodes; last step: after the last step evaluated (the last column)")
+        ", mean ± 95% CI over held-out episodes; last step: after the evaluation's K steps (the last column: eval --steps "
+        "or the config's eval.inner_steps, not the adaptation-speed horizon)")
     return f"{unit}\n\n{header}\n" + "\n".join(rows)
 
 

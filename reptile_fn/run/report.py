@@ -153,16 +153,19 @@ def final_evaluation(run: Run, params, state, episodes: int | None = None, steps
     if baselines is None:  # the final evaluation of `train`: random init, or for PEFT a fresh adapter on the base
         baselines = (fresh_start(run),)
     base = baselines if isinstance(baselines, dict) else baseline_inits(run, baselines)
+    record = sorted(set(recorded_steps(horizon)) | {k})  # K itself, whatever the speed horizon records (13 of 100)
     with task(f"evaluation ({1 + len(base)} inits × {n} episodes × {horizon} steps)", n * (1 + len(base))) as bar:
-        inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state, progress=bar)}
+        inits = {"meta": evaluate_init(run, params, keys.eval_final, n, horizon, state=state, record=record,
+                                       progress=bar)}
         for name, b in base.items():  # baselines adapt what they say (every leaf, the head), whatever the run adapts
-            inits[name] = evaluate_init(run, b.params, keys.eval_final, n, horizon, trainable=b.trainable, progress=bar)
+            inits[name] = evaluate_init(run, b.params, keys.eval_final, n, horizon, trainable=b.trainable,
+                                        record=record, progress=bar)
     diverged = [name for name, c in inits.items() if not np.all(np.isfinite(c["loss"]["mean"]))]
     if diverged:  # NaN in a results table reads as a number; refuse it with the setting that caused it
         raise TrainingDivergedError(f"adaptation diverged (NaN/Inf loss) during evaluation of {', '.join(diverged)}; "
                                     f"lower eval.inner_lr (now {cfg.eval.inner_lr or cfg.inner_lr}) or eval.inner_steps")
     out = {"kind": run.tasks.kind, "metric": "accuracy" if run.metric is not None else "mse",
-           "k_shot": cfg.tasks.k_shot, "inner_lr": cfg.eval.inner_lr or cfg.inner_lr,
+           "k_shot": cfg.tasks.k_shot, "inner_steps": k, "inner_lr": cfg.eval.inner_lr or cfg.inner_lr,
            "inner_lr_learned": isinstance(run.meta.inner(state).lr, dict), "inits": inits}
     if speed_steps and k > 0:  # after 0 steps every init is where it starts: no speed to compare
         out["speed"] = adaptation_speed(out, k)
