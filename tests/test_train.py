@@ -457,8 +457,9 @@ def test_metasgd_evaluation_uses_the_learned_rates_even_with_eval_inner_lr(tmp_p
     assert ev["inits"]["random"]["loss"]["mean"][0] != ev["inits"]["random"]["loss"]["mean"][-1]
 
 
-def test_persistent_inner_state_resumes_exactly_and_reaches_evaluation(tmp_path):
-    cfg = C.load(None, TINY + ("inner_optimizer=adam", "inner_lr=0.01", "inner_state=persistent"))
+@pytest.mark.parametrize("batches", [(), ("inner_batch_size=4",)])  # mini-batches: the Omniglot configs' inner loop
+def test_persistent_inner_state_resumes_exactly_and_reaches_evaluation(tmp_path, batches):
+    cfg = C.load(None, TINY + ("inner_optimizer=adam", "inner_lr=0.01", "inner_state=persistent", *batches))
     full, part = tmp_path / "full", tmp_path / "part"
     summary = _train(cfg, full)
     _train(cfg, part, stop_at=10)
