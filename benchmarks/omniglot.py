@@ -13,6 +13,13 @@ scored by two processes at once, each into its own file, then joined into the ta
     OPENBLAS_NUM_THREADS=1 uv run python benchmarks/omniglot.py --run 20=RUN --shots 5 --json b.json
     uv run python benchmarks/omniglot.py --report-only --add a.json --add b.json
 
+The alphabet-disjoint row (a run of ``tasks.protocol: alphabets``) is scored into its own file per split, then
+rendered with the table:
+
+    uv run python benchmarks/omniglot.py --run 5=research/runs/omniglot-5way-alphabets --shots 1 --episodes 1000 \
+        --set tasks.query_size=1 --set tasks.test_split=evaluation --json research/omniglot_alphabets_evaluation.json
+    (likewise tasks.test_split=test into research/omniglot_alphabets_test.json), then --report-only
+
 With ``train_shots: 10`` (the supervised-reptile setting) 1-shot and 5-shot training are the same
 run, so one N-way run is scored at both shot counts: the shipped ``omniglot-5w1s`` and ``omniglot-5w5s``
 hold the same parameters with the config's ``k_shot`` set to 1 and 5. Each cell is the query
