@@ -7,6 +7,7 @@ default resampling is ``"nearest"``: it is what the reference code of MAML (Finn
 ``resize((28, 28), LANCZOS)``) and Reptile (Nichol et al. 2018, ``resize((28, 28))``) produced,
 because Pillow resizes 1-bit images with nearest-neighbour whatever filter is asked; the images
 stay binary. ``"box"`` (area average) and ``"lanczos"`` resample the grayscale image instead.
+Reading and checking the zips is ``tasks.omniglot_zip``.
 
 Cache. Decoding a zip takes seconds, so its arrays are kept in ``cache_dir()/omniglot/`` as an
 uncompressed ``.npz`` named after the zip, the resampling, and hashes of the zip's path and of
@@ -37,11 +38,7 @@ constant).
 
 from __future__ import annotations
 
-import io
 import os
-import re
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Sequence
@@ -49,16 +46,15 @@ from typing import ClassVar, NamedTuple, Sequence
 import mlx.core as mx
 import numpy as np
 
-from reptile_fn import datasets, progress
+from reptile_fn import datasets
 from reptile_fn.episode import Episode, check_classes, sample_class_episodes
 from reptile_fn.errors import ConfigError, DataError, check_choice, check_int
+from reptile_fn.tasks import omniglot_zip
+from reptile_fn.tasks.omniglot_zip import IMAGE_SIZE, N_DRAWERS, index_zip  # noqa: F401 (index_zip: the loader's API)
 from reptile_fn.tasks.splits import group_split, shuffled
 
-IMAGE_SIZE = 28
 IN_DIM = (IMAGE_SIZE, IMAGE_SIZE, 1)
 """Episode images are NHWC: (…, 28, 28, 1) float32 in [0, 1], ink = 1."""
-SOURCE_SIZE = 105
-N_DRAWERS = 20
 N_ROTATIONS = 4
 RESAMPLE = ("nearest", "box", "lanczos")
 PROTOCOLS = ("auto", "standard", "alphabets")
@@ -133,112 +129,14 @@ def load_set(set_name: str = "background", data_dir: str | os.PathLike | None = 
     return OmniglotSet(arrays["images"], tuple(arrays["characters"].tolist()), tuple(arrays["alphabets"].tolist()))
 
 
-def index_zip(path: str | os.PathLike, set_name: str) -> tuple[list[str], list[str], list[list[str]]]:
-    """The layout of an Omniglot zip without decoding: (characters, alphabets, member names).
-
-    ``members[i][d]`` is the PNG of character i by drawer d + 1. Raises DataError on a corrupt zip
-    or a wrong layout.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Omniglot file {path} not found; download it with "
-                        f"`reptile-fn download omniglot --data-dir {path.parent}`")
-    try:
-        with zipfile.ZipFile(path) as z:
-            return _index(z, path, set_name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise _corrupt(path, e) from None
+def _decode_zip(path: Path, set_name: str, resample: str) -> OmniglotSet:
+    return OmniglotSet(*omniglot_zip.decode_zip(path, set_name, resample))
 
 
 def with_rotations(images: np.ndarray) -> np.ndarray:
     """(C, D, H, W) -> (4C, D, H, W): class 4c + r is class c rotated r·90° counter-clockwise."""
     return np.stack([np.rot90(images, r, axes=(-2, -1)) for r in range(N_ROTATIONS)], axis=1).reshape(
         -1, *images.shape[1:])
-
-
-def _decode_zip(path: Path, set_name: str, resample: str) -> OmniglotSet:
-    from PIL import Image  # Pillow is needed only to decode, not for cached or sampled data
-
-    filters = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX,
-               "lanczos": Image.Resampling.LANCZOS}
-    try:
-        with zipfile.ZipFile(path) as z:
-            characters, alphabets, members = _index(z, path, set_name)
-            images = np.empty((len(characters), N_DRAWERS, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-            with progress.task(f"decoding {path.name} (once; then cached)", len(characters)) as bar:
-                for i, files in enumerate(members):
-                    _decode_character(z, files, images[i], path, set_name, filters[resample])
-                    bar.advance()
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # Pillow raises OSError/SyntaxError/ValueError on broken PNGs (DecompressionBombError on a header that claims
-        # billions of pixels, before decoding); zipfile BadZipFile on a bad CRC.
-        raise _corrupt(path, e) from None
-    return OmniglotSet(images, tuple(characters), tuple(alphabets))
-
-
-def _decode_character(z: zipfile.ZipFile, files: list[str], out: np.ndarray, path: Path, set_name: str,
-                      resample) -> None:
-    """One character's drawings from the zip into ``out`` (20, 28, 28), ink = 255."""
-    from PIL import Image
-
-    for d, name in enumerate(files):
-        with Image.open(io.BytesIO(z.read(name))) as im:
-            if im.size != (SOURCE_SIZE, SOURCE_SIZE):
-                raise _layout(path, set_name, f"{name} is {im.size[0]}×{im.size[1]} pixels, "
-                                              f"expected {SOURCE_SIZE}×{SOURCE_SIZE}")
-            # "L" first, so the filter is honoured (Pillow resizes 1-bit images nearest-only);
-            # for "nearest" this equals resizing the 1-bit image, as the reference code did.
-            small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), resample)
-            out[d] = 255 - np.asarray(small, dtype=np.uint8)
-
-
-def _index(z: zipfile.ZipFile, path: Path, set_name: str) -> tuple[list[str], list[str], list[list[str]]]:
-    top = f"images_{set_name}"
-    pattern = re.compile(rf"{re.escape(top)}/([^/]+)/character(\d+)/\d+_(\d+)\.png")
-    found: dict[tuple[str, int], dict[int, str]] = {}
-    pngs = 0
-    for name in z.namelist():
-        base = name.rsplit("/", 1)[-1]
-        if name.endswith("/") or name.startswith("__MACOSX/") or base.startswith(".") or not name.endswith(".png"):
-            continue
-        pngs += 1
-        m = pattern.fullmatch(name)
-        if m is None:
-            raise _layout(path, set_name, f"unexpected file {name!r}")
-        alphabet, number, drawer = m.group(1), int(m.group(2)), int(m.group(3))
-        if not 1 <= drawer <= N_DRAWERS:
-            raise _layout(path, set_name, f"{name!r}: drawer {drawer} is outside 01..{N_DRAWERS}")
-        drawers = found.setdefault((alphabet, number), {})
-        if drawer in drawers:
-            raise _layout(path, set_name, f"{name!r} and {drawers[drawer]!r} are both drawer {drawer:02d}")
-        drawers[drawer] = name
-    if not found:
-        first = next((n for n in z.namelist() if not n.endswith("/")), None)
-        raise _layout(path, set_name, f"no images under {top}/ ({pngs} PNG files; first entry {first!r})")
-    characters, alphabets, members = [], [], []
-    for (alphabet, number), drawers in sorted(found.items()):
-        name = f"{alphabet}/character{number:02d}"
-        if len(drawers) != N_DRAWERS:
-            raise _layout(path, set_name, f"{name} has {len(drawers)} drawings, expected {N_DRAWERS}")
-        characters.append(name)
-        alphabets.append(alphabet)
-        members.append([drawers[d] for d in range(1, N_DRAWERS + 1)])
-    return characters, alphabets, members
-
-
-def _corrupt(path: Path, error: BaseException) -> DataError:
-    return DataError(
-        f"{path} is corrupt or truncated ({type(error).__name__}: {error}); download it again with "
-        f"`reptile-fn download omniglot --data-dir {path.parent} --force` (it replaces the damaged file)"
-    )
-
-
-def _layout(path: Path, set_name: str, detail: str) -> DataError:
-    return DataError(
-        f"{path} does not have the Omniglot layout images_{set_name}/<Alphabet>/characterNN/CCCC_DD.png with "
-        f"{N_DRAWERS} drawings of {SOURCE_SIZE}×{SOURCE_SIZE} pixels per character: {detail}; use the official "
-        f"file (`reptile-fn download omniglot --data-dir {path.parent}`)"
-    )
 
 
 # --- splits -------------------------------------------------------------------------------------
