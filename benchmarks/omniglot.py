@@ -296,9 +296,9 @@ def render_standard(res: dict) -> str:
 def alphabet_rows() -> list[str]:
     """The table's alphabet-disjoint rows: one per split the run was scored on (``ALPHABETS_JSONS``), else the
     earlier run's row (``ALPHABETS_JSON``)."""
-    files = [f for f in ALPHABETS_JSONS if f.exists()] or [ALPHABETS_JSON]
+    files = [f for f in ALPHABETS_JSONS if f.exists()] or [f for f in (ALPHABETS_JSON,) if f.exists()]
     rows = []
-    for res in (json.loads(f.read_text()) for f in files if f.exists()):
+    for res in (json.loads(f.read_text()) for f in files):
         cell = res.get("cells", {}).get("5w1")
         if not cell:
             continue

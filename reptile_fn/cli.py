@@ -200,8 +200,10 @@ def eval_(
     if json_out is not None:
         io.check_out_dir(json_out.parent, (json_out.name,), option="--json")
     run, params, state, iteration = load(checkpoint, overrides, data=data)
-    names = (() if baselines.strip().lower() == "none" else tuple(b.strip() for b in baselines.split(",") if b.strip())
-             ) if baselines is not None else default_baselines(run)
+    if baselines is None:
+        names = default_baselines(run)
+    else:  # "none": the meta-learned init alone
+        names = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip().lower() != "none")
     base = baseline_inits(run, names)
     if getattr(run.tasks, "inverted", 0):
         typer.echo(f"{_count(run.tasks.inverted, 'image')} of {data} on a light background "

@@ -55,8 +55,6 @@ def errors_to_exit(fn):
             typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, whatever it quotes
             raise typer.Exit(2) from None
         except BrokenPipeError:  # `reptile-fn info | head`: the reader has all it wanted; no error line
-            import os
-
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
             raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a command stopped by the pipe
         except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
