@@ -5,7 +5,7 @@
 The Linux ``mlx[cpu]`` wheel bundles the reference BLAS; ``reptile_fn`` loads the system OpenBLAS
 (``REPTILE_FN_BLAS=system``) or, on a machine without one, the ``scipy-openblas32`` wheel's
 (``REPTILE_FN_BLAS=wheel``, a dependency of the package) before MLX; ``REPTILE_FN_NO_OPENBLAS=1`` keeps the
-reference BLAS. Each setting runs in fresh processes, one BLAS thread (``OPENBLAS_NUM_THREADS=1``), the settings
+reference BLAS; ``OPENBLAS_CORETYPE=Prescott`` is what an OpenBLAS that does not know the CPU's model runs. Each setting runs in fresh processes, one BLAS thread (``OPENBLAS_NUM_THREADS=1``), the settings
 alternating; figures are medians over ``--repeats`` processes:
 
 - float32 matmul 512³ and 1024×576×64 (an im2col conv4 GEMM), GFLOP/s;
@@ -28,6 +28,8 @@ import reptile_fn
 from reptile_fn import io
 
 SETTINGS = {"system OpenBLAS": {"REPTILE_FN_BLAS": "system"}, "wheel OpenBLAS (scipy-openblas32)": {"REPTILE_FN_BLAS": "wheel"},
+            # what an OpenBLAS older than the CPU falls back to, unless reptile_fn names the kernels (reptile_fn/_blas.py)
+            "system OpenBLAS, generic kernels": {"REPTILE_FN_BLAS": "system", "OPENBLAS_CORETYPE": "Prescott"},
             "reference BLAS": {"REPTILE_FN_NO_OPENBLAS": "1"}}
 
 PROBE = r"""

