@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 
-import reptile_fn
 from reptile_fn import io
 
 SETTINGS = {"system OpenBLAS": {"REPTILE_FN_BLAS": "system"}, "wheel OpenBLAS (scipy-openblas32)": {"REPTILE_FN_BLAS": "wheel"},

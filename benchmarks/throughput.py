@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             raise SystemExit(f"--sizes {args.sizes!r}: {part!r} needs whole meta-batch sizes >= 1, e.g. 'W1:8,64;W2:5'")
         custom[w.strip()] = [int(v) for v in sizes.split(",")]
     if args.json is not None:  # checked before minutes of measuring, not after
-        io.check_out_dir(args.json.parent, (args.json.name,), option="--json")
+        io.check_json_out(args.json)
     for name in args.workloads.split(","):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}; use W1, W2, W3 or W4")

@@ -11,7 +11,7 @@ import typer
 import reptile_fn
 from reptile_fn import _blas, _malloc
 from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg
-from reptile_fn.errors import OutputError, ReptileFnError
+from reptile_fn.errors import ReptileFnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Functional meta-learning (Reptile, MAML and kin) on MLX.")
@@ -42,8 +42,9 @@ def _limit(option: str, value: Optional[int], key: str) -> None:
 
 @app.command()
 @errors_to_exit
-def info(config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also describe this config's model (a "
-                                              "YAML file or a shipped config's name)."),
+def info(config: Optional[Path] = typer.Option(None, "--config", "-c", parser=path_arg,
+                                              help="Also describe this config's model (a YAML file or a shipped config's "
+                                              "name)."),
          set_: List[str] = SetOpt,
          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="A shipped init's model card.")) -> None:
     """Versions, device, BLAS, and the task families and algorithms available."""
@@ -156,7 +157,7 @@ def train(
 @app.command("eval")
 @errors_to_exit
 def eval_(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder written by train (or its "
+    checkpoint: Path = typer.Option(..., "--checkpoint", parser=path_arg, help="A run folder written by train (or its "
                                     "checkpoint.safetensors), or a shipped initialization's name (`reptile-fn info` "
                                     "lists them)."),
     baselines: Optional[str] = typer.Option(
@@ -173,9 +174,9 @@ def eval_(
     encoder: Optional[Path] = EncoderOpt,
     split: Optional[str] = typer.Option(None, "--split", help="Held-out split: test or val; Omniglot also evaluation "
                                         "(runs of the alphabets protocol), clinc150 also banking77 (cross-domain)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Score the run on data it never trained on: a folder "
-                                        "(or .zip) of class subfolders for image runs, a CSV of text,label rows for "
-                                        "text runs; every class is held out."),
+    data: Optional[Path] = typer.Option(None, "--data", parser=path_arg,
+                                        help="Score the run on data it never trained on: a folder (or .zip) of class subfolders "
+                                        "for image runs, a CSV of text,label rows for text runs; every class is held out."),
     set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Evaluate with a changed setting, e.g. tasks.k_shot=5 or eval.transductive=false."),
 ) -> None:
@@ -194,11 +195,8 @@ def eval_(
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(checkpoint)
     out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
-    if json_out is not None and json_out.exists() and not json_out.is_file():
-        raise OutputError(f"--json {json_out} is a folder or not a regular file; pass the JSON file to write, e.g. "
-                             f"{json_out / 'results.json'}")
     if json_out is not None:
-        io.check_out_dir(json_out.parent, (json_out.name,), option="--json")
+        io.check_json_out(json_out)
     run, params, state, iteration = load(checkpoint, overrides, data=data)
     if baselines is None:
         names = default_baselines(run)
@@ -223,12 +221,15 @@ def eval_(
 @app.command()
 @errors_to_exit
 def adapt(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder (or its checkpoint.safetensors), or a "
-                                    "shipped initialization's name (e.g. omniglot-5w1s; `reptile-fn info` lists them)."),
-    support: Path = typer.Option(..., "--support", help="Your labelled examples: a folder of class subfolders of "
-                                 "images (image runs) or a CSV with text,label columns (text runs)."),
-    query: Path = typer.Option(..., "--query", help="What to label: a folder of images (or of class subfolders, "
-                               "to score them), or a CSV with a text column (and a label column, to score them)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", parser=path_arg,
+                                    help="A run folder (or its checkpoint.safetensors), or a shipped initialization's name "
+                                    "(e.g. omniglot-5w1s; `reptile-fn info` lists them)."),
+    support: Path = typer.Option(..., "--support", parser=path_arg,
+                                 help="Your labelled examples: a folder of class subfolders of images (image runs) or a CSV "
+                                 "with text,label columns (text runs)."),
+    query: Path = typer.Option(..., "--query", parser=path_arg,
+                               help="What to label: a folder of images (or of class subfolders, to score them), or a CSV "
+                               "with a text column (and a label column, to score them)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps (default: the run's "
                                         "eval.inner_steps)."),
     out: Path = typer.Option(Path("predictions"), "--out", parser=path_arg,
@@ -266,7 +267,7 @@ def adapt(
 @app.command()
 @errors_to_exit
 def embed(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run folder or checkpoint, or a shipped name: a "
+    checkpoint: Path = typer.Option(..., "--checkpoint", parser=path_arg, help="A run folder or checkpoint, or a shipped name: a "
                                     "run on synthetic classification families (names the family) or Omniglot (the alphabet)."),
     family: List[str] = typer.Option([], "--family", help="Only these task families (repeatable; default: the run's)."),
     shots: int = typer.Option(5, "--shots", help="Support examples per class of every embedded task (k_shot)."),
@@ -319,7 +320,7 @@ def embed(
 @errors_to_exit
 def download(
     dataset: str = typer.Argument(..., help="What to download: omniglot."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="The data folder: the zips go into its "
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", parser=path_arg, help="The data folder: the zips go into its "
                                             "omniglot/ subfolder (default: $REPTILE_FN_DATA)."),
     sets: str = typer.Option("background,evaluation", "--sets", help="Omniglot zips: background, evaluation."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file whose checksum differs."),
@@ -336,7 +337,8 @@ def download(
 
 @app.command()
 @errors_to_exit
-def compare(runs: List[Path] = typer.Argument(..., help="Run folders (train), eval folders or results files.")) -> None:
+def compare(runs: List[Path] = typer.Argument(..., parser=path_arg,
+                                              help="Run folders (train), eval folders or results files.")) -> None:
     """A markdown table of several runs side by side (final few-shot results of each init)."""
     from reptile_fn.run import compare_runs
 

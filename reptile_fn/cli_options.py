@@ -18,19 +18,6 @@ import typer
 from reptile_fn.errors import ReptileFnError
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file, or a shipped config's name (e.g. sine, "
-                         "omniglot_5w1s; `reptile-fn info` lists them). Default: the built-in default config.")
-SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
-DataDirOpt = typer.Option(None, "--data-dir", help="Data folder (Omniglot zips); sets tasks.data_dir.")
-EncoderOpt = typer.Option(None, "--encoder", help="Text runs: a BERT-style folder (model.safetensors, tokenizer.json, "
-                          "config.json) instead of all-MiniLM-L6-v2; sets model.encoder.")
-
-
-def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[Path] = None) -> List[str]:
-    # paths as JSON strings (valid YAML): a path is never parsed as YAML ("a #2" is not a comment, "null" no null)
-    return [*sets, *([f"tasks.data_dir={json.dumps(str(data_dir))}"] if data_dir else []),
-            *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
-
 
 def path_arg(value: str | os.PathLike) -> Path:
     """A command-line path: refused (a ValueError, which typer reports as a bad option value) if it is empty,
@@ -38,6 +25,20 @@ def path_arg(value: str | os.PathLike) -> Path:
     if not str(value).strip():
         raise ValueError("it is empty; pass a path (an unset shell variable?)")
     return Path(value)
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", parser=path_arg, help="YAML config file, or a shipped config's "
+                         "name (e.g. sine, omniglot_5w1s; `reptile-fn info` lists them). Default: the built-in default config.")
+SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
+DataDirOpt = typer.Option(None, "--data-dir", parser=path_arg, help="Data folder (Omniglot zips); sets tasks.data_dir.")
+EncoderOpt = typer.Option(None, "--encoder", parser=path_arg, help="Text runs: a BERT-style folder (model.safetensors, "
+                          "tokenizer.json, config.json) instead of all-MiniLM-L6-v2; sets model.encoder.")
+
+
+def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[Path] = None) -> List[str]:
+    # paths as JSON strings (valid YAML): a path is never parsed as YAML ("a #2" is not a comment, "null" no null)
+    return [*sets, *([f"tasks.data_dir={json.dumps(str(data_dir))}"] if data_dir else []),
+            *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
 
 
 def errors_to_exit(fn):

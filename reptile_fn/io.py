@@ -88,6 +88,27 @@ def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: 
     return path
 
 
+def check_json_out(path: str | os.PathLike, option: str = "--json") -> Path:
+    """``path`` if a JSON file may be written there: its folder can be written, and nothing but an earlier JSON
+    file (an object) would be replaced; else an ``OutputError`` naming ``option``. A checkpoint, a config or a
+    data file given by mistake is never overwritten."""
+    from reptile_fn.errors import OutputError
+
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise OutputError(f"{option} {path} is {what}; pass the JSON file to write, e.g. {path / 'results.json'}"
+                          if path.is_dir() else f"{option} {path} is {what}; pass the JSON file to write")
+    check_out_dir(path.parent, option=option)
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        if path.suffix.lower() != ".json" or not head.startswith(b"{"):
+            raise OutputError(f"{option} {path} exists and is not a JSON results file; pass a new path (or a .json file "
+                              "to replace), so that nothing else is overwritten")
+    return path
+
+
 def written_name(filename: str | os.PathLike) -> str:
     """The file an ``atomic_path`` temporary stands for (``.name.abc123xy.tmp`` -> ``name``), else ``filename``:
     what an error about the temporary should name."""

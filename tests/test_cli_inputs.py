@@ -270,6 +270,12 @@ def test_data_dir_with_a_hash_or_named_null_reaches_the_loader(tmp_path, monkeyp
     (["validate", "--set", "inner_lr=nan"], "error: built-in default config with --set inner_lr=nan"),
     (["train", "--out", "", "--set", "meta_iterations=2"], "error: Invalid value for '--out' / '-o': Value error, it is empty"),
     (["eval", "--checkpoint", "omniglot-5w1s", "--json", " "], "error: Invalid value for '--json': Value error, it is empty"),
+    # every path, not only outputs: an empty one would otherwise read or download into the working directory
+    (["validate", "--config", ""], "error: Invalid value for '--config' / '-c': Value error, it is empty"),
+    (["adapt", "--checkpoint", "omniglot-5w1s", "--support", "", "--query", "q"],
+     "error: Invalid value for '--support': Value error, it is empty"),
+    (["download", "omniglot", "--data-dir", ""], "error: Invalid value for '--data-dir': Value error, it is empty"),
+    (["compare", "x", ""], "error: Invalid value for 'runs': Value error, it is empty"),
 ])
 def test_usage_errors_are_one_error_line_from_the_installed_command(args, message, tmp_path):
     """click's own errors (a bad option value, a missing or unknown option or command) and ours, through the
@@ -411,7 +417,7 @@ def test_a_checkpoint_whose_parameters_became_integers_is_refused(tiny_run, tmp_
 def test_eval_json_is_checked_before_the_work_and_divergence_is_an_error(tiny_run, tmp_path):
     (tmp_path / "taken").mkdir()
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--json",
-                                    str(tmp_path / "taken")]), "--json", "is a folder or not a regular file")
+                                    str(tmp_path / "taken")]), "--json", "taken is a folder")
     result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--baselines",
                                  "random", "--speed-steps", "0", "--set", "eval.inner_lr=1e30"])
     last = result.stderr.strip().splitlines()[-1]  # after the evaluation's progress lines
@@ -526,7 +532,7 @@ def test_messages_name_the_fix_the_user_can_take(tiny_run, tmp_path):
     says what to write instead; a value in the wrong case is suggested in the right one."""
     (tmp_path / "folder").mkdir()
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ev"), "--json",
-                                    str(tmp_path / "folder")]), "is a folder or not a regular file", "folder/results.json")
+                                    str(tmp_path / "folder")]), "folder is a folder", "folder/results.json")
     (tmp_path / "x.csv").write_text("text,label\nhi,a\n")
     _user_error(runner.invoke(app, ["eval", "--checkpoint", "omniglot-5w1s", "--out", str(tmp_path / "ev"), "--data",
                                     str(tmp_path / "x.csv")]), "is a text file, but this is an image run")
@@ -568,3 +574,26 @@ def test_compare_labels_an_older_results_file_with_what_it_records(tiny_run, tmp
     (tmp_path / "orphan.json").write_text(json.dumps(data))
     _user_error(runner.invoke(app, ["compare", str(tmp_path / "orphan.json")]), "records no config",
                 str(tmp_path / "gone"))
+
+
+def test_json_output_never_replaces_a_file_that_is_not_a_json_results_file(tmp_path):
+    """`eval --json` given a run's checkpoint (or config, or a data file) by mistake refuses before any work, and
+    the file is untouched; an earlier results file may be replaced."""
+    from reptile_fn import io
+    from reptile_fn.errors import OutputError
+
+    checkpoint = tmp_path / CHECKPOINT
+    checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + bytes(64))
+    before = checkpoint.read_bytes()
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", "omniglot-5w1s", "--json", str(checkpoint)]),
+                f"--json {checkpoint} exists and is not a JSON results file")
+    assert checkpoint.read_bytes() == before
+    for name, text in (("config.yaml", "seed: 0\n"), ("data.json", "[1, 2]"), ("rows.csv", "{not json")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(OutputError, match="not a JSON results file"):
+            io.check_json_out(tmp_path / name)
+    (tmp_path / "old.json").write_text('  {"accuracy": 0.5}')
+    assert io.check_json_out(tmp_path / "old.json") == tmp_path / "old.json"
+    assert io.check_json_out(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
+    with pytest.raises(OutputError, match=f"--json {tmp_path} is a folder; pass the JSON file to write"):
+        io.check_json_out(tmp_path)
