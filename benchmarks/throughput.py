@@ -37,6 +37,7 @@ import reptile_fn  # reptile_fn before mlx.core: importing it loads OpenBLAS on 
 from reptile_fn import io, optim
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS
 from reptile_fn.algorithms.base import compile_iterations
+from reptile_fn.config.limits import INT32_MAX, LIMITS, NO_LIMITS
 from reptile_fn.episode import Episode
 from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import cross_entropy, mse
@@ -343,11 +344,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     rows, scaling = [], []
     variants = args.variants.split(",")
     custom = {}
+    lifted = os.environ.get(NO_LIMITS, "") not in ("", "0")
+    most = INT32_MAX if lifted else LIMITS["meta_batch_size"].most
     for part in filter(None, (args.sizes or "").split(";")):
         w, _, sizes = part.partition(":")
-        if not all(v.strip().isdigit() and int(v) > 0 for v in sizes.split(",")):
-            raise SystemExit(f"--sizes {args.sizes!r}: {part!r} needs whole meta-batch sizes >= 1, e.g. 'W1:8,64;W2:5'")
+        if w.strip() not in WORKLOADS:
+            raise SystemExit(f"--sizes {args.sizes!r}: unknown workload {w.strip()!r}; use W1, W2, W3 or W4, e.g. 'W1:8,64;W2:5'")
+        if not all(v.strip().isdigit() and len(v.strip()) <= 10 and int(v) > 0 for v in sizes.split(",")):
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            raise SystemExit(f"--sizes: {shown!r} is not a comma list of whole meta-batch sizes >= 1; write them like "
+                             "'W1:8,64;W2:5'")
         custom[w.strip()] = [int(v) for v in sizes.split(",")]
+        if max(custom[w.strip()]) > most:
+            raise SystemExit(f"--sizes {args.sizes!r}: {max(custom[w.strip()]):,} is above {most:,}, the most reptile_fn "
+                             "allows (a meta-batch's tasks, or W4's episodes, are adapted at once, so memory grows with "
+                             f"them; papers use 4-32); lower it" + ("" if lifted else f" (or set {NO_LIMITS}=1)"))
     if args.json is not None:  # checked before minutes of measuring, not after
         io.check_json_out(args.json)
     for name in args.workloads.split(","):

@@ -192,16 +192,21 @@ def eval_(
         raise ReptileFnError("--split is empty; give test, val or evaluation, or leave it out for the run's own")
     if split is not None and any(s.split("=", 1)[0].strip() in ("tasks.test_split", "test_split") for s in set_):
         raise ReptileFnError("--split and --set tasks.test_split both choose the held-out split; give one of them")
+    chosen = None if baselines is None else tuple(b.strip() for b in baselines.split(","))
+    if chosen is not None and (not all(chosen) or "none" in map(str.lower, chosen) and len(chosen) > 1):
+        raise ReptileFnError(f"--baselines {baselines!r} has an empty entry, or none beside other names; give a comma "
+                             "list such as random,transfer, or none alone for the meta-learned init alone")
+    chosen = () if chosen is not None and chosen[0].lower() == "none" else chosen
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(checkpoint)
     out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
+    if (out_dir / "checkpoint.safetensors").is_file() and out_dir.resolve() != checkpoint.resolve().parent:
+        raise ReptileFnError(f"--out {out_dir} is another run's folder (it holds checkpoint.safetensors), and `compare` "
+                             f"would read these results as that run's; pass another folder, e.g. {Path('runs', 'eval', checkpoint.parent.name)}")
     if json_out is not None:
         io.check_json_out(json_out)
     run, params, state, iteration = load(checkpoint, overrides, data=data)
-    if baselines is None:
-        names = default_baselines(run)
-    else:  # "none": the meta-learned init alone
-        names = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip().lower() != "none")
+    names = default_baselines(run) if chosen is None else chosen
     base = baseline_inits(run, names)
     if getattr(run.tasks, "inverted", 0):
         typer.echo(f"{_count(run.tasks.inverted, 'image')} of {data} on a light background "

@@ -24,7 +24,7 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {v!r}")
+            raise ConfigError(f"{source}: {key} must be a list, got {shown(v)}")
         return tuple(coerce(x, args[0], key, source) for x in v)
     if t is bool:
         if isinstance(v, bool):
@@ -42,14 +42,20 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
             except ValueError:
                 pass
         if x is not None and not math.isfinite(x):
-            raise ConfigError(f"{source}: {key} must be a finite number, got {v!r}; give a plain number such as 0.01")
+            raise ConfigError(f"{source}: {key} must be a finite number, got {shown(v)}; give a plain number such as 0.01")
         if x is not None:
             return x
     elif t is str:
         if isinstance(v, str):
             return v
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
-    raise ConfigError(f"{source}: {key} must be {name}, got {v!r}")
+    raise ConfigError(f"{source}: {key} must be {name}, got {shown(v)}; give {name}")
+
+
+def shown(v: Any, most: int = 60) -> str:
+    """``repr(v)``, cut to ``most`` characters: a 5,000-digit value is not echoed whole."""
+    text = repr(v)
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def suggest(word: str, options: Sequence[str]) -> str:

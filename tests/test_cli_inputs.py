@@ -356,7 +356,9 @@ def test_embed_way_is_for_omniglot_runs(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [(["--split", ""], "--split is empty"),
-                                          (["--split", "test", "--set", "tasks.test_split=val"], "give one of them")])
+                                          (["--split", "test", "--set", "tasks.test_split=val"], "give one of them"),
+                                          (["--baselines", ""], "--baselines '' has an empty entry"),
+                                          (["--baselines", "none,random"], "or none alone")])
 def test_eval_split_must_be_one_clear_choice(tiny_run, tmp_path, args, needle):
     _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--out", str(tmp_path), *args]), needle)
 
@@ -429,6 +431,13 @@ def test_bench_script_messages_reach_the_user_as_one_error_line():
     if mx.cuda.is_available() or mx.metal.is_available():
         pytest.skip("a GPU is here, so --device gpu is valid")
     _user_error(runner.invoke(app, ["bench", "--device", "gpu"]), "--device gpu")
+
+
+@pytest.mark.parametrize("sizes, needle", [("W1:100000000", "100,000,000 is above 1,024"), ("W1:" + "9" * 5000, "is not a comma list"),
+                                           ("W9:5", "unknown workload 'W9'")])
+def test_bench_sizes_are_bounded_before_anything_is_allocated(sizes, needle):
+    """A meta-batch of 10^8 sine tasks had taken 21 GB in 15 s before the kernel killed it."""
+    _user_error(runner.invoke(app, ["bench", "--workloads", "W1", "--sizes", sizes, "--quick"]), needle)
 
 
 def test_bench_help_lists_the_benchmarks_own_options():
@@ -597,3 +606,26 @@ def test_json_output_never_replaces_a_file_that_is_not_a_json_results_file(tmp_p
     assert io.check_json_out(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
     with pytest.raises(OutputError, match=f"--json {tmp_path} is a folder; pass the JSON file to write"):
         io.check_json_out(tmp_path)
+
+
+def test_eval_results_are_not_written_into_another_runs_folder(tiny_run, tmp_path):
+    """`compare OTHER` would have shown these results under the other run's name."""
+    import shutil
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(tiny_run / CHECKPOINT, other / CHECKPOINT)
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--episodes", "2", "--out", str(other)]),
+                f"--out {other} is another run's folder")
+    assert sorted(p.name for p in other.iterdir()) == [CHECKPOINT]
+    mine = shutil.copytree(tiny_run, tmp_path / "mine")
+    own = runner.invoke(app, ["eval", "--checkpoint", str(mine), "--episodes", "2", "--steps", "1", "--speed-steps", "0",
+                              "--baselines", "none", "--out", str(mine)])
+    assert own.exit_code == 0, own.output  # its own folder is fine
+
+
+def test_eval_with_a_changed_meta_iterations_is_not_called_a_damaged_checkpoint(tiny_run, tmp_path):
+    """The checkpoint's iteration is checked against the run's own schedule, not the --set one."""
+    res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--episodes", "2", "--steps", "1", "--speed-steps", "0",
+                              "--baselines", "none", "--set", "meta_iterations=1", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0 and "edited or damaged" not in res.output, res.output

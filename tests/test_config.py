@@ -132,6 +132,14 @@ def test_set_by_dotted_key_and_by_unique_leaf_name_agree():
         ("every=7", "eval.every", 7),
         ("during_training_episodes=3", "eval.during_training_episodes", 3),
         ("inner_optimizer=adam", "inner_optimizer", "adam"),
+        # numbers as YAML 1.2 and Python read them, not YAML 1.1's octal and base 60 (010 was 8, 1:30 was 90)
+        ("meta_iterations=010", "meta_iterations", 10),
+        ("meta_iterations=1_000", "meta_iterations", 1000),
+        ("meta_iterations=0x10", "meta_iterations", 16),
+        ("seed=-0", "seed", 0),
+        ("inner_lr=1e-3", "inner_lr", 0.001),
+        ("outer_lr_final=.5e-1", "outer_lr_final", 0.05),
+        ("trainable=1:30", "trainable", ("1:30",)),
     ],
 )
 def test_set_values_are_parsed_as_yaml(item, key, expected):
@@ -772,3 +780,23 @@ def test_small_mistakes_get_their_fix():
         C.load("omniglot-5w1s")
     with pytest.raises(ConfigError, match="tasks.val_fraction and tasks.test_fraction are not read"):
         C.load(None, ["tasks.dataset=csv", "tasks.path=x.csv", "tasks.split_column=split", "tasks.test_fraction=0.3"])
+
+
+@pytest.mark.parametrize("text, needle", [("meta_iterations: 010\n", None), ("meta_iterations: 1:30\n", "must be an integer, got '1:30'"),
+                                          ("meta_iterations: " + "9" * 5000 + "\n", "has 5,000 digits")])
+def test_config_files_read_numbers_as_yaml_1_2_and_refuse_endless_ones(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    if needle is None:
+        assert C.load(p).meta_iterations == 10
+    else:
+        with pytest.raises(ConfigError, match=needle) as e:
+            C.load(p)
+        assert len(str(e.value)) < 300  # the value is not echoed whole
+
+
+def test_an_endless_set_value_is_a_short_error():
+    for key in ("meta_iterations", "inner_lr"):
+        with pytest.raises(ConfigError, match=f"{key} must be") as e:
+            C.load(None, [f"{key}={'9' * 5000}"])
+        assert len(str(e.value)) < 400

@@ -201,13 +201,46 @@ def test_resume_refuses_an_edited_config_yaml_and_a_damaged_log_and_keeps_a_fini
     with pytest.raises(CheckpointError, match="line 1 is not a metrics record"):
         _train(None, out, resume=True)
     (out / R.METRICS).write_text(log)
-    for damage in ("algorithm: [unclosed\n", None):  # an unreadable or a deleted config.yaml is written back
-        if damage is None:
-            (out / "config.yaml").unlink()
-        else:
-            (out / "config.yaml").write_text(damage)
-        _train(None, out, resume=True)
-        assert (out / "config.yaml").read_text() == config
+    for damage in ("algorithm: [unclosed\n", "\xff\xfe", "algorithm: reptile\nalgorithm: maml\n"):  # an unreadable edit
+        (out / "config.yaml").write_bytes(damage.encode("latin-1"))
+        with pytest.raises(C.ConfigError, match="was edited and cannot be read back"):
+            _train(None, out, resume=True)
+        assert (out / "config.yaml").read_bytes() == damage.encode("latin-1")  # kept for whoever wrote it
+    (out / "config.yaml").unlink()  # a deleted config.yaml is written back
+    _train(None, out, resume=True)
+    assert (out / "config.yaml").read_text() == config
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_path):
+    """A fresh `train` that fails after its start (bad data met in the first step, Ctrl-C) wrote config.yaml and an
+    empty metrics.jsonl; they go, and so does the folder it made. One that logged a record keeps its files."""
+
+    class Fail:
+        def __init__(self, at):
+            self.at = at
+
+        def on_step(self, it):
+            if it == self.at:
+                raise ValueError("the data ran out")
+
+        def on_log(self, it, record):
+            pass
+
+        def close(self):
+            pass
+
+    cfg = C.load(None, [*TINY, "log_every=2", "checkpoint_every=100"])
+    with pytest.raises(ValueError, match="ran out"):
+        _train(cfg, tmp_path / "made", callbacks=(Fail(1),))
+    assert not (tmp_path / "made").exists()
+    (tmp_path / "there").mkdir()
+    (tmp_path / "there" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="ran out"):
+        _train(cfg, tmp_path / "there", callbacks=(Fail(1),))
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == ["notes.txt"]
+    with pytest.raises(ValueError, match="ran out"):
+        _train(cfg, tmp_path / "logged", callbacks=(Fail(3),))  # the record of iteration 2 is in the log
+    assert {p.name for p in (tmp_path / "logged").iterdir()} == {"config.yaml", R.METRICS}
 
 
 def test_a_folder_with_a_runs_log_but_no_checkpoint_is_not_overwritten(tmp_path):

@@ -240,6 +240,10 @@ def test_adapt_errors_name_the_problem(image_run, tmp_path):
     result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
                                       str(csv_file), "--query", str(other), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "is a text file, but this is an image run" in result.output
+    one = next(p for p in other.rglob("*") if p.is_file())  # one image, not the folder it is in
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(two), "--query", str(one), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and f"{one} is a file but not a .zip; give a folder" in result.output, result.output
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(root / "train_set"),
                                       "--out", str(tmp_path / "p")])  # the folder the run meta-trained on
     assert result.exit_code == 2 and "is the data this run meta-trained on" in result.output

@@ -222,7 +222,7 @@ def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Confi
     for item in overrides:
         data = apply_override(data, item)
     if overrides:
-        source += " with --set " + " ".join(overrides)
+        source += " with --set " + " ".join(o if len(o) <= 80 else o[:77] + "..." for o in overrides)
     return from_dict(data, source=source)
 
 
@@ -235,9 +235,11 @@ def apply_override(data: dict, item: str) -> dict:
     if not raw.strip():
         raise ConfigError(f"--set {item!r}: no value after '='; give one, e.g. --set {key}=VALUE (null for none)")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=files.Loader)
     except RecursionError:
         raise ConfigError(f"--set {key}: the value is nested too deeply to read; give a plain value or a short list") from None
+    except files.DuplicateKey as e:
+        raise ConfigError(f"--set {key}: {e}") from None
     except yaml.YAMLError:
         value = raw
     out = _deep_copy(data)

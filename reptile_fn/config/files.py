@@ -1,9 +1,11 @@
 """Config files: finding one (a path, or the name of a config shipped with the package) and reading it as
-strict YAML (UTF-8, one value per key). Every problem is one ``ConfigError`` naming the file and the fix."""
+strict YAML (UTF-8, one value per key, numbers as YAML 1.2 reads them). Every problem is one ``ConfigError``
+naming the file and the fix."""
 
 from __future__ import annotations
 
 import os
+import re
 import select
 from pathlib import Path
 
@@ -69,8 +71,8 @@ def read(path: str | Path) -> tuple[dict, str]:
         raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
                           "save it as UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e:
+        data = yaml.load(text, Loader=Loader)
+    except DuplicateKey as e:
         raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -118,12 +120,14 @@ def _read(p: Path) -> bytes:
         os.close(fd)
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(yaml.YAMLError):
     pass
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins", and
+    numbers are read as YAML 1.2 (and Python) read them: ``010`` is 10, not octal 8; ``1:30`` is a string, not the
+    base-60 number 90; ``1e-3`` is a number (``0o``, ``0x``, ``0b`` and ``_`` separators as in Python)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -140,5 +144,30 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     break
                 if first is not None:
                     where = f"twice on line {line}" if first == line else f"twice (lines {first} and {line})"
-                    raise _DuplicateKey(f"key {key!r} is set {where} in one mapping; keep one of them")
+                    raise DuplicateKey(f"key {key!r} is set {where} in one mapping; keep one of them")
         return super().construct_mapping(node, deep=deep)
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag not in (_INT, _FLOAT)]
+                                  for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)$"),
+                             list("-+0123456789"))
+Loader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?
+                                                  |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                                                  |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+                             list("-+0123456789."))
+MAX_DIGITS = 64  # far past any setting's limit, far below Python's 4,300-digit cap on int()
+
+
+def _construct_int(loader: Loader, node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    if len(text) > MAX_DIGITS:
+        raise yaml.constructor.ConstructorError(None, None, f"the number {text[:12]}... has {len(text):,} digits, "
+                                                "more than any setting takes", node.start_mark)
+    sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+    base = {"0b": 2, "0o": 8, "0x": 16}.get(digits[:2].lower(), 10)
+    return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+Loader.add_constructor(_INT, _construct_int)

@@ -317,7 +317,7 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         raise (CheckpointError(f"{e} (after {' '.join(changed)}: the run was trained without them; drop the --set "
                                "of how it was built)") if changed else e) from None
     require_finite(params, checkpoint_path)
-    return run, params, state, checked_iteration(meta.get("iteration", 0), cfg, checkpoint_path)
+    return run, params, state, checked_iteration(meta.get("iteration", 0), trained, checkpoint_path)  # the run's own
 
 
 def _check_held_out(trained: C.Config, held: Sampler, data) -> None:

@@ -73,9 +73,14 @@ class Saved:
         written = self.path.parent / CONFIG
         if written.is_file():
             try:
-                on_disk = C.from_dict(yaml.safe_load(written.read_text(encoding="utf-8")), source=str(written), stored=True)
-            except (ReptileFnError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
-                on_disk = self.cfg  # unreadable: the checkpoint's config is the run's, and it rewrites the file
+                text = written.read_text(encoding="utf-8")
+                on_disk = C.from_dict(yaml.load(text, Loader=C.files.Loader), source=str(written), stored=True)
+            except (ReptileFnError, yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+                # it is written atomically, so this is an edit: refused like a readable one, and kept for its writer
+                why = (str(e).splitlines() or [type(e).__name__])[0]
+                raise ConfigError(f"--resume: {written} was edited and cannot be read back ({why[:160]}), but a run's "
+                                  "config is the one in its checkpoint; undo the edit, or delete the file and --resume "
+                                  "writes it back") from None
             if on_disk != self.cfg:
                 diff = [k for k in C.leaf_keys() if C.get(self.cfg, k) != C.get(on_disk, k)]
                 raise ConfigError(f"--resume: {written} was edited ({', '.join(diff)}), but a run's config is the one in "
@@ -108,6 +113,15 @@ def exclusive(out: Path):
         raise
     finally:
         os.close(fd)
+
+
+def forget_start(out: Path) -> None:
+    """Remove what a fresh run's start wrote (its config.yaml and an empty metrics.jsonl) when it failed before its
+    first checkpoint, so that a failed ``train`` leaves nothing behind; a run that logged anything keeps it all."""
+    if (out / CHECKPOINT).exists() or (out / METRICS).is_file() and (out / METRICS).stat().st_size:
+        return
+    for name in (CONFIG, METRICS):
+        (out / name).unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -34,7 +34,7 @@ from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
 from reptile_fn.errors import ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
 from reptile_fn.run.build import Run, build, run_keys, settled
-from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive,
+from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive, forget_start,
                                   read_metrics, remove_stale_temporaries, require_finite, truncate_metrics)
 from reptile_fn.run.report import evaluate_init, final_evaluation, peft_summary
 from reptile_fn.signals import Terminated, shielded, sigterm_as_interrupt
@@ -70,8 +70,7 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
         stack.__exit__(type(e), e, e.__traceback__)  # tells exclusive() the start failed (close() would not)
         raise
     cfg = run.cfg
-    keys = run_keys(cfg.seed)
-    iteration_keys = mx.random.split(keys.train, cfg.meta_iterations)
+    iteration_keys = mx.random.split(run_keys(cfg.seed).train, cfg.meta_iterations)
     end = min(cfg.meta_iterations, stop_at) if stop_at is not None else cfg.meta_iterations
     step = _iteration(run, w)
     saver = _Saver(run, out, w, last_good=at.iteration if resume else None, eval_due=eval_due)
@@ -84,50 +83,52 @@ def train(cfg: C.Config | None, out_dir: str | Path, *, resume: bool = False, pr
     stack.enter_context(sigterm_as_interrupt())
     evaluated = None  # the last iteration whose held-out evaluation is in the log
     try:
-        if saver.eval_due:  # the run stopped at an evaluation's iteration before the evaluation was logged
-            evaluated = _evaluate(run, at.params, at.state, first, metrics_file)
-        for i in range(first, end):
-            params, state, metrics = step(at.params, at.state, iteration_keys[i])
-            window = metrics if not at.window else {k: at.window[k] + metrics[k] for k in metrics}
-            if w.group is None:
-                mx.async_eval(params, state, window)
-            else:
-                with waiting():  # a lost peer raises here, or (MLX 0.32) blocks until the watchdog ends it
-                    mx.eval(params, state, window)
-            at = Progress(params, state, i + 1, window, at.n_window + 1)  # one assignment: Ctrl-C safe
-            it = at.iteration
-            for c in callbacks:
-                getattr(c, "on_step", _nothing)(it)
-            if it % cfg.log_every == 0 or it == cfg.meta_iterations:
-                record = {"iteration": it, **{k: float(v) / at.n_window for k, v in at.window.items()}}
-                at = at._replace(window={}, n_window=0)
-                if not bool(T.all_finite(params)) or not all(math.isfinite(v) for v in record.values()):
-                    raise saver.diverged(it)
-                _write(metrics_file, record)
+        try:
+            if saver.eval_due:  # the run stopped at an evaluation's iteration before the evaluation was logged
+                evaluated = _evaluate(run, at.params, at.state, first, metrics_file)
+            for i in range(first, end):
+                params, state, metrics = step(at.params, at.state, iteration_keys[i])
+                window = metrics if not at.window else {k: at.window[k] + metrics[k] for k in metrics}
+                if w.group is None:
+                    mx.async_eval(params, state, window)
+                else:
+                    with waiting():  # a lost peer raises here, or (MLX 0.32) blocks until the watchdog ends it
+                        mx.eval(params, state, window)
+                at = Progress(params, state, i + 1, window, at.n_window + 1)  # one assignment: Ctrl-C safe
+                it = at.iteration
                 for c in callbacks:
-                    c.on_log(it, record)
-            if _eval_at(cfg, it):
-                evaluated = _evaluate(run, params, state, it, metrics_file)
-            if it % cfg.checkpoint_every == 0 or it == end:
-                metrics_file.flush()
-                saver.save(at)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler, kill): save what is done
-        metrics_file.flush()
-        if at.iteration > first and bool(T.all_finite(at.params)) and w.is_main:
-            with shielded():  # a second Ctrl-C during the save must not cut it short
-                saver.save(at, eval_due=_eval_at(cfg, at.iteration) and evaluated != at.iteration)
-            why = "terminated" if isinstance(stop, Terminated) else "interrupted"
-            log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
-        raise  # the command line turns it into one error line and exit status 143 (SIGTERM) or 130 (Ctrl-C)
-    except RuntimeError as e:
-        if not distributed.lost_peer(e):
-            raise
-        raise distributed.DistributedError(saver.lost(at.iteration, str(e))) from e
-    finally:
-        stack.close()
-        for c in callbacks:
-            c.close()
-        metrics_file.close()
+                    getattr(c, "on_step", _nothing)(it)
+                if it % cfg.log_every == 0 or it == cfg.meta_iterations:
+                    record = {"iteration": it, **{k: float(v) / at.n_window for k, v in at.window.items()}}
+                    at = at._replace(window={}, n_window=0)
+                    if not bool(T.all_finite(params)) or not all(math.isfinite(v) for v in record.values()):
+                        raise saver.diverged(it)
+                    _write(metrics_file, record)
+                    for c in callbacks:
+                        c.on_log(it, record)
+                if _eval_at(cfg, it):
+                    evaluated = _evaluate(run, params, state, it, metrics_file)
+                if it % cfg.checkpoint_every == 0 or it == end:
+                    metrics_file.flush()
+                    saver.save(at)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler, kill): save what is done
+            metrics_file.flush()
+            saver.stopped(at, first, evaluated, stop, log)
+            raise  # the command line turns it into one error line and exit status 143 (SIGTERM) or 130 (Ctrl-C)
+        except RuntimeError as e:
+            if not distributed.lost_peer(e):
+                raise
+            raise distributed.DistributedError(saver.lost(at.iteration, str(e))) from e
+        finally:
+            for c in callbacks:
+                c.close()
+            metrics_file.close()
+    except BaseException as e:
+        if not resume and w.is_main:
+            forget_start(out)  # it failed before its first checkpoint: what its start wrote goes
+        stack.__exit__(type(e), e, e.__traceback__)  # and exclusive() removes the folder if it made it
+        raise
+    stack.close()
     return finish(run, out, at, seconds=time.perf_counter() - t0, done=end - first, w=w)
 
 
@@ -147,7 +148,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
         if w.is_main:
             remove_stale_temporaries(out)
             truncate_metrics(out / METRICS, saved.iteration, eval_due=saved.eval_due)
-            io.write_text(out / CONFIG, C.dump(cfg))  # back, if it was deleted or unreadable (an edit was refused)
+            io.write_text(out / CONFIG, C.dump(cfg))  # back, if it was deleted (an edit was refused)
             log(f"resuming {out} at meta-iteration {saved.iteration}/{cfg.meta_iterations}")
         return run, Progress(params, state, saved.iteration, saved.window, saved.n_window), saved.eval_due
     cfg = settled(cfg or C.Config())
@@ -246,6 +247,14 @@ class _Saver:
             if self.run.peft is not None:
                 save_adapter_files(self.run, at.params, self.out / ADAPTER_DIR)
         self.last_good = at.iteration
+
+    def stopped(self, at: Progress, first: int, evaluated: int | None, stop: KeyboardInterrupt, log) -> None:
+        """Checkpoint a run stopped by Ctrl-C or SIGTERM, if it got anywhere, and say how to go on."""
+        if at.iteration > first and bool(T.all_finite(at.params)) and self.w.is_main:
+            with shielded():  # a second Ctrl-C during the save must not cut it short
+                self.save(at, eval_due=_eval_at(self.run.cfg, at.iteration) and evaluated != at.iteration)
+            why = "terminated" if isinstance(stop, Terminated) else "interrupted"
+            log(f"\n{why}: checkpoint saved at meta-iteration {at.iteration}; continue with --resume")
 
     def kept(self) -> str:
         return (f"the last good checkpoint ({self.path}, meta-iteration {self.last_good}) is kept"

@@ -207,6 +207,9 @@ def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str]
     """(listing, opener of a name, how to show a name in a message, fingerprint or None for a zip)."""
     if path.exists() and not path.is_dir() and not path.is_file():
         raise DataError(f"{path} is not a regular file (a pipe, a device or a socket); give a folder or a .zip")
+    if path.is_file() and path.suffix.lower() != ".zip":  # one image, say: what is wanted is the folder it is in
+        raise DataError(f"{path} is a file but not a .zip; give a folder of images (or of class folders), or a .zip "
+                        "of one")
     if path.is_dir():
         listing, fingerprint = _list_folder(path)
         yield listing, (lambda name: open(path / name, "rb")), (lambda name: str(path / name)), fingerprint
