@@ -11,3 +11,4 @@ __version__ = "0.1.0"
 def blas_status() -> str:
     """A one-line description of the BLAS MLX's CPU matmuls run on (e.g. "OpenBLAS (libopenblas.so.0)")."""
     return _blas.status()
+

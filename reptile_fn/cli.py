@@ -381,7 +381,8 @@ def main() -> None:
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")  # typer's own click
     try:
         code = app(standalone_mode=False)  # returns the status of typer.Exit (our errors: 2; Ctrl-C: 130)
-    except typer.Abort:
+    except typer.Abort:  # Ctrl-C before a command began (click's own handling)
+        typer.echo("error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done", err=True)
         raise SystemExit(130) from None
     except usage_error as e:
         command = f" {e.ctx.command_path.split(' ', 1)[-1]}" if getattr(e, "ctx", None) and " " in e.ctx.command_path else ""
@@ -389,5 +390,7 @@ def main() -> None:
         raise SystemExit(2) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
+    if code == 130:  # typer's silent status for a Ctrl-C before the command began (during its parsing)
+        typer.echo("error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done", err=True)
     if isinstance(code, int) and code:
         raise SystemExit(code)

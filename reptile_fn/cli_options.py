@@ -68,6 +68,6 @@ def errors_to_exit(fn):
             signal_name = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
             typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
                        f"whole, the rest were not written (a training run continues with --resume)", err=True)
-            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+            raise SystemExit(143 if isinstance(e, Terminated) else 130) from None  # past typer, which would say nothing
 
     return wrapper

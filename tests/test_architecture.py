@@ -23,7 +23,7 @@ LAYERS = {
     "reptile_fn.config": 5, "reptile_fn.coerce": 5, "reptile_fn.distributed": 5, "reptile_fn.plots": 5,
     "reptile_fn.pretrained": 5,
     "reptile_fn.run": 6,
-    "reptile_fn.cli": 7, "reptile_fn.cli_options": 7,
+    "reptile_fn.cli": 7, "reptile_fn.cli_options": 7, "reptile_fn.__main__": 7,
 }
 CORE = 4
 MAX_MODULE_LINES = 420  # "~400"

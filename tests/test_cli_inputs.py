@@ -629,3 +629,33 @@ def test_eval_with_a_changed_meta_iterations_is_not_called_a_damaged_checkpoint(
     res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--episodes", "2", "--steps", "1", "--speed-steps", "0",
                               "--baselines", "none", "--set", "meta_iterations=1", "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0 and "edited or damaged" not in res.output, res.output
+
+
+def test_ctrl_c_while_the_command_line_loads_or_parses_is_one_error_line(monkeypatch, capsys):
+    """Before a command's own handling begins: while reptile_fn.cli imports (typer, MLX), and while typer parses
+    (it turned a Ctrl-C into a silent status 130)."""
+    import types
+
+    import typer
+
+    loading = types.ModuleType("reptile_fn.cli")
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    loading.__getattr__ = interrupted
+    monkeypatch.setitem(sys.modules, "reptile_fn.cli", loading)
+    from reptile_fn.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "error: stopped by Ctrl-C (SIGINT) while starting; nothing was done\n"
+    monkeypatch.setitem(sys.modules, "reptile_fn.cli", cli)
+    monkeypatch.setattr(sys, "argv", ["reptile-fn", "info"])
+    monkeypatch.setattr(typer.core.TyperGroup, "make_context", lambda *a, **k: interrupted(""))
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done"]
