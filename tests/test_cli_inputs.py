@@ -384,6 +384,8 @@ def test_an_unknown_shipped_name_is_quoted_plainly():
 
 def test_compare_refuses_a_run_twice_and_labels_each_runs_last_step(tiny_run, tmp_path):
     _user_error(runner.invoke(app, ["compare", str(tiny_run), str(tiny_run)]), "given twice")
+    _user_error(runner.invoke(app, ["compare", str(tiny_run), str(tiny_run / SUMMARY)]),  # a run and its own results
+                f"{tiny_run / SUMMARY} and {tiny_run} are the same results")
     table = [line for line in runner.invoke(app, ["compare", str(tiny_run)]).stdout.splitlines() if line.startswith("|")]
     steps = C.load(None, TINY).eval.inner_steps
     assert "| last step | last |" in table[0] and table[2].endswith(f"| {steps} |")

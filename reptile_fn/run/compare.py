@@ -18,9 +18,13 @@ def compare_runs(runs: list[Path]) -> str:
     rows, metrics = [], set()
     runs = [Path(r) for r in runs]
     sources = [_results_source(run) for run in runs]
-    twice = next((r for i, r in enumerate(runs) if r.resolve() in [q.resolve() for q in runs[:i]]), None)
+    read = [s.resolve() for s in sources]  # a run folder and its own results file are one run
+    twice = next(((i, read.index(f)) for i, f in enumerate(read) if f in read[:i]), None)
     if twice is not None:
-        raise ReptileFnError(f"{twice} is given twice; compare each run once")
+        i, j = twice
+        same = ("is given twice" if runs[i].resolve() == runs[j].resolve()
+                else f"and {runs[j]} are the same results ({sources[i]})")
+        raise ReptileFnError(f"{runs[i]} {same}; compare each run once")
     names = [run.name for run in runs]
     for run, source in zip(runs, sources):
         data = json.loads(source.read_text())
