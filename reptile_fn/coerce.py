@@ -25,6 +25,8 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
             v = [v]
         if not isinstance(v, (list, tuple)):
             raise ConfigError(f"{source}: {key} must be a list, got {shown(v)}")
+        if any(isinstance(x, (list, tuple, dict)) for x in v):
+            raise ConfigError(f"{source}: {key} must be a flat list, got {shown(v)}; write it like [a, b]")
         return tuple(coerce(x, args[0], key, source) for x in v)
     if t is bool:
         if isinstance(v, bool):

@@ -800,3 +800,8 @@ def test_an_endless_set_value_is_a_short_error():
         with pytest.raises(ConfigError, match=f"{key} must be") as e:
             C.load(None, [f"{key}={'9' * 5000}"])
         assert len(str(e.value)) < 400
+
+
+def test_a_nested_list_is_named_as_such():
+    with pytest.raises(ConfigError, match=r"tasks.families must be a flat list, got \[\['sine'\]\]; write it like"):
+        C.load(None, ["tasks.families=[[sine]]"])
