@@ -547,6 +547,8 @@ def test_messages_name_the_fix_the_user_can_take(tiny_run, tmp_path):
     (tmp_path / "x.csv").write_text("text,label\nhi,a\n")
     _user_error(runner.invoke(app, ["eval", "--checkpoint", "omniglot-5w1s", "--out", str(tmp_path / "ev"), "--data",
                                     str(tmp_path / "x.csv")]), "is a text file, but this is an image run")
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", "minilm-intent-lora", "--out", str(tmp_path / "ev"), "--data",
+                                    str(tmp_path / "folder")]), "is a folder, but this is a text run; pass a CSV file")
     _user_error(runner.invoke(app, ["validate", "--set", "eval.every=0"]), "set it to meta_iterations or more")
     _user_error(runner.invoke(app, ["validate", "--set", "algorithm=REPTILE"]), "did you mean 'reptile'?")
     assert not (tmp_path / "ev").exists()

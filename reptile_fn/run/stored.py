@@ -33,6 +33,8 @@ def own_data_overrides(cfg: C.Config, shapes: tuple, path: str | Path) -> list[s
         return ["tasks.dataset=images", f"tasks.path={path}", "tasks.test_split=all", *omniglot,
                 f"tasks.invert={invert}", f"tasks.resample={resample}",
                 f"model.image_size={shapes[0][0]}", f"model.channels={shapes[0][2]}"]
+    if kind == "text" and Path(full).is_dir():
+        raise ConfigError(f"--data {path} is a folder, but this is a text run; pass a CSV file of text,label rows")
     if kind == "text":
         return ["tasks.dataset=csv", f"tasks.path={path}", "tasks.test_split=all"]
     raise ConfigError(f"--data takes image runs (a folder of class subfolders) and text runs (a CSV); this run's tasks "
