@@ -24,6 +24,8 @@ def path_arg(value: str | os.PathLike) -> Path:
     since ``Path("")`` would silently mean the working directory, the usual result of an unset shell variable."""
     if not str(value).strip():
         raise ValueError("it is empty; pass a path (an unset shell variable?)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(value)):  # legal, but a pasted newline, and it breaks every message
+        raise ValueError(f"{str(value)!r} holds a control character (a newline?); pass the path without it")
     return Path(value)
 
 
