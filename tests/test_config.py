@@ -805,3 +805,9 @@ def test_an_endless_set_value_is_a_short_error():
 def test_a_nested_list_is_named_as_such():
     with pytest.raises(ConfigError, match=r"tasks.families must be a flat list, got \[\['sine'\]\]; write it like"):
         C.load(None, ["tasks.families=[[sine]]"])
+
+
+def test_a_data_folder_for_synthetic_tasks_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="tasks.data_dir = '/data' is read by data sets that live in a data folder"):
+        C.load(None, ["tasks.data_dir=/data"])
+    assert C.load("omniglot_5w1s", ["tasks.data_dir=/data"]).tasks.data_dir == "/data"

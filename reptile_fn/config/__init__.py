@@ -316,6 +316,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     checks.peft(cfg, source)
     checks.within_group(cfg, source)
     checks.dataset_keys(cfg, source)
+    checks.synthetic_data_dir(cfg, source)
     if cfg.tasks.dataset in ("images", "csv"):
         return checks.own_data(cfg, source)
     if cfg.tasks.dataset == "clinc150":

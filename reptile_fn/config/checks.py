@@ -48,6 +48,15 @@ def dataset_keys(cfg, source: str) -> None:
                               f"and this run's is {cfg.tasks.dataset}; drop it (its default is {default!r})")
 
 
+def synthetic_data_dir(cfg, source: str) -> None:
+    """A ConfigError for a data folder given to a run of built-in synthetic tasks, which reads none (``--data-dir``
+    would be ignored without a word; on other data sets it also locates the training data ``eval --data`` checks)."""
+    if cfg.tasks.dataset == "synthetic" and cfg.tasks.data_dir:
+        raise ConfigError(f"{source}: tasks.data_dir = {cfg.tasks.data_dir!r} is read by data sets that live in a "
+                          "data folder (omniglot, clinc150), and this run's tasks are built-in synthetic families; "
+                          "drop it (--data-dir)")
+
+
 def own_data(cfg, source: str) -> None:
     t = cfg.tasks
     what = "a folder (or .zip) of class subfolders" if t.dataset == "images" else "a CSV file of text,label rows"
