@@ -380,17 +380,16 @@ def main() -> None:
     option) as one ``error:`` line and exit status 2, as every other error."""
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")  # typer's own click
     try:
-        code = app(standalone_mode=False)  # returns the status of typer.Exit (our errors: 2; Ctrl-C: 130)
-    except typer.Abort:  # Ctrl-C before a command began (click's own handling)
-        typer.echo("error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done", err=True)
-        raise SystemExit(130) from None
+        code = app(standalone_mode=False)  # the status of a typer.Exit (our errors: 2; a stop exits by itself)
+    except typer.Abort:  # click's own handling of a Ctrl-C
+        code = 130
     except usage_error as e:
         command = f" {e.ctx.command_path.split(' ', 1)[-1]}" if getattr(e, "ctx", None) and " " in e.ctx.command_path else ""
         typer.echo(f"error: {e.format_message().rstrip('.')}; see reptile-fn{command} --help", err=True)
         raise SystemExit(2) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    if code == 130:  # typer's silent status for a Ctrl-C before the command began (during its parsing)
+    if code == 130:  # a Ctrl-C before the command began (typer's status for it is silent); a command's own says so
         typer.echo("error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done", err=True)
     if isinstance(code, int) and code:
         raise SystemExit(code)

@@ -95,10 +95,10 @@ def check_json_out(path: str | os.PathLike, option: str = "--json") -> Path:
     from reptile_fn.errors import OutputError
 
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; pass the JSON file to write, e.g. {path / 'results.json'}")
     if path.exists() and not path.is_file():
-        what = "a folder" if path.is_dir() else "not a regular file"
-        raise OutputError(f"{option} {path} is {what}; pass the JSON file to write, e.g. {path / 'results.json'}"
-                          if path.is_dir() else f"{option} {path} is {what}; pass the JSON file to write")
+        raise OutputError(f"{option} {path} is not a regular file (a pipe, a device); pass the JSON file to write")
     check_out_dir(path.parent, option=option)
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as f:
