@@ -37,6 +37,7 @@ import reptile_fn  # reptile_fn before mlx.core: importing it loads OpenBLAS on 
 from reptile_fn import io, optim
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS
 from reptile_fn.algorithms.base import compile_iterations
+from reptile_fn.coerce import clipped
 from reptile_fn.config.limits import INT32_MAX, LIMITS, NO_LIMITS
 from reptile_fn.episode import Episode
 from reptile_fn.inner import InnerLoop
@@ -351,8 +352,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if w.strip() not in WORKLOADS:
             raise SystemExit(f"--sizes {args.sizes!r}: unknown workload {w.strip()!r}; use W1, W2, W3 or W4, e.g. 'W1:8,64;W2:5'")
         if not all(v.strip().isdigit() and len(v.strip()) <= 10 and int(v) > 0 for v in sizes.split(",")):
-            shown = part if len(part) <= 40 else part[:37] + "..."
-            raise SystemExit(f"--sizes: {shown!r} is not a comma list of whole meta-batch sizes >= 1; write them like "
+            raise SystemExit(f"--sizes: {clipped(part, 40)!r} is not a comma list of whole meta-batch sizes >= 1; write them like "
                              "'W1:8,64;W2:5'")
         custom[w.strip()] = [int(v) for v in sizes.split(",")]
         if max(custom[w.strip()]) > most:

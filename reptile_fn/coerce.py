@@ -56,7 +56,11 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
 
 def shown(v: Any, most: int = 60) -> str:
     """``repr(v)``, cut to ``most`` characters: a 5,000-digit value is not echoed whole."""
-    text = repr(v)
+    return clipped(repr(v), most)
+
+
+def clipped(text: str, most: int) -> str:
+    """``text`` cut to ``most`` characters (the last three an ellipsis) if longer."""
     return text if len(text) <= most else text[: most - 3] + "..."
 
 

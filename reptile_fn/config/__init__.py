@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from reptile_fn.coerce import coerce, suggest, without_removed
+from reptile_fn.coerce import clipped, coerce, suggest, without_removed
 from reptile_fn.config import checks, files, limits
 from reptile_fn.errors import ConfigError
 
@@ -222,7 +222,7 @@ def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Confi
     for item in overrides:
         data = apply_override(data, item)
     if overrides:
-        source += " with --set " + " ".join(o if len(o) <= 80 else o[:77] + "..." for o in overrides)
+        source += " with --set " + " ".join(clipped(o, 80) for o in overrides)
     return from_dict(data, source=source)
 
 

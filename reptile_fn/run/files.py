@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import mlx.core as mx
-import yaml
 
 from reptile_fn import checkpoint, io, pretrained
 from reptile_fn import config as C
@@ -72,12 +71,11 @@ class Saved:
         the run's own config (the checkpoint's: editing config.yaml changes nothing, so it must not look as if)."""
         written = self.path.parent / CONFIG
         if written.is_file():
-            try:
-                text = written.read_text(encoding="utf-8")
-                on_disk = C.from_dict(yaml.load(text, Loader=C.files.Loader), source=str(written), stored=True)
-            except (ReptileFnError, yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+            try:  # read as any config file is (UTF-8, YAML, one value per key), each problem one ConfigError
+                on_disk = C.from_dict(C.files.read(written)[0], source=str(written), stored=True)
+            except ReptileFnError as e:
                 # it is written atomically, so this is an edit: refused like a readable one, and kept for its writer
-                why = (str(e).splitlines() or [type(e).__name__])[0]
+                why = str(e).splitlines()[0]
                 raise ConfigError(f"--resume: {written} was edited and cannot be read back ({why[:160]}), but a run's "
                                   "config is the one in its checkpoint; undo the edit, or delete the file and --resume "
                                   "writes it back") from None
