@@ -67,6 +67,7 @@ def load(path: str | Path) -> tuple[dict[str, mx.array], dict]:
                               "written by `reptile-fn train` (a run folder stands for the checkpoint in it)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .safetensors file written by `reptile-fn train`")
+    io.check_readable(path)  # mx.load would call an unreadable file corrupt
     try:
         arrays, meta = mx.load(str(path), return_metadata=True)
     except Exception as e:  # mlx raises RuntimeError/ValueError with a C++ message

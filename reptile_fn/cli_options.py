@@ -60,8 +60,15 @@ def errors_to_exit(fn):
         except BrokenPipeError:  # `reptile-fn info | head`: the reader has all it wanted; no error line
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
             raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a command stopped by the pipe
-        except OSError as e:  # the machine's, not ours: a full disk, a permission, a path that cannot exist
+        except PermissionError as e:
             from reptile_fn.io import written_name  # the file a temporary stands for
+
+            where = written_name(e.filename) if e.filename else "a file or folder this command needs"
+            typer.echo(f"error: permission denied: {where}; give this user access to it (chmod, chown) or use "
+                       "another path", err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # the machine's, not ours: a full disk, a path that cannot exist
+            from reptile_fn.io import written_name
 
             where = f" ({written_name(e.filename)})" if e.filename else ""
             typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)

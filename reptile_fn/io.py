@@ -109,6 +109,13 @@ def check_json_out(path: str | os.PathLike, option: str = "--json") -> Path:
     return path
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """Open and close the file ``path``: a file this user may not read raises PermissionError here, which the CLI
+    reports as such, before a reader's own handler could take it for a corrupt file."""
+    with open(path, "rb"):
+        pass
+
+
 def written_name(filename: str | os.PathLike) -> str:
     """The file an ``atomic_path`` temporary stands for (``.name.abc123xy.tmp`` -> ``name``), else ``filename``:
     what an error about the temporary should name."""

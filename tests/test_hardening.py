@@ -311,3 +311,54 @@ def test_a_second_stop_during_the_save_is_ignored_until_it_is_done():
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """``unreadable(path)``: opening that file raises PermissionError, as for a file this user may not read (the
+    tests may run as root, who may read anything, so open() itself is made to refuse)."""
+    import builtins
+    import errno
+    import io
+
+    refused, real = set(), builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    monkeypatch.setattr(io, "open", refusing_open)  # zipfile and pathlib open through io.open
+    return lambda path: refused.add(os.path.realpath(path)) or path
+
+
+def test_a_file_that_may_not_be_read_is_reported_as_such_not_as_corrupt(tmp_path, unreadable):
+    """Each reader whose own handler would call the file corrupt (and advise downloading it again) lets the
+    PermissionError through, and the CLI's line names the permission and the file."""
+    import zipfile
+
+    from typer.testing import CliRunner
+
+    from reptile_fn.cli import app
+    from reptile_fn.tasks import image_files, omniglot_zip, text
+
+    ckpt = ck.save(tmp_path / "c.safetensors", {"w": mx.zeros((2,))})
+    archive = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("images_background/A/character01/0101_01.png", b"")
+    (tmp_path / "clinc150").mkdir()
+    (tmp_path / "clinc150" / "data_full.json").write_text("{}")
+    for path in (ckpt, archive, tmp_path / "clinc150" / "data_full.json"):
+        unreadable(path)
+    for read in (lambda: ck.load(ckpt), lambda: omniglot_zip.index_zip(archive, "images_background"),
+                 lambda: omniglot_zip.decode_zip(archive, "images_background", "nearest"),
+                 lambda: image_files.open_source(archive).__enter__(),
+                 lambda: image_files.read_image(open, str(ckpt), "c", 28),
+                 lambda: text.load_clinc150(tmp_path)):
+        with pytest.raises(PermissionError):
+            read()
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(ckpt)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.strip() == (f"error: permission denied: {ckpt}; give this user access to it (chmod, chown) "
+                                     "or use another path")

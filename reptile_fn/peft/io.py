@@ -92,6 +92,7 @@ def load_adapters(directory: str | Path, base: Tree) -> tuple[Tree, dict]:
     """
     d = Path(directory)
     cfg = read_adapter_config(d)
+    io.check_readable(d / ADAPTERS)  # mx.load would call an unreadable file corrupt
     try:
         arrays = mx.load(str(d / ADAPTERS))
     except Exception as e:  # noqa: BLE001 - MLX raises plain exceptions for missing or corrupt files

@@ -178,6 +178,8 @@ def read_image(opener: Callable, name: str, shown: str, size: int, resample: str
             return _pixels(fp, size, shown, resample)
     except Image.DecompressionBombError as e:  # Pillow's own check, where it is set stricter than ours
         raise DataError(f"{shown} is too large to decode safely ({e}); shrink it or delete it") from None
+    except PermissionError:
+        raise  # the CLI says so; the image itself may be fine
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, zipfile.BadZipFile, RuntimeError,
             NotImplementedError) as e:
         # Pillow: UnidentifiedImageError (an OSError) for a non-image, OSError/SyntaxError/ValueError for
@@ -216,6 +218,8 @@ def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str]
         return
     try:
         z = zipfile.ZipFile(path)  # reads the central directory: a corrupt zip fails here
+    except PermissionError:
+        raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         raise DataError(f"{path} is not a readable zip ({type(e).__name__}: {e}); make the zip again, or give the "
                         "unzipped folder") from None

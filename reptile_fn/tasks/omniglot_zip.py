@@ -36,6 +36,8 @@ def index_zip(path: str | os.PathLike, set_name: str) -> tuple[list[str], list[s
     try:
         with zipfile.ZipFile(path) as z:
             return _index(z, path, set_name)
+    except PermissionError:
+        raise  # the CLI says so; downloading again would not help
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise _corrupt(path, e) from None
 
@@ -54,6 +56,8 @@ def decode_zip(path: Path, set_name: str, resample: str) -> tuple[np.ndarray, tu
                 for i, files in enumerate(members):
                     _decode_character(z, files, images[i], path, set_name, filters[resample])
                     bar.advance()
+    except PermissionError:
+        raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # Pillow raises OSError/SyntaxError/ValueError on broken PNGs (DecompressionBombError on a header that claims
         # billions of pixels, before decoding); zipfile BadZipFile on a bad CRC.

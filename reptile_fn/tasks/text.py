@@ -116,6 +116,8 @@ def load_banking77(data_dir: str | os.PathLike | None = None) -> TextClasses:
                     texts.setdefault(row[1], []).append(row[0])
         except FileNotFoundError:
             raise _missing(file, BANKING_SOURCE) from None
+        except PermissionError:
+            raise  # the CLI says so; fetching the file again would not help
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise DataError(f"cannot read {file} ({type(e).__name__}: {e}); fetch it again from {BANKING_SOURCE}") from e
     names = tuple(sorted(texts))
@@ -128,6 +130,8 @@ def _read_json(file: Path):
             return json.load(f)
     except FileNotFoundError:
         raise _missing(file, CLINC_SOURCE) from None
+    except PermissionError:
+        raise  # the CLI says so; fetching the file again would not help
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"cannot read {file} ({type(e).__name__}: {e}): it is corrupt or truncated; "
                         f"fetch it again from {CLINC_SOURCE}") from e

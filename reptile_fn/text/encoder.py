@@ -39,6 +39,7 @@ import mlx.core as mx
 import numpy as np
 
 from reptile_fn.errors import ConfigError, DataError, ReptileFnError
+from reptile_fn.io import check_readable
 from reptile_fn.models import Model, dense, dense_init
 from reptile_fn.text.checks import check_config, check_weights, restore_hint
 from reptile_fn.text.gelu import erf, gelu  # noqa: F401  (erf: part of this module's API)
@@ -106,6 +107,8 @@ def load_tokenizer(path: str | os.PathLike | None = None):
     except ImportError:
         raise ReptileFnError(f"the tokenizers package is not installed; {INSTALL}") from None
     file = encoder_path(path) / TOKENIZER
+    if file.is_file():
+        check_readable(file)  # tokenizers would call an unreadable file malformed
     try:
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
@@ -135,9 +138,12 @@ def load_encoder(path: str | os.PathLike | None = None) -> tuple[Tree, EncoderCo
         if not isinstance(raw, dict):
             raise TypeError(f"expected a JSON object of settings, got a {type(raw).__name__}")
         config = EncoderConfig.from_hf(raw)
+    except PermissionError:
+        raise  # the CLI says so; not a config that "must be a Hugging Face BERT config.json"
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"cannot read the encoder config {folder / CONFIG} ({type(e).__name__}: {e}); "
                         "it must be a Hugging Face BERT config.json") from e
+    check_readable(folder / WEIGHTS)  # mx.load would call an unreadable file corrupt
     try:
         weights = mx.load(str(folder / WEIGHTS))
     except Exception as e:  # mx.load raises ValueError/RuntimeError on a truncated file
