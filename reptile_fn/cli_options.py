@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -43,6 +44,11 @@ def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[
             *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI's other messages are: one 'warning: …' line on stderr, without Python's source line."""
+    typer.echo("warning: " + " ".join(str(message).split()), err=True)
+
+
 def errors_to_exit(fn):
     """Turn our errors into one 'error: …' line on stderr and exit status 2, with no traceback."""
 
@@ -52,7 +58,8 @@ def errors_to_exit(fn):
 
         progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
         try:
-            with sigterm_as_interrupt():
+            with sigterm_as_interrupt(), warnings.catch_warnings():
+                warnings.showwarning = _warning_line
                 return fn(*args, **kwargs)
         except ReptileFnError as e:
             typer.echo("error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"), err=True)  # one line, whatever it quotes

@@ -106,8 +106,13 @@ def _write_cache(target: Path, arrays: dict, meta: list[int], kind: str) -> None
             if stale != target:
                 stale.unlink(missing_ok=True)
     except OSError as e:
-        warnings.warn(f"could not write the {kind} cache {target} ({e}); loading will decode the data every time. "
-                      f"Set {CACHE_ENV} to a writable folder", stacklevel=4)
+        if target.parent not in _UNWRITABLE:  # once: a command may load two data sets, or one twice
+            _UNWRITABLE.add(target.parent)
+            warnings.warn(f"could not write the {kind} cache {target} ({e}); loading will decode the data every time. "
+                          f"Set {CACHE_ENV} to a writable folder", stacklevel=4)
+
+
+_UNWRITABLE: set[Path] = set()  # cache folders this process could not write to and has warned about
 
 
 def omniglot_dir(explicit: str | os.PathLike | None = None) -> Path:

@@ -81,6 +81,21 @@ def test_eval_on_a_folder_the_run_never_saw(image_run, tmp_path):
     assert results["inits"]["meta"]["episodes"] == 8
 
 
+def test_a_cache_that_cannot_be_written_is_one_warning_line_and_the_command_goes_on(image_run, tmp_path, monkeypatch):
+    """Not Python's 'path:line: UserWarning:' and the source line under it: one 'warning:' line, as the CLI's errors."""
+    root, out = image_run
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("REPTILE_FN_CACHE", str(tmp_path / "not-a-folder"))
+    other = write_images(tmp_path / "other", range(20, 26), 6, 1)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(other), "--episodes", "4",
+                                      "--steps", "2", "--speed-steps", "0", "--baselines", "none", "--out",
+                                      str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "cache" in line and not line.startswith("decoding ")]
+    assert len(warned) == 1 and warned[0].startswith("warning: could not write the images cache"), result.stderr
+    assert "REPTILE_FN_CACHE" in warned[0] and "UserWarning" not in result.stderr
+
+
 def test_eval_data_that_repeats_training_classes_is_refused_whatever_its_name(image_run, tmp_path):
     """A zip of the training folder, or a new folder holding a copy of one meta-training class under another name,
     would be scored as held-out: the images are compared, not the paths."""
