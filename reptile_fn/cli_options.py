@@ -44,6 +44,20 @@ def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[
             *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
 
 
+def _writing_stdout(error: OSError) -> bool:
+    """Whether ``error`` came from writing standard output (``typer.echo`` into ``> /dev/full`` or onto a full disk):
+    a frame it passed through was writing to a ``file`` that is standard output. Then standard output becomes
+    /dev/null, so that the exit's own flush does not fail again."""
+    tb = error.__traceback__
+    while tb is not None:
+        file = tb.tb_frame.f_locals.get("file")
+        if file is not None and file in (sys.stdout, sys.__stdout__):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as the CLI's other messages are: one 'warning: …' line on stderr, without Python's source line."""
     typer.echo("warning: " + " ".join(str(message).split()), err=True)
@@ -77,6 +91,10 @@ def errors_to_exit(fn):
         except OSError as e:  # the machine's, not ours: a full disk, a path that cannot exist
             from reptile_fn.io import written_name
 
+            if e.filename is None and _writing_stdout(e):  # `reptile-fn train > /dev/full`, a full disk
+                typer.echo(f"error: cannot write standard output ({e.strerror or e}); check the file or device it "
+                           "is redirected to, and its free space", err=True)
+                raise typer.Exit(2) from None
             where = f" ({written_name(e.filename)})" if e.filename else ""
             typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)
             raise typer.Exit(2) from None

@@ -665,3 +665,16 @@ def test_ctrl_c_while_the_command_line_loads_or_parses_is_one_error_line(monkeyp
     assert e.value.code == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("command", [["info"], ["validate"]])
+def test_output_that_cannot_be_written_names_standard_output(command):
+    """`reptile-fn … > /dev/full` (or onto a full disk): the error says it is standard output that could not be
+    written, not a bare 'No space left on device' with 'check the path', and no second error at exit."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "reptile_fn", *command], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("error: cannot write standard output (No space left on device); check the file or device "
+                           "it is redirected to, and its free space\n")
