@@ -123,8 +123,11 @@ def check_classes(what: str, n_classes: int, fewest: int, *, n_way: int, k_shot:
         return f"{n} {plural[:-1] if n == 1 and plural.endswith('s') else plural}"
 
     if k_shot + query_size > fewest:
+        fits = f" (e.g. --set tasks.query_size={fewest - k_shot})" if fewest > k_shot else ""
         raise ConfigError(f"k_shot + query_size = {k_shot + query_size} but {what} has one of its {classes} with only "
-                          f"{count(fewest, unit)}; support and query must be distinct {unit}, so lower k_shot or query_size")
+                          f"{count(fewest, unit)}; support and query must be distinct {unit}, so lower tasks.k_shot or "
+                          f"tasks.query_size{fits}, or give that class more {unit}")
     if n_way > n_classes:
-        raise ConfigError(f"n_way = {n_way} but {what} has only {count(n_classes, classes)}; lower n_way or choose a "
-                          "larger split")
+        fits = f" (--set tasks.n_way={n_classes})" if n_classes >= 2 else ""
+        raise ConfigError(f"n_way = {n_way} but {what} has only {count(n_classes, classes)}; lower tasks.n_way{fits}, "
+                          f"or use data with more {classes}")

@@ -591,3 +591,12 @@ def test_linked_class_folders_are_classes_and_a_link_back_is_refused(tmp_path, o
     os.symlink(one_level, one_level / "cat" / "loop")
     with pytest.raises(DataError, match="loop is a link to"):
         I.load_images(one_level, image_size=16)
+
+
+def test_too_few_classes_or_images_name_the_setting_and_a_value_that_fits():
+    from reptile_fn.episode import check_classes
+
+    with pytest.raises(ConfigError, match=r"only 3 classes; lower tasks.n_way \(--set tasks.n_way=3\)"):
+        check_classes("the 'all' split", 3, 10, n_way=5, k_shot=1, query_size=1)
+    with pytest.raises(ConfigError, match=r"only 4 images; .* tasks.query_size \(e.g. --set tasks.query_size=3\)"):
+        check_classes("the 'all' split", 6, 4, n_way=5, k_shot=1, query_size=5, unit="images")

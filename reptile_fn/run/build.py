@@ -313,6 +313,12 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         params = checkpoint.restore(arrays, "params", run.rebuilt_init, source=str(checkpoint_path), fresh=fresh)
         state = checkpoint.restore(arrays, "state", run.meta.init(params), source=str(checkpoint_path), fresh=fresh)
     except CheckpointError as e:  # the file is whole (it loaded): what changed is the model the --set built
+        if cfg.tasks.n_way != stored_way and ".head." in str(e):  # a meta-learned head: its width is the run's way
+            raise CheckpointError(
+                f"{checkpoint_path} was meta-trained {stored_way}-way: its head has {stored_way} outputs, so it scores "
+                f"{stored_way}-way episodes only, not tasks.n_way={cfg.tasks.n_way}; score it on data of {stored_way} "
+                "or more classes, or label data of any number of classes with `reptile-fn adapt` (it uses or widens "
+                "the head)") from None
         changed = [o for o in overrides if not o.startswith(("tasks.data_dir=", "tasks.test_split="))]
         raise (CheckpointError(f"{e} (after {' '.join(changed)}: the run was trained without them; drop the --set "
                                "of how it was built)") if changed else e) from None

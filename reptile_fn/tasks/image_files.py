@@ -194,7 +194,7 @@ def read_classes(names: list[list[str]], size: int, opener: Callable, show: Call
     """Every class's images decoded: (images uint8 (N, S, S, C), counts int32). ``cached``: the caller keeps the
     result, and the progress line says so."""
     decoded, n = [], sum(map(len, names))
-    with progress.task(f"decoding {n} images" + (" (once; then cached)" if cached else ""), n) as bar:
+    with progress.task(f"decoding {n} image{'s' if n != 1 else ''}" + (" (once; then cached)" if cached else ""), n) as bar:
         for files in names:
             for name in files:
                 decoded.append(read_image(opener, name, show(name), size, resample))
