@@ -265,6 +265,22 @@ def test_adapt_errors_name_the_problem(image_run, tmp_path):
     assert not (tmp_path / "p").exists()  # nothing written on failure
 
 
+def test_adapt_refuses_more_classes_than_a_head_may_have(image_run, tmp_path, monkeypatch):
+    """A support set of 1,001 classes (a label column of texts or ids, say) would widen the head to 1,001 outputs
+    without a word; it is refused with the limit, which REPTILE_FN_NO_LIMITS lifts."""
+    from PIL import Image
+
+    _, out = image_run
+    pixels = np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)
+    for c in range(1001):
+        (tmp_path / "many" / f"c{c}").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / "many" / f"c{c}" / "x.png")
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out), "--support", str(tmp_path / "many"),
+                                      "--query", str(tmp_path / "many" / "c0"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "has 1,001 classes, and the head needs an output for each" in result.stderr
+    assert "REPTILE_FN_NO_LIMITS=1" in result.stderr and not (tmp_path / "p").exists()
+
+
 def test_training_shots_the_data_cannot_give_name_train_shots(image_run):
     root, _ = image_run
     result = CliRunner().invoke(app, ["train", "--config", str(REPO / "configs" / "images_5w1s.yaml"), "--set",

@@ -24,7 +24,7 @@ from mlx.utils import tree_map_with_path
 
 from reptile_fn import checkpoint, io
 from reptile_fn import config as C
-from reptile_fn.errors import DataError
+from reptile_fn.errors import ConfigError, DataError
 from reptile_fn.inner import adapt
 from reptile_fn.models import nontransductive
 from reptile_fn.run.build import Run, evaluation_loop, load
@@ -75,6 +75,7 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
         raise DataError(f"{support} has one class only ({shots.classes[0]!r}); the support set needs labelled examples "
                         "of two or more classes")
     if n > run.cfg.tasks.n_way:  # more classes than the head has outputs: grow it (see _widened)
+        _check_classes(n, support)
         cfg = dataclasses.replace(run.cfg, tasks=dataclasses.replace(run.cfg.tasks, n_way=n))
         run = dataclasses.replace(run, cfg=cfg, shapes=(run.in_dim, n))
         params, state = _widened(params, n), _widened(state, n)
@@ -90,6 +91,16 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
     probabilities = np.concatenate([np.array(p) for p in probs])
     return (Predictions(shots.classes, asked.items, probabilities, asked.labels, adapted, loop.steps,
                         shots.inverted + asked.inverted), run, state)
+
+
+def _check_classes(n: int, support) -> None:
+    """A DataError for more support classes than ``tasks.n_way`` may be (its limit): each one is a head output."""
+    try:
+        C.check_limit("tasks.n_way", n, "adapt")
+    except ConfigError:
+        raise DataError(f"{support} has {n:,} classes, and the head needs an output for each: more than the "
+                        f"{C.LIMITS['tasks.n_way'].most:,} reptile_fn allows; check that its labels are class names, "
+                        f"not texts or ids (or set {C.NO_LIMITS}=1 if you really mean that many)") from None
 
 
 def _widened(tree: Tree, n: int) -> Tree:
