@@ -627,6 +627,18 @@ def test_a_directory_is_not_a_config_and_a_run_directory_points_at_its_config(tm
     assert str(tmp_path / "run" / "config.yaml") in _error(path=tmp_path / "run")
 
 
+def test_a_bare_name_that_is_both_a_folder_here_and_a_shipped_config_names_both(tmp_path, monkeypatch):
+    """A run folder named like a shipped config (`train --out sine`): `--config sine` used to be 'a directory', as if
+    the shipped name did not exist; now the error offers both files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sine").mkdir()
+    (tmp_path / "sine" / "config.yaml").write_text("seed: 1\n")
+    message = _error(path="sine")
+    assert "both a folder here and a shipped config" in message and "sine/config.yaml" in message
+    assert C.load(str(C.files.resolve("sine.yaml").parent / "sine.yaml")).tasks.families == ("sine",)
+    assert C.load("sine/config.yaml").seed == 1
+
+
 @pytest.mark.parametrize("name", C.shipped_names())
 def test_every_shipped_config_loads_by_name_with_or_without_yaml(name):
     path = ["tasks.path=data"] if name.startswith(("images", "csv")) else []  # they name their data on the command line

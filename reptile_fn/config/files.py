@@ -34,15 +34,21 @@ def shipped_names() -> list[str]:
 
 
 def resolve(path: str | Path) -> Path:
-    """``path`` if it exists, else the shipped config it names (``sine`` or ``sine.yaml``, no folder part)."""
+    """``path`` if it exists, else the shipped config it names (``sine`` or ``sine.yaml``, no folder part). A bare
+    name that is both a folder here (a run named ``default``) and a shipped config is an error naming both."""
     p = Path(path)
+    name = p.name.removesuffix(".yaml").removesuffix(".yml")
+    folder = shipped_dir()
+    shipped = folder / f"{name}.yaml" if str(path) == p.name and folder else None
+    if p.is_dir() and shipped and shipped.is_file():
+        inside = f"{p / 'config.yaml'} (the run's config)" if (p / "config.yaml").is_file() else "a YAML file in it"
+        raise ConfigError(f"config {str(path)!r} is both a folder here and a shipped config; pass {inside} for the "
+                          f"folder's, or {shipped} for the shipped one")
     if p.exists():
         return p
     available = ", ".join(shipped_names()) or "none found"
-    name = p.name.removesuffix(".yaml").removesuffix(".yml")
-    folder = shipped_dir()
-    if str(path) == p.name and folder and (folder / f"{name}.yaml").is_file():
-        return folder / f"{name}.yaml"
+    if shipped and shipped.is_file():
+        return shipped
     if str(path) == p.name:
         from reptile_fn.coerce import suggest
 
