@@ -233,8 +233,8 @@ def adapt(
                                  help="Your labelled examples: a folder of class subfolders of images (image runs) or a CSV "
                                  "with text,label columns (text runs)."),
     query: Path = typer.Option(..., "--query", parser=path_arg,
-                               help="What to label: a folder of images (or of class subfolders, to score them), or a CSV "
-                               "with a text column (and a label column, to score them)."),
+                               help="What to label: an image, a folder of images (or of class subfolders, to score them), "
+                               "or a CSV with a text column (and a label column, to score them)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adaptation steps (default: the run's "
                                         "eval.inner_steps)."),
     out: Path = typer.Option(Path("predictions"), "--out", parser=path_arg,

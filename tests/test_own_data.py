@@ -175,6 +175,13 @@ def test_adapt_labels_new_images_and_writes_predictions_and_parameters(image_run
     adapted, params, _, _ = load(tmp_path / "pred" / "adapted.safetensors", with_tasks=False)
     before, base, _, _ = load(out / "checkpoint.safetensors", with_tasks=False)
     assert adapted.cfg == before.cfg and not np.array_equal(np.array(params["head"]["w"]), np.array(base["head"]["w"]))
+    one = sorted((query / "class_31").iterdir())[0]  # one image to label: the same prediction as within its folder
+    cli("adapt", "--checkpoint", out / "checkpoint.safetensors", "--support", support, "--query", one, "--out",
+        tmp_path / "one")
+    [row] = list(csv.DictReader((tmp_path / "one" / "predictions.csv").open()))
+    same = next(r for r in rows if r["item"] == f"class_31/{one.name}")
+    assert row["item"] == one.name and row["predicted"] == same["predicted"] and "label" not in row
+    assert abs(float(row["p(class_31)"]) - float(same["p(class_31)"])) < 1e-4
 
 
 def test_adapt_a_plain_folder_and_the_python_function(image_run, tmp_path):
@@ -255,9 +262,9 @@ def test_adapt_errors_name_the_problem(image_run, tmp_path):
     result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
                                       str(csv_file), "--query", str(other), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "is a text file, but this is an image run" in result.output
-    one = next(p for p in other.rglob("*") if p.is_file())  # one image, not the folder it is in
+    one = next(p for p in sorted(other.rglob("*")) if p.is_file())  # one image: a query may be one, a support set not
     result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
-                                      str(two), "--query", str(one), "--out", str(tmp_path / "p")])
+                                      str(one), "--query", str(one), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and f"{one} is a file but not a .zip; give a folder" in result.output, result.output
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(root / "train_set"),
                                       "--out", str(tmp_path / "p")])  # the folder the run meta-trained on

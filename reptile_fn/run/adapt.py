@@ -182,14 +182,18 @@ def _images(path: Path, classes: tuple[str, ...] | None, in_dim, invert: str = "
     from reptile_fn.tasks import image_files, images
 
     size, _, channels = in_dim
-    one = image_files.only_folder(path) if classes is not None else None  # a zip of a plain folder, or one class
+    single = classes is not None and image_files.is_image_file(path)  # one image to label
+    one = image_files.only_folder(path) if classes is not None and not single else None  # a zip's folder, one class
     wrapped = one is not None and one not in classes and path.suffix.lower() == ".zip"  # the folder a zip was made of
     if wrapped:
         from reptile_fn import progress
 
         progress.note(f"note: {path} holds one folder, {one!r}, which is no support class: its images are read as items "
                       "to label (no accuracy); name it after a support class to score them")
-    if classes is None or (image_files.has_class_folders(path) and not wrapped):
+    if single:
+        pixels, items = image_files.read_file(path, size, resample=resample)
+        labels, found = None, classes
+    elif classes is None or (image_files.has_class_folders(path) and not wrapped):
         minimum = 2 if classes is None else 1  # a labelled query may hold a single class
         data = images.load_images(path, image_size=size, cache=False, min_classes=minimum, resample=resample)
         labels = np.repeat(np.arange(len(data.classes)), data.counts)

@@ -240,6 +240,17 @@ def read_folder(path: Path, size: int, inside: str | None = None, resample: str 
     return images, names
 
 
+def read_file(path: Path, size: int, resample: str = "box") -> tuple[np.ndarray, list[str]]:
+    """One image file to label, decoded like ``read_folder``'s: (images uint8 (1, S, S, C), [its file name])."""
+    images, _ = read_classes([[path.name]], size, lambda name: open(path.parent / name, "rb"),
+                             lambda name: str(path.parent / name), resample=resample)
+    return images, [path.name]
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and _is_image(path.name)
+
+
 def has_class_folders(path: Path) -> bool:
     """Whether the folder or zip at ``path`` holds its images in class folders (else they lie in it directly)."""
     with open_source(path) as (listing, _, _, _):
