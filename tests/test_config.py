@@ -627,6 +627,21 @@ def test_a_directory_is_not_a_config_and_a_run_directory_points_at_its_config(tm
     assert str(tmp_path / "run" / "config.yaml") in _error(path=tmp_path / "run")
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    (["tasks.n_way=1"], "leaves nothing to classify"),
+    (["inner_adam_betas=[0.9]"], "e.g. [0.9, 0.999]"),
+    (["tasks.resample=evil"], "give one of them"),
+    (["tasks.test_split=bogus"], "which `eval --split` sets)"),
+    (["tasks.dataset=images", "tasks.path=/x", "model.channels=2"], "give one of those"),
+    (["tasks.dataset=images", "tasks.path=/x", "tasks.val_fraction=0.9", "tasks.test_fraction=0.9"], "e.g. 0.2 and 0.2"),
+])
+def test_value_errors_say_what_to_give_instead(overrides, needle):
+    """Each names the problem, then after '; ' a value that works (one class per episode is refused: every answer
+    would be right, a silent 100 %)."""
+    message = _error(overrides)
+    assert needle in message and "; " in message.split(": ", 1)[1], message
+
+
 def test_a_bare_name_that_is_both_a_folder_here_and_a_shipped_config_names_both(tmp_path, monkeypatch):
     """A run folder named like a shipped config (`train --out sine`): `--config sine` used to be 'a directory', as if
     the shipped name did not exist; now the error offers both files."""

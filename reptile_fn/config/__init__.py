@@ -296,9 +296,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         if v is None:
             continue
         if key in allowed and v not in allowed[key]:
-            of = f" (the splits of {cfg.tasks.dataset}; `eval --split` sets it)" if key == "tasks.test_split" else ""
-            raise ConfigError(f"{source}: {key} = {v!r} is not one of {', '.join(allowed[key])}{of}"
-                              f"{suggest(str(v), allowed[key])}")
+            of = f" (the splits of {cfg.tasks.dataset}, which `eval --split` sets)" if key == "tasks.test_split" else ""
+            raise ConfigError(f"{source}: {key} = {clipped(repr(v), 60)} is not one of {', '.join(allowed[key])}{of}"
+                              f"{suggest(str(v), allowed[key]) or '; give one of them'}")
         if key in limits.POSITIVE and v <= 0:
             hint = limits.POSITIVE_HINTS.get(key, "give a positive number")
             raise ConfigError(f"{source}: {key} must be > 0, got {v}; {hint}")
@@ -306,10 +306,14 @@ def validate(cfg: Config, *, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key} must be >= 0, got {v}; give 0 or more")
         if key in LIMITS:
             check_limit(key, v, source)
+    if cfg.tasks.n_way == 1:
+        raise ConfigError(f"{source}: tasks.n_way = 1 leaves nothing to classify (every answer is right, 100% "
+                          "accuracy); give 2 or more")
     if not cfg.trainable:
         raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
     if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
-        raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {list(cfg.inner_adam_betas)}")
+        raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {clipped(repr(list(cfg.inner_adam_betas)), 60)}; "
+                          "e.g. [0.9, 0.999] (Adam's defaults) or [0, 0.999] (supervised-reptile's)")
     if cfg.inner_state == "persistent" and (cfg.algorithm != "reptile" or cfg.inner_optimizer != "adam"):
         raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
                           "supervised-reptile) needs algorithm = reptile and inner_optimizer = adam; use inner_state: task")
@@ -361,7 +365,8 @@ def _build(cls: type, data: dict, prefix: str, source: str):
         key = prefix + f.name
         if is_dataclass(t):
             if not isinstance(v, dict):
-                raise ConfigError(f"{source}: {key} must be a section (a mapping), got {v!r}")
+                raise ConfigError(f"{source}: {key} must be a section (a mapping), got {clipped(repr(v), 60)}; write its keys "
+                                  f"under it, e.g. --set {key}.{fields(t)[0].name}=...")
             kwargs[f.name] = _build(t, v, key + ".", source)
         else:
             kwargs[f.name] = coerce(v, t, key, source)

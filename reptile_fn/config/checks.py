@@ -66,17 +66,17 @@ def own_data(cfg, source: str) -> None:
         raise ConfigError(f"{source}: tasks.test_split = {t.test_split} is not a split of your data; use test, val or all")
     for key in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(t, key) < 1:
-            raise ConfigError(f"{source}: tasks.{key} must be in [0, 1), got {getattr(t, key)}")
+            raise ConfigError(f"{source}: tasks.{key} must be in [0, 1), got {getattr(t, key)}; e.g. 0.2")
     if t.test_fraction == 0 or t.val_fraction + t.test_fraction >= 1:
         raise ConfigError(f"{source}: tasks.test_fraction must be > 0 and tasks.val_fraction + tasks.test_fraction < 1 "
-                          f"(got {t.val_fraction} and {t.test_fraction}): some classes must be left to meta-train on")
+                          f"(got {t.val_fraction} and {t.test_fraction}), so that some classes are left to meta-train on; e.g. 0.2 and 0.2")
     default = type(t)()
     if t.split_column is not None and (t.val_fraction, t.test_fraction) != (default.val_fraction, default.test_fraction):
         raise ConfigError(f"{source}: tasks.split_column = {t.split_column!r} gives each label its split, so "
                           "tasks.val_fraction and tasks.test_fraction are not read; drop them")
     if cfg.model.channels not in (None, 1, 3):
         raise ConfigError(f"{source}: model.channels must be 1 (grayscale), 3 (RGB) or null (from the data), "
-                          f"got {cfg.model.channels}")
+                          f"got {cfg.model.channels}; give one of those (null: as the images are)")
 
 
 def peft(cfg, source: str) -> None:
