@@ -140,6 +140,7 @@ def train(
         cfg = C.with_overrides(stored_config(out), set_) if set_ else None
     else:
         cfg = C.load(config, set_)
+        io.check_out_dir(out, data=(cfg.tasks.path,))
     summary = run_train(cfg, out, resume=resume, progress=progress, log=typer.echo)
     if summary["rank"] != 0:
         return  # a multi-process run reports from rank 0 only
@@ -199,7 +200,8 @@ def eval_(
     chosen = () if chosen is not None and chosen[0].lower() == "none" else chosen
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(checkpoint)
-    out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"))
+    out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"),
+                               data=(data,))
     if (out_dir / "checkpoint.safetensors").is_file() and out_dir.resolve() != checkpoint.resolve().parent:
         raise ReptileFnError(f"--out {out_dir} is another run's folder (it holds checkpoint.safetensors), and `compare` "
                              f"would read these results as that run's; pass another folder, e.g. {Path('runs', 'eval', checkpoint.parent.name)}")
@@ -255,6 +257,7 @@ def adapt(
     pretrained.resolve(checkpoint)  # a missing file or a folder without a run stops here, before anything is written
     io.check_out_dir(out, ("predictions.csv", "predictions.json", "adapted.safetensors"))
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)
+    io.check_out_dir(out, data=(support, query))  # once they were read as this run's kind of data
     counts = np.bincount(pred.predicted, minlength=len(pred.classes))
     typer.echo(f"adapted {checkpoint} on {support} ({len(pred.classes)} classes) for {pred.steps} steps; "
                f"labelled {_count(len(pred.items), 'item')} of {query}: "

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from reptile_fn.errors import ReptileFnError
+from reptile_fn.errors import ReptileFnError, utf8
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 
@@ -27,7 +27,11 @@ def path_arg(value: str | os.PathLike) -> Path:
         raise ValueError("it is empty; pass a path (an unset shell variable?)")
     if any(ord(c) < 32 or ord(c) == 127 for c in str(value)):  # legal, but a pasted newline, and it breaks every message
         raise ValueError(f"{str(value)!r} holds a control character (a newline?); pass the path without it")
+    if not utf8(str(value)):  # bytes no UTF-8 text has: MLX and every file written name it, and cannot
+        raise ValueError(f"{str(value)!r} is not valid UTF-8 (a name from another system's encoding?); rename it "
+                         "(e.g. convmv -f latin1 -t utf8), or pass another path")
     return Path(value)
+
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", parser=path_arg, help="YAML config file, or a shipped config's "

@@ -45,3 +45,13 @@ def check_int(name: str, value: object, minimum: int, meaning: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}; "
                           f"set it to {minimum} or more")
+
+
+def utf8(name: str) -> bool:
+    """Whether ``name`` is text (Python keeps a file name's non-UTF-8 bytes as lone surrogates, which no file written
+    as UTF-8 can hold)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False

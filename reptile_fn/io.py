@@ -65,12 +65,20 @@ def same_data(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a.resolve() == b.resolve() or (a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False))
 
 
-def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: str = "--out") -> Path:
-    """``path`` if it is a folder that can be written (or created) and none of ``names`` in it is a folder;
-    else an ``OutputError`` naming ``option``. Called before the work whose results go there."""
+def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: str = "--out", *,
+                  data: tuple = ()) -> Path:
+    """``path`` if it is a folder that can be written (or created) and none of ``names`` in it is a folder, nor is it
+    in a folder of ``data`` (what the command reads: what it wrote there would be read as a class next time); else an
+    ``OutputError`` naming ``option``. Called before the work whose results go there."""
     from reptile_fn.errors import OutputError
 
     path = Path(path)
+    for folder in data:
+        inside = folder is not None and Path(folder).expanduser().is_dir() and (
+            Path(folder).expanduser().resolve() in (path.expanduser().resolve(), *path.expanduser().resolve().parents))
+        if inside:
+            raise OutputError(f"{option} {path} is inside {folder}, data this command reads: what it wrote there "
+                              "would be read as a class of that data next time; pass a folder outside it")
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -277,7 +277,8 @@ def test_data_dir_with_a_hash_or_named_null_reaches_the_loader(tmp_path, monkeyp
     (["download", "omniglot", "--data-dir", ""], "error: Invalid value for '--data-dir': Value error, it is empty"),
     (["compare", "x", ""], "error: Invalid value for 'runs': Value error, it is empty"),
     (["train", "--out", "runs/new\nline"], "error: Invalid value for '--out' / '-o': Value error, 'runs/new\\nline' holds a "
-                                           "control character"),
+                                           "control character"),    (["adapt", "--checkpoint", "omniglot-5w1s", "--support", "s", "--query", "q", "--out", "o\udcff"],  # byte 0xff
+     "error: Invalid value for '--out': Value error, 'o\\udcff' is not valid UTF-8"),
 ])
 def test_usage_errors_are_one_error_line_from_the_installed_command(args, message, tmp_path):
     """click's own errors (a bad option value, a missing or unknown option or command) and ours, through the

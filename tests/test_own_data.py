@@ -3,6 +3,7 @@ never trained on (`eval --data`), and `adapt` a run, or a shipped initialization
 
 import csv
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -286,6 +287,43 @@ def test_adapt_refuses_more_classes_than_a_head_may_have(image_run, tmp_path, mo
                                       "--query", str(tmp_path / "many" / "c0"), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "has 1,001 classes, and the head needs an output for each" in result.stderr
     assert "REPTILE_FN_NO_LIMITS=1" in result.stderr and not (tmp_path / "p").exists()
+
+
+def test_out_inside_the_data_a_command_reads_is_refused(image_run, tmp_path):
+    """What adapt, eval or train wrote into the data folder would be a class of it next time (curves.png as a sixth
+    class, an empty 'preds' class failing every later run): --out there is refused before anything is written."""
+    root, out = image_run
+    data = write_images(tmp_path / "data", range(40, 46), 3, 5)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for args in (["adapt", "--checkpoint", out, "--support", data, "--query", data / "class_40", "--out", data / "preds"],
+                 ["adapt", "--checkpoint", out, "--support", write_images(tmp_path / "other", range(40, 42), 3, 6),
+                  "--query", data / "class_40", "--out", data / "class_40" / "p"],
+                 ["eval", "--checkpoint", out, "--data", data, "--out", data / "ev"],
+                 ["train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", f"tasks.path={data}",
+                  "--out", data / "run"]):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and "data this command reads" in result.stderr, (args, result.output)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_a_class_folder_named_in_another_encoding_is_one_error(image_run, tmp_path):
+    root, out = image_run
+    data = write_images(tmp_path / "data", range(40, 43), 3, 5)
+    os.rename(data / "class_40", os.fsencode(data) + b"/class_\xff")  # Latin-1 bytes, not UTF-8
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out), "--support", str(data), "--query",
+                                      str(data / "class_41"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "has a name that is not valid UTF-8" in result.stderr, result.output
+
+
+def test_resume_with_the_command_that_started_the_run_and_a_relative_data_path(tmp_path, monkeypatch):
+    """The run records tasks.path absolute; the same command with --resume (a relative path) is the same config."""
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "imgs", range(12), 6, 0)
+    args = ["train", "--config", REPO / "configs" / "images_5w1s.yaml", "--set", "tasks.path=imgs", *TINY_IMAGES,
+            "--out", "run", "--no-progress"]
+    cli(*args)
+    assert "trained 0 meta-iterations" not in cli(*args, "--resume")  # a finished run: its figures, no refusal
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["iteration"] == 20
 
 
 def test_training_shots_the_data_cannot_give_name_train_shots(image_run):

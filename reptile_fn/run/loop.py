@@ -139,7 +139,7 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
     ckpt_path = out / CHECKPOINT
     if resume:
         saved = Saved(ckpt_path)
-        saved.check_same_config(cfg)
+        saved.check_same_config(cfg if cfg is None else settled(cfg))  # the command that started it, as it was recorded
         cfg = saved.cfg
         run = build(cfg, _reduce(cfg, w))
         params = checkpoint.restore(saved.arrays, "params", run.rebuilt_init, source=str(ckpt_path))

@@ -19,7 +19,7 @@ from stat import S_ISREG
 from typing import Callable, Iterator, NamedTuple
 
 from reptile_fn import progress
-from reptile_fn.errors import DataError
+from reptile_fn.errors import DataError, utf8
 
 import numpy as np
 
@@ -67,6 +67,9 @@ def _list_folder(root: Path) -> tuple[_Listing, str]:
         for f in sorted(files):
             if _hidden(f):
                 continue
+            if not all(utf8(part) for part in (folder, f)):
+                raise DataError(f"{ascii(os.path.join(folder, f))} has a name that is not valid UTF-8 (from another "
+                                "system's encoding?); rename it (e.g. convmv -f latin1 -t utf8)")
             name = "/".join(rel + (f,))
             (listing.images if _is_image(f) else listing.others).append((rel + (f,), name))
             if _is_image(f):
