@@ -69,9 +69,10 @@ def load(path: str | Path) -> tuple[dict[str, mx.array], dict]:
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .safetensors file written by `reptile-fn train`")
     io.check_readable(path)  # mx.load would call an unreadable file corrupt
     try:
-        arrays, meta = mx.load(str(path), return_metadata=True)
+        arrays, meta = mx.load(str(path), format="safetensors", return_metadata=True)  # whatever its extension
     except Exception as e:  # mlx raises RuntimeError/ValueError with a C++ message
-        raise CheckpointError(f"checkpoint {path} could not be read ({e}); it is corrupt or not a safetensors file") from None
+        raise CheckpointError(f"checkpoint {path} could not be read ({e}): it is corrupt or not a safetensors file; "
+                              "pass the checkpoint.safetensors of a run folder (copy it again if it was cut short)") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a reptile_fn checkpoint (format {meta.get('format')!r}, expected {FORMAT!r}); "
                               "pass a checkpoint.safetensors written by `reptile-fn train`, or a shipped name")

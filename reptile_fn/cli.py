@@ -74,6 +74,9 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", parser=pa
     ]
     card = pretrained.card(checkpoint) if checkpoint is not None and checkpoint.strip() else None
     if checkpoint is not None and card is None:  # before any output: a failed command prints only its error line
+        if checkpoint.strip() and not pretrained.resolve(checkpoint).exists():  # missing: say so, not 'no card'
+            raise ReptileFnError(f"checkpoint {checkpoint} does not exist; pass a run folder, its checkpoint or a "
+                                 f"shipped initialization's name ({', '.join(pretrained.names())})")
         raise ReptileFnError(f"'{checkpoint}' has no model card: cards come with the shipped initializations "
                              f"({', '.join(pretrained.names())}); a run's own results are in its summary.json")
     model = describe_config(config, set_) if config is not None or set_ else None
@@ -246,14 +249,11 @@ def adapt(
     """Adapt a meta-learned init to your labelled examples and label new ones (class and probabilities)."""
     import numpy as np
 
+    from reptile_fn import io, pretrained
     from reptile_fn.run.adapt import adapt_to, save_predictions
 
     _limit("--steps", steps, "eval.inner_steps")
     _limit("--seed", seed, "seed")
-    from reptile_fn import io
-
-    from reptile_fn import pretrained
-
     pretrained.resolve(checkpoint)  # a missing file or a folder without a run stops here, before anything is written
     io.check_out_dir(out, ("predictions.csv", "predictions.json", "adapted.safetensors"))
     pred, run, state = adapt_to(checkpoint, support, query, steps=steps, seed=seed)

@@ -406,6 +406,27 @@ def test_info_of_something_without_a_model_card_is_an_error(tiny_run):
         _user_error(result, "has no model card")
         assert result.stdout == ""  # nothing printed before the error (the info block came first)
     _user_error(runner.invoke(app, ["info", "--set", "peft.method=lora", "--set", "peft.targets=[nomatch*]"]), "no parameter")
+    missing = tiny_run / "omniglot-5w1s.safetensors"
+    _user_error(runner.invoke(app, ["info", "--checkpoint", str(missing)]), f"checkpoint {missing} does not exist")
+
+
+def test_a_checkpoint_under_another_extension_loads_and_a_missing_query_is_named(tiny_run, tmp_path):
+    """A safetensors checkpoint copied as .bin is the same checkpoint (MLX would pick the reader by extension and call
+    it corrupt); a --query that does not exist is missing, not 'not a readable zip'."""
+    from reptile_fn import checkpoint as ck
+
+    copy = tmp_path / "ck.bin"
+    copy.write_bytes((tiny_run / CHECKPOINT).read_bytes())
+    assert ck.load(copy)[1] == ck.load(tiny_run / CHECKPOINT)[1]
+    from PIL import Image
+
+    for c in "ab":
+        (tmp_path / "sup" / c).mkdir(parents=True)
+        Image.new("L", (28, 28), 40 if c == "a" else 200).save(tmp_path / "sup" / c / "x.png")
+    result = runner.invoke(app, ["adapt", "--checkpoint", "omniglot-5w1s", "--support", str(tmp_path / "sup"), "--query",
+                                 str(tmp_path / "nothere.png"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1].startswith("error: ")  # after the support's progress
+    assert "nothere.png does not exist; check the path" in result.stderr
 
 
 def test_a_checkpoint_whose_parameters_became_integers_is_refused(tiny_run, tmp_path):

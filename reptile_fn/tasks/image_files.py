@@ -210,6 +210,8 @@ def read_classes(names: list[list[str]], size: int, opener: Callable, show: Call
 @contextlib.contextmanager
 def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str], str], str | None]]:
     """(listing, opener of a name, how to show a name in a message, fingerprint or None for a zip)."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist; check the path (a folder or .zip of images is wanted)")
     if path.exists() and not path.is_dir() and not path.is_file():
         raise DataError(f"{path} is not a regular file (a pipe, a device or a socket); give a folder or a .zip")
     if path.is_file() and path.suffix.lower() != ".zip":  # one image, say: what is wanted is the folder it is in
