@@ -239,6 +239,16 @@ def test_compare_with_a_bad_eval_results_file(tiny_run, tmp_path):
     _user_error(runner.invoke(app, ["compare", str(run)]), str(run / "eval" / "results.json"), "reptile-fn eval")
 
 
+@pytest.mark.parametrize("score", [float("nan"), 1e9, -0.5])
+def test_compare_refuses_impossible_scores_in_a_results_file(tiny_run, tmp_path, score):
+    """A damaged or hand-edited summary would show as 'nan ± nan' or an accuracy of 1.0e+11 %."""
+    summary = json.loads((tiny_run / SUMMARY).read_text())
+    summary["eval"]["inits"]["meta"]["metric"]["mean"][-1] = score
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / SUMMARY).write_text(json.dumps(summary))
+    _user_error(runner.invoke(app, ["compare", str(tmp_path / "run")]), "finite scores, accuracies from 0 to 1")
+
+
 def test_compare_of_good_runs_still_works(tiny_run):
     result = runner.invoke(app, ["compare", str(tiny_run)])
     assert result.exit_code == 0 and "| meta |" in result.stdout

@@ -4,6 +4,7 @@ markdown table, every row labelled with what it was scored on (data, split, epis
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from reptile_fn import config as C
@@ -82,13 +83,21 @@ def _results_source(run: Path) -> Path:
         ev = data.get("eval", data)
         ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
         ok = ok and ("config" in data or source.name == SUMMARY or source == run / "eval" / "results.json"
-                     or "checkpoint" in data)
+                     or "checkpoint" in data) and all(_plausible(ev["metric"], c["metric"]) for c in ev["inits"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table"
+        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table (finite scores, accuracies from 0 to 1)"
         raise ReptileFnError(f"{source} is {what}; {fix}")
     return source
+
+
+def _plausible(metric: str, scores: dict) -> bool:
+    """Whether every mean and CI is a finite number, and an accuracy's mean lies in [0, 1] (a damaged or hand-edited
+    file would otherwise show as 'nan ± nan' or 1.0e+11 %)."""
+    means, cis = scores["mean"], scores["ci95"]
+    numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*means, *cis])
+    return numbers and all(0 <= m <= 1 if metric == "accuracy" else m >= 0 for m in means)
 
 
 def _tasks(t: dict) -> str:
