@@ -600,3 +600,22 @@ def test_too_few_classes_or_images_name_the_setting_and_a_value_that_fits():
         check_classes("the 'all' split", 3, 10, n_way=5, k_shot=1, query_size=1)
     with pytest.raises(ConfigError, match=r"only 4 images; .* tasks.query_size \(e.g. --set tasks.query_size=3\)"):
         check_classes("the 'all' split", 6, 4, n_way=5, k_shot=1, query_size=5, unit="images")
+
+
+def test_classes_sharing_an_image_or_a_name_up_to_normalisation_are_warned_of(tmp_path, monkeypatch, capsys):
+    import shutil
+    import unicodedata
+
+    from reptile_fn import progress
+
+    monkeypatch.setitem(progress._enabled, "on", True)
+    root = write_set(tmp_path / "data", {"ant": 3, "bee": 3, "cat": 3})
+    I.load_images(root, image_size=16, cache=False)
+    assert "warning" not in capsys.readouterr().err  # distinct classes: nothing to say
+    shutil.copytree(root / "ant", root / "ant copy")
+    shutil.copytree(root / "bee", root / unicodedata.normalize("NFD", "bé"))
+    shutil.copytree(root / "cat", root / unicodedata.normalize("NFC", "bé"))
+    I.load_images(root, image_size=16, cache=False)
+    err = capsys.readouterr().err
+    assert "3 pair(s) of classes" in err and "'ant' and 'ant copy'" in err, err
+    assert "'be\\u0301' and 'b\\xe9'" in err and "print the same; rename one" in err, err

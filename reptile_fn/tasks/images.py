@@ -40,6 +40,7 @@ zip, an unreadable, truncated or non-image file, and an image whose header claim
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Sequence
@@ -142,8 +143,35 @@ def load_images(path: str | os.PathLike, *, image_size: int = 28, cache: bool = 
         size = f"{image_size}px" + ("" if resample == "box" else f"-{resample}")
         arrays = datasets.cached_arrays(path, "images", size, build, valid=valid, version=CACHE_VERSION,
                                         use=cache, fingerprint=fingerprint)
-    return ImageSet(arrays["images"], arrays["counts"].astype(np.int32), arrays["offsets"].astype(np.int32),
+    data = ImageSet(arrays["images"], arrays["counts"].astype(np.int32), arrays["offsets"].astype(np.int32),
                     tuple(arrays["classes"].tolist()), tuple(arrays["groups"].tolist()), int(arrays["images"].shape[-1]))
+    _warn_of_twins(data, path)
+    return data
+
+
+def _warn_of_twins(data: ImageSet, path: Path) -> None:
+    """A warning line where two classes share an image (as decoded: the same file, or a copy of a class) or two class
+    names differ only in Unicode normalisation ('é' as one character or as e + accent): both read fine, but the
+    first makes labels contradict each other and the second shows two classes under one name."""
+    from reptile_fn import progress
+
+    owner, shared = {}, set()
+    for c, (start, n) in enumerate(zip(data.offsets.tolist(), data.counts.tolist())):
+        for image in data.images[start:start + n]:
+            first = owner.setdefault(image.tobytes(), c)
+            if first != c:
+                shared.add((first, c))
+    if shared:
+        a, b = min(shared)
+        progress.note(f"warning: {len(shared)} pair(s) of classes in {path} share an image (e.g. {data.classes[a]!r} and "
+                      f"{data.classes[b]!r}): an image under two labels cannot be classified; remove the copies")
+    seen = {}
+    for name in data.classes:
+        twin = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if twin != name:
+            progress.note(f"warning: the classes {ascii(twin)} and {ascii(name)} in {path} differ only in how their names are "
+                          "encoded (Unicode normalisation) and print the same; rename one")
+            break
 
 
 def split_images(data: ImageSet, *, seed: int = 0, val: float = 0.2, test: float = 0.2) -> dict[str, np.ndarray]:
