@@ -619,3 +619,10 @@ def test_classes_sharing_an_image_or_a_name_up_to_normalisation_are_warned_of(tm
     err = capsys.readouterr().err
     assert "3 pair(s) of classes" in err and "'ant' and 'ant copy'" in err, err
     assert "'be\\u0301' and 'b\\xe9'" in err and "print the same; rename one" in err, err
+
+
+def test_a_class_folder_with_a_newline_in_its_name_is_one_error(tmp_path):
+    root = write_set(tmp_path / "data", {"ant": 3, "bee": 3, "cat": 3})
+    (root / "ant").rename(root / "an\nt")
+    with pytest.raises(DataError, match=r"has a control character \(a newline\?\) in its name; rename it"):
+        I.load_images(root, image_size=16, cache=False)

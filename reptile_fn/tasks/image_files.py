@@ -70,6 +70,9 @@ def _list_folder(root: Path) -> tuple[_Listing, str]:
             if not all(utf8(part) for part in (folder, f)):
                 raise DataError(f"{ascii(os.path.join(folder, f))} has a name that is not valid UTF-8 (from another "
                                 "system's encoding?); rename it (e.g. convmv -f latin1 -t utf8)")
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in "/".join((*rel, f))):  # a class name, in every line
+                raise DataError(f"{ascii(os.path.join(folder, f))} has a control character (a newline?) in its name; "
+                                "rename it")
             name = "/".join(rel + (f,))
             (listing.images if _is_image(f) else listing.others).append((rel + (f,), name))
             if _is_image(f):
