@@ -33,7 +33,6 @@ def path_arg(value: str | os.PathLike) -> Path:
     return Path(value)
 
 
-
 ConfigOpt = typer.Option(None, "--config", "-c", parser=path_arg, help="YAML config file, or a shipped config's "
                          "name (e.g. sine, omniglot_5w1s; `reptile-fn info` lists them). Default: the built-in default config.")
 SetOpt = typer.Option([], "--set", "-s", help="Override one config key, e.g. --set inner_lr=0.02 (repeatable).")
