@@ -413,3 +413,15 @@ def test_a_repeated_sentence_counts_once(tmp_path):
     (tmp_path / "dup.csv").write_text("text,label\n" + rows)
     with pytest.raises(DataError, match="fewer than k_shot \\+ query_size = 6 distinct sentences"):
         make_csv_tasks(tmp_path / "dup.csv", n_way=2, k_shot=3, query_size=3, test_split="all")
+
+
+def test_a_sentence_under_two_labels_is_warned_of(tmp_path, monkeypatch, capsys):
+    from reptile_fn import progress
+    from reptile_fn.tasks.csv import read_texts
+
+    monkeypatch.setitem(progress._enabled, "on", True)
+    (tmp_path / "s.csv").write_text("text,label\nhello there,greet\nbye now,leave\nhello there,leave\nbye now,leave\n")
+    texts, names, lines = read_texts(tmp_path / "s.csv")
+    assert names == ["greet", "leave", "leave", "leave"] and lines == [2, 3, 4, 5]
+    err = capsys.readouterr().err
+    assert "1 sentence(s)" in err and "lines 2 and 4: 'greet' and 'leave'" in err, err

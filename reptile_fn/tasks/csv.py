@@ -128,7 +128,25 @@ def read_texts(path: str | os.PathLike, *, text_column: str = "text", label_colu
         lines.append(line)
     if not texts:
         raise DataError(f"{file} has no sentences below its header; add one line per sentence")
+    if labelled:
+        _warn_of_twins(file, texts, names, lines)
     return texts, (names if labelled else None), lines
+
+
+def _warn_of_twins(file: Path, texts: list[str], names: list[str], lines: list[int]) -> None:
+    """A warning line where one sentence carries two labels: it cannot be classified both ways."""
+    from reptile_fn import progress
+
+    first: dict[str, tuple[str, int]] = {}
+    twins = []
+    for text, name, line in zip(texts, names, lines):
+        label, at = first.setdefault(text.strip(), (name, line))
+        if label != name:
+            twins.append((at, line, label, name))
+    if twins:
+        at, line, a, b = twins[0]
+        progress.note(f"warning: {len(twins)} sentence(s) of {file} carry two labels (e.g. lines {at} and {line}: "
+                      f"{a!r} and {b!r}); a sentence under two labels cannot be classified; keep one")
 
 
 def _existing(path: str | os.PathLike) -> Path:
