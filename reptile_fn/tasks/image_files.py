@@ -216,7 +216,8 @@ def open_source(path: Path) -> Iterator[tuple[_Listing, Callable, Callable[[str]
     if not path.exists():
         raise DataError(f"{path} does not exist; check the path (a folder or .zip of images is wanted)")
     if not path.is_dir() and not path.is_file():
-        raise DataError(f"{path} is not a regular file (a pipe, a device or a socket); give a folder or a .zip")
+        raise DataError(f"{path} is not a regular file (a pipe, a device or a socket); give a folder or a .zip (or an "
+                        "image file, as adapt's --query)")
     if path.is_file() and path.suffix.lower() != ".zip":  # one image, say: what is wanted is the folder it is in
         raise DataError(f"{path} is a file but not a .zip; give a folder of images (or of class folders), or a .zip "
                         "of one")
