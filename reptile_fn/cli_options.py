@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from reptile_fn.errors import ReptileFnError, utf8
+from reptile_fn.errors import ReptileFnError, has_control, utf8
 from reptile_fn.signals import Terminated, sigterm_as_interrupt
 
 
@@ -25,7 +25,7 @@ def path_arg(value: str | os.PathLike) -> Path:
     since ``Path("")`` would silently mean the working directory, the usual result of an unset shell variable."""
     if not str(value).strip():
         raise ValueError("it is empty; pass a path (an unset shell variable?)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in str(value)):  # legal, but a pasted newline, and it breaks every message
+    if has_control(str(value)):
         raise ValueError(f"{str(value)!r} holds a control character (a newline?); pass the path without it")
     if not utf8(str(value)):  # bytes no UTF-8 text has: MLX and every file written name it, and cannot
         raise ValueError(f"{str(value)!r} is not valid UTF-8 (a name from another system's encoding?); rename it "

@@ -47,6 +47,12 @@ def check_int(name: str, value: object, minimum: int, meaning: str) -> None:
                           f"set it to {minimum} or more")
 
 
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (a pasted newline, say): legal in a file name, but it splits every
+    line that shows the name."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def utf8(name: str) -> bool:
     """Whether ``name`` is text (Python keeps a file name's non-UTF-8 bytes as lone surrogates, which no file written
     as UTF-8 can hold)."""

@@ -73,10 +73,10 @@ def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: 
     from reptile_fn.errors import OutputError
 
     path = Path(path)
+    where = path.expanduser().resolve()
     for folder in data:
-        inside = folder is not None and Path(folder).expanduser().is_dir() and (
-            Path(folder).expanduser().resolve() in (path.expanduser().resolve(), *path.expanduser().resolve().parents))
-        if inside:
+        if folder is not None and Path(folder).expanduser().is_dir() and (
+                Path(folder).expanduser().resolve() in (where, *where.parents)):
             raise OutputError(f"{option} {path} is inside {folder}, data this command reads: what it wrote there "
                               "would be read as a class of that data next time; pass a folder outside it")
     existing = path

@@ -19,7 +19,7 @@ from stat import S_ISREG
 from typing import Callable, Iterator, NamedTuple
 
 from reptile_fn import progress
-from reptile_fn.errors import DataError, utf8
+from reptile_fn.errors import DataError, has_control, utf8
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def _list_folder(root: Path) -> tuple[_Listing, str]:
             if not all(utf8(part) for part in (folder, f)):
                 raise DataError(f"{ascii(os.path.join(folder, f))} has a name that is not valid UTF-8 (from another "
                                 "system's encoding?); rename it (e.g. convmv -f latin1 -t utf8)")
-            if any(ord(ch) < 32 or ord(ch) == 127 for ch in "/".join((*rel, f))):  # a class name, in every line
+            if has_control("/".join((*rel, f))):
                 raise DataError(f"{ascii(os.path.join(folder, f))} has a control character (a newline?) in its name; "
                                 "rename it")
             name = "/".join(rel + (f,))
