@@ -97,11 +97,13 @@ def _im2col_conv(stride: int):
     """The im2col convolution with a written-out gradient (``mx.custom_function``).
 
     Autograd differentiates the 9 strided slices by scattering each into a zero tensor the size of the
-    padded input and summing them. Here the input gradient is gathered by stride phases instead: the
-    pieces that land on one phase (rows ≡ p, columns ≡ q mod stride) are padded into that phase's grid
-    at their offset and added, and the phases are interleaved once (conv4's step: 30 → 26 ms on one
-    core). The gradient is made of ordinary ops, so it is itself differentiable (second-order MAML) and
-    vmaps and compiles like the forward.
+    padded input and summing them. Here each stride phase of the input gradient (rows ≡ p, columns ≡ q
+    mod stride) is computed directly as a stride-1 correlation of the output gradient with the taps that
+    land on that phase: unit-stride slices of the padded gradient side by side and one GEMM per phase
+    (the same multiply-adds as the column GEMM), then the phases are interleaved once. Before, the column
+    gradient was scattered back tap by tap (conv4 with batch norm, 20 images: 6% faster per step). The
+    gradient is made of ordinary ops, so it is itself differentiable (second-order MAML) and vmaps and
+    compiles like the forward.
     """
 
     @mx.custom_function
@@ -118,22 +120,49 @@ def _im2col_conv(stride: int):
         n, h, wd, c = x.shape
         ho, wo, o = cotangent.shape[1:]
         g = cotangent.reshape(n * ho * wo, o)
-        w2 = mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, o)
         dw = (_cols(x, stride, ho, wo).reshape(n * ho * wo, 9 * c).T @ g).reshape(3, 3, c, o).transpose(3, 0, 1, 2)
-        dcols = (g @ w2.T).reshape(n, ho, wo, 3, 3, c)
-        hp, wp = -(-(h + 2) // stride), -(-(wd + 2) // stride)  # each phase's grid
-        phases: dict = {}
-        for i in range(3):
-            for j in range(3):
-                oi, oj = i // stride, j // stride
-                piece = mx.pad(dcols[:, :, :, i, j, :], [(0, 0), (oi, hp - ho - oi), (oj, wp - wo - oj), (0, 0)])
-                key = (i % stride, j % stride)
-                phases[key] = piece if key not in phases else phases[key] + piece
-        rows = [mx.stack([phases[(p, q)] for q in range(stride)], axis=3) for p in range(stride)]
-        dxp = mx.stack(rows, axis=2).reshape(n, hp * stride, wp * stride, c)
-        return dxp[:, 1:h + 1, 1:wd + 1, :], dw, g.sum(axis=0)
+        return _input_gradient(cotangent, w, h, wd, stride), dw, g.sum(axis=0)
 
     return conv
+
+
+def _phase(size: int, p: int, stride: int) -> tuple[int, int]:
+    """(first u, count) of the padded-input rows r = stride·u + p that are input rows (1 <= r <= size)."""
+    first = -(-(1 - p) // stride)
+    return first, (size - p) // stride - first + 1
+
+
+def _input_gradient(g: mx.array, w: mx.array, h: int, wd: int, stride: int) -> mx.array:
+    """∂/∂x of the 3×3 convolution (padding 1) with output gradient ``g`` (n, ho, wo, o), by stride phases.
+
+    Padded-input row r = stride·u + p takes tap i = p + stride·k from output row u − k, so phase (p, q) is a
+    stride-1 correlation of ``g`` with its taps; phase p's rows are the input rows ≡ p − 1 (mod stride), in order.
+    """
+    n, c = g.shape[0], w.shape[-1]
+    gp = mx.pad(g, [(0, 0), (2, 2), (2, 2), (0, 0)])  # output row a sits at gp row a + 2
+    wt = mx.transpose(w, (1, 2, 0, 3))  # (3, 3, o, c)
+    side_h, side_w = -(-h // stride), -(-wd // stride)
+    grid = []
+    for e in range(stride):  # input rows ≡ e (mod stride) come from phase p = e + 1
+        p = (e + 1) % stride
+        u0, nu = _phase(h, p, stride)
+        row = []
+        for f in range(stride):
+            q = (f + 1) % stride
+            v0, nv = _phase(wd, q, stride)
+            if nu == 0 or nv == 0:  # an input one row or column wide has no row of this phase
+                row.append(mx.zeros((n, side_h, side_w, c), dtype=g.dtype))
+                continue
+            taps = [(k, m) for k in range((2 - p) // stride + 1) for m in range((2 - q) // stride + 1)]
+            cols = mx.concatenate([gp[:, u0 - k + 2:u0 - k + 2 + nu, v0 - m + 2:v0 - m + 2 + nv, :] for k, m in taps], -1)
+            wsub = mx.concatenate([wt[p + stride * k, q + stride * m] for k, m in taps], axis=0)
+            phase = (cols.reshape(n * nu * nv, -1) @ wsub).reshape(n, nu, nv, c)
+            row.append(mx.pad(phase, [(0, 0), (0, side_h - nu), (0, side_w - nv), (0, 0)]))
+        grid.append(mx.stack(row, axis=3) if stride > 1 else row[0])
+    if stride == 1:
+        return grid[0]
+    dx = mx.stack(grid, axis=2).reshape(n, side_h * stride, side_w * stride, c)
+    return dx[:, :h, :wd, :]
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -156,8 +185,9 @@ def conv_init(key: mx.array, in_ch: int, out_ch: int) -> Tree:
 def batch_norm(x: mx.array, scale: mx.array, offset: mx.array, eps: float = 1e-5) -> mx.array:
     """Normalise each channel with the statistics of the batch at hand (no running averages)."""
     mean = mx.mean(x, axis=(0, 1, 2), keepdims=True)
-    var = mx.var(x, axis=(0, 1, 2), keepdims=True)
-    return (x - mean) * mx.rsqrt(var + eps) * scale + offset
+    centered = x - mean  # once, for the variance and the output: its gradient is ~40% cheaper than mx.var's
+    var = mx.mean(mx.square(centered), axis=(0, 1, 2), keepdims=True)
+    return centered * (mx.rsqrt(var + eps) * scale) + offset
 
 
 def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *, filters: int = 64,

@@ -48,8 +48,8 @@ def test_losses_on_hand_computed_values():
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 4), st.integers(1, 5),
-       st.sampled_from([1, 2]), st.integers(0, 1000))
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4), st.integers(1, 5),
+       st.sampled_from([1, 2, 3]), st.integers(0, 1000))
 def test_im2col_conv_equals_mx_conv2d_values_and_gradients(n, h, w, c, f, stride, seed):
     from reptile_fn.models import conv3x3
 
@@ -121,7 +121,7 @@ def test_max_pool_variant_for_larger_images():
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), stride=st.sampled_from([1, 2]), h=st.integers(3, 16), w=st.integers(3, 16),
+@given(seed=st.integers(0, 10_000), stride=st.sampled_from([1, 2, 3]), h=st.integers(1, 16), w=st.integers(1, 16),
        c=st.integers(1, 5), o=st.integers(1, 6))
 def test_conv_written_out_gradient_equals_autograd_first_and_second_order(seed, stride, h, w, c, o):
     """conv3x3's hand-written VJP (gradient by stride phases) gives autograd's gradient of the same im2col
