@@ -425,3 +425,21 @@ def test_a_sentence_under_two_labels_is_warned_of(tmp_path, monkeypatch, capsys)
     assert names == ["greet", "leave", "leave", "leave"] and lines == [2, 3, 4, 5]
     err = capsys.readouterr().err
     assert "1 sentence(s)" in err and "lines 2 and 4: 'greet' and 'leave'" in err, err
+
+
+def test_a_training_csv_with_a_sentence_under_two_labels_is_warned_of(tmp_path, monkeypatch, capsys):
+    """Meta-training data gets the warning too: such a sentence is a support or query example that no init can
+    classify, one that adapt's support set is already warned about."""
+    from reptile_fn import progress
+    from reptile_fn.tasks.csv import load_csv
+
+    monkeypatch.setitem(progress._enabled, "on", True)
+    rows = "".join(f"sentence {c}-{i} here,label{c}\n" for c in range(3) for i in range(3))
+    (tmp_path / "ok.csv").write_text("text,label\n" + rows)
+    load_csv(tmp_path / "ok.csv")
+    assert "warning" not in capsys.readouterr().err
+    (tmp_path / "t.csv").write_text("text,label\n" + rows + "sentence 0-1 here,label2\n")
+    classes, _ = load_csv(tmp_path / "t.csv")
+    assert classes.names == ("label0", "label1", "label2")
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "lines 3 and 11: 'label0' and 'label2'" in err, err

@@ -65,6 +65,7 @@ def load_csv(path: str | os.PathLike, *, text_column: str = "text", label_column
                         "and one line per sentence")
     index = _columns(file, header_line, header, columns)
     texts: dict[str, list[str]] = {}
+    seen: tuple[list, list, list] = ([], [], [])  # every (sentence, label, line), for the warning of twins
     group_of: dict[str, tuple[str, int]] = {}
     split_of: dict[str, tuple[str, int]] = {}
     for line, row in rows:
@@ -77,6 +78,8 @@ def load_csv(path: str | os.PathLike, *, text_column: str = "text", label_column
             raise DataError(f"{file} line {line} has an empty {what} (column {column!r}); every line needs a sentence "
                             "and its label: fill it in or delete the line")
         texts.setdefault(label, []).append(text)
+        for column, value in zip(seen, (text, label, line)):
+            column.append(value)
         if group_column is not None:
             _agree(file, group_of, label, _value(file, line, row[index["group"]], group_column), line, "group",
                    group_column)
@@ -90,6 +93,7 @@ def load_csv(path: str | os.PathLike, *, text_column: str = "text", label_column
         found = f"only the label {next(iter(texts))!r}" if texts else "no sentences below its header"
         raise DataError(f"{file} has {found}; few-shot classification needs sentences of at least 2 labels (n_way of "
                         "them per episode): add lines of other labels")
+    _warn_of_twins(file, *seen)
     names = tuple(sorted(texts))
     groups = tuple(group_of[n][0] for n in names) if group_column is not None else names
     classes = TextClasses(names, tuple(tuple(texts[n]) for n in names), groups)
