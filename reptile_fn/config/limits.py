@@ -58,7 +58,7 @@ LIMITS = {  # every integer size, with the reason; bounds no published few-shot 
     "model.image_size": Limit(512, "conv4 on 512×512 inputs already needs ~1 GB of activations per 100 images; "
                               "few-shot image models take small inputs (Omniglot 28, mini-ImageNet 84)"),
     "eval.episodes": Limit(1_000_000, "held-out episodes are adapted one after another (time); 500-10,000 is usual"),
-    "eval.inner_steps": Limit(10_000, "every held-out episode is adapted and scored after each step (time)"),
+    "eval.inner_steps": Limit(10_000, "each step adapts on a support set (every held-out episode's, or adapt's) and is scored (time)"),
     "eval.every": Limit(10_000_000, "meta_iterations is at most 10,000,000, so a longer interval never comes"),
     "eval.during_training_episodes": Limit(1_000_000, "held-out episodes are adapted one after another (time)"),
     "eval.inner_batch_size": Limit(100_000, "examples in one adaptation step's forward pass (memory)"),
