@@ -4,6 +4,7 @@ run directories as --checkpoint, and bench outside a source checkout."""
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -246,7 +247,62 @@ def test_compare_refuses_impossible_scores_in_a_results_file(tiny_run, tmp_path,
     summary["eval"]["inits"]["meta"]["metric"]["mean"][-1] = score
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / SUMMARY).write_text(json.dumps(summary))
-    _user_error(runner.invoke(app, ["compare", str(tmp_path / "run")]), "finite scores, accuracies from 0 to 1")
+    _user_error(runner.invoke(app, ["compare", str(tmp_path / "run")]), "not finite", "outside 0 to 1")
+
+
+def _edit_summary(d, path, value):
+    *parents, last = path.split(".")
+    for k in parents:
+        d = d[k]
+    if value is _DELETE:
+        del d[last]
+    else:
+        d[last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("path, value, what", [
+    ("config", "hello", "config has no algorithm"), ("config", [1], "config has no algorithm"),
+    ("config", {}, "config has no algorithm"), ("config.tasks", _DELETE, "config has no algorithm"),
+    ("config.tasks.families", 5, "config.tasks lacks"), ("config.algorithm", None, "config has no algorithm"),
+    ("eval.inits", {}, "no scored inits"), ("eval.inits.meta.steps", [], "no list of step counts"),
+    ("eval.inits.meta.steps", ["a", "b", "c"], "no list of step counts"), ("eval.inner_steps", "zz", "not a count"),
+    ("eval.inits.meta.metric.mean", [0.5], "for each step"), ("eval.inits.meta.episodes", -3, "episode count"),
+    ("eval.inits.meta.metric.ci95", None, "for each step")])
+def test_compare_refuses_a_damaged_results_file_naming_what_is_wrong(tiny_run, tmp_path, path, value, what):
+    """Every field compare prints is checked first: these were tracebacks (TypeError, KeyError, IndexError) or
+    silently wrong rows (an empty table, blank cells, 'None' as the algorithm)."""
+    summary = json.loads((tiny_run / SUMMARY).read_text())
+    if path == "eval.inits.meta.metric.ci95" and value is None:
+        value = [-5.0] * len(summary["eval"]["inits"]["meta"]["steps"])
+        what = "negative CI"
+    _edit_summary(summary, path, value)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / SUMMARY).write_text(json.dumps(summary))
+    _user_error(runner.invoke(app, ["compare", str(tmp_path / "run")]), "not a results table", what)
+
+
+def test_compare_refuses_nested_json_a_pipe_and_a_folder_without_hanging(tiny_run, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"eval": ' + "[" * 100_000)
+    _user_error(runner.invoke(app, ["compare", str(deep)]), "not valid JSON")
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / SUMMARY)
+    _user_error(runner.invoke(app, ["compare", str(tmp_path / "fifo")]), "not a regular file", "move it away")
+    (tmp_path / "d" / "eval" / "results.json").mkdir(parents=True)
+    _user_error(runner.invoke(app, ["compare", str(tmp_path / "d")]), "is a folder", "move it away")
+
+
+def test_compare_prints_regression_runs(tmp_path):
+    """A regression run's curves hold 'loss', not 'metric': every sine run was refused as damaged."""
+    out = tmp_path / "sine"
+    result = runner.invoke(app, ["train", "--config", "sine", "--out", str(out), "--no-progress", *_sets(TINY)])
+    assert result.exit_code == 0, result.output
+    table = runner.invoke(app, ["compare", str(out)])
+    assert table.exit_code == 0, table.output
+    assert "query MSE" in table.stdout and "| meta |" in table.stdout
 
 
 def test_compare_of_good_runs_still_works(tiny_run):

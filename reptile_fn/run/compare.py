@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from reptile_fn import config as C
+from reptile_fn import io
 from reptile_fn.errors import CheckpointError, ReptileFnError
 from reptile_fn.run.files import CHECKPOINT, SUMMARY, stored_config
 from reptile_fn.run.report import number as _num
@@ -48,8 +49,8 @@ def compare_runs(runs: list[Path]) -> str:
             cells = [f"{_num(scale * curve[key]['mean'][pos[c]])} ± {_num(scale * curve[key]['ci95'][pos[c]])}"
                      if c in pos else "" for c in (0, 1, 5, last)]
             k_shot = data.get("k_shot", "?" if guessed else t["k_shot"])
-            rows.append(f"| {name} | {cfg['algorithm']} | {_tasks(t)} | {'?' if guessed else _split(t)} | "
-                        f"{curve.get('episodes', '')} | {k_shot} | {init} | " + " | ".join(cells) + f" | {last} |")
+            rows.append(f"| {name} | {_cell(cfg['algorithm'])} | {_cell(_tasks(t))} | {'?' if guessed else _cell(_split(t))}"
+                        f" | {curve.get('episodes', '')} | {k_shot} | {_cell(init)} | " + " | ".join(cells) + f" | {last} |")
     header = ("| run | algorithm | tasks | split | episodes | k_shot | init | 0 steps | 1 step | 5 steps | last step "
               "| last |\n|" + "---|" * 12)
     unit = ("query accuracy (%)" if metrics == {"accuracy"} else "query MSE") + (
@@ -78,26 +79,69 @@ def _results_source(run: Path) -> Path:
             fix = f"without the run's {CHECKPOINT} it cannot be rewritten: leave {run} out of the comparison"
         if not source.exists():
             raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
+    if source.exists() and not source.is_file():  # a FIFO would block the read, a device never end
+        kind = "a folder" if source.is_dir() else "not a regular file (a pipe, a socket or a device)"
+        raise ReptileFnError(f"{source} is {kind}, not a results file; move it away, then {fix}")
+    io.check_readable(source)  # permission denied is reported as such, not as a damaged file
     try:
         data = json.loads(source.read_text(encoding="utf-8"))
-        ev = data.get("eval", data)
-        ok = ev["metric"] in ("accuracy", "mse") and all("steps" in c for c in ev["inits"].values())
-        ok = ok and ("config" in data or source.name == SUMMARY or source == run / "eval" / "results.json"
-                     or "checkpoint" in data) and all(_plausible(ev["metric"], c["metric"]) for c in ev["inits"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        ok = False
-    if not ok:
-        what = "empty" if source.stat().st_size == 0 else "not valid JSON or not a results table (finite scores, accuracies from 0 to 1)"
+        problem = _table_problem(data, own=source.name == SUMMARY or source == run / "eval" / "results.json")
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past Python's limit
+        problem = "not valid JSON"
+    if problem:
+        what = "empty" if source.stat().st_size == 0 else f"not a results table of reptile-fn ({problem})"
         raise ReptileFnError(f"{source} is {what}; {fix}")
     return source
+
+
+def _table_problem(data, *, own: bool) -> str | None:
+    """What keeps ``data`` from being a results table ``compare_runs`` can print, or None: every field it reads,
+    of the type it needs (a damaged or hand-edited file would otherwise be a traceback or a silently wrong row)."""
+    ev = data.get("eval", data) if isinstance(data, dict) else None
+    if not isinstance(ev, dict) or ev.get("metric") not in ("accuracy", "mse"):
+        return "no eval.metric of accuracy or mse"
+    if not isinstance(ev.get("inits"), dict) or not ev["inits"]:
+        return "no scored inits"
+    if "inner_steps" in ev and not _count(ev["inner_steps"]):
+        return "eval.inner_steps is not a count"
+    key = "metric" if ev["metric"] == "accuracy" else "loss"
+    for init, curve in ev["inits"].items():
+        steps = curve.get("steps") if isinstance(curve, dict) else None
+        if not isinstance(steps, list) or not steps or not all(_count(t) for t in steps):
+            return f"init {init!r} has no list of step counts"
+        scores = curve.get(key)
+        if not isinstance(scores, dict) or not all(isinstance(scores.get(k), list) and len(scores[k]) == len(steps)
+                                                   for k in ("mean", "ci95")):
+            return f"init {init!r} has no {key}.mean and {key}.ci95 for each step"
+        if not _plausible(ev["metric"], scores):
+            return f"init {init!r} has scores that are not finite, a negative CI or an accuracy outside 0 to 1"
+        if "episodes" in curve and not (_count(curve["episodes"]) and curve["episodes"] > 0):
+            return f"init {init!r} has an episode count that is not a positive integer"
+    if "config" not in data:
+        return None if own or isinstance(data.get("checkpoint"), str) else "no config and no checkpoint to read it from"
+    cfg = data["config"]
+    t = cfg.get("tasks") if isinstance(cfg, dict) else None
+    if not isinstance(t, dict) or not isinstance(cfg.get("algorithm"), str) or not isinstance(t.get("dataset"), str):
+        return "config has no algorithm and tasks.dataset"
+    if t["dataset"] == "synthetic":
+        ok = isinstance(t.get("families"), list) and all(isinstance(f, str) for f in t["families"])
+    else:
+        ok = _count(t.get("n_way")) and isinstance(t.get("path") or "", str) and isinstance(t.get("test_split", ""), str)
+    if not ok or not _count(data["k_shot"] if "k_shot" in data else t.get("k_shot")):
+        return "config.tasks lacks its families, or its n_way, k_shot and split"
+    return None
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _plausible(metric: str, scores: dict) -> bool:
     """Whether every mean and CI is a finite number, and an accuracy's mean lies in [0, 1] (a damaged or hand-edited
     file would otherwise show as 'nan ± nan' or 1.0e+11 %)."""
     means, cis = scores["mean"], scores["ci95"]
-    numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*means, *cis])
-    return numbers and all(0 <= m <= 1 if metric == "accuracy" else m >= 0 for m in means)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in [*means, *cis])
+    return numbers and all(c >= 0 for c in cis) and all(0 <= m <= 1 if metric == "accuracy" else m >= 0 for m in means)
 
 
 def _tasks(t: dict) -> str:
@@ -105,7 +149,7 @@ def _tasks(t: dict) -> str:
     evaluated: ``eval --data`` scores other data than the run's training set) and way."""
     if t["dataset"] == "synthetic":
         return ", ".join(t["families"])
-    data = f" {_cell(Path(t['path']).name)}" if t.get("path") else ""
+    data = f" {Path(t['path']).name}" if t.get("path") else ""
     return f"{t['dataset']}{data} {t['n_way']}-way"
 
 
