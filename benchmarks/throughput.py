@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks per figure (the median is reported)")
     ap.add_argument("--min-block", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter blocks (smoke test)")
-    ap.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     ap.add_argument("--report", action="store_true",
                     help="then regenerate the performance section of research/results.md from research/perf/*.json")
     args = ap.parse_args(argv)
@@ -325,9 +325,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if unknown or not value:
             raise SystemExit(f"{option} {value!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not one of them; "
                              f"use a comma list of {', '.join(known)}")
+    unknown = [w for w in args.workloads.split(",") if w not in WORKLOADS]  # before any workload is timed
+    if unknown or not args.workloads:
+        raise SystemExit(f"--workloads {args.workloads!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not one of "
+                         f"them; use a comma list of {', '.join(WORKLOADS)}")
     for option, value in (("--fuse", args.fuse), ("--repeats", args.repeats), ("--min-block", args.min_block)):
         if not value > 0:
             raise SystemExit(f"{option} {value}: it must be > 0; give a positive number")
+    if args.fuse > 1000:  # one compiled call unrolls all of them: the graph (and the compile) grows with it
+        raise SystemExit(f"--fuse {args.fuse:,}: above 1,000, the most the fused variant unrolls into one compiled "
+                         "call (its graph and compile time grow with it; 10 is the default); lower it")
     if args.quick:
         args.repeats, args.min_block = 2, 0.05
 
@@ -362,8 +369,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.json is not None:  # checked before minutes of measuring, not after
         io.check_json_out(args.json)
     for name in args.workloads.split(","):
-        if name not in WORKLOADS:
-            raise SystemExit(f"unknown workload {name!r}; use W1, W2, W3 or W4")
         if name == "W3" and (missing := text_missing()):
             print(f"  (skipping W3: {missing})", file=sys.stderr)
             continue

@@ -30,7 +30,18 @@ def path_arg(value: str | os.PathLike) -> Path:
     if not utf8(str(value)):  # bytes no UTF-8 text has: MLX and every file written name it, and cannot
         raise ValueError(f"{str(value)!r} is not valid UTF-8 (a name from another system's encoding?); rename it "
                          "(e.g. convmv -f latin1 -t utf8), or pass another path")
+    try:  # pathlib's own failures, which would be a traceback wherever the path is first resolved
+        Path(value).expanduser().resolve()
+    except RuntimeError as e:
+        raise ValueError(_path_problem(str(value), e)) from None
     return Path(value)
+
+
+def _path_problem(value: str, error: RuntimeError) -> str:
+    """What pathlib's RuntimeError about ``value`` means: an unknown ~user, or symbolic links that point in a circle."""
+    if "home directory" in str(error):
+        return f"{value!r} starts with a ~user that this machine does not know; pass the path without it"
+    return f"{value!r}: {error} (symbolic links that point at each other); pass a path that leads to a file or folder"
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", parser=path_arg, help="YAML config file, or a shipped config's "
@@ -53,12 +64,25 @@ def _writing_stdout(error: OSError) -> bool:
     /dev/null, so that the exit's own flush does not fail again."""
     tb = error.__traceback__
     while tb is not None:
-        file = tb.tb_frame.f_locals.get("file")
-        if file is not None and file in (sys.stdout, sys.__stdout__):
+        scope = tb.tb_frame.f_locals
+        try:  # click writes to a local ``file``; rich (typer's help) to its console's ``self.file``
+            files = (scope.get("file"), getattr(scope.get("self"), "file", None))
+        except Exception:  # an object whose attribute lookup fails is not a console
+            files = (scope.get("file"),)
+        if any(f is not None and f in (sys.stdout, sys.__stdout__) for f in files):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return True
         tb = tb.tb_next
     return False
+
+
+def stdout_failed(error: OSError) -> bool:
+    """If ``error`` came from writing standard output, say so in one ``error:`` line and return True."""
+    if error.filename is not None or not _writing_stdout(error):
+        return False
+    typer.echo(f"error: cannot write standard output ({error.strerror or error}); check the file or device it is "
+               "redirected to, and its free space", err=True)
+    return True
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -94,12 +118,15 @@ def errors_to_exit(fn):
         except OSError as e:  # the machine's, not ours: a full disk, a path that cannot exist
             from reptile_fn.io import written_name
 
-            if e.filename is None and _writing_stdout(e):  # `reptile-fn train > /dev/full`, a full disk
-                typer.echo(f"error: cannot write standard output ({e.strerror or e}); check the file or device it "
-                           "is redirected to, and its free space", err=True)
+            if stdout_failed(e):  # `reptile-fn train > /dev/full`, a full disk
                 raise typer.Exit(2) from None
             where = f" ({written_name(e.filename)})" if e.filename else ""
             typer.echo(f"error: {e.strerror or e}{where}; check the path, its permissions and the free space", err=True)
+            raise typer.Exit(2) from None
+        except RuntimeError as e:  # pathlib, on a path from a config file (the command line's are checked earlier)
+            if "home directory" not in str(e) and "Symlink loop" not in str(e):
+                raise
+            typer.echo(f"error: a path {_path_problem('', e).split(' ', 1)[1]}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
             signal_name = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"

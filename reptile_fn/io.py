@@ -102,7 +102,13 @@ def check_json_out(path: str | os.PathLike, option: str = "--json") -> Path:
     data file given by mistake is never overwritten."""
     from reptile_fn.errors import OutputError
 
+    if not str(path).strip():  # Path("") would be the working directory
+        raise OutputError(f"{option} is empty; pass the JSON file to write (an unset shell variable?)")
     path = Path(path)
+    run = path.parent if path.name == "summary.json" else path.parent.parent if path.name == "results.json" else None
+    if run is not None and path.exists() and (run / "checkpoint.safetensors").exists():
+        raise OutputError(f"{option} {path} is the results file of the run in {run}; pass a new path, so that the "
+                          "run's own results are kept")
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; pass the JSON file to write, e.g. {path / 'results.json'}")
     if path.exists() and not path.is_file():

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import matplotlib
+
+def _config_dir() -> None:
+    """A private MPLCONFIGDIR when matplotlib's own (~/.config/matplotlib) cannot be written, e.g. HOME=/dev/null or
+    a read-only home: matplotlib would print two lines about it and make a temporary folder of its own anyway."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    try:
+        folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "matplotlib"
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return
+    except (OSError, RuntimeError):  # RuntimeError: no home directory at all
+        pass
+    os.environ["MPLCONFIGDIR"] = private = tempfile.mkdtemp(prefix="reptile_fn-matplotlib-")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+
+
+_config_dir()
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402

@@ -473,7 +473,7 @@ def test_info_of_something_without_a_model_card_is_an_error(tiny_run):
         assert result.stdout == ""  # nothing printed before the error (the info block came first)
     _user_error(runner.invoke(app, ["info", "--set", "peft.method=lora", "--set", "peft.targets=[nomatch*]"]), "no parameter")
     missing = tiny_run / "omniglot-5w1s.safetensors"
-    _user_error(runner.invoke(app, ["info", "--checkpoint", str(missing)]), f"checkpoint {missing} does not exist")
+    _user_error(runner.invoke(app, ["info", "--checkpoint", str(missing)]), f"{missing} does not exist", "shipped initialization")
 
 
 def test_a_checkpoint_under_another_extension_loads_and_a_missing_query_is_named(tiny_run, tmp_path):
@@ -654,10 +654,14 @@ def test_lora_targets_that_fit_no_weight_are_one_error(targets, needle):
 @pytest.mark.parametrize("args, needle", [(["--variants", "bogus"], "'bogus' is not one of them; use a comma list of serial"),
                                           (["--algorithms", "x"], "'x' is not one of them; use a comma list of reptile"),
                                           (["--fuse", "0"], "--fuse 0: it must be > 0"),
-                                          (["--repeats", "0", "--quick"], "--repeats 0: it must be > 0")])
+                                          (["--repeats", "0", "--quick"], "--repeats 0: it must be > 0"),
+                                          (["--workloads", "W1,W9"], "--workloads 'W1,W9': 'W9' is not one of them"),
+                                          (["--fuse", "100000"], "--fuse 100,000: above 1,000"),
+                                          (["--json", ""], "--json is empty")])
 def test_bench_options_it_passes_on_are_checked(args, needle):
     """An unknown variant was timed as vmap+compile under its own name; an unknown algorithm, --fuse 0 and
-    --repeats 0 were tracebacks."""
+    --repeats 0 were tracebacks; an unknown workload after a list's first was found only once the first was timed;
+    --fuse 100000 compiled for minutes; an empty --json was taken for the working directory."""
     _user_error(runner.invoke(app, ["bench", "--workloads", "W1", *args]), needle)
 
 
@@ -756,7 +760,7 @@ def test_ctrl_c_while_the_command_line_loads_or_parses_is_one_error_line(monkeyp
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-@pytest.mark.parametrize("command", [["info"], ["validate"]])
+@pytest.mark.parametrize("command", [["info"], ["validate"], ["--help"], ["--version"], ["compare", "--help"]])
 def test_output_that_cannot_be_written_names_standard_output(command):
     """`reptile-fn … > /dev/full` (or onto a full disk): the error says it is standard output that could not be
     written, not a bare 'No space left on device' with 'check the path', and no second error at exit."""
@@ -766,3 +770,48 @@ def test_output_that_cannot_be_written_names_standard_output(command):
     assert done.returncode == 2, done.stderr
     assert done.stderr == ("error: cannot write standard output (No space left on device); check the file or device "
                            "it is redirected to, and its free space\n")
+
+
+def test_paths_pathlib_cannot_resolve_are_one_error_line(tmp_path):
+    """An unknown ~user and symbolic links that point at each other were RuntimeError tracebacks from pathlib."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for args, needle in ((["embed", "--checkpoint", "~no_such_user_here/x"], "~user"),
+                         (["download", "omniglot", "--data-dir", "~no_such_user_here/x"], "~user"),
+                         (["train", "--out", str(tmp_path / "a")], str(tmp_path / "a"))):
+        done = subprocess.run([sys.executable, "-c", "from reptile_fn.cli import main; main()", *args],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        assert needle in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_missing_checkpoint_file_is_named_without_talk_of_resuming(tmp_path):
+    for command in (["embed"], ["eval"]):
+        message = _user_error(runner.invoke(app, [*command, "--checkpoint", str(tmp_path / "x.safetensors")]),
+                              "does not exist", "shipped initialization")
+        assert "resume" not in message
+
+
+def test_a_json_output_never_replaces_a_runs_own_results(tiny_run, tmp_path):
+    from reptile_fn import io
+    from reptile_fn.errors import OutputError
+
+    for own in (tiny_run / SUMMARY, tiny_run / "eval" / "results.json"):
+        own.parent.mkdir(exist_ok=True)
+        if not own.exists():
+            own.write_text("{}")
+        with pytest.raises(OutputError, match="results file of the run"):
+            io.check_json_out(own)
+    (tmp_path / "summary.json").write_text("{}")  # not a run's: an earlier JSON file may be replaced
+    assert io.check_json_out(tmp_path / "summary.json") == tmp_path / "summary.json"
+
+
+def test_plots_stay_quiet_when_matplotlibs_config_folder_cannot_be_written(tmp_path):
+    """HOME=/dev/null (a service account, a sandbox): matplotlib printed two lines about its config folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME")}
+    env["HOME"] = "/dev/null"
+    done = subprocess.run([sys.executable, "-c", "import reptile_fn.plots, os; print(os.environ['MPLCONFIGDIR'])"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert not Path(done.stdout.strip()).exists()  # the private folder is removed at exit

@@ -50,13 +50,19 @@ def resolve(checkpoint: str | Path) -> Path:
         shipped = ", ".join(names()) or "none"
         raise CheckpointError(f"'{checkpoint}' is neither a file nor a shipped initialization "
                               f"(shipped: {shipped}); pass a checkpoint.safetensors written by `reptile-fn train`")
-    return p  # a path that does not exist: checkpoint.load names it
+    shipped = ", ".join(names()) or "none"
+    raise CheckpointError(f"{checkpoint} does not exist; pass a run folder written by `reptile-fn train`, its "
+                          f"{RUN_CHECKPOINT}, or a shipped initialization's name ({shipped})")
 
 
 def card(name_or_path: str | Path) -> dict | None:
     """The model card of a shipped initialization (``<name>.json`` beside it), or None."""
     path = HERE / f"{Path(name_or_path).stem}.json"
-    return json.loads(path.read_text()) if is_shipped(resolve(name_or_path)) and path.is_file() else None
+    try:
+        shipped = is_shipped(resolve(name_or_path))
+    except CheckpointError:  # nothing there: no card (the caller says what is missing)
+        return None
+    return json.loads(path.read_text()) if shipped and path.is_file() else None
 
 
 def format_card(c: dict) -> str:
