@@ -174,6 +174,9 @@ def _download_sets(dest: Path, sets: tuple[str, ...], overwrite: bool, say) -> l
     for s in sets:
         size, sha256 = OMNIGLOT_FILES[s]
         path = dest / omniglot_zip_name(s)
+        if path.exists() and not path.is_file():  # a FIFO would block the checksum, a device never end it
+            kind = "a folder" if path.is_dir() else "not a regular file (a pipe, a socket or a device)"
+            raise DataError(f"{path} is {kind}, where the zip goes; move it away, then download again")
         if path.exists():
             if _file_digest(path) == (size, sha256):
                 say(f"{path}: already there, checksum OK")

@@ -194,6 +194,19 @@ def test_download_network_error_and_existing_bad_file(monkeypatch, tmp_path):
         datasets.download_omniglot(tmp_path, ["foo"])
 
 
+def test_download_refuses_a_folder_or_a_pipe_where_the_zip_goes(monkeypatch, tmp_path):
+    """A FIFO there blocked the checksum forever (/dev/zero linked there read forever); a folder was 'Is a
+    directory; check the path, its permissions and the free space'."""
+    serve(monkeypatch, URLError("must not be reached"))
+    (tmp_path / "d" / "images_background.zip").mkdir(parents=True)
+    with pytest.raises(DataError, match="is a folder, where the zip goes; move it away"):
+        datasets.download_omniglot(tmp_path / "d", ["background"], overwrite=True)
+    (tmp_path / "p").mkdir()
+    os.mkfifo(tmp_path / "p" / "images_background.zip")
+    with pytest.raises(DataError, match="not a regular file .* move it away"):
+        datasets.download_omniglot(tmp_path / "p", ["background"])
+
+
 def test_download_overwrite_replaces_a_bad_file(monkeypatch, tmp_path):
     official = real_zip("images_background_small1.zip").read_bytes()
     serve(monkeypatch, official)
