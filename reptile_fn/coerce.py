@@ -34,17 +34,25 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
     elif t is int:
         if isinstance(v, int) and not isinstance(v, bool):
             return v
+        if isinstance(v, str) and v.strip().lstrip("+-").isdigit():  # more digits than Python turns into an int
+            raise ConfigError(f"{source}: {key} = {shown(v)} is far too large; give an integer such as 1000")
     elif t is float:
         x = None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            x = float(v) if abs(v) < 1e308 else math.inf
+            x = float(v) if isinstance(v, float) or abs(v) < 1e308 else math.inf  # an int past float64 is too large
         elif isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
             try:
                 x = float(v)
             except ValueError:
                 pass
-        if x is not None and not math.isfinite(x):
+        if x is not None and (math.isnan(x) or math.isinf(x) and "inf" in str(v).lower()):
             raise ConfigError(f"{source}: {key} must be a finite number, got {shown(v)}; give a plain number such as 0.01")
+        if x is not None and not abs(x) <= FLOAT32_MAX:
+            raise ConfigError(f"{source}: {key} = {shown(v)} is outside float32's range: MLX computes in float32, "
+                              "whose numbers stop at ±3.4e38; give a number of smaller size")
+        if x is not None and 0 < abs(x) < FLOAT32_TINY:
+            raise ConfigError(f"{source}: {key} = {shown(v)} is too small: it is 0 in float32 (the smallest normal "
+                              "number is 1.2e-38), so it would do nothing; give a larger number, or 0")
         if x is not None:
             return x
     elif t is str:
@@ -52,6 +60,10 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
             return v
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
     raise ConfigError(f"{source}: {key} must be {name}, got {shown(v)}; give {name}")
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (CPUs may flush smaller ones to 0)
 
 
 def shown(v: Any, most: int = 60) -> str:
