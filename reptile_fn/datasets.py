@@ -49,7 +49,11 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
             "where DIR holds omniglot/images_background.zip; to fetch the files run "
             "`reptile-fn download omniglot --data-dir DIR`"
         )
-    return Path(value).expanduser()
+    root = Path(value).expanduser()
+    if root.exists() and not root.is_dir():  # else "download it into /dev/zero" would be the advice
+        raise DataError(f"data directory {root} is not a folder; give --data-dir (tasks.data_dir, ${DATA_ENV}) the "
+                        "folder that holds (or is to hold) omniglot/, clinc150/ or banking77/")
+    return root
 
 
 def cache_dir() -> Path:

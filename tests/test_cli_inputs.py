@@ -815,3 +815,10 @@ def test_plots_stay_quiet_when_matplotlibs_config_folder_cannot_be_written(tmp_p
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert not Path(done.stdout.strip()).exists()  # the private folder is removed at exit
+
+
+@pytest.mark.parametrize("config", ['"hello"', "[1, 2]"])
+def test_a_checkpoint_whose_stored_config_is_not_a_mapping_says_it_is_damaged(tiny_run, tmp_path, config):
+    arrays, meta = mx.load(str(tiny_run / CHECKPOINT), return_metadata=True)
+    mx.save_safetensors(str(tmp_path / CHECKPOINT), arrays, {**meta, "config": config})
+    _user_error(runner.invoke(app, ["eval", "--checkpoint", str(tmp_path)]), "damaged", "written by `reptile-fn train`")

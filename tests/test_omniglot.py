@@ -613,3 +613,15 @@ def test_short_meta_training_beats_chance_and_a_random_init(tmp_path, monkeypatc
     meta = summary["eval"]["inits"]["meta"]["metric"]["mean"][-1]
     rand = summary["eval"]["inits"]["random"]["metric"]["mean"][-1]
     assert meta > 0.35 and meta > rand + 0.05, (meta, rand)
+
+
+def test_a_data_directory_that_is_a_file_is_named_without_advice_to_download_into_it(tmp_path, monkeypatch):
+    """--data-dir /dev/zero was told to `reptile-fn download omniglot --data-dir /dev/zero`."""
+    (tmp_path / "f").write_text("x")
+    for value in ("/dev/null", str(tmp_path / "f")):
+        with pytest.raises(DataError, match="is not a folder; give --data-dir") as e:
+            datasets.data_dir(value)
+        assert "download" not in str(e.value)
+    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "f"))
+    with pytest.raises(DataError, match="is not a folder"):
+        datasets.data_dir()

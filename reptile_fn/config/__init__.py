@@ -201,7 +201,8 @@ def from_dict(data: dict, *, source: str = "config", stored: bool = False) -> Co
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+        fix = "it is damaged: use a checkpoint written by `reptile-fn train`" if stored else "write key: value lines"
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level, got {type(data).__name__}; {fix}")
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     only = {"model.kind": _datasets().get(str(tasks.get("dataset", TasksConfig.dataset))), "peft.dropout": 0}
     data = without_removed(data, REMOVED, only, source, quiet=stored)
