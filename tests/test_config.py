@@ -570,8 +570,9 @@ def test_every_integer_key_has_a_limit():
 def test_limits_allow_the_bound_and_refuse_one_more(key, monkeypatch):
     monkeypatch.delenv(C.NO_LIMITS, raising=False)
     limit = C.LIMITS[key]
-    assert C.get(C.load(None, [f"{key}={limit.most}"]), key) == limit.most
-    message = _error([f"{key}={limit.most + 1}"])
+    method = ["peft.method=adalora"] if key.startswith("peft.") else []  # adapter keys are read only by a method
+    assert C.get(C.load(None, [*method, f"{key}={limit.most}"]), key) == limit.most
+    message = _error([*method, f"{key}={limit.most + 1}"])
     assert key in message and f"{limit.most:,}" in message and limit.why in message
     assert (C.NO_LIMITS in message) != limit.hard
 
@@ -845,3 +846,13 @@ def test_a_data_folder_for_synthetic_tasks_is_refused_not_ignored():
     with pytest.raises(ConfigError, match="tasks.data_dir = '/data' is read by data sets that live in a data folder"):
         C.load(None, ["tasks.data_dir=/data"])
     assert C.load("omniglot_5w1s", ["tasks.data_dir=/data"]).tasks.data_dir == "/data"
+
+
+@pytest.mark.parametrize("item", ["peft.rank=8", "peft.scale=2.0", "peft.targets=[conv0.w]", "peft.base=random",
+                                  "peft.rank_final=0.3"])
+def test_adapter_keys_without_a_peft_method_are_refused_not_ignored(item):
+    """peft.rank=8 with peft.method none was 'config OK' and did nothing; peft.head still serves plain runs."""
+    message = _error([item])
+    assert item.split("=")[0] in message and "peft.method is none" in message
+    assert C.load(None, ["peft.method=lora", item]).peft.method == "lora"
+    C.load(None, ["peft.head=zero"])  # no error: not an adapter key

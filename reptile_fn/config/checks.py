@@ -79,11 +79,19 @@ def own_data(cfg, source: str) -> None:
                           f"got {cfg.model.channels}; give one of those (null: as the images are)")
 
 
+ADAPTER_KEYS = ("rank", "scale", "targets", "train_head", "meta_learn_base", "base", "base_families",
+                "base_pretrain_iterations", "target_rank", "rank_warmup", "rank_final")  # peft.head serves plain runs too
+
+
 def peft(cfg, source: str) -> None:
     p = cfg.peft
     if p.head == "prototypes":
         prototype_head(cfg, source)
     if p.method == "none":
+        changed = [k for k in ADAPTER_KEYS if getattr(p, k) != getattr(type(p)(), k)]
+        if changed:  # read only by a PEFT method: without one they would be ignored without a word
+            raise ConfigError(f"{source}: peft.{changed[0]} = {getattr(p, changed[0])!r} is read only by a PEFT method, "
+                              "and peft.method is none; set peft.method (lora, adalora, full, head) or drop it")
         return
     if tuple(cfg.trainable) != ("*",):
         raise ConfigError(f"{source}: trainable and peft.method = {p.method} both choose what adapts; "
