@@ -129,9 +129,9 @@ def errors_to_exit(fn):
             typer.echo(f"error: a path {_path_problem('', e).split(' ', 1)[1]}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
-            signal_name = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
+            signal_name = e.name if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
             typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
                        f"whole, the rest were not written (a training run continues with --resume)", err=True)
-            raise SystemExit(143 if isinstance(e, Terminated) else 130) from None  # past typer, which would say nothing
+            raise SystemExit(e.status if isinstance(e, Terminated) else 130) from None  # past typer, which says nothing
 
     return wrapper

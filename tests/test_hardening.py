@@ -29,22 +29,25 @@ def _train(cfg, out, **kw):
     return R.train(cfg, out, progress=False, log=quiet, **kw)
 
 
-def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
-    """What a scheduler or `kill` sends: the run saves where it is, like Ctrl-C, to continue with --resume."""
+@pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_save_a_checkpoint_like_ctrl_c(tmp_path, stop, status):
+    """What a scheduler or `kill` sends, or a terminal closed under a run started without nohup (SIGHUP killed it
+    with no checkpoint and no word): the run saves where it is, like Ctrl-C, to continue with --resume."""
     out = tmp_path / "run"
     sets = [a for s in ("meta_iterations=100000", "checkpoint_every=100000", "log_every=10", "eval.every=100000",
                         "eval.episodes=10") for a in ("--set", s)]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", "from reptile_fn.cli import main; main()", "train", *sets, "--out", str(out),
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=tmp_path)
+                            cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # not nohup's
     metrics = out / R.METRICS
     deadline = time.time() + 60
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "terminated: checkpoint saved at meta-iteration" in output, output
+    assert proc.returncode == status and "terminated: checkpoint saved at meta-iteration" in output, output
+    assert f"error: stopped by {signal.Signals(stop).name} before" in output
     assert "Traceback" not in output
     _, meta = ck.load(out / R.CHECKPOINT)
     assert meta["iteration"] >= 20
@@ -362,3 +365,21 @@ def test_a_file_that_may_not_be_read_is_reported_as_such_not_as_corrupt(tmp_path
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.stderr.strip() == (f"error: permission denied: {ckpt}; give this user access to it (chmod, chown) "
                                      "or use another path")
+
+
+def test_a_run_under_nohup_keeps_ignoring_sighup():
+    """nohup sets SIGHUP to be ignored: the stop handler must not take it over, or closing the terminal would stop
+    the run nohup was asked to keep going."""
+    from reptile_fn.signals import sigterm_as_interrupt
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
