@@ -563,7 +563,8 @@ def test_a_damaged_encoder_folder_is_one_data_error(tmp_path):
 
     source = E.encoder_path()
     for change, needle in (({"num_attention_heads": 5}, "does not divide"), ({"num_hidden_layers": 0}, "must be >= 1"),
-                           ({"intermediate_size": 1000}, "its config.json says"), ("[1, 2]", "JSON object")):
+                           ({"intermediate_size": 1000}, "its config.json says"), ("[1, 2]", "JSON object"),
+                           ({"max_position_embeddings": 1}, "max_position_embeddings = 1 leaves no room")):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         shutil.copytree(source, folder)
         config = json.loads((folder / "config.json").read_text())

@@ -23,6 +23,9 @@ def check_config(config, path) -> None:
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
         if getattr(config, name) < 1:
             raise DataError(f"{path}: {name} = {getattr(config, name)} must be >= 1; {FIX}")
+    if config.max_positions < 3:  # the tokenizer would be asked for max_length <= 1, which no setting reaches
+        raise DataError(f"{path}: max_position_embeddings = {config.max_positions} leaves no room for a sentence "
+                        f"([CLS], a word, [SEP]: 3 positions at least); {FIX}")
     if config.hidden_size % config.num_heads:
         raise DataError(f"{path}: hidden_size = {config.hidden_size} does not divide into num_attention_heads = "
                         f"{config.num_heads} heads; {FIX}")
