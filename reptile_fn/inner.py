@@ -119,6 +119,12 @@ def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tupl
       observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
     """
     x, y = support
+    if x.shape[:1] != y.shape[:1]:
+        raise ValueError(f"adapt: the support set has {x.shape[:1]} inputs and {y.shape[:1]} targets (shapes {x.shape}, "
+                         f"{y.shape}); give one target per input")
+    if loop.steps < 0 or loop.batch_size is not None and loop.batch_size < 1:
+        raise ValueError(f"adapt: steps = {loop.steps} and batch_size = {loop.batch_size}; steps must be >= 0 and "
+                         "batch_size >= 1 (or None: the whole support set)")
     if loop.head_init is not None:
         params = loop.head_init(params, support)
     fast, frozen = T.partition(params, loop.trainable)

@@ -51,6 +51,9 @@ def dense(params: Tree, x: mx.array) -> mx.array:
 
 def mlp(in_dim: int, out_dim: int, *, hidden: int = 40, depth: int = 2, activation: str = "relu") -> Model:
     """A multilayer perceptron: ``depth`` hidden layers of width ``hidden``, then a linear head."""
+    _sizes("mlp", in_dim=in_dim, out_dim=out_dim, hidden=hidden)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"mlp: unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]
     dims = [in_dim] + [hidden] * depth
 
@@ -61,6 +64,8 @@ def mlp(in_dim: int, out_dim: int, *, hidden: int = 40, depth: int = 2, activati
         return params
 
     def apply(params: Tree, x: mx.array) -> mx.array:
+        if x.shape[-1:] != (in_dim,):  # a static shape: checked while tracing, under vmap and compile too
+            raise ValueError(f"mlp: inputs of shape {x.shape}; it takes rows of {in_dim} features")
         for i in range(depth):
             x = act(dense(params[f"layer{i}"], x))
         return dense(params["head"], x)
@@ -200,6 +205,8 @@ def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *
     in both papers' main tables); see ``nontransductive`` for scoring query examples one at a time.
     """
     impl = resolve_conv_impl(conv_impl)
+    _sizes("conv4", n_classes=n_classes, filters=filters, stride=stride, **dict(zip(("height", "width", "channels"),
+                                                                                  image_shape)))
     if norm not in (None, "batch"):
         raise ValueError(f"unknown norm {norm!r}; use None or 'batch'")
     conv_stride = 1 if pool else stride
@@ -218,6 +225,9 @@ def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *
         return params
 
     def apply(params: Tree, x: mx.array) -> mx.array:
+        if x.ndim < 3 or x.shape[-3:] != tuple(image_shape):
+            raise ValueError(f"conv4: inputs of shape {x.shape}; it takes images of {tuple(image_shape)} (height, "
+                             "width, channels; channels-first images: x.transpose(0, 2, 3, 1))")
         for i in range(4):
             x = conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], stride=conv_stride, impl=impl)
             if norm:
@@ -228,6 +238,12 @@ def conv4(image_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 5, *
         return dense(params["head"], x.reshape(*x.shape[:-3], flat))
 
     return Model(init, apply)
+
+
+def _sizes(model: str, **sizes: int) -> None:
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{model}: {name} = {value}; it must be at least 1")
 
 
 def max_pool2(x: mx.array) -> mx.array:

@@ -140,3 +140,23 @@ def test_adapt_is_differentiable_and_first_order_drops_second_order_terms():
     g1 = mx.grad(lambda p: outer(p, True))(params)
     assert bool(T.all_finite(g2)) and bool(T.all_finite(g1))
     assert max_abs_diff(g1, g2) > 1e-6  # the Hessian terms matter
+
+
+def test_adapt_refuses_a_support_set_whose_inputs_and_targets_differ_in_number():
+    """Mini-batch indices come from x: a shorter y was indexed past its end (reading its parent's values), a longer
+    one had its last targets ignored, and a single target broadcast to every input."""
+    from reptile_fn.inner import InnerLoop, adapt
+    from reptile_fn.losses import cross_entropy
+    from reptile_fn.models import mlp
+
+    net = mlp(2, 3)
+    params = net.init(mx.random.key(0))
+    x, y = mx.zeros((10, 2)), mx.zeros((10,), dtype=mx.int32)
+    assert adapt(InnerLoop(lr=0.1, steps=2, batch_size=4), net.apply, cross_entropy, params, (x, y),
+                 mx.random.key(1)).losses.shape == (2,)
+    for support in ((x, y[:8]), (x[:8], y), (x, y[:1])):
+        with pytest.raises(ValueError, match="one target per input"):
+            adapt(InnerLoop(lr=0.1, steps=2, batch_size=4), net.apply, cross_entropy, params, support, mx.random.key(1))
+    for loop in (InnerLoop(steps=-3), InnerLoop(steps=2, batch_size=0)):
+        with pytest.raises(ValueError, match="steps must be >= 0 and batch_size >= 1"):
+            adapt(loop, net.apply, cross_entropy, params, (x, y), mx.random.key(1))

@@ -154,3 +154,55 @@ def test_conv_written_out_gradient_equals_autograd_first_and_second_order(seed, 
 
     np.testing.assert_allclose(np.array(second(lambda x, k, b: conv3x3(x, k, b, stride=stride))),
                                np.array(second(autograd_conv)), rtol=1e-3, atol=1e-4)
+
+
+def test_labels_outside_the_heads_classes_make_the_loss_nan_not_a_read_past_the_logits():
+    """Label 7 of 5 classes read whatever followed the logits (a plausible loss, -1e28 through MAML, or with 2**30
+    a segfault); -1 meant the last class. Now the loss is NaN, which training reports as divergence."""
+    logits = mx.random.normal((6, 5), key=mx.random.key(0))
+    good = mx.array([0, 1, 2, 3, 4, 0])
+    assert math.isfinite(float(cross_entropy(logits, good)))
+    for bad in ([7, 1, 2, 3, 4, 0], [-1, 1, 2, 3, 4, 0], [2**30, 1, 2, 3, 4, 0]):
+        assert math.isnan(float(cross_entropy(logits, mx.array(bad))))
+    grads = mx.grad(lambda z: cross_entropy(z, mx.array([7, 1, 2, 3, 4, 0])))(logits)
+    assert bool(mx.all(mx.isfinite(grads[1:])))  # no garbage flows into the rows whose labels are fine
+
+
+@pytest.mark.parametrize("labels, match", [(mx.eye(5), "one-hot"), (mx.zeros((5, 1), dtype=mx.int32), "one integer"),
+                                           (mx.zeros((3,), dtype=mx.int32), "one integer"),
+                                           (mx.array([0.0, 1.7, 2.0, 3.0, 4.0]), "integer class indices")])
+def test_labels_of_the_wrong_shape_or_dtype_are_refused_by_name(labels, match):
+    """One-hot labels scored 0.16 accuracy, float labels were truncated (1.7 -> 1), a short label vector broadcast."""
+    logits = mx.zeros((5, 5))
+    for fn in (cross_entropy, accuracy):
+        with pytest.raises((ValueError, TypeError), match=match):
+            fn(logits, labels)
+
+
+def test_mse_refuses_targets_that_would_broadcast():
+    """A (n, 1) model output against (n,) targets broadcast to (n, n): the model then learned the mean."""
+    p = mx.arange(5, dtype=mx.float32)
+    assert float(mse(p[:, None], p[:, None])) == 0.0
+    with pytest.raises(ValueError, match=r"y\[:, None\]"):
+        mse(p[:, None], p)
+
+
+def test_models_refuse_inputs_of_another_shape_and_sizes_below_one():
+    """conv4 ran on channels-first or 32×32 images (other feature maps, other numbers); mlp on rows of other widths;
+    n_classes 0 gave empty logits and hidden 0 a ZeroDivisionError."""
+    from reptile_fn.models import conv4, mlp
+
+    model = conv4((28, 28, 1), 5)
+    params = model.init(mx.random.key(0))
+    assert model.apply(params, mx.zeros((2, 28, 28, 1))).shape == (2, 5)
+    for shape in ((2, 1, 28, 28), (2, 32, 32, 1), (28, 28)):
+        with pytest.raises(ValueError, match="it takes images of"):
+            model.apply(params, mx.zeros(shape))
+    net = mlp(3, 2)
+    with pytest.raises(ValueError, match="rows of 3 features"):
+        net.apply(net.init(mx.random.key(0)), mx.zeros((4, 5)))
+    for make, match in ((lambda: conv4((28, 28, 1), 0), "n_classes = 0"), (lambda: mlp(3, 2, hidden=0), "hidden = 0"),
+                        (lambda: conv4((28, 28, 1), 5, filters=0), "filters = 0"),
+                        (lambda: mlp(3, 2, activation="Relu"), "unknown activation")):
+        with pytest.raises(ValueError, match=match):
+            make()
