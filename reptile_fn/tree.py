@@ -19,11 +19,13 @@ PathPredicate = Callable[[str], bool]
 
 def add(a: Tree, b: Tree) -> Tree:
     """a + b, leaf by leaf."""
+    _same_paths("add", a, b)
     return tree_map(lambda x, y: x + y, a, b)
 
 
 def sub(a: Tree, b: Tree) -> Tree:
     """a − b, leaf by leaf."""
+    _same_paths("sub", a, b)
     return tree_map(lambda x, y: x - y, a, b)
 
 
@@ -34,7 +36,20 @@ def scale(a: Tree, s: float | mx.array) -> Tree:
 
 def lerp(a: Tree, b: Tree, t: float | mx.array) -> Tree:
     """a + t·(b − a): t = 0 gives a, t = 1 gives b."""
+    _same_paths("lerp", a, b)
     return tree_map(lambda x, y: x + t * (y - x), a, b)
+
+
+def _same_paths(op: str, a: Tree, b: Tree) -> None:
+    """A ValueError unless ``a`` and ``b`` have the same leaf paths (``tree_map`` would drop b's extra leaves, or
+    fail with a bare KeyError on a missing one). Shapes may differ where they broadcast (a tree against a stack of
+    per-task trees)."""
+    pa, pb = set(paths(a)), set(paths(b))
+    if pa != pb:
+        only = sorted(pa - pb)[:3] or sorted(pb - pa)[:3]
+        side = "first" if pa - pb else "second"
+        raise ValueError(f"tree.{op}: the trees have different leaves ({', '.join(only)} only in the {side}); give "
+                         "trees of the same parameters (tree.paths lists them; tree.partition takes a subset)")
 
 
 def zeros_like(a: Tree) -> Tree:
@@ -48,6 +63,10 @@ def mean(a: Tree, axis: int = 0) -> Tree:
 
 def stack(trees: Sequence[Tree], axis: int = 0) -> Tree:
     """Stack same-shaped trees along a new (task) axis."""
+    if not trees:
+        raise ValueError("tree.stack: no trees to stack; give at least one")
+    for t in trees[1:]:
+        _same_paths("stack", trees[0], t)
     return tree_map(lambda *xs: mx.stack(xs, axis=axis), trees[0], *trees[1:])
 
 
@@ -58,8 +77,10 @@ def unstack(a: Tree, axis: int = 0) -> list[Tree]:
 
 
 def vdot(a: Tree, b: Tree) -> mx.array:
-    """Σ_leaves Σ a·b."""
-    return sum((mx.sum(x * y) for (_, x), (_, y) in zip(tree_flatten(a), tree_flatten(b))), mx.array(0.0))
+    """Σ_leaves Σ a·b (leaves paired by path)."""
+    _same_paths("vdot", a, b)
+    other = dict(tree_flatten(b))
+    return sum((mx.sum(x * other[p]) for p, x in tree_flatten(a)), mx.array(0.0))
 
 
 def global_norm(a: Tree) -> mx.array:

@@ -108,3 +108,19 @@ def test_partition_combine_roundtrip_and_match():
     none, allp = T.partition(a, lambda p: False)
     assert none == {} and close(allp, a, atol=0)
     assert T.match(["layer*.w", "head.*"])("layer0.w") and not T.match("layer*.w")("layer0.b")
+
+
+def test_binary_tree_ops_refuse_trees_with_other_leaves_and_vdot_pairs_leaves_by_path():
+    """add with an extra leaf in b dropped it; vdot paired leaves by their order, not their paths (33, not 10)."""
+    one = {"w": mx.ones((3,)), "b": mx.ones((2,))}
+    more = {**one, "c": mx.ones((4,))}
+    for op in (T.add, T.sub, lambda a, b: T.lerp(a, b, 0.5), T.vdot, lambda a, b: T.stack([a, b])):
+        with pytest.raises(ValueError, match="different leaves .*c only in the second"):
+            op(one, more)
+        with pytest.raises(ValueError, match="c only in the first"):
+            op(more, one)
+    a = {"a": mx.array([1.0, 2.0]), "b": mx.array([10.0])}
+    b = {"b": mx.array([1.0]), "a": mx.array([3.0, 0.0])}  # the same paths, in another order
+    assert float(T.vdot(a, b)) == 1 * 3 + 2 * 0 + 10 * 1
+    with pytest.raises(ValueError, match="no trees"):
+        T.stack([])
