@@ -74,6 +74,9 @@ def per_episode_curves(
     sets the head before every scoring (e.g. ``heads.prototype_head`` on the adapted features).
     """
     steps = loop.steps
+    if record is not None and (list(record) != sorted(set(record)) or not all(0 <= t <= steps for t in record)):
+        raise ValueError(f"record = {list(record)}: give increasing step counts from 0 to the loop's {steps} steps (the "
+                         "curves' columns are in that order; a step past the last is never run)")
     record = set(recorded_steps(steps) if record is None else record)
     n = episodes.support_x.shape[0]
     keys = mx.random.split(key if key is not None else mx.random.key(0), n)

@@ -109,3 +109,14 @@ def test_split_chunks_in_any_order_give_each_episode_its_own_curve():
                                whole, rtol=1e-5)
     with pytest.raises(ValueError, match="every one of the 7 episodes exactly once"):
         per_episode_curves(loop, model.apply, mse, params, episodes, split=lambda e: shuffled(e, ([0, 1], [1, 2])), **kw)
+
+
+@pytest.mark.parametrize("record", [[2, 0], [0, 5], [0, 0, 2], [0, -1]])
+def test_recorded_steps_out_of_order_or_past_the_loop_are_refused(record):
+    """record=[2, 0] labelled step 0's numbers as step 2; [0, 5] on a 2-step loop copied step 0 into 'step 5'."""
+    model = mlp(1, 1, hidden=8)
+    params = model.init(mx.random.key(0))
+    episodes = regression_batch(0, 3)
+    assert few_shot_curve(InnerLoop(lr=0.05, steps=2), model.apply, mse, params, episodes, record=[0, 2])["steps"] == [0, 2]
+    with pytest.raises(ValueError, match="increasing step counts from 0 to the loop's 2 steps"):
+        few_shot_curve(InnerLoop(lr=0.05, steps=2), model.apply, mse, params, episodes, record=record)
