@@ -128,6 +128,9 @@ def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tupl
     if loop.head_init is not None:
         params = loop.head_init(params, support)
     fast, frozen = T.partition(params, loop.trainable)
+    if not T.paths(fast) and loop.steps:
+        raise ValueError(f"adapt: loop.trainable matches no parameter, so nothing would adapt; the tree's paths are "
+                         f"{', '.join(T.paths(params)[:8])} (tree.match(['head.*']) selects the head)")
     idx = minibatch_indices(key, x.shape[0], loop.batch_size, loop.steps)
     value_and_grad = support_value_and_grad(apply, loss)
     state = init_state(loop, fast)

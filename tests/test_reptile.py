@@ -226,3 +226,23 @@ def test_persistent_inner_adam_state_chains_like_the_reference():
     f2, _, _ = fresh.step(f1, fs1, b2, k)
     assert max_abs_diff(f1, p1) < 1e-6 and max_abs_diff(f2, p2) > 1e-5
     assert fresh.inner(fs1).start is None
+
+
+def test_a_meta_batch_whose_fields_disagree_on_the_task_count_is_refused_by_name():
+    """Fields of 4 and 3 tasks were an MLX '[vmap] Inconsistent axis sizes'; the serial reference an IndexError."""
+    meta = make(0.5)
+    params = MODEL.init(mx.random.key(0))
+    batch = regression_batch(0, 4)
+    short = Episode(batch.support_x, batch.support_y[:3], batch.query_x, batch.query_y)
+    for m in (meta, make(0.5, batched=False, compiled=False)):
+        with pytest.raises(ValueError, match=r"\[4, 3, 4\] tasks.*same number of tasks"):
+            one_step(m, params, short)
+
+
+def test_adapt_with_a_trainable_pattern_that_matches_nothing_says_so():
+    """It was MLX's '[grad] Must specify at least one argument' (and second-order ANIL silently adapted nothing)."""
+    params = MODEL.init(mx.random.key(0))
+    batch = regression_batch(0, 1)
+    with pytest.raises(ValueError, match="matches no parameter.*layer0"):
+        adapt(InnerLoop(lr=0.1, steps=2, trainable=T.match(["head_typo.*"])), MODEL.apply, mse, params,
+              (batch.support_x[0], batch.support_y[0]))

@@ -51,6 +51,10 @@ def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):
     ``batched=True`` uses ``mx.vmap``; ``False`` is the serial reference (a Python loop whose
     results are stacked), kept so that tests can compare the two.
     """
+    counts = [a.shape[0] if a.ndim else None for a in per_task]
+    if len(set(counts)) != 1 or counts[0] in (None, 0):
+        raise ValueError(f"a meta-batch's fields have {counts} tasks on their leading axis; give every field (support_x, "
+                         "support_y, query_x, query_y) the same number of tasks, at least one, first")
     if batched:
         return mx.vmap(fn, in_axes=(None,) + (0,) * len(per_task))(shared, *per_task)
     n = per_task[0].shape[0]
