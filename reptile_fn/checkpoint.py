@@ -41,6 +41,18 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
     ``reference``: a tree the reader rebuilds (``restore``'s ``like``); params leaves equal to it (and
     larger than a digest) are written as their digest only.
     """
+    if "format" in (metadata or {}):  # the loader checks it: a caller's value made the file unreadable
+        raise ValueError("checkpoint.save: metadata key 'format' is the checkpoint's own (its reader checks it); "
+                         "name yours otherwise")
+    for name, tree in (("params", params), ("state", state or {})):
+        flat = tree_flatten(tree)
+        odd = next((p for p, v in flat if not isinstance(v, mx.array)), None)
+        if odd is not None:  # MLX's safetensors writer says only "std::bad_cast"
+            raise TypeError(f"checkpoint.save: {name}.{odd} is a {type(dict(flat)[odd]).__name__}, not an mx.array; "
+                            "convert it (mx.array(x)) or keep it in the metadata")
+        if len({p for p, _ in flat}) != len(flat):  # {"a.b": x, "a": {"b": y}}: one would overwrite the other
+            raise ValueError(f"checkpoint.save: two leaves of {name} have the same dotted path; rename the key that "
+                             "holds a '.'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ref = dict(tree_flatten(reference)) if reference is not None else {}

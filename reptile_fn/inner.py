@@ -13,6 +13,7 @@ optimizers are ``reptile_fn.optim``'s, the same as the outer loop's.
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Callable, NamedTuple
 
 import mlx.core as mx
@@ -122,6 +123,11 @@ def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tupl
     if x.shape[:1] != y.shape[:1]:
         raise ValueError(f"adapt: the support set has {x.shape[:1]} inputs and {y.shape[:1]} targets (shapes {x.shape}, "
                          f"{y.shape}); give one target per input")
+    if not isinstance(loop.steps, Integral) or loop.batch_size is not None and not isinstance(loop.batch_size, Integral):
+        raise TypeError(f"adapt: steps = {loop.steps!r} and batch_size = {loop.batch_size!r}; give whole numbers")
+    if loop.trainable is not None and not callable(loop.trainable):
+        raise TypeError(f"adapt: trainable = {loop.trainable!r} is a path predicate; build it from glob patterns with "
+                        "reptile_fn.tree.match(['head.*'])")
     if loop.steps < 0 or loop.batch_size is not None and loop.batch_size < 1:
         raise ValueError(f"adapt: steps = {loop.steps} and batch_size = {loop.batch_size}; steps must be >= 0 and "
                          "batch_size >= 1 (or None: the whole support set)")

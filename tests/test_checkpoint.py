@@ -272,3 +272,18 @@ def test_leaves_equal_to_the_reference_are_stored_as_digests(tmp_path):
     # same values, another shape or dtype: not derived, stored in full
     arrays2, _ = ck.load(ck.save(tmp_path / "d.safetensors", params, reference={"big": params["big"].astype(mx.float16)}))
     assert "params.big" in arrays2 and not any(k.startswith("derived.") for k in arrays2)
+
+
+def test_save_refuses_what_it_could_not_write_or_read_back(tmp_path):
+    """A metadata 'format' made the saved file unreadable; a None leaf was MLX's 'std::bad_cast'; a key holding a
+    '.' that collides with a nested path kept one of the two leaves."""
+    from reptile_fn import checkpoint as ck
+
+    p = {"w": mx.ones((2,))}
+    with pytest.raises(ValueError, match="'format' is the checkpoint's own"):
+        ck.save(tmp_path / "a.safetensors", p, metadata={"format": "v2"})
+    with pytest.raises(TypeError, match="params.x is a NoneType, not an mx.array"):
+        ck.save(tmp_path / "b.safetensors", {**p, "x": None})
+    with pytest.raises(ValueError, match="same dotted path"):
+        ck.save(tmp_path / "c.safetensors", {"a.b": mx.ones((1,)), "a": {"b": mx.zeros((1,))}})
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -160,3 +160,17 @@ def test_adapt_refuses_a_support_set_whose_inputs_and_targets_differ_in_number()
     for loop in (InnerLoop(steps=-3), InnerLoop(steps=2, batch_size=0)):
         with pytest.raises(ValueError, match="steps must be >= 0 and batch_size >= 1"):
             adapt(loop, net.apply, cross_entropy, params, (x, y), mx.random.key(1))
+
+
+def test_adapt_names_a_fractional_step_count_and_a_trainable_given_as_patterns():
+    """steps=2.0 and batch_size=2.5 were Python TypeErrors deep inside; trainable=['head.*'] was "'list' object
+    is not callable"."""
+    net = mlp(2, 1)
+    params = net.init(mx.random.key(0))
+    support = (mx.zeros((4, 2)), mx.zeros((4, 1)))
+    for loop in (InnerLoop(steps=2.0), InnerLoop(steps=2, batch_size=2.5)):
+        with pytest.raises(TypeError, match="give whole numbers"):
+            adapt(loop, net.apply, mse, params, support, mx.random.key(1))
+    with pytest.raises(TypeError, match=r"tree.match\(\['head.\*'\]\)"):
+        adapt(InnerLoop(steps=1, trainable=["head.*"]), net.apply, mse, params, support)
+    adapt(InnerLoop(steps=1, trainable=T.match(["head.*"])), net.apply, mse, params, support)
