@@ -54,6 +54,9 @@ def _logged(rate: Callable[[object], object]) -> Callable[[object], object]:
 def _scaled(lr, updates: Tree, fn: Callable) -> Tree:
     """``fn(lr, *leaves)`` leaf by leaf, with a per-leaf rate when ``lr`` is a tree."""
     if isinstance(lr, dict):
+        if set(T.paths(lr)) != set(T.paths(updates[0])):  # tree_map: a bare KeyError, or extra rates ignored
+            raise ValueError(f"a tree of learning rates needs one rate per trained parameter: it has "
+                             f"{sorted(T.paths(lr))[:4]}, the parameters are {sorted(T.paths(updates[0]))[:4]}")
         return tree_map(lambda a, *leaves: fn(a, *leaves), lr, *updates)
     return tree_map(lambda *leaves: fn(lr, *leaves), *updates)
 
@@ -118,6 +121,8 @@ def apply_updates(params: Tree, updates: Tree) -> Tree:
 
 def linear_schedule(start: float, end: float | None, total: int | None) -> Schedule:
     """α(t) = start + (end − start)·min(t/total, 1), as Nichol et al. anneal the meta step size; constant if end is None."""
+    if total is not None and total < 0:  # the rate would move away from end, not towards it
+        raise ValueError(f"linear_schedule: total = {total} steps; give a positive count (or 0/None: constant)")
     if end is None or not total:
         return lambda t: mx.array(start, dtype=mx.float32)
     return lambda t: start + (end - start) * mx.minimum(mx.array(t).astype(mx.float32) / total, 1.0)

@@ -2,6 +2,7 @@
 
 import mlx.core as mx
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlx.utils import tree_map
@@ -103,3 +104,19 @@ def test_the_inner_loop_steps_with_the_outer_loops_optimizer(seed, steps, name):
     assert max_abs_diff(out.params, p) < 1e-6
     assert out.state.t == steps and max_abs_diff(out.state.opt, state) < 1e-6
     assert out.losses.shape == (steps,) and out.observed is None
+
+
+def test_a_rate_tree_of_other_parameters_and_a_negative_schedule_length_are_refused():
+    """A Meta-SGD rate tree missing a parameter was a bare KeyError ('layer0'); linear_schedule(1, 0, -10) made the
+    rate grow (1.0, then 1.5)."""
+    from reptile_fn import optim
+
+    grads = {"layer0": {"w": mx.ones((2,))}, "head": {"w": mx.ones((2,))}}
+    sgd = optim.make("sgd", {"head": {"w": mx.ones((2,))}})
+    with pytest.raises(ValueError, match="one rate per trained parameter"):
+        sgd.update(grads, sgd.init(grads), 0)
+    ok = optim.make("sgd", {"layer0": {"w": mx.ones((2,))}, "head": {"w": mx.ones((2,))}})
+    ok.update(grads, ok.init(grads), 0)
+    with pytest.raises(ValueError, match="total = -10 steps"):
+        optim.linear_schedule(1.0, 0.0, -10)
+    assert float(optim.linear_schedule(1.0, 0.0, 10)(5)) == pytest.approx(0.5)
