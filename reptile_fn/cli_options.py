@@ -33,15 +33,15 @@ def path_arg(value: str | os.PathLike) -> Path:
     try:  # pathlib's own failures, which would be a traceback wherever the path is first resolved
         Path(value).expanduser().resolve()
     except RuntimeError as e:
-        raise ValueError(_path_problem(str(value), e)) from None
+        raise ValueError(f"{str(value)!r} {_path_problem(e)}") from None
     return Path(value)
 
 
-def _path_problem(value: str, error: RuntimeError) -> str:
-    """What pathlib's RuntimeError about ``value`` means: an unknown ~user, or symbolic links that point in a circle."""
+def _path_problem(error: RuntimeError) -> str:
+    """What pathlib's RuntimeError about a path means: an unknown ~user, or symbolic links that point in a circle."""
     if "home directory" in str(error):
-        return f"{value!r} starts with a ~user that this machine does not know; pass the path without it"
-    return f"{value!r}: {error} (symbolic links that point at each other); pass a path that leads to a file or folder"
+        return "starts with a ~user that this machine does not know; pass the path without it"
+    return f"leads into symbolic links that point at each other ({error}); pass a path that leads to a file or folder"
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", parser=path_arg, help="YAML config file, or a shipped config's "
@@ -126,7 +126,7 @@ def errors_to_exit(fn):
         except RuntimeError as e:  # pathlib, on a path from a config file (the command line's are checked earlier)
             if "home directory" not in str(e) and "Symlink loop" not in str(e):
                 raise
-            typer.echo(f"error: a path {_path_problem('', e).split(' ', 1)[1]}", err=True)
+            typer.echo(f"error: a path {_path_problem(e)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as e:
             signal_name = e.name if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"

@@ -106,9 +106,9 @@ def _im2col_conv(stride: int):
     mod stride) is computed directly as a stride-1 correlation of the output gradient with the taps that
     land on that phase: unit-stride slices of the padded gradient side by side and one GEMM per phase
     (the same multiply-adds as the column GEMM), then the phases are interleaved once. Before, the column
-    gradient was scattered back tap by tap (conv4 with batch norm, 20 images: 6% faster per step). The
-    gradient is made of ordinary ops, so it is itself differentiable (second-order MAML) and vmaps and
-    compiles like the forward.
+    gradient was scattered back tap by tap (conv4's inner step with batch norm is 8-11% faster now:
+    benchmarks/conv_grad.py). The gradient is made of ordinary ops, so it is itself differentiable
+    (second-order MAML) and vmaps and compiles like the forward.
     """
 
     @mx.custom_function
