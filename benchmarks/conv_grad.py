@@ -55,9 +55,8 @@ def scatter_conv(stride: int):
         n, h, wd, c = x.shape
         ho, wo, o = cotangent.shape[1:]
         g = cotangent.reshape(n * ho * wo, o)
-        w2 = mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, o)
-        dw = (models._cols(x, stride, ho, wo).reshape(n * ho * wo, 9 * c).T @ g).reshape(3, 3, c, o).transpose(3, 0, 1, 2)
-        dcols = (g @ w2.T).reshape(n, ho, wo, 3, 3, c)
+        dw = models._weight_gradient(x, cotangent, stride)  # as the library's; only the input gradient differs
+        dcols = (g @ mx.transpose(w, (1, 2, 3, 0)).reshape(9 * c, o).T).reshape(n, ho, wo, 3, 3, c)
         hp, wp = -(-(h + 2) // stride), -(-(wd + 2) // stride)
         phases: dict = {}
         for i in range(3):

@@ -10,8 +10,7 @@ import typer
 
 import reptile_fn
 from reptile_fn import _blas, _malloc
-from reptile_fn.cli_options import (ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg,
-                                    stdout_failed)
+from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg, stdout_failed
 from reptile_fn.errors import ReptileFnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -394,9 +393,7 @@ def main() -> None:
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except OSError as e:  # --help or --version into > /dev/full (a command's own output: errors_to_exit)
-        if not stdout_failed(e):
-            raise
-        raise SystemExit(2) from None
+        raise (SystemExit(2) if stdout_failed(e) else e) from None
     if code == 130:  # a Ctrl-C before the command began (typer's status for it is silent); a command's own says so
         typer.echo("error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done", err=True)
     if isinstance(code, int) and code:

@@ -121,14 +121,18 @@ def _im2col_conv(stride: int):
 
     @conv.vjp
     def conv_vjp(primals, cotangent, output):
-        x, w, b = primals
-        n, h, wd, c = x.shape
-        ho, wo, o = cotangent.shape[1:]
-        g = cotangent.reshape(n * ho * wo, o)
-        dw = (_cols(x, stride, ho, wo).reshape(n * ho * wo, 9 * c).T @ g).reshape(3, 3, c, o).transpose(3, 0, 1, 2)
-        return _input_gradient(cotangent, w, h, wd, stride), dw, g.sum(axis=0)
+        x, w, _ = primals
+        db = cotangent.reshape(-1, cotangent.shape[-1]).sum(axis=0)
+        return _input_gradient(cotangent, w, x.shape[1], x.shape[2], stride), _weight_gradient(x, cotangent, stride), db
 
     return conv
+
+
+def _weight_gradient(x: mx.array, g: mx.array, stride: int) -> mx.array:
+    """∂/∂w (o, 3, 3, c) of the im2col convolution: its columns against the output gradient ``g`` (n, ho, wo, o)."""
+    n, ho, wo, o = g.shape
+    cols = _cols(x, stride, ho, wo).reshape(n * ho * wo, -1)
+    return (cols.T @ g.reshape(n * ho * wo, o)).reshape(3, 3, x.shape[-1], o).transpose(3, 0, 1, 2)
 
 
 def _phase(size: int, p: int, stride: int) -> tuple[int, int]:
