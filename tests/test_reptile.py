@@ -239,6 +239,21 @@ def test_a_meta_batch_whose_fields_disagree_on_the_task_count_is_refused_by_name
             one_step(m, params, short)
 
 
+def test_a_single_classification_episode_without_its_task_axis_is_refused_by_name():
+    """Labels (n,) instead of (tasks, n): vmap took every example for a task of one scalar-labelled example."""
+    from reptile_fn.losses import cross_entropy
+
+    model = mlp(2, 5, hidden=8, depth=1)
+    params = model.init(mx.random.key(0))
+    x, y = mx.random.normal((10, 2), key=mx.random.key(1)), mx.arange(10) % 5
+    lone = Episode(x, y, x, y)
+    meta = reptile.make_step(model.apply, cross_entropy, InnerLoop(lr=0.1, steps=2), outer("sgd", 1.0, None, None))
+    with pytest.raises(ValueError, match=r"no task axis.*a\[None\]"):
+        one_step(meta, params, lone)
+    new, _, _ = one_step(meta, params, Episode(*(a[None] for a in lone)))  # the fix the message gives works
+    assert T.all_finite(new).item()
+
+
 def test_adapt_with_a_trainable_pattern_that_matches_nothing_says_so():
     """It was MLX's '[grad] Must specify at least one argument' (and second-order ANIL silently adapted nothing)."""
     params = MODEL.init(mx.random.key(0))

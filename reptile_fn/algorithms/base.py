@@ -55,6 +55,10 @@ def over_tasks(fn: Callable, shared: Tree, per_task: tuple, *, batched: bool):
     if len(set(counts)) != 1 or counts[0] in (None, 0):
         raise ValueError(f"a meta-batch's fields have {counts} tasks on their leading axis; give every field (support_x, "
                          "support_y, query_x, query_y) the same number of tasks, at least one, first")
+    if min(a.ndim for a in per_task) < 2:  # every field holds (tasks, examples, ...): one episode alone lacks the first
+        raise ValueError(f"a meta-batch's fields have shapes {[tuple(a.shape) for a in per_task]}: one has no task axis "
+                         "before its examples; a single episode is a meta-batch of one task: "
+                         "Episode(*(a[None] for a in episode))")
     if batched:
         return mx.vmap(fn, in_axes=(None,) + (0,) * len(per_task))(shared, *per_task)
     n = per_task[0].shape[0]
