@@ -765,11 +765,20 @@ def test_within_group_held_out_episodes_are_not_for_banking77():
 
 
 @pytest.mark.parametrize("item, dataset", [("tasks.test_path=other.csv", "synthetic"), ("tasks.text_column=t", "images"),
-                                           ("model.channels=3", "csv"), ("tasks.path=x", "omniglot")])
+                                           ("model.channels=3", "csv"), ("tasks.path=x", "omniglot"),
+                                           ("model.image_size=56", "omniglot")])  # Omniglot's loader makes 28 px
 def test_a_key_the_data_set_does_not_read_is_an_error(item, dataset):
     sets = [f"tasks.dataset={dataset}", *(["tasks.path=data"] if dataset in ("images", "csv") else []), item]
     with pytest.raises(ConfigError, match=f"{item.split('=')[0]} = .* is read only when tasks.dataset is"):
         C.load(None, sets)
+
+
+def test_own_images_too_small_for_conv4_are_refused():
+    """image_size=1 trained a conv4 on single pixels without a word."""
+    sets = ["tasks.dataset=images", "tasks.path=data"]
+    with pytest.raises(ConfigError, match="model.image_size = 7 is too small.*give 8 or more"):
+        C.load(None, [*sets, "model.image_size=7"])
+    assert C.load(None, [*sets, "model.image_size=8"]).model.image_size == 8
 
 
 def test_config_from_a_pipe_is_read_and_a_silent_pipe_or_endless_file_is_refused(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ DATASET_KEYS = {  # keys that only some data sets read; set on another, they wou
     "tasks.split_column": ("csv",), "tasks.test_path": ("csv",), "model.channels": ("images",),
     "model.encoder": ("clinc150", "csv"), "tasks.test_split": ("omniglot", "clinc150", "images", "csv"),
     "tasks.protocol": ("omniglot",), "tasks.split_by": ("clinc150",), "tasks.invert": ("images",),
-    "tasks.resample": ("images",)}
+    "tasks.resample": ("images",), "model.image_size": ("images",)}  # Omniglot's images are 28 px, as the paper's
 
 
 def dataset_keys(cfg, source: str) -> None:
@@ -74,6 +74,10 @@ def own_data(cfg, source: str) -> None:
     if t.split_column is not None and (t.val_fraction, t.test_fraction) != (default.val_fraction, default.test_fraction):
         raise ConfigError(f"{source}: tasks.split_column = {t.split_column!r} gives each label its split, so "
                           "tasks.val_fraction and tasks.test_fraction are not read; drop them")
+    if t.dataset == "images" and cfg.model.image_size < 8:
+        raise ConfigError(f"{source}: model.image_size = {cfg.model.image_size} is too small: conv4 halves each side four "
+                          "times, so below 8 pixels its later layers see a single pixel; give 8 or more (28: Omniglot's "
+                          "size, 84: mini-ImageNet's)")
     if cfg.model.channels not in (None, 1, 3):
         raise ConfigError(f"{source}: model.channels must be 1 (grayscale), 3 (RGB) or null (from the data), "
                           f"got {cfg.model.channels}; give one of those (null: as the images are)")
