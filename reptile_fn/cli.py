@@ -10,7 +10,7 @@ import typer
 
 import reptile_fn
 from reptile_fn import _blas, _malloc
-from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg, stdout_failed
+from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg, printing, stdout_failed
 from reptile_fn.errors import ReptileFnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -368,7 +368,7 @@ def bench(ctx: typer.Context) -> None:  # --help goes to the script: its argpars
                              "git clone the reptile_fn repository and run `uv run reptile-fn bench` in it "
                              "(benchmarks/README.md there has the options)")
     try:
-        code = runpy.run_path(str(script), run_name="bench")["main"](list(ctx.args), prog="reptile-fn bench")
+        code = printing(runpy.run_path(str(script), run_name="bench")["main"], list(ctx.args), prog="reptile-fn bench")
         if code:
             raise typer.Exit(code)
     except SystemExit as e:

@@ -6,6 +6,7 @@ Light on purpose (typer, no MLX): ``reptile-fn --help`` never imports MLX.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -63,6 +64,9 @@ def _writing_stdout(error: OSError) -> bool:
     a frame it passed through was writing to a ``file`` that is standard output. Then standard output becomes
     /dev/null, so that the exit's own flush does not fail again."""
     tb = error.__traceback__
+    if getattr(error, "stdout", False):  # marked by ``printing``
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
     while tb is not None:
         scope = tb.tb_frame.f_locals
         try:  # click writes to a local ``file``; rich (typer's help) to its console's ``self.file``
@@ -74,6 +78,46 @@ def _writing_stdout(error: OSError) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+class _MarkedStdout:
+    """A standard output whose write errors are marked as its own (``error.stdout``), and kept in ``failed``."""
+
+    def __init__(self, stream):
+        self._stream, self.failed = stream, None
+
+    def _marked(self, method: str, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as e:
+            e.stdout, self.failed = True, e
+            raise
+
+    def write(self, text: str) -> int:
+        return self._marked("write", text)
+
+    def flush(self) -> None:
+        return self._marked("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def printing(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (a script that prints), its standard output failures made ours: print() leaves no
+    frame that names standard output, and argparse's help swallows the error (``bench --help > /dev/full``)."""
+    out = _MarkedStdout(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(out):
+            result = fn(*args, **kwargs)
+            out.flush()
+    except SystemExit:
+        if out.failed is None:
+            raise
+        raise out.failed from None
+    if out.failed is not None:
+        raise out.failed
+    return result
 
 
 def stdout_failed(error: OSError) -> bool:

@@ -759,8 +759,28 @@ def test_ctrl_c_while_the_command_line_loads_or_parses_is_one_error_line(monkeyp
     assert err == ["error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done"]
 
 
+@pytest.mark.parametrize("argv0, status", [("/venv/bin/reptile-fn", 130), ("script.py", -2)])  # -2: killed by SIGINT
+def test_ctrl_c_while_the_package_loads_blas_is_one_line_for_the_console_script_only(argv0, status):
+    """The first ~0.1 s (OpenBLAS loading in reptile_fn/__init__) was a traceback; a user's own script importing
+    the package still sees its KeyboardInterrupt."""
+    code = ("import sys, types\n"
+            "blas = types.ModuleType('reptile_fn._blas')\n"
+            "def load(): raise KeyboardInterrupt\n"
+            "blas.load = load\n"
+            "sys.modules['reptile_fn._blas'] = blas\n"
+            f"sys.argv[0] = {argv0!r}\n"
+            "import reptile_fn\n")
+    done = subprocess.run([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == status, done.stderr
+    if status == 130:
+        assert done.stderr == "error: stopped by Ctrl-C (SIGINT) while starting; nothing was done\n"
+    else:
+        assert "KeyboardInterrupt" in done.stderr
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-@pytest.mark.parametrize("command", [["info"], ["validate"], ["--help"], ["--version"], ["compare", "--help"]])
+@pytest.mark.parametrize("command", [["info"], ["validate"], ["--help"], ["--version"], ["compare", "--help"],
+                                     ["bench", "--help"]])  # argparse's help swallowed the error: exit 0, no line
 def test_output_that_cannot_be_written_names_standard_output(command):
     """`reptile-fn … > /dev/full` (or onto a full disk): the error says it is standard output that could not be
     written, not a bare 'No space left on device' with 'check the path', and no second error at exit."""
@@ -770,6 +790,24 @@ def test_output_that_cannot_be_written_names_standard_output(command):
     assert done.returncode == 2, done.stderr
     assert done.stderr == ("error: cannot write standard output (No space left on device); check the file or device "
                            "it is redirected to, and its free space\n")
+
+
+def test_a_printing_script_s_stdout_failure_is_named_as_standard_output(monkeypatch):
+    """print() leaves no frame naming standard output: `bench > /dev/full` was a generic 'check the path' line."""
+    import errno
+    import io
+
+    from reptile_fn.cli_options import printing
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    with pytest.raises(OSError) as e:
+        printing(print, "a table")
+    assert e.value.stdout is True and e.value.errno == errno.ENOSPC
+    assert printing(lambda: 7) == 7 and not hasattr(OSError(), "stdout")
 
 
 def test_paths_pathlib_cannot_resolve_are_one_error_line(tmp_path):
