@@ -188,3 +188,13 @@ def test_anil_masked_inner_loop_gives_the_frozen_body_meta_gradient():
         return mx.mean(mx.stack(losses))
 
     assert max_abs_diff(g, mx.grad(objective)(params)) < 1e-5
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_whose_head_pattern_matches_nothing_says_so(first_order):
+    """Second-order ANIL adapted every leaf at rate 0 outside the pattern: a typo adapted nothing, silently."""
+    params = TINY.init(mx.random.key(0))
+    meta = maml.anil(TINY.apply, mse, InnerLoop(lr=0.1, steps=2, trainable=T.match(["heads.*"])), outer("sgd", 1.0),
+                     first_order=first_order)
+    with pytest.raises(ValueError, match="matches no parameter.*layer0"):
+        meta.step(params, meta.init(params), regression_batch(0, 2), mx.random.key(1))

@@ -123,6 +123,9 @@ def _task_loop(inner: InnerLoop, lr, params: Tree) -> InnerLoop:
     cost of the frozen leaves' inner gradients.
     """
     fast, frozen = T.partition(params, inner.trainable)
+    if not T.paths(fast) and inner.steps:  # every rate would be 0: nothing adapts, and nothing would say so
+        raise ValueError(f"the inner loop's trainable matches no parameter, so nothing would adapt; the tree's paths "
+                         f"are {', '.join(T.paths(params)[:8])} (tree.match(['head.*']) selects the head)")
     fast_lr = lr if isinstance(lr, dict) else tree_map(lambda p: mx.full(p.shape, lr, dtype=p.dtype), fast)
     return inner._replace(lr=T.combine(fast_lr, T.zeros_like(frozen)), trainable=None)
 
