@@ -6,6 +6,7 @@ Light on purpose (typer, no MLX): ``reptile-fn --help`` never imports MLX.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -134,6 +135,19 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo("warning: " + " ".join(str(message).split()), err=True)
 
 
+def _settle_mlx() -> None:
+    """At exit: wait for MLX's queued work and free its streams. MLX asks a process to do so before it exits
+    (ml-explore/mlx#3395, #4327): its own teardown runs after the interpreter's and can crash when work is still in
+    flight, e.g. a SIGTERM that lands during an evaluation's asynchronous steps (a rare exit by segfault)."""
+    mx = sys.modules.get("mlx.core")
+    if mx is not None and hasattr(mx, "clear_streams"):
+        try:
+            mx.synchronize()
+            mx.clear_streams()
+        except Exception:  # nothing left to protect: the process is exiting
+            pass
+
+
 def errors_to_exit(fn):
     """Turn our errors into one 'error: …' line on stderr and exit status 2, with no traceback."""
 
@@ -142,6 +156,8 @@ def errors_to_exit(fn):
         from reptile_fn import progress
 
         progress.enable()  # long phases report on stderr: a bar on a terminal, lines every 30 s off one
+        atexit.unregister(_settle_mlx)
+        atexit.register(_settle_mlx)  # once, however many commands run in this process
         try:
             with sigterm_as_interrupt(), warnings.catch_warnings():
                 warnings.showwarning = _warning_line

@@ -405,7 +405,7 @@ def test_sigterm_during_eval_is_one_error_line_and_exit_143(tiny_run, tmp_path):
     import sys
     import time
 
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash names its frames
     proc = subprocess.Popen([sys.executable, "-c", "from reptile_fn.cli import main; main()", "eval", "--checkpoint",
                              str(tiny_run), "--episodes", "1000000", "--out", str(tmp_path / "ev")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -417,6 +417,19 @@ def test_sigterm_during_eval_is_one_error_line_and_exit_143(tiny_run, tmp_path):
     assert lines[-1].startswith("error: stopped by SIGTERM") and "Traceback" not in err, err
     assert sum(line.startswith("error:") for line in lines) == 1
     assert not (tmp_path / "ev" / "results.json").exists()
+
+
+@pytest.mark.parametrize("command", [["validate"], ["validate", "--set", "seed=-1"]])
+def test_a_command_settles_mlx_before_the_process_exits(command):
+    """MLX asks a process to synchronize and free its streams before exiting (its own teardown comes after the
+    interpreter's); once, after a failed command too. A stop during an evaluation once exited by segfault."""
+    code = ("import mlx.core as mx\n"
+            "mx.clear_streams = lambda: print('streams cleared', file=__import__('sys').stderr)\n"
+            "from reptile_fn.cli import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == (2 if "seed=-1" in command else 0), done.stderr
+    assert done.stderr.count("streams cleared") == 1, done.stderr
 
 
 def test_embed_way_is_for_omniglot_runs(tiny_run, tmp_path):
