@@ -64,10 +64,10 @@ def _writing_stdout(error: OSError) -> bool:
     """Whether ``error`` came from writing standard output (``typer.echo`` into ``> /dev/full`` or onto a full disk):
     a frame it passed through was writing to a ``file`` that is standard output. Then standard output becomes
     /dev/null, so that the exit's own flush does not fail again."""
-    tb = error.__traceback__
     if getattr(error, "stdout", False):  # marked by ``printing``
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return True
+    tb = error.__traceback__
     while tb is not None:
         scope = tb.tb_frame.f_locals
         try:  # click writes to a local ``file``; rich (typer's help) to its console's ``self.file``
