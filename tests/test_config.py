@@ -571,6 +571,7 @@ def test_limits_allow_the_bound_and_refuse_one_more(key, monkeypatch):
     monkeypatch.delenv(C.NO_LIMITS, raising=False)
     limit = C.LIMITS[key]
     method = ["peft.method=adalora"] if key.startswith("peft.") else []  # adapter keys are read only by a method
+    method += ["tasks.dataset=images", "tasks.path=data"] if key == "model.image_size" else []  # read by images only
     assert C.get(C.load(None, [*method, f"{key}={limit.most}"]), key) == limit.most
     message = _error([*method, f"{key}={limit.most + 1}"])
     assert key in message and f"{limit.most:,}" in message and limit.why in message
