@@ -88,7 +88,7 @@ def _list_folder(root: Path) -> tuple[_Listing, str]:
 
 
 def _list_zip(z: zipfile.ZipFile, path: Path) -> _Listing:
-    listing = _Listing([], [], set())
+    listing, seen = _Listing([], [], set()), set()
     for info in z.infolist():
         name = info.filename.replace("\\", "/")
         parts = tuple(p for p in name.split("/") if p not in ("", "."))
@@ -97,6 +97,13 @@ def _list_zip(z: zipfile.ZipFile, path: Path) -> _Listing:
                             "rebuild the zip from the data set's folder")
         if not parts or any(_hidden(p) for p in parts):
             continue
+        if has_control(name):  # class names are printed and written: an escape sequence would reach the terminal
+            raise DataError(f"{path} holds a member name with a control character (a newline?), {ascii(name)}; "
+                            "rename it and rebuild the zip")
+        if parts in seen:  # zip -u appends: the reader would take the last copy twice and never the first
+            raise DataError(f"{path} holds {name!r} twice (a zip appended to?); rebuild the zip from the data set's "
+                            "folder")
+        seen.add(parts)
         if info.is_dir():
             listing.dirs.add(parts)
             continue

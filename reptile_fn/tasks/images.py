@@ -155,12 +155,22 @@ def _warn_of_twins(data: ImageSet, path: Path) -> None:
     first makes labels contradict each other and the second shows two classes under one name."""
     from reptile_fn import progress
 
-    owner, shared = {}, set()
+    owner, shared, repeated = {}, set(), {}
     for c, (start, n) in enumerate(zip(data.offsets.tolist(), data.counts.tolist())):
+        mine = set()
         for image in data.images[start:start + n]:
-            first = owner.setdefault(image.tobytes(), c)
+            key = image.tobytes()
+            first = owner.setdefault(key, c)
             if first != c:
                 shared.add((first, c))
+            elif key in mine:
+                repeated[c] = repeated.get(c, 0) + 1
+            mine.add(key)
+    if repeated:
+        c = min(repeated)
+        progress.note(f"warning: {len(repeated)} class(es) in {path} hold the same image more than once (e.g. "
+                      f"{data.classes[c]!r}: {repeated[c]} repeat(s)): a copy drawn as support and as query inflates "
+                      "accuracy; remove the copies")
     if shared:
         a, b = min(shared)
         progress.note(f"warning: {len(shared)} pair(s) of classes in {path} share an image (e.g. {data.classes[a]!r} and "
