@@ -315,6 +315,10 @@ BAD = {
     "two splits": (b"text,label,s\nhi,a,train\nho,b,test\nhe,a,val\n", {"split_column": "s"},
                    r"line 4 puts label 'a' in split 'val' but line 2 puts it in split 'train'"),
     "nul": (b"text,label\nhi,a\nh\x00o,b\n", {}, r"line 3 contains a NUL character"),
+    "escape in a label": (b"text,label\nhi,a\nho,tra\x1b[2Jvel\n", {},  # it reached the terminal in adapt's summary
+                          r"line 3 has a control character \(a newline\?\) in column 'label', 'tra\\x1b\[2Jvel'"),
+    "newline in a group": (b'text,label,g\nhi,a,x\nho,b,"y\nz"\n', {"group_column": "g"},
+                           r"line 3 has a control character .* in column 'g'"),
     "stray quote": (b'text,label\nhi,a\n"ho"x,b\n', {}, r"the record starting on line 3 is not valid CSV"),
     "unclosed quote": (b'text,label\nhi,a\n"ho,b\nhe,c\n', {}, r"the record starting on line 3 is not valid CSV "
                                                               r"\(unexpected end of data\)"),
@@ -425,6 +429,15 @@ def test_a_sentence_under_two_labels_is_warned_of(tmp_path, monkeypatch, capsys)
     assert names == ["greet", "leave", "leave", "leave"] and lines == [2, 3, 4, 5]
     err = capsys.readouterr().err
     assert "1 sentence(s)" in err and "lines 2 and 4: 'greet' and 'leave'" in err, err
+
+
+def test_adapt_s_reader_refuses_a_label_with_a_control_character(tmp_path):
+    """A newline in a quoted label split adapt's summary line and its predictions.csv row."""
+    from reptile_fn.tasks.csv import read_texts
+
+    (tmp_path / "s.csv").write_text('text,label\nhello there,greet\nbye now,"lea\nve"\n')
+    with pytest.raises(DataError, match=r"s.csv line 3 has a control character .* in column 'label', 'lea\\nve'"):
+        read_texts(tmp_path / "s.csv")
 
 
 def test_a_training_csv_with_a_sentence_under_two_labels_is_warned_of(tmp_path, monkeypatch, capsys):

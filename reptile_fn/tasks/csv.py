@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from reptile_fn.errors import ConfigError, DataError, check_choice
+from reptile_fn.errors import ConfigError, DataError, check_choice, has_control
 from reptile_fn.tasks.splits import fraction_split
 from reptile_fn.tasks.text import MAX_LENGTH, TextClasses, TextTasks, tasks_from_classes
 
@@ -72,7 +72,7 @@ def load_csv(path: str | os.PathLike, *, text_column: str = "text", label_column
         if len(row) != len(header):
             raise DataError(f"{file} line {line} has {len(row)} fields but the header has {len(header)}; quote a field "
                             'that contains a comma ("like, this") and give every line the same columns')
-        label, text = row[index["label"]].strip(), row[index["text"]]
+        label, text = _name(file, line, row[index["label"]], label_column), row[index["text"]]
         if not label or not text.strip():
             what, column = ("label", label_column) if not label else ("text", text_column)
             raise DataError(f"{file} line {line} has an empty {what} (column {column!r}); every line needs a sentence "
@@ -128,7 +128,7 @@ def read_texts(path: str | os.PathLike, *, text_column: str = "text", label_colu
             what, column = ("text", text_column) if not row[index["text"]].strip() else ("label", label_column)
             raise DataError(f"{file} line {line} has an empty {what} (column {column!r}); fill it in or delete the line")
         texts.append(row[index["text"]])
-        names.append(row[index["label"]].strip() if labelled else None)
+        names.append(_name(file, line, row[index["label"]], label_column) if labelled else None)
         lines.append(line)
     if not texts:
         raise DataError(f"{file} has no sentences below its header; add one line per sentence")
@@ -250,9 +250,19 @@ def _columns(file: Path, line: int, header: list[str], columns: dict[str, str | 
 
 
 def _value(file: Path, line: int, value: str, column: str) -> str:
-    value = value.strip()
+    value = _name(file, line, value, column)
     if not value:
         raise DataError(f"{file} line {line} has an empty group (column {column!r}); fill it in")
+    return value
+
+
+def _name(file: Path, line: int, value: str, column: str) -> str:
+    """A label or group name, stripped; one with a control character is refused: names are printed and written
+    (an escape sequence would reach the terminal, a newline would split adapt's summary and predictions.csv)."""
+    value = value.strip()
+    if has_control(value):
+        raise DataError(f"{file} line {line} has a control character (a newline?) in column {column!r}, "
+                        f"{ascii(value)[:80]}; remove it from the name")
     return value
 
 
