@@ -111,13 +111,18 @@ def step(loop: InnerLoop, value_and_grad: Callable, fast: Tree, frozen: Tree, st
 
 
 def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tuple[mx.array, mx.array],
-          key: mx.array | None = None, *, observe: Callable[[Tree], object] | None = None) -> Adapted:
+          key: mx.array | None = None, *, observe: Callable[[Tree], object] | None = None,
+          settle_every: int | None = None, on_settle: Callable[[int], None] | None = None) -> Adapted:
     """Run ``loop.steps`` optimizer steps of ``loss(apply(params, x), y)`` on the support set
     (after ``loop.head_init``, if any).
 
     Args:
       key: the mini-batch order (needed when ``loop.batch_size`` is smaller than the support set).
       observe: if given, ``observe(params_t)`` is recorded for t = 0..steps (e.g. query metrics).
+      settle_every: for eager callers only (``mx.eval`` cannot run under ``mx.compile`` or ``mx.vmap``): evaluate
+        the loop every n steps, so that its lazy graph, and the memory it holds, stays bounded whatever
+        ``loop.steps`` is, and a signal is handled between steps; ``on_settle(n)`` is told when n more steps are
+        done (progress). The numbers are the same either way.
     """
     x, y = support
     if x.shape[:1] != y.shape[:1]:
@@ -147,6 +152,10 @@ def adapt(loop: InnerLoop, apply: Apply, loss: Loss, params: Tree, support: tupl
         batch = (x, y) if idx is None else (x[idx[t]], y[idx[t]])
         fast, state, value = step(loop, value_and_grad, fast, frozen, state, batch)
         losses.append(value)
+        if settle_every and ((t + 1) % settle_every == 0 or t + 1 == loop.steps):
+            mx.eval(fast, state, losses, observed)
+            if on_settle is not None:
+                on_settle((t % settle_every) + 1)
     out = T.combine(fast, frozen)
     if observe is not None:
         observed.append(observe(out))

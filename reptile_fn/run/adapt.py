@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map_with_path
 
-from reptile_fn import checkpoint, io
+from reptile_fn import checkpoint, io, progress
 from reptile_fn import config as C
 from reptile_fn.errors import ConfigError, DataError
 from reptile_fn.inner import adapt
@@ -31,6 +31,7 @@ from reptile_fn.run.build import Run, evaluation_loop, load
 from reptile_fn.tree import Tree
 
 QUERY_CHUNK = 64  # query items scored at once (each with the whole support set)
+SETTLE_EVERY = 10  # adaptation steps per evaluation: memory stays flat in --steps, a signal stops it within ~10 steps
 
 
 class Predictions(NamedTuple):
@@ -84,7 +85,9 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
         length = max(shots.x.shape[-1], asked.x.shape[-1])
         shots, asked = (d._replace(x=mx.pad(d.x, [(0, 0), (0, 0), (0, length - d.x.shape[-1])])) for d in (shots, asked))
     loop = evaluation_loop(run, state, steps=steps)
-    adapted = adapt(loop, run.model.apply, run.loss, params, (shots.x, mx.array(shots.labels)), mx.random.key(seed)).params
+    with progress.task(f"adapting ({loop.steps} steps on {len(shots.labels)} examples)", loop.steps) as bar:
+        adapted = adapt(loop, run.model.apply, run.loss, params, (shots.x, mx.array(shots.labels)), mx.random.key(seed),
+                        settle_every=SETTLE_EVERY, on_settle=bar.advance).params
     score = mx.compile(lambda p, sx, qx: nontransductive(run.model.apply)(p, sx, qx)[:, : len(shots.classes)])
     probs = [mx.softmax(score(adapted, shots.x, asked.x[i:i + QUERY_CHUNK]), axis=-1)
              for i in range(0, asked.x.shape[0], QUERY_CHUNK)]
