@@ -85,8 +85,11 @@ def check_out_dir(path: str | os.PathLike, names: tuple[str, ...] = (), option: 
     if not existing.is_dir():
         what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         raise OutputError(f"{option} {path} {what}, not a folder; pass a folder (it is created if missing)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{option} {path}: {existing} is not writable; pass a folder you can write to")
+    try:  # a folder made and removed: os.access says yes to root everywhere, /proc and read-only mounts included
+        os.rmdir(tempfile.mkdtemp(prefix=".reptile-fn-probe-", dir=existing))
+    except OSError as e:
+        raise OutputError(f"{option} {path}: {existing} is not writable ({e.strerror or e}); pass a folder you can "
+                          "write to") from None
     for name in names:
         target = path / name
         if target.exists() and not target.is_file():

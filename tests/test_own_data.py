@@ -273,6 +273,19 @@ def test_adapt_errors_name_the_problem(image_run, tmp_path):
     assert not (tmp_path / "p").exists()  # nothing written on failure
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (Linux)")
+def test_adapt_s_out_folder_that_cannot_be_made_is_named_before_the_work(image_run, tmp_path, monkeypatch):
+    """os.access says yes to root in /proc: `--out /proc/foo` decoded and adapted, then failed naming no option."""
+    from reptile_fn.run import adapt as A
+
+    root, out = image_run
+    two = write_images(tmp_path / "two", range(50, 52), 2, 7)
+    monkeypatch.setattr(A, "adapt_to", lambda *a, **k: pytest.fail("adapted before --out was checked"))
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(two), "--query", str(two), "--out", "/proc/reptile-fn-out"])
+    assert result.exit_code == 2 and "--out /proc/reptile-fn-out: /proc is not writable" in result.output, result.output
+
+
 def test_adapt_refuses_more_classes_than_a_head_may_have(image_run, tmp_path, monkeypatch):
     """A support set of 1,001 classes (a label column of texts or ids, say) would widen the head to 1,001 outputs
     without a word; it is refused with the limit, which REPTILE_FN_NO_LIMITS lifts."""
