@@ -295,7 +295,9 @@ BAD = {
     "empty": (b"", {}, r"is empty; it needs a header line"),
     "blank lines only": (b"\xef\xbb\xbf\n\n  \n", {}, r"is empty"),
     "not utf-8": (b"text,label\nhello,a\ncaf\xe9,b\n", {}, r"is not UTF-8 text \(byte 0xe9 at offset 22, line 3\); save"),
-    "utf-16": ("text,label\nhi,a\n".encode("utf-16"), {}, r"is not UTF-8 text \(byte 0xff at offset 0, line 1\)"),
+    "utf-16": ("text,label\nhi,a\n".encode("utf-16"), {}, r"is UTF-16 text, not UTF-8; .* iconv -f utf-16 -t utf-8"),
+    "a zip": (b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xff", {}, r"is a zip file, not a CSV of text; this is a text run"),
+    "an image": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", {}, r"is a PNG image, not a CSV of text"),
     "utf-16 without BOM": ("text,label\nhi,a\nho,b\n".encode("utf-16-le"), {}, r"line 1 contains a NUL character"),
     "no header": (b"hello there,greet\nbye now,leave\n", {},
                   r"has no text column 'text' and label column 'label': its header \(line 1\) has the columns 'hello "

@@ -206,8 +206,21 @@ def _too_long(file: Path, line: int) -> DataError:
                      "text really is that long, shorten it (the encoder reads only its first 64 tokens, 128 in adapt)")
 
 
+BINARY = ((b"PK\x03\x04", "a zip file"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+          (b"GIF8", "a GIF image"), (b"RIFF", "a RIFF file (a WebP image?)"),
+          (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"))
+
+
 def _not_utf8(file: Path) -> DataError:
-    """Where the first byte that is not UTF-8 is (offset and line), found by reading the file again."""
+    """Where the first byte that is not UTF-8 is (offset and line), found by reading the file again; or what the file
+    is instead, from its first bytes (a zip or an image given to a text run: iconv's advice would not help)."""
+    with open(file, "rb") as f:
+        head = f.read(8)
+    kind = next((what for magic, what in BINARY if head.startswith(magic)), None)
+    if kind == "UTF-16 text":
+        return DataError(f"{file} is UTF-16 text, not UTF-8; save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)")
+    if kind is not None:
+        return DataError(f"{file} is {kind}, not a CSV of text; this is a text run: pass a CSV with text,label columns")
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, lines, where = 0, 1, ""
     with open(file, "rb") as f:
