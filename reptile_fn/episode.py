@@ -119,8 +119,8 @@ def check_classes(what: str, n_classes: int, fewest: int, *, n_way: int, k_shot:
                   unit: str = "examples", classes: str = "classes") -> None:
     """A ConfigError unless a split of ``n_classes`` classes (the smallest with ``fewest`` examples)
     can give N-way episodes of k_shot + query_size distinct examples per class."""
-    def count(n: int, plural: str) -> str:  # "1 image", "3 images"
-        return f"{n} {plural[:-1] if n == 1 and plural.endswith('s') else plural}"
+    def count(n: int, plural: str) -> str:  # "1 image", "3 images", "1 class"
+        return f"{n} {plural if n != 1 else plural[:-2] if plural.endswith('sses') else plural.rstrip('s')}"
 
     if k_shot + query_size > fewest:
         fits = f" (e.g. --set tasks.query_size={fewest - k_shot})" if fewest > k_shot else ""
@@ -129,5 +129,6 @@ def check_classes(what: str, n_classes: int, fewest: int, *, n_way: int, k_shot:
                           f"tasks.query_size{fits}, or give that class more {unit}")
     if n_way > n_classes:
         fits = f" (--set tasks.n_way={n_classes})" if n_classes >= 2 else ""
-        raise ConfigError(f"n_way = {n_way} but {what} has only {count(n_classes, classes)}; lower tasks.n_way{fits}, "
-                          f"or use data with more {classes}")
+        lower = f"lower tasks.n_way{fits}, or " if n_classes >= 2 else ""  # an episode needs 2 classes at least
+        raise ConfigError(f"n_way = {n_way} but {what} has only {count(n_classes, classes)}; {lower}use data with more "
+                          f"{classes}")

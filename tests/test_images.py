@@ -608,6 +608,11 @@ def test_too_few_classes_or_images_name_the_setting_and_a_value_that_fits():
         check_classes("the 'all' split", 3, 10, n_way=5, k_shot=1, query_size=1)
     with pytest.raises(ConfigError, match=r"only 4 images; .* tasks.query_size \(e.g. --set tasks.query_size=3\)"):
         check_classes("the 'all' split", 6, 4, n_way=5, k_shot=1, query_size=5, unit="images")
+    with pytest.raises(ConfigError) as one:  # was "only 1 classe; lower tasks.n_way", which no n_way fixes
+        check_classes("the 'test' split", 1, 4, n_way=2, k_shot=1, query_size=1)
+    assert "has only 1 class; use data with more classes" in str(one.value), one.value
+    with pytest.raises(ConfigError, match=r"with only 1 image; "):
+        check_classes("the 'all' split", 6, 1, n_way=2, k_shot=1, query_size=1, unit="images")
 
 
 def test_classes_sharing_an_image_or_a_name_up_to_normalisation_are_warned_of(tmp_path, monkeypatch, capsys):

@@ -255,7 +255,8 @@ def _columns(file: Path, line: int, header: list[str], columns: dict[str, str | 
                f"name them {' and '.join(repr(columns[k]) for k in missing)} in the header (this run's "
                f"{' / '.join(KEYS[k] for k in missing)})")
         raise DataError(f"{file} has no {wanted}: its header (line {line}) has the columns {shown}; {fix}, or if the "
-                        f"file has no header, add a first line naming its columns, e.g. {columns['text']},{columns['label']}")
+                        f"file has no header, add a first line naming its columns, e.g. "
+                        f"{','.join(c for c in (columns['text'], columns['label']) if c is not None)}")
     twice = [c for k, c in columns.items() if c is not None and names.count(c) > 1]
     if twice:
         raise DataError(f"{file}: its header (line {line}) names the column {twice[0]!r} more than once; rename one")

@@ -265,7 +265,7 @@ class ImageTasks:
             if self.k_shot + self.query_size <= counts[smallest]:
                 raise
             name = names[smallest] if names else f"number {smallest}"
-            raise ConfigError(f"{e}. Its smallest class is {name!r} ({int(counts[smallest])} images): add images "
+            raise ConfigError(f"{e}. Its smallest class is {name!r} ({int(counts[smallest])} image{'s' if int(counts[smallest]) != 1 else ''}): add images "
                               "to it or remove it") from None
 
     @property
