@@ -286,6 +286,17 @@ def test_adapt_s_out_folder_that_cannot_be_made_is_named_before_the_work(image_r
     assert result.exit_code == 2 and "--out /proc/reptile-fn-out: /proc is not writable" in result.output, result.output
 
 
+def test_adapt_warns_when_the_query_is_the_support_set(image_run, tmp_path):
+    """Its accuracy is training accuracy; eval --data refuses such overlap, adapt printed it as if new."""
+    root, out = image_run
+    two = write_images(tmp_path / "two", range(50, 52), 2, 7)
+    result = CliRunner().invoke(app, ["adapt", "--checkpoint", str(out / "checkpoint.safetensors"), "--support",
+                                      str(two), "--query", str(two), "--steps", "1", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "is the support set" in warned[0] and "training accuracy" in warned[0], result.output
+
+
 def test_adapt_refuses_more_classes_than_a_head_may_have(image_run, tmp_path, monkeypatch):
     """A support set of 1,001 classes (a label column of texts or ids, say) would widen the head to 1,001 outputs
     without a word; it is refused with the limit, which REPTILE_FN_NO_LIMITS lifts."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv as _csv
 import dataclasses
+import warnings
 import io as _io
 from pathlib import Path
 from typing import NamedTuple
@@ -81,6 +82,9 @@ def adapt_to(checkpoint_path: str | Path, support: str | Path, query: str | Path
         run = dataclasses.replace(run, cfg=cfg, shapes=(run.in_dim, n))
         params, state = _widened(params, n), _widened(state, n)
     asked = reader(Path(query), shots.classes)
+    if io.same_data(support, query):
+        warnings.warn(f"the query {query} is the support set: the labels and accuracy are on the examples adapted to "
+                      "(training accuracy), not on new ones; pass other examples to see how the init generalises")
     if C.model_kind(run.cfg) == "text":  # sentences of both sets padded to one length (padding is masked)
         length = max(shots.x.shape[-1], asked.x.shape[-1])
         shots, asked = (d._replace(x=mx.pad(d.x, [(0, 0), (0, 0), (0, length - d.x.shape[-1])])) for d in (shots, asked))
