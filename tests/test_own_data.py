@@ -286,6 +286,38 @@ def test_adapt_s_out_folder_that_cannot_be_made_is_named_before_the_work(image_r
     assert result.exit_code == 2 and "--out /proc/reptile-fn-out: /proc is not writable" in result.output, result.output
 
 
+def test_eval_data_with_another_image_size_says_the_run_s_size_is_fixed(image_run, tmp_path):
+    """It was a shape mismatch of the head that listed the settings --data adds itself as the user's."""
+    root, out = image_run
+    other = write_images(tmp_path / "other", range(60, 63), 3, 7)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", str(other), "--set",
+                                      "model.image_size=64", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert "--set model.image_size=64: with --data, model.image_size is the run's (" in result.output, result.output
+    assert "drop the --set" in result.output and "head.w" not in result.output
+
+
+def test_eval_of_a_run_whose_training_data_moved_names_its_tasks_path_and_the_fix(image_run, tmp_path):
+    """It said only 'image data set … not found', not that it was the run's own path, nor --set tasks.path."""
+    from mlx.utils import tree_unflatten
+
+    from reptile_fn import checkpoint as ck
+
+    root, out = image_run
+    arrays, meta = ck.load(out / "checkpoint.safetensors")
+    part = lambda p: tree_unflatten([(k[len(p) + 1:], v) for k, v in arrays.items() if k.startswith(p + ".")])  # noqa: E731
+    meta["config"]["tasks"]["path"] = str(tmp_path / "gone")
+    ck.save(tmp_path / "run" / "checkpoint.safetensors", part("params"), part("state"), meta)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert f"meta-trained on {tmp_path / 'gone'} (its tasks.path), which is not there any more" in result.output
+    assert "--set tasks.path=NEW_PLACE" in result.output
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "2", "--steps", "1",
+                                      "--speed-steps", "0", "--baselines", "none", "--set",
+                                      f"tasks.path={root / 'train_set'}", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output  # the fix it names works
+
+
 def test_adapt_warns_when_the_query_is_the_support_set(image_run, tmp_path):
     """Its accuracy is training accuracy; eval --data refuses such overlap, adapt printed it as if new."""
     root, out = image_run

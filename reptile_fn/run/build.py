@@ -20,7 +20,7 @@ from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import ALGORITHMS, DEFAULTS, LOCAL, MetaStep, Reduce
 from reptile_fn.episode import Episode, Sampler
-from reptile_fn.errors import CheckpointError, ConfigError
+from reptile_fn.errors import CheckpointError, ConfigError, DataError
 from reptile_fn.inner import InnerLoop
 from reptile_fn.losses import accuracy, cross_entropy, mse
 from reptile_fn.heads import prototype_head
@@ -297,11 +297,22 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
     cfg = trained = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
     stored_way = cfg.tasks.n_way
     if data is not None:
-        overrides = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data) + list(overrides)
+        fixed = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data)
+        for item in overrides:  # the input size is the model's: --data's images are resized to the run's
+            key = item.split("=", 1)[0].strip()
+            ours = next((o for o in fixed if o.startswith(key + "=")), None)
+            if key in ("model.image_size", "model.channels") and ours is not None:
+                raise ConfigError(f"--set {item}: with --data, {key} is the run's ({ours.split('=', 1)[1]}), since its "
+                                  "model was built for that input and --data's images are converted to it; drop the --set")
+        overrides = fixed + list(overrides)
     if overrides:
         stored, cfg = cfg, C.with_overrides(cfg, overrides)
         if data is None:
             C.checks.same_split(stored, cfg, f"evaluating {checkpoint_path} with {' '.join(overrides)}")
+    if data is None and with_tasks and cfg.tasks.dataset in ("images", "csv") and cfg.tasks.path == trained.tasks.path \
+            and cfg.tasks.path and not Path(cfg.tasks.path).expanduser().exists():
+        raise DataError(f"{checkpoint_path} meta-trained on {cfg.tasks.path} (its tasks.path), which is not there any "
+                        "more; if it moved, pass --set tasks.path=NEW_PLACE, or score the run on other data with --data")
     run = build(cfg, shapes=None if with_tasks else stored_shapes(cfg, arrays, meta))
     if data is not None and run.tasks is not None:  # the training data where this command looks for data (--data-dir)
         _check_held_out(dataclasses.replace(trained, tasks=dataclasses.replace(
