@@ -634,6 +634,22 @@ def test_classes_sharing_an_image_or_a_name_up_to_normalisation_are_warned_of(tm
     assert "'be\\u0301' and 'b\\xe9'" in err and "print the same; rename one" in err, err
 
 
+def test_pillow_s_warnings_name_the_image(tmp_path):
+    """'Corrupt EXIF data. Expecting to read 12 bytes but only got 10.': which of thousands of files?"""
+    import warnings
+
+    root = write_set(tmp_path / "data", {"ant": 3, "bee": 3})
+    plain = image_bytes(noise("L", (8, 8), 3), "JPEG")
+    exif = b"\xff\xe1" + struct.pack(">H", 2 + 6 + 20) + b"Exif\0\0" + b"MM\0\x2a\0\0\0\x08" + b"\xff" * 12
+    (root / "bee" / "odd.jpg").write_bytes(plain[:2] + exif + plain[2:])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        data = I.load_images(root, image_size=8, cache=False)
+    assert data.counts.tolist() == [3, 4]  # read anyway
+    texts = [str(w.message) for w in said if "EXIF" in str(w.message)]
+    assert texts and all(str(root / "bee" / "odd.jpg") in t and "check that it looks right" in t for t in texts), texts
+
+
 def test_an_image_repeated_within_a_class_is_warned_of(tmp_path, monkeypatch, capsys):
     """Copies under other names (a.png, a copy.png): support and query could be the same image, and 5-step
     accuracy read 90 % on random images where distinct ones gave 51 %."""

@@ -187,8 +187,13 @@ def read_image(opener: Callable, name: str, shown: str, size: int, resample: str
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with opener(name) as fp:
-            return _pixels(fp, size, shown, resample)
+        with opener(name) as fp, warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            pixels = _pixels(fp, size, shown, resample)
+        for w in said:  # Pillow's own warnings ("Corrupt EXIF data …") name no file
+            warnings.warn(f"{shown}: {w.message}; it was read anyway: check that it looks right, or re-save it",
+                          w.category if issubclass(w.category, Warning) else UserWarning, stacklevel=2)
+        return pixels
     except Image.DecompressionBombError as e:  # Pillow's own check, where it is set stricter than ours
         raise DataError(f"{shown} is too large to decode safely ({e}); shrink it or delete it") from None
     except PermissionError:
