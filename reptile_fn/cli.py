@@ -387,7 +387,7 @@ def main() -> None:
     except typer.Abort:  # click's own handling of a Ctrl-C
         code = 130
     except usage_error as e:
-        command = f" {e.ctx.command_path.split(' ', 1)[-1]}" if getattr(e, "ctx", None) and " " in e.ctx.command_path else ""
+        command = f" {e.ctx.info_name}" if getattr(e, "ctx", None) is not None and e.ctx.parent is not None else ""
         typer.echo(f"error: {e.format_message().rstrip('.')}; see reptile-fn{command} --help", err=True)
         raise SystemExit(2) from None
     except typer.Exit as e:

@@ -360,6 +360,13 @@ def test_usage_errors_are_one_error_line_from_the_installed_command(args, messag
     assert list(tmp_path.iterdir()) == []  # nothing written where the command ran
 
 
+def test_a_usage_error_under_python_m_names_the_command_as_installed():
+    """The hint read 'see reptile-fn -m reptile_fn adapt --help' when run as `python -m reptile_fn`."""
+    done = subprocess.run([sys.executable, "-m", "reptile_fn", "adapt", "--steps", "x"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.rstrip().endswith("; see reptile-fn adapt --help"), done.stderr
+
+
 def test_every_shipped_init_has_a_model_card_that_info_prints():
     from typer.testing import CliRunner
 
