@@ -230,7 +230,7 @@ def test_eval_data_says_when_it_cannot_check_against_the_training_data(tmp_path)
     other = write_images(tmp_path / "other", range(20, 24), 4, 1)
     text = cli("eval", "--checkpoint", out, "--data", other, "--episodes", 2, "--steps", 1, "--speed-steps", 0,
                "--out", tmp_path / "ev")
-    assert "note: --data was not compared with the run's training data" in text
+    assert "warning: --data was not compared with the run's training data" in text
 
 
 def test_adapt_to_more_classes_than_the_init_was_meta_trained_on(image_run, tmp_path):

@@ -351,7 +351,8 @@ def _check_held_out(trained: C.Config, held: Sampler, data) -> None:
     except ReptileFnError as e:
         from reptile_fn import progress
 
-        progress.note(f"note: --data was not compared with the run's training data, which is not here ({e})")
+        progress.note(f"warning: --data was not compared with the run's training data, which is not here ({e}): that its "
+                      "classes are held out is up to you")
         return
     if seen:
         items = "sentences" if trained.tasks.dataset in ("csv", "clinc150") else "images"
