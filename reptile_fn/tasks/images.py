@@ -265,8 +265,9 @@ class ImageTasks:
             if self.k_shot + self.query_size <= counts[smallest]:
                 raise
             name = names[smallest] if names else f"number {smallest}"
-            raise ConfigError(f"{e}. Its smallest class is {name!r} ({int(counts[smallest])} image{'s' if int(counts[smallest]) != 1 else ''}): add images "
-                              "to it or remove it") from None
+            fewest = int(counts[smallest])
+            raise ConfigError(f"{e}. Its smallest class is {name!r} ({fewest} image{'s' if fewest != 1 else ''}): add "
+                              "images to it or remove it") from None
 
     @property
     def in_dim(self) -> tuple[int, int, int]:
