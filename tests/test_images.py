@@ -634,6 +634,27 @@ def test_classes_sharing_an_image_or_a_name_up_to_normalisation_are_warned_of(tm
     assert "'be\\u0301' and 'b\\xe9'" in err and "print the same; rename one" in err, err
 
 
+def test_a_gray_set_that_lossy_coding_tinted_is_warned_of(tmp_path, monkeypatch, capsys):
+    """Gray WebP photos decode with R, G and B a step apart: the set silently became colour (3 channels)."""
+    from reptile_fn import progress
+
+    monkeypatch.setitem(progress._enabled, "on", True)
+    rng = np.random.default_rng(0)
+    for c in ("ant", "bee"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            gray = rng.integers(0, 250, (8, 8, 1))
+            tinted = np.concatenate([gray, gray + 1, gray + (i % 2)], axis=-1).astype(np.uint8)
+            Image.fromarray(tinted, "RGB").save(tmp_path / "data" / c / f"{i}.png")
+    data = I.load_images(tmp_path / "data", image_size=8, cache=False, resample="nearest")
+    assert data.channels == 3
+    err = capsys.readouterr().err
+    assert "is gray but for lossy-coding noise" in err and "--set model.channels=1" in err, err
+    write_set(tmp_path / "colour", {"ant": 3, "bee": 3})  # real colour: nothing to say
+    I.load_images(tmp_path / "colour", image_size=8, cache=False)
+    assert "lossy-coding" not in capsys.readouterr().err
+
+
 def test_pillow_s_warnings_name_the_image(tmp_path):
     """'Corrupt EXIF data. Expecting to read 12 bytes but only got 10.': which of thousands of files?"""
     import warnings

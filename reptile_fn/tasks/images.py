@@ -166,6 +166,10 @@ def _warn_of_twins(data: ImageSet, path: Path) -> None:
             elif key in mine:
                 repeated[c] = repeated.get(c, 0) + 1
             mine.add(key)
+    if data.channels == 3 and len(data.images) and int((data.images.max(-1) - data.images.min(-1)).max()) <= 2:
+        progress.note(f"warning: every image in {path} is gray but for lossy-coding noise (its colour channels differ by "
+                      "2 or less, as gray WebP or JPEG photos can), so the set reads as colour and gets a 3-channel "
+                      "model; for a gray one, --set model.channels=1")
     if repeated:
         c = min(repeated)
         progress.note(f"warning: {len(repeated)} class(es) in {path} hold the same image more than once (e.g. "
