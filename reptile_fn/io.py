@@ -9,11 +9,14 @@ leaves either the old file or the new one, never half of one, and no temporary f
 from __future__ import annotations
 
 import contextlib
+import errno
 import filecmp
 import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -48,15 +51,52 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as e:  # a write's error carries no file name: name the file it was for
+            if e.filename is not None or e.errno is None:
+                raise
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        except RuntimeError as e:  # MLX's writers (safetensors, npz) say "[write] Unable to write N bytes"
+            if "write" not in str(e).lower():
+                raise
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                          f"could not write the file ({e})", str(path)) from e
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staged(folder: str | os.PathLike, names: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary folder inside ``folder``; when the block succeeds, the files written there replace their
+    namesakes in ``folder`` together (signals held off for those renames), and each of ``names`` the block did not
+    write is removed (a figure of the last evaluation that this one does not draw). A stop or an error before that
+    leaves ``folder`` as it was: never a new results file beside the last run's figures."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staged.", dir=folder))
+    try:
+        yield stage
+        written = sorted(p.name for p in stage.iterdir() if not p.name.startswith("."))
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        try:
+            for name in written:
+                os.replace(stage / name, folder / name)
+            for name in set(names) - set(written):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    (folder / name).unlink()
+            _fsync_dir(folder)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def same_data(a: str | os.PathLike, b: str | os.PathLike) -> bool:
