@@ -10,8 +10,9 @@ import typer
 
 import reptile_fn
 from reptile_fn import _blas, _malloc
-from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _with_data_dir, errors_to_exit, path_arg, printing, stdout_failed
+from reptile_fn.cli_options import ConfigOpt, DataDirOpt, EncoderOpt, SetOpt, _count, _with_data_dir, aborted, errors_to_exit, path_arg, printing, stdout_failed
 from reptile_fn.errors import ReptileFnError
+from reptile_fn.signals import LAST_STOP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Functional meta-learning (Reptile, MAML and kin) on MLX.")
@@ -26,10 +27,6 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Functional meta-learning (Reptile, MAML and kin) on MLX."""
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _limit(option: str, value: Optional[int], key: str) -> None:
@@ -72,9 +69,9 @@ def info(config: Optional[Path] = typer.Option(None, "--config", "-c", parser=pa
         ("configs", ", ".join(shipped_names()) + "  (--config NAME)"),
         ("inits", ", ".join(pretrained.names()) + "  (--checkpoint NAME)"),
     ]
-    card = pretrained.card(checkpoint) if checkpoint is not None and checkpoint.strip() else None
+    card = pretrained.card(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and card is None:  # before any output: a failed command prints only its error line
-        if checkpoint.strip() and not pretrained.resolve(checkpoint).exists():  # missing: say so, not 'no card'
+        if not pretrained.resolve(checkpoint).exists():  # empty or missing: resolve says so, not 'no card'
             raise ReptileFnError(f"checkpoint {checkpoint} does not exist; pass a run folder, its checkpoint or a "
                                  f"shipped initialization's name ({', '.join(pretrained.names())})")
         raise ReptileFnError(f"'{checkpoint}' has no model card: cards come with the shipped initializations "
@@ -187,6 +184,7 @@ def eval_(
     """Few-shot results on fresh held-out tasks after 0..K steps: meta-learned init vs baselines, 95% CIs."""
     from reptile_fn import io, pretrained
     from reptile_fn.run import baseline_inits, default_baselines, final_evaluation, format_results, format_speed, load
+    from reptile_fn.run.files import check_results_out
     from reptile_fn.run.report import save_results
 
     for option, value, key in (("--episodes", episodes, "eval.episodes"), ("--steps", steps, "eval.inner_steps"),
@@ -205,9 +203,7 @@ def eval_(
     checkpoint = pretrained.resolve(checkpoint)
     out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"),
                                data=(data,))
-    if (out_dir / "checkpoint.safetensors").is_file() and out_dir.resolve() != checkpoint.resolve().parent:
-        raise ReptileFnError(f"--out {out_dir} is another run's folder (it holds checkpoint.safetensors), and `compare` "
-                             f"would read these results as that run's; pass another folder, e.g. {Path('runs', 'eval', checkpoint.parent.name)}")
+    check_results_out(out_dir, checkpoint)
     if json_out is not None:
         io.check_json_out(json_out)
     run, params, state, iteration = load(checkpoint, overrides, data=data)
@@ -318,10 +314,11 @@ def embed(
                             key=mx.random.key(seed), adapt_steps=adapt_steps, families=tuple(family), n_way=way)
     typer.echo(f"{checkpoint} (meta-iteration {iteration}): {format_identification(result)}")
     summary = {k: result[k] for k in ("what", "accuracy", "k_shot", "bank_tasks", "query_tasks", "adapt_steps")}
-    io.write_json(out_dir / "embed.json", {"checkpoint": str(checkpoint), "families": list(result["families"]), "seed": seed,
-                                           **summary})
-    png = plots.task_embeddings(result, out_dir / "task_embeddings.png")
-    typer.echo(f"wrote {out_dir / 'embed.json'} and {png}")
+    with io.staged(out_dir) as stage:  # the two files replace the last ones together
+        plots.task_embeddings(result, stage / "task_embeddings.png")
+        io.write_json(stage / "embed.json", {"checkpoint": str(checkpoint), "families": list(result["families"]), "seed": seed,
+                                             **summary})
+    typer.echo(f"wrote {out_dir / 'embed.json'} and {out_dir / 'task_embeddings.png'}")
 
 
 @app.command()
@@ -382,9 +379,10 @@ def main() -> None:
     """The ``reptile-fn`` entry point: the app, with click's usage errors (a bad option value, a missing
     option) as one ``error:`` line and exit status 2, as every other error."""
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")  # typer's own click
+    LAST_STOP.clear()
     try:
         code = app(standalone_mode=False)  # the status of a typer.Exit (our errors: 2; a stop exits by itself)
-    except typer.Abort:  # click's own handling of a Ctrl-C
+    except typer.Abort:  # click's own handling of an end of input
         code = 130
     except usage_error as e:
         command = f" {e.ctx.info_name}" if getattr(e, "ctx", None) is not None and e.ctx.parent is not None else ""
@@ -394,7 +392,7 @@ def main() -> None:
         raise SystemExit(e.exit_code) from None
     except OSError as e:  # --help or --version into > /dev/full (a command's own output: errors_to_exit)
         raise (SystemExit(2) if stdout_failed(e) else e) from None
-    if code == 130:  # a Ctrl-C before the command began (typer's status for it is silent); a command's own says so
-        typer.echo("error: stopped by Ctrl-C (SIGINT) before the command began; nothing was done", err=True)
+    if code == 130:  # a stop before the command began (typer's status for it is silent); a command's own says so
+        code = aborted()
     if isinstance(code, int) and code:
         raise SystemExit(code)

@@ -54,8 +54,17 @@ EncoderOpt = typer.Option(None, "--encoder", parser=path_arg, help="Text runs: a
                           "tokenizer.json, config.json) instead of all-MiniLM-L6-v2; sets model.encoder.")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _with_data_dir(sets: List[str], data_dir: Optional[Path], encoder: Optional[Path] = None) -> List[str]:
     # paths as JSON strings (valid YAML): a path is never parsed as YAML ("a #2" is not a comment, "null" no null)
+    for option, value, keys in (("--data-dir", data_dir, ("tasks.data_dir", "data_dir")),
+                                ("--encoder", encoder, ("model.encoder", "encoder"))):
+        if value is not None and any(s.split("=", 1)[0].strip() in keys for s in sets):
+            raise ReptileFnError(f"{option} and --set {keys[0]} both give {keys[0]} (the --set would be overridden "
+                                 "without a word); give one of them")
     return [*sets, *([f"tasks.data_dir={json.dumps(str(data_dir))}"] if data_dir else []),
             *([f"model.encoder={json.dumps(str(encoder))}"] if encoder else [])]
 
@@ -146,6 +155,17 @@ def _settle_mlx() -> None:
             mx.clear_streams()
         except Exception:  # nothing left to protect: the process is exiting
             pass
+
+
+def aborted() -> int:
+    """The exit status of a stop before a command began, which typer turns into a silent status 130, after its one
+    line: a Ctrl-C (130), or a SIGTERM/SIGHUP (``signals.LAST_STOP``: 143, 129)."""
+    from reptile_fn.signals import LAST_STOP
+
+    stop = LAST_STOP[0] if LAST_STOP else None
+    typer.echo(f"error: stopped by {stop.name if stop else 'Ctrl-C (SIGINT)'} before the command began; nothing was "
+               "done", err=True)
+    return stop.status if stop else 130
 
 
 def errors_to_exit(fn):

@@ -68,9 +68,12 @@ def adaptation_curves(ev: dict, path: str | Path, title: str | None = None) -> P
 
 def training_curve(metrics_jsonl: str | Path, path: str | Path, title: str | None = None) -> Path:
     """Held-out metric and training support loss against meta-iterations, from a run's metrics.jsonl."""
-    records = [r for r in io.read_jsonl(metrics_jsonl) if isinstance(r, dict) and "iteration" in r]
-    logs = [r for r in records if "eval" not in r]
-    evals = [r for r in records if "eval" in r]
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    records = [r for r in io.read_jsonl(metrics_jsonl) if isinstance(r, dict) and number(r.get("iteration"))]
+    logs = [{k: v for k, v in r.items() if number(v)} for r in records if "eval" not in r]  # what a hand edit left odd: skipped
+    evals = [r for r in records if isinstance(r.get("eval"), dict) and any(number(r["eval"].get(k)) for k in ("metric", "loss"))]
+    key = "metric" if evals and number(evals[0]["eval"].get("metric")) else "loss"
+    evals = [r for r in evals if number(r["eval"].get(key))]
     fig, ax = plt.subplots(figsize=(6, 4))
     its = [r["iteration"] for r in logs]
     ax.plot(its, [r.get("support_loss", np.nan) for r in logs], label="support loss before adaptation")
@@ -81,7 +84,6 @@ def training_curve(metrics_jsonl: str | Path, path: str | Path, title: str | Non
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("loss")
     if evals:
-        key = "metric" if "metric" in evals[0]["eval"] else "loss"
         ax2 = ax.twinx() if key == "metric" else ax
         scale = 100.0 if key == "metric" else 1.0  # accuracy in %, as every table prints it
         ax2.plot([r["iteration"] for r in evals], [scale * r["eval"][key] for r in evals], color="C3", marker="o",

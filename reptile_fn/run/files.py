@@ -70,6 +70,9 @@ class Saved:
         """A ConfigError naming the keys where ``cfg`` (if given), or the run folder's config.yaml, differs from
         the run's own config (the checkpoint's: editing config.yaml changes nothing, so it must not look as if)."""
         written = self.path.parent / CONFIG
+        if written.is_file() and written.stat().st_size < 4096 and not written.read_bytes().strip():
+            raise ConfigError(f"--resume: {written} is empty, but a run's config is the one in its checkpoint; delete "
+                              "the file and --resume writes it back")
         if written.is_file():
             try:  # read as any config file is (UTF-8, YAML, one value per key), each problem one ConfigError
                 on_disk = C.from_dict(C.files.read(written)[0], source=str(written), stored=True)
@@ -111,6 +114,29 @@ def exclusive(out: Path):
         raise
     finally:
         os.close(fd)
+
+
+def config_edits(run_dir: Path, cfg: C.Config) -> list[str]:
+    """The keys where ``run_dir``'s config.yaml says other than ``cfg`` (its checkpoint's, which every command uses):
+    none if the file is missing or agrees; ``["(unreadable)"]`` if it cannot be read back as a config."""
+    written = run_dir / CONFIG
+    if not written.is_file():
+        return []
+    try:
+        on_disk = C.from_dict(C.files.read(written)[0], source=str(written), stored=True)
+    except ReptileFnError:
+        return ["(unreadable)"]
+    return [k for k in C.leaf_keys() if C.get(cfg, k) != C.get(on_disk, k)]
+
+
+def check_results_out(out_dir: Path, checkpoint: Path) -> None:
+    """Refuse an ``eval --out`` that is another run's folder or its ``eval/`` (what ``compare`` reads as that run's
+    results): the results of ``checkpoint`` would be shown under the other run's name."""
+    for folder in (out_dir, Path(os.path.abspath(out_dir)).parent):
+        if (folder / CHECKPOINT).is_file() and folder.resolve() != checkpoint.resolve().parent:
+            raise ConfigError(f"--out {out_dir} is {'another run' if folder is out_dir else 'in another run'}'s folder "
+                              f"({folder.resolve()} holds {CHECKPOINT}), and `compare` would read these results as that "
+                              f"run's; pass another folder, e.g. {Path('runs', 'eval', checkpoint.parent.name)}")
 
 
 def forget_start(out: Path) -> None:

@@ -286,12 +286,17 @@ def save_results(run: Run, params, state, ev: dict, out_dir: Path, *, checkpoint
     payload = {"checkpoint": str(checkpoint), "iteration": iteration, "config": C.to_dict(run.cfg), **ev}
     if getattr(run.tasks, "inverted", 0):  # tasks.invert turned these images over (eval --data of an Omniglot run)
         payload["inverted_images"] = run.tasks.inverted
-    written = [io.write_json(target, payload) for target in filter(None, (Path(out_dir) / "results.json", json_out))]
-    return written[:1] + write_figures(run, params, state, ev, Path(out_dir), Path(checkpoint).parent / METRICS,
-                                       baselines)
+    with io.staged(out_dir, FIGURES) as stage:  # results.json and its figures replace the last ones together
+        figures = write_figures(run, params, state, ev, stage, Path(checkpoint).parent / METRICS, baselines)
+        io.write_json(stage / "results.json", payload)
+    if json_out is not None:
+        io.write_json(json_out, payload)
+    return [Path(out_dir) / name for name in ("results.json", *(p.name for p in figures))]
 
 
 # --- figures -------------------------------------------------------------------------------------
+
+FIGURES = ("curves.png", "training.png", "sine.png")  # what write_figures may draw
 
 def sine_predictions(run: Run, inits: dict, key: mx.array, steps=(0, 1, 10)) -> dict:
     """One held-out sine task: the true curve, its support points, and each init's fit after t steps.
@@ -330,7 +335,7 @@ def write_figures(run: Run, params, state, ev: dict, out_dir: Path, metrics_path
     from reptile_fn import plots
 
     out = [plots.adaptation_curves(ev, out_dir / "curves.png")]
-    if metrics_path is not None and metrics_path.exists():
+    if metrics_path is not None and metrics_path.is_file():  # a pipe or a device there would never end
         out.append(plots.training_curve(metrics_path, out_dir / "training.png"))
     if run.cfg.tasks.dataset == "synthetic" and run.cfg.tasks.families == ("sine",):
         keys = run_keys(run.cfg.seed)
