@@ -14,6 +14,7 @@ state (under 1 MB), not the 90 MB encoder again.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,6 +26,7 @@ from reptile_fn.errors import CheckpointError
 from reptile_fn.tree import Tree
 
 FORMAT = "reptile_fn/1"
+SEAL = "tensors_sha256"  # metadata: io.digest of every stored tensor (checkpoints since 2026-12-01), checked on load
 DERIVED = "derived"
 DIGEST_BYTES = 32  # leaves this small are stored as they are
 
@@ -41,9 +43,9 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
     ``reference``: a tree the reader rebuilds (``restore``'s ``like``); params leaves equal to it (and
     larger than a digest) are written as their digest only.
     """
-    if "format" in (metadata or {}):  # the loader checks it: a caller's value made the file unreadable
-        raise ValueError("checkpoint.save: metadata key 'format' is the checkpoint's own (its reader checks it); "
-                         "name yours otherwise")
+    if {"format", SEAL} & set(metadata or {}):  # the loader checks them: a caller's value made the file unreadable
+        raise ValueError(f"checkpoint.save: metadata keys 'format' and {SEAL!r} are the checkpoint's own (its reader "
+                         "checks them); name yours otherwise")
     for name, tree in (("params", params), ("state", state or {})):
         flat = tree_flatten(tree)
         odd = next((p for p, v in flat if not isinstance(v, mx.array)), None)
@@ -65,7 +67,7 @@ def save(path: str | Path, params: Tree, state: Tree | None = None, metadata: di
         else:
             arrays[f"params.{k}"] = v
     arrays.update({f"state.{k}": v for k, v in tree_flatten(state or {})})
-    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    meta = {"format": FORMAT, SEAL: json.dumps(io.digest(arrays)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     with io.atomic_path(path, ".safetensors") as tmp:
         mx.save_safetensors(str(tmp), arrays, metadata=meta)
     return path
@@ -92,7 +94,38 @@ def load(path: str | Path) -> tuple[dict[str, mx.array], dict]:
         decoded = {k: json.loads(v) for k, v in meta.items() if k != "format"}
     except json.JSONDecodeError:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata; re-create it with `reptile-fn train`") from None
+    seal = decoded.pop(SEAL, None)
+    damage = _layout_problem(path) or (seal is not None and io.digest(arrays) != seal
+                                       and "its tensors are not the ones it was written with")
+    if damage:
+        raise CheckpointError(f"checkpoint {path} was altered or damaged ({damage}); use a checkpoint written by "
+                              "`reptile-fn train` (copy it again, or resume from the run's own folder)")
     return arrays, decoded
+
+
+def _layout_problem(path: Path) -> str | None:
+    """What is wrong with where a safetensors file's header puts its tensors, if anything: the format asks for
+    byte ranges that tile the data exactly (MLX's reader does not check that overlapping ranges are not shared)."""
+    with open(path, "rb") as f:
+        size, head = os.fstat(f.fileno()).st_size, f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else size
+        try:
+            header = json.loads(f.read(n)) if n <= min(size - 8, 100 << 20) else None
+        except ValueError:
+            header = None
+    if not isinstance(header, dict):
+        return None  # mx.load has read it, so this cannot be: nothing to add
+    try:
+        spans = sorted((int(v["data_offsets"][0]), int(v["data_offsets"][1]))
+                       for k, v in header.items() if k != "__metadata__")
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "its header does not give each tensor's byte range"
+    end = 0
+    for begin, stop in spans:
+        if begin != end or stop < begin:
+            return "its tensors' byte ranges overlap or leave gaps"
+        end = stop
+    return None if end == size - 8 - n else "its data is not the length its header gives"
 
 
 def restore(arrays: dict[str, mx.array], prefix: str, like: Tree, *, source: str = "checkpoint",

@@ -280,8 +280,9 @@ def test_save_refuses_what_it_could_not_write_or_read_back(tmp_path):
     from reptile_fn import checkpoint as ck
 
     p = {"w": mx.ones((2,))}
-    with pytest.raises(ValueError, match="'format' is the checkpoint's own"):
-        ck.save(tmp_path / "a.safetensors", p, metadata={"format": "v2"})
+    for own in ("format", ck.SEAL):
+        with pytest.raises(ValueError, match=f"'{own}'.* are the checkpoint's own"):
+            ck.save(tmp_path / "a.safetensors", p, metadata={own: "v2"})
     with pytest.raises(TypeError, match="params.x is a NoneType, not an mx.array"):
         ck.save(tmp_path / "b.safetensors", {**p, "x": None})
     with pytest.raises(ValueError, match="same dotted path"):

@@ -31,7 +31,7 @@ from reptile_fn import checkpoint, distributed, io
 from reptile_fn import config as C
 from reptile_fn import tree as T
 from reptile_fn.algorithms import DEFAULTS, LOCAL, Reduce
-from reptile_fn.errors import ConfigError, TrainingDivergedError
+from reptile_fn.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reptile_fn.run import progress as P
 from reptile_fn.run.build import Run, build, run_keys, settled
 from reptile_fn.run.files import (ADAPTER_DIR, CHECKPOINT, CONFIG, METRICS, SUMMARY, Saved, exclusive, forget_start,
@@ -145,6 +145,11 @@ def start(cfg: C.Config | None, out: Path, *, resume: bool, w: distributed.World
         params = checkpoint.restore(saved.arrays, "params", run.rebuilt_init, source=str(ckpt_path))
         state = checkpoint.restore(saved.arrays, "state", run.meta.init(params), source=str(ckpt_path))
         require_finite(params, ckpt_path)
+        counted = state.get("iteration") if isinstance(state, dict) else None
+        if counted is not None and counted.size == 1 and int(counted.item()) != saved.iteration:
+            raise CheckpointError(f"{ckpt_path} records meta-iteration {saved.iteration} in its metadata but "
+                                  f"{int(counted.item())} in its state: the file was edited or damaged; resume from a "
+                                  "checkpoint written by `reptile-fn train`")
         if w.is_main:
             remove_stale_temporaries(out)
             truncate_metrics(out / METRICS, saved.iteration, eval_due=saved.eval_due)
@@ -263,8 +268,10 @@ class _Saver:
     def diverged(self, it: int) -> TrainingDivergedError:
         cfg = self.run.cfg
         outer_lr = DEFAULTS[cfg.algorithm]["outer_lr"] if cfg.outer_lr is None else cfg.outer_lr
+        final = cfg.outer_lr_final if cfg.outer_lr_final is not None and cfg.outer_lr_final > outer_lr else None
+        also = f", outer_lr_final ({final}: the outer rate is annealed towards it)" if final is not None else ""
         return TrainingDivergedError(f"parameters or losses became NaN/Inf by meta-iteration {it}; {self.kept()}. "
-                                     f"Lower inner_lr ({cfg.inner_lr}) or outer_lr ({outer_lr}) and train again")
+                                     f"Lower inner_lr ({cfg.inner_lr}){also} or outer_lr ({outer_lr}) and train again")
 
     def lost(self, it: int, reason: str) -> str:
         w = self.w

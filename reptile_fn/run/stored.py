@@ -8,7 +8,7 @@ from pathlib import Path
 
 from reptile_fn import config as C
 from reptile_fn import io
-from reptile_fn.errors import ConfigError
+from reptile_fn.errors import CheckpointError, ConfigError
 from reptile_fn.tasks import make_distribution
 
 
@@ -45,8 +45,7 @@ def stored_shapes(cfg: C.Config, arrays: dict, meta: dict) -> tuple:
     """``(in_dim, out_dim)`` of a saved run's model, from its metadata (runs since 2026-11-29 record it), else
     from its config and the first convolution's weights."""
     if "shapes" in meta:
-        in_dim, out_dim = meta["shapes"]
-        return (tuple(in_dim) if isinstance(in_dim, list) else in_dim), out_dim
+        return _checked_shapes(meta["shapes"], C.model_kind(cfg))
     kind = C.model_kind(cfg)
     if kind == "mlp":
         t = cfg.tasks
@@ -72,3 +71,19 @@ def config_shapes(cfg: C.Config) -> tuple | None:
     if t.dataset == "images" and cfg.model.channels is not None:
         return (cfg.model.image_size, cfg.model.image_size, cfg.model.channels), t.n_way
     return None
+
+
+def _checked_shapes(shapes, kind: str) -> tuple:
+    """The ``shapes`` metadata as ``(in_dim, out_dim)``, if it is what a ``kind`` model records: sizes a model can
+    have (an image's three, a sentence's two, a vector's one); else a CheckpointError (the file was edited)."""
+    size = lambda v, top: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= top  # noqa: E731
+    rank = {"conv4": 3, "text": 2}.get(kind)
+    in_dim, out_dim = shapes if isinstance(shapes, list) and len(shapes) == 2 else (None, None)
+    if isinstance(in_dim, list) and len(in_dim) == rank and all(size(d, 4096) for d in in_dim) and size(out_dim, 100_000) \
+            and (kind != "conv4" or min(in_dim) >= 1):
+        return tuple(in_dim), out_dim
+    if rank is None and size(in_dim, 10_000_000) and in_dim >= 1 and size(out_dim, 10_000_000):
+        return in_dim, out_dim
+    raise CheckpointError(f"the checkpoint's shapes metadata ({json.dumps(shapes)[:60]}) is not the input and output "
+                          f"sizes of a {kind} model: the file was edited or damaged; use a checkpoint written by "
+                          "`reptile-fn train` (or a shipped name)")
