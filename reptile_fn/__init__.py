@@ -1,17 +1,24 @@
 """reptile_fn: functional meta-learning (Reptile, MAML and kin) on MLX."""
 
+import contextlib
 import sys
 
-from reptile_fn import _blas, _malloc
-
+_CLI = bool(sys.argv) and sys.argv[0].rsplit("/", 1)[-1] in ("reptile-fn", "-m")  # the console script, python -m
 try:
-    _blas.load()  # must run before the first `import mlx.core` (see _blas.py)
-    _malloc.tune()  # keep freed buffers for reuse instead of page-faulting them in anew (see _malloc.py)
-except KeyboardInterrupt:  # loading BLAS takes ~0.1 s: a Ctrl-C to the console script then is one line too
-    if sys.argv and sys.argv[0].rsplit("/", 1)[-1] != "reptile-fn":
-        raise
-    sys.stderr.write("error: stopped by Ctrl-C (SIGINT) while starting; nothing was done\n")
-    raise SystemExit(130) from None
+    from reptile_fn import signals as _signals
+
+    with _signals.sigterm_as_interrupt() if _CLI else contextlib.nullcontext():
+        from reptile_fn import _blas, _malloc
+
+        _blas.load()  # must run before the first `import mlx.core` (see _blas.py)
+        _malloc.tune()  # keep freed buffers for reuse instead of page-faulting them in anew (see _malloc.py)
+except (KeyboardInterrupt, RuntimeError) as e:  # loading BLAS takes ~0.1 s: a stop of the command line then is one line too
+    if not _CLI or not isinstance(e, KeyboardInterrupt) and not isinstance(e.__cause__, KeyboardInterrupt):
+        raise  # (Python 3.11 wraps a stop inside a class body's __set_name__ in a RuntimeError)
+    e = e if isinstance(e, KeyboardInterrupt) else e.__cause__
+    stop = e if hasattr(e, "status") else None  # signals.Terminated (the module may not be imported yet)
+    sys.stderr.write(f"error: stopped by {stop.name if stop else 'Ctrl-C (SIGINT)'} while starting; nothing was done\n")
+    raise SystemExit(stop.status if stop else 130) from None
 
 __version__ = "0.1.0"
 

@@ -6,12 +6,16 @@ import sys
 
 
 def main() -> None:
-    try:
-        from reptile_fn.cli import main as cli_main
-    except KeyboardInterrupt:
-        sys.stderr.write("error: stopped by Ctrl-C (SIGINT) while starting; nothing was done\n")
-        raise SystemExit(130) from None
-    cli_main()
+    from reptile_fn.signals import Terminated, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a SIGTERM or SIGHUP while loading is one line too, as a Ctrl-C
+        try:
+            from reptile_fn.cli import main as cli_main
+        except KeyboardInterrupt as e:
+            name = e.name if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
+            sys.stderr.write(f"error: stopped by {name} while starting; nothing was done\n")
+            raise SystemExit(e.status if isinstance(e, Terminated) else 130) from None
+        cli_main()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 import sys
 import types
 import typing
@@ -34,13 +35,13 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
     elif t is int:
         if isinstance(v, int) and not isinstance(v, bool):
             return v
-        if isinstance(v, str) and v.strip().lstrip("+-").isdigit():  # more digits than Python turns into an int
+        if isinstance(v, str) and v.isascii() and v.strip().lstrip("+-").isdigit():  # more digits than Python turns into an int
             raise ConfigError(f"{source}: {key} = {shown(v)} is far too large; give an integer such as 1000")
     elif t is float:
         x = None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             x = float(v) if isinstance(v, float) or abs(v) < 1e308 else math.inf  # an int past float64 is too large
-        elif isinstance(v, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+        elif isinstance(v, str) and v.isascii():  # PyYAML (YAML 1.1) reads 1e-3 as a string; float() takes '５' too
             try:
                 x = float(v)
             except ValueError:
@@ -59,7 +60,8 @@ def coerce(v: Any, t: Any, key: str, source: str) -> Any:
         if isinstance(v, str):
             return v
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
-    raise ConfigError(f"{source}: {key} must be {name}, got {shown(v)}; give {name}")
+    ascii_hint = " in ASCII digits" if t in (int, float) and isinstance(v, str) and not v.isascii() else ""
+    raise ConfigError(f"{source}: {key} must be {name}, got {shown(v)}; give {name}{ascii_hint}")
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32
@@ -67,7 +69,13 @@ FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32 (CPUs may f
 
 
 def shown(v: Any, most: int = 60) -> str:
-    """``repr(v)``, cut to ``most`` characters: a 5,000-digit value is not echoed whole."""
+    """``repr(v)``, cut to ``most`` characters: a 5,000-digit value is not echoed whole. A list or mapping is shown
+    by ``reprlib`` (a few items a level, a few levels), since YAML aliases can make a 400-byte file a list of 10^9
+    strings that a whole ``repr`` would build before it was cut."""
+    if isinstance(v, (list, tuple, dict, set)):
+        brief = reprlib.Repr()
+        brief.maxlevel, brief.maxlist, brief.maxtuple, brief.maxdict, brief.maxset = 4, 8, 8, 8, 8
+        return clipped(brief.repr(v), most)
     return clipped(repr(v), most)
 
 

@@ -43,9 +43,13 @@ def sigterm_as_interrupt():
     """SIGTERM, and SIGHUP where it would kill the process, raise ``Terminated`` while the block runs (main thread
     only): a terminal closed under a training run without nohup saves its checkpoint, as `kill` does."""
     def handler(signum, frame):
-        raise Terminated(signum)
+        LAST_STOP[:] = [Terminated(signum)]  # for whoever gets only its effect (typer turns it into exit status 130)
+        raise LAST_STOP[0]
 
     return _handling({s: handler for s in _stops()})
+
+
+LAST_STOP: list = []  # the last Terminated raised by sigterm_as_interrupt's handler (the CLI clears it at its start)
 
 
 def shielded():

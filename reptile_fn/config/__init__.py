@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from reptile_fn.coerce import clipped, coerce, suggest, without_removed
+from reptile_fn.coerce import clipped, coerce, shown, suggest, without_removed
 from reptile_fn.config import checks, files, limits
 from reptile_fn.errors import ConfigError
 
@@ -298,8 +298,10 @@ def validate(cfg: Config, *, source: str = "config") -> None:
             continue
         if key in allowed and v not in allowed[key]:
             of = f" (the splits of {cfg.tasks.dataset}, which `eval --split` sets)" if key == "tasks.test_split" else ""
-            raise ConfigError(f"{source}: {key} = {clipped(repr(v), 60)} is not one of {', '.join(allowed[key])}{of}"
+            raise ConfigError(f"{source}: {key} = {shown(v)} is not one of {', '.join(allowed[key])}{of}"
                               f"{suggest(str(v), allowed[key]) or '; give one of them'}")
+        if isinstance(v, str) and not v.strip():  # init: "" would silently start from scratch
+            raise ConfigError(f"{source}: {key} is empty; give a value, or null (for none / the default)")
         if key in limits.POSITIVE and v <= 0:
             hint = limits.POSITIVE_HINTS.get(key, "give a positive number")
             raise ConfigError(f"{source}: {key} must be > 0, got {v}; {hint}")
@@ -313,7 +315,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     if not cfg.trainable:
         raise ConfigError(f"{source}: trainable is empty; use ['*'] to adapt every parameter")
     if len(cfg.inner_adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.inner_adam_betas):
-        raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {clipped(repr(list(cfg.inner_adam_betas)), 60)}; "
+        raise ConfigError(f"{source}: inner_adam_betas must be two numbers in [0, 1), got {shown(list(cfg.inner_adam_betas))}; "
                           "e.g. [0.9, 0.999] (Adam's defaults) or [0, 0.999] (supervised-reptile's)")
     if cfg.inner_state == "persistent" and (cfg.algorithm != "reptile" or cfg.inner_optimizer != "adam"):
         raise ConfigError(f"{source}: inner_state = persistent (one inner Adam state kept across tasks, as "
@@ -366,7 +368,7 @@ def _build(cls: type, data: dict, prefix: str, source: str):
         key = prefix + f.name
         if is_dataclass(t):
             if not isinstance(v, dict):
-                raise ConfigError(f"{source}: {key} must be a section (a mapping), got {clipped(repr(v), 60)}; write its keys "
+                raise ConfigError(f"{source}: {key} must be a section (a mapping), got {shown(v)}; write its keys "
                                   f"under it, e.g. --set {key}.{fields(t)[0].name}=...")
             kwargs[f.name] = _build(t, v, key + ".", source)
         else:

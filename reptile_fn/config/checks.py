@@ -9,6 +9,7 @@ import fnmatch
 import re
 from typing import Iterable, Sequence
 
+from reptile_fn.coerce import clipped
 from reptile_fn.errors import ConfigError
 
 
@@ -21,7 +22,8 @@ def trainable(patterns: Sequence[str], paths: Iterable[str], *, source: str = "c
     if not unmatched:
         return
     shown = paths if len(paths) <= 24 else list(dict.fromkeys(re.sub(r"\d+", "*", path) for path in paths))
-    which = ", ".join(repr(p) for p in unmatched)
+    which = ", ".join(clipped(repr(p), 60) for p in unmatched[:5])
+    which += f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
     example = next((f"{path.rsplit('.', 1)[0]}.*" for path in shown if path.startswith("head.")), "*")
     raise ConfigError(f"{source}: trainable pattern{'s' if len(unmatched) > 1 else ''} {which} match"
                       f"{'' if len(unmatched) > 1 else 'es'} no parameter of the model, whose parameters are "
@@ -166,6 +168,18 @@ def same_split(stored, cfg, source: str) -> None:
         raise ConfigError(f"{source}: {'; '.join(changed)} would change which classes are held out, so evaluation would "
                           "draw classes the run meta-trained on; leave it as trained (more --episodes for other "
                           "episodes), or score other data with --data")
+
+
+TRAINING_KEYS = ("meta_iterations", "meta_batch_size", "outer_lr", "outer_lr_final", "log_every", "checkpoint_every",
+                 "init", "tasks.num_train_tasks", "eval.every", "eval.during_training_episodes")
+
+
+def training_only(stored, cfg) -> list[str]:
+    """The keys ``cfg`` (a saved run's config with evaluation overrides) changes that only meta-training reads:
+    a --set of them does nothing to an evaluation (the caller warns, so that no one reads the results as theirs)."""
+    from reptile_fn.config import get
+
+    return [k for k in TRAINING_KEYS if get(cfg, k) != get(stored, k)]
 
 
 def _names_a_run(value: str) -> bool:

@@ -73,6 +73,10 @@ def read(path: str | Path) -> tuple[dict, str]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        if raw[8:10] == b'{"' and b'"dtype"' in raw[:4096]:  # a safetensors header: 8 bytes of length, then JSON
+            hint = f" ({p.parent / 'config.yaml'})" if (p.parent / "config.yaml").is_file() else ""
+            raise ConfigError(f"config file {p} is a checkpoint (safetensors), not a YAML config; pass the run's "
+                              f"config.yaml{hint}, or the run folder to --checkpoint") from None
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
                           "save it as UTF-8") from None

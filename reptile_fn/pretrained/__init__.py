@@ -36,10 +36,16 @@ def plain_names() -> list[str]:
 def resolve(checkpoint: str | Path) -> Path:
     """A checkpoint path as given if it exists (a run folder: its checkpoint.safetensors), else the shipped file
     of that name."""
+    if not str(checkpoint).strip():  # Path("") would be the working directory
+        raise CheckpointError("the checkpoint is empty (an unset shell variable?); pass a run folder, its "
+                              f"{RUN_CHECKPOINT}, or a shipped initialization's name ({', '.join(names()) or 'none'})")
     p = Path(checkpoint).expanduser()
     if p.is_dir():
         if (p / RUN_CHECKPOINT).is_file():
             return p / RUN_CHECKPOINT
+        if (p / RUN_CHECKPOINT).exists() or (p / RUN_CHECKPOINT).is_symlink():
+            raise CheckpointError(f"{p / RUN_CHECKPOINT} is a folder, a broken link or not a regular file; put the run's "
+                                  "checkpoint file there (copy it again), or pass another run folder")
         raise CheckpointError(f"{checkpoint} is a folder without a {RUN_CHECKPOINT}; pass a run folder written by "
                               f"`reptile-fn train` (or its {RUN_CHECKPOINT}), or a shipped initialization's name")
     if p.exists():
@@ -62,7 +68,15 @@ def card(name_or_path: str | Path) -> dict | None:
         shipped = is_shipped(resolve(name_or_path))
     except CheckpointError:  # nothing there: no card (the caller says what is missing)
         return None
-    return json.loads(path.read_text()) if shipped and path.is_file() else None
+    if not (shipped and path.is_file()):
+        return None
+    try:
+        c = json.loads(path.read_text(encoding="utf-8"))
+        format_card(c)  # every field it shows is there
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise CheckpointError(f"the model card {path} of the shipped {path.stem} is damaged; reinstall reptile_fn "
+                              "(pip install --force-reinstall reptile-fn, or git checkout in a clone)") from None
+    return c
 
 
 def format_card(c: dict) -> str:

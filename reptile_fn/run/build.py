@@ -9,6 +9,7 @@ branch on the algorithm again.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -28,7 +29,7 @@ from reptile_fn.models import HEAD, Model, conv4, mlp
 from reptile_fn.tasks import make_distribution
 from reptile_fn.tree import PathPredicate
 from reptile_fn.run import peft_setup
-from reptile_fn.run.files import checked_iteration, require_finite
+from reptile_fn.run.files import CONFIG, checked_iteration, config_edits, require_finite
 from reptile_fn.run.stored import own_data_overrides, stored_shapes
 from reptile_fn.run.warm import warm_start
 
@@ -295,6 +296,10 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         raise CheckpointError(f"{checkpoint_path} has no run config in its metadata; it was not written by "
                               "`reptile-fn train`")
     cfg = trained = C.from_dict(meta["config"], source=str(checkpoint_path), stored=True)
+    edits = [] if pretrained.is_shipped(checkpoint_path) else config_edits(checkpoint_path.parent, cfg)
+    if edits:  # a hand edit that changes nothing would otherwise look as if it had
+        warnings.warn(f"{checkpoint_path.parent / CONFIG} differs from the run's config ({', '.join(edits[:4])}), which "
+                      "its checkpoint holds and this command uses; pass a change with --set KEY=VALUE instead")
     stored_way = cfg.tasks.n_way
     if data is not None:
         fixed = own_data_overrides(cfg, stored_shapes(cfg, arrays, meta), data)
@@ -309,6 +314,9 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
         stored, cfg = cfg, C.with_overrides(cfg, overrides)
         if data is None:
             C.checks.same_split(stored, cfg, f"evaluating {checkpoint_path} with {' '.join(overrides)}")
+            if idle := C.checks.training_only(stored, cfg):
+                warnings.warn(f"--set {', '.join(idle)}: only meta-training reads {'it' if len(idle) == 1 else 'them'}, "
+                              "and this run is trained, so the results are the trained run's as it was")
     if data is None and with_tasks and cfg.tasks.dataset in ("images", "csv") and cfg.tasks.path == trained.tasks.path \
             and cfg.tasks.path and not Path(cfg.tasks.path).expanduser().exists():
         raise DataError(f"{checkpoint_path} meta-trained on {cfg.tasks.path} (its tasks.path), which is not there any "

@@ -10,7 +10,7 @@ from pathlib import Path
 from reptile_fn import config as C
 from reptile_fn import io
 from reptile_fn.errors import CheckpointError, ReptileFnError
-from reptile_fn.run.files import CHECKPOINT, SUMMARY, stored_config
+from reptile_fn.run.files import CHECKPOINT, SUMMARY, Saved, stored_config
 from reptile_fn.run.report import number as _num
 
 
@@ -70,6 +70,9 @@ def _results_source(run: Path) -> Path:
     elif (run / "eval" / "results.json").exists() or (run / "results.json").exists():
         source = run / "eval" / "results.json" if (run / "eval" / "results.json").exists() else run / "results.json"
         fix = f"rewrite it with `reptile-fn eval --checkpoint {run}`"
+    elif (run / "embed.json").exists():
+        raise ReptileFnError(f"{run} holds the results of `reptile-fn embed` (task identification), not a run or an "
+                             "evaluation; compare takes run folders, `eval` folders or their results.json")
     elif (run / "predictions.json").exists():
         raise ReptileFnError(f"{run} holds the predictions of `reptile-fn adapt`, not a run or an evaluation; compare "
                              "takes run folders, `eval` folders or their results.json")
@@ -78,7 +81,9 @@ def _results_source(run: Path) -> Path:
         if not (run / CHECKPOINT).exists():
             fix = f"without the run's {CHECKPOINT} it cannot be rewritten: leave {run} out of the comparison"
         if not source.exists():
-            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); train it to the end first")
+            done = (run / CHECKPOINT).exists() and _finished(run)
+            raise CheckpointError(f"{run} has no {SUMMARY} (or eval/results.json); "
+                                  + (f"{fix}" if done else "train it to the end first"))
     if source.exists() and not source.is_file():  # a FIFO would block the read, a device never end
         kind = "a folder" if source.is_dir() else "not a regular file (a pipe, a socket or a device)"
         raise ReptileFnError(f"{source} is {kind}, not a results file; move it away, then {fix}")
@@ -109,6 +114,10 @@ def _table_problem(data, *, own: bool) -> str | None:
         steps = curve.get("steps") if isinstance(curve, dict) else None
         if not isinstance(steps, list) or not steps or not all(_count(t) for t in steps):
             return f"init {init!r} has no list of step counts"
+        if any(a >= b for a, b in zip(steps, steps[1:])):
+            return f"init {init!r} has step counts that repeat or go down"
+        if "inner_steps" in ev and ev["inner_steps"] not in steps:
+            return f"eval.inner_steps ({ev['inner_steps']}) is not among init {init!r}'s step counts"
         scores = curve.get(key)
         if not isinstance(scores, dict) or not all(isinstance(scores.get(k), list) and len(scores[k]) == len(steps)
                                                    for k in ("mean", "ci95")):
@@ -159,7 +168,7 @@ def _split(t: dict) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")  # a | would split the row
+    return text.replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")  # a | or a line break would split the row
 
 
 def _config_dict(run_dir: Path, source: Path) -> dict:
@@ -169,3 +178,12 @@ def _config_dict(run_dir: Path, source: Path) -> dict:
     except CheckpointError:
         raise ReptileFnError(f"{source} records no config and its run folder {run_dir} holds none (gone or moved), so "
                              "compare cannot label its rows; leave it out, or rewrite it with `reptile-fn eval`") from None
+
+
+def _finished(run: Path) -> bool:
+    """Whether the run in ``run`` trained to its last meta-iteration (its summary can be written again)."""
+    try:
+        saved = Saved(run / CHECKPOINT)
+    except ReptileFnError:
+        return False
+    return saved.iteration >= saved.cfg.meta_iterations
