@@ -3,7 +3,9 @@
 import contextlib
 import sys
 
-_CLI = bool(sys.argv) and sys.argv[0].rsplit("/", 1)[-1] in ("reptile-fn", "-m")  # the console script, python -m
+_M = getattr(sys, "orig_argv", [])  # python -m reptile_fn: "-m" then our name (not another package's -m)
+_CLI = bool(sys.argv) and (sys.argv[0].rsplit("/", 1)[-1] == "reptile-fn" or sys.argv[0] == "-m" and any(
+    a == "-m" and b == "reptile_fn" for a, b in zip(_M, _M[1:])))
 try:
     from reptile_fn import signals as _signals
 

@@ -185,7 +185,7 @@ def eval_(
     from reptile_fn import io, pretrained
     from reptile_fn.run import baseline_inits, default_baselines, final_evaluation, format_results, format_speed, load
     from reptile_fn.run.files import check_results_out
-    from reptile_fn.run.report import save_results
+    from reptile_fn.run.report import FIGURES, save_results
 
     for option, value, key in (("--episodes", episodes, "eval.episodes"), ("--steps", steps, "eval.inner_steps"),
                                ("--speed-steps", speed_steps, "eval.inner_steps")):
@@ -201,7 +201,7 @@ def eval_(
     chosen = () if chosen is not None and chosen[0].lower() == "none" else chosen
     overrides = _with_data_dir(([f"tasks.test_split={split}"] if split is not None else []) + list(set_), data_dir, encoder)
     checkpoint = pretrained.resolve(checkpoint)
-    out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", "curves.png", "training.png"),
+    out_dir = io.check_out_dir(out or pretrained.default_out(checkpoint, "eval"), ("results.json", *FIGURES),
                                data=(data,))
     check_results_out(out_dir, checkpoint)
     if json_out is not None:
@@ -382,7 +382,7 @@ def main() -> None:
     LAST_STOP.clear()
     try:
         code = app(standalone_mode=False)  # the status of a typer.Exit (our errors: 2; a stop exits by itself)
-    except typer.Abort:  # click's own handling of an end of input
+    except (typer.Abort, KeyboardInterrupt):  # an end of input; a stop while typer builds the command
         code = 130
     except usage_error as e:
         command = f" {e.ctx.info_name}" if getattr(e, "ctx", None) is not None and e.ctx.parent is not None else ""

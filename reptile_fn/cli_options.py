@@ -208,10 +208,20 @@ def errors_to_exit(fn):
                 raise
             typer.echo(f"error: a path {_path_problem(e)}", err=True)
             raise typer.Exit(2) from None
+        except ImportError as e:  # a stop inside a compiled module's first import (matplotlib's): "initialization failed"
+            if not isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+                raise
+            _stopped(e.__cause__ or e.__context__)
         except KeyboardInterrupt as e:
-            signal_name = e.name if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
-            typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
-                       f"whole, the rest were not written (a training run continues with --resume)", err=True)
-            raise SystemExit(e.status if isinstance(e, Terminated) else 130) from None  # past typer, which says nothing
+            _stopped(e)
 
     return wrapper
+
+
+def _stopped(e: KeyboardInterrupt):
+    """A command stopped by Ctrl-C or a stop signal: one line, and the signal's exit status (past typer, which says
+    nothing)."""
+    signal_name = e.name if isinstance(e, Terminated) else "Ctrl-C (SIGINT)"
+    typer.echo(f"error: stopped by {signal_name} before the command finished; files already written are "
+               f"whole, the rest were not written (a training run continues with --resume)", err=True)
+    raise SystemExit(e.status if isinstance(e, Terminated) else 130) from None

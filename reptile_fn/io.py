@@ -83,7 +83,12 @@ def staged(folder: str | os.PathLike, names: tuple[str, ...] = ()) -> Iterator[P
     folder.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".staged.", dir=folder))
     try:
-        yield stage
+        try:
+            yield stage
+        except OSError as e:  # a full disk: name the file where it goes, not the staging folder it never left
+            if e.filename is None or stage not in Path(e.filename).parents:
+                raise
+            raise OSError(e.errno, e.strerror, str(folder / written_name(Path(e.filename).name))) from e
         written = sorted(p.name for p in stage.iterdir() if not p.name.startswith("."))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         try:
@@ -149,7 +154,7 @@ def check_json_out(path: str | os.PathLike, option: str = "--json") -> Path:
         raise OutputError(f"{option} is empty; pass the JSON file to write (an unset shell variable?)")
     path = Path(path)
     run = path.parent if path.name == "summary.json" else path.parent.parent if path.name == "results.json" else None
-    if run is not None and path.exists() and (run / "checkpoint.safetensors").exists():
+    if run is not None and (run / "checkpoint.safetensors").exists():  # compare reads it as that run's
         raise OutputError(f"{option} {path} is the results file of the run in {run}; pass a new path, so that the "
                           "run's own results are kept")
     if path.is_dir():
@@ -215,9 +220,23 @@ def read_jsonl_line(line: str) -> bool:
     return True
 
 
+LOG_LIMIT = 256 << 20  # bytes: a 200,000-iteration Omniglot run's metrics.jsonl is about 1 MB
+
+
+def check_log_size(path: str | os.PathLike) -> None:
+    """A ReptileFnError if the log ``path`` is far larger than any run writes (it would be read whole into memory)."""
+    from reptile_fn.errors import ReptileFnError
+
+    size = Path(path).stat().st_size
+    if size > LOG_LIMIT:
+        raise ReptileFnError(f"{path} is {size / 2 ** 30:.1f} GB, far more than a run's log ever holds (~1 MB for "
+                             "200,000 iterations): it is not this run's; move it away")
+
+
 def read_jsonl(path: str | os.PathLike) -> list:
     """The JSON values of a JSON-lines file, one per line; a line that is not whole JSON (what a crash or a full
     disk leaves at the end of a log) is skipped."""
+    check_log_size(path)
     out = []
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:

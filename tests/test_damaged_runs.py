@@ -106,7 +106,7 @@ def test_resume_refuses_a_checkpoint_whose_two_iteration_counts_disagree(runs, t
     assert (edited / METRICS).read_text() == before
 
 
-@pytest.mark.parametrize("shapes", ["x", [[28, 28], 5], [[-28, 28, 1], 5], [[10 ** 6, 10 ** 6, 1], 5], [1, 2, 3]])
+@pytest.mark.parametrize("shapes", ["x", [[28, 28], 5], [[-28, 28, 1], 5], [[10 ** 6, 10 ** 6, 1], 5], [1, 2, 3], [[28, 28, 1], 0]])
 def test_damaged_shapes_metadata_is_refused_by_adapt_and_eval_data(tmp_path, shapes):
     """A checkpoint's shapes say what input its model takes; an edited one was a ValueError or OverflowError."""
     run = tmp_path / "omni"
@@ -174,6 +174,12 @@ def test_eval_out_inside_another_runs_folder_is_refused(runs):
     _error(runner.invoke(app, ["eval", "--checkpoint", str(runs[0]), *EVAL, "--out", str(runs[1] / "eval")]),
            "another run", "compare")
     assert sorted(runs[1].rglob("*")) == before
+    link = runs[0].parent / "link-to-b-eval"
+    (runs[1] / "eval").mkdir(exist_ok=True)
+    link.symlink_to(runs[1] / "eval")
+    _error(runner.invoke(app, ["eval", "--checkpoint", str(runs[0]), *EVAL, "--out", str(link)]), "another run")
+    _error(runner.invoke(app, ["eval", "--checkpoint", str(runs[0]), *EVAL, "--out", str(runs[0].parent / "x"),
+                               "--json", str(runs[1] / "eval" / "results.json")]), "results file of the run")
     ok = runner.invoke(app, ["eval", "--checkpoint", str(runs[0]), *EVAL, "--out", str(runs[0] / "eval")])
     assert ok.exit_code == 0, ok.output
 
@@ -227,12 +233,45 @@ def test_eval_warns_of_an_edited_config_yaml_and_of_training_only_settings(runs,
     assert idle.exit_code == 0, idle.output
     warned = [line for line in idle.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "outer_lr, tasks.num_train_tasks" in warned[0] and "only meta-training" in warned[0]
+    recorded = json.loads((tmp_path / "idle" / "results.json").read_text())["config"]
+    assert recorded["outer_lr"] != 3 and recorded["tasks"]["num_train_tasks"] == 100  # the run's own values
 
 
-def test_resume_with_an_empty_config_yaml_says_it_is_empty(runs, tmp_path):
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing here\n"])
+def test_resume_with_an_empty_config_yaml_says_it_is_empty(runs, tmp_path, text):
     run = _copy(runs[0], tmp_path / "e")
-    (run / "config.yaml").write_text("")
+    (run / "config.yaml").write_text(text)
     _error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--no-progress"]), "is empty", "writes it back")
+
+
+def test_a_metrics_log_far_larger_than_any_run_writes_is_not_read_whole(runs, tmp_path):
+    run = _copy(runs[0], tmp_path / "big")
+    with open(run / METRICS, "r+b") as f:
+        f.truncate(io.LOG_LIMIT + 1)  # sparse: no disk used
+    _error(runner.invoke(app, ["train", "--out", str(run), "--resume", "--no-progress"]), "GB", "move it away")
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), *EVAL])
+    assert result.exit_code == 0 and "warning: no training.png" in result.stderr, result.output
+    assert (run / "eval" / "results.json").exists() and not (run / "eval" / "training.png").exists()
+
+
+def test_eval_keeps_figures_it_did_not_draw_in_a_new_folder_and_refuses_a_folder_where_one_goes(runs, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sine.png").write_text("a user's own file")
+    ok = runner.invoke(app, ["eval", "--checkpoint", str(runs[0]), *EVAL, "--out", str(mine)])
+    assert ok.exit_code == 0, ok.output
+    assert (mine / "sine.png").read_text() == "a user's own file"
+    odd = tmp_path / "odd"
+    (odd / "sine.png").mkdir(parents=True)
+    _error(runner.invoke(app, ["eval", "--checkpoint", str(runs[0]), *EVAL, "--out", str(odd)]), "sine.png", "a folder")
+    assert sorted(p.name for p in odd.iterdir()) == ["sine.png"]
+
+
+def test_a_full_disk_while_staging_names_the_file_in_the_folder(tmp_path):
+    folder = tmp_path / "out"
+    with pytest.raises(OSError) as e, io.staged(folder) as stage:
+        raise OSError(28, "No space left on device", str(stage / ".curves.png.abcd1234.tmp"))
+    assert e.value.filename == str(folder / "curves.png") and not list(folder.iterdir())
 
 
 def test_compare_names_embed_folders_and_finished_runs_without_a_summary(runs, tmp_path):
@@ -303,6 +342,7 @@ def test_a_stop_while_the_command_line_loads_blas_is_one_line(stop, status, name
     blas = Path(__file__).resolve().parents[1] / "reptile_fn" / "_blas.py"
     code = ("import importlib.util, signal, sys\n"
             "sys.argv = ['-m']\n"  # what `python -m reptile_fn` shows while it imports the package
+            "sys.orig_argv = [sys.executable, '-m', 'reptile_fn', 'info']\n"
             f"spec = importlib.util.spec_from_file_location('reptile_fn._blas', {str(blas)!r})\n"
             "blas = importlib.util.module_from_spec(spec)\n"
             "sys.modules['reptile_fn._blas'] = blas\n"
@@ -313,9 +353,11 @@ def test_a_stop_while_the_command_line_loads_blas_is_one_line(stop, status, name
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == status, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"error: stopped by {name} while starting; nothing was done", proc.stderr[-2000:]
-    plain = subprocess.run([sys.executable, "-c", code.replace("sys.argv = ['-m']", "sys.argv = ['-c']")], env=env,
-                           capture_output=True, text=True, timeout=120)
-    assert plain.returncode != 0 and "error: stopped" not in plain.stderr  # a library import is left alone
+    for other in ("sys.argv = ['-c']", "sys.orig_argv = [sys.executable, '-m', 'mypkg']"):  # a library import, or
+        plain = subprocess.run([sys.executable, "-c", code.replace(  # python -m of another package: left alone
+            "sys.argv = ['-m']" if "argv = ['-c']" in other else "sys.orig_argv = [sys.executable, '-m', 'reptile_fn', 'info']",
+            other)], env=env, capture_output=True, text=True, timeout=120)
+        assert plain.returncode != 0 and "error: stopped" not in plain.stderr, (other, plain.stderr[-500:])
 
 
 def test_a_sigterm_while_typer_parses_is_named_and_keeps_its_status(monkeypatch, capsys):
@@ -335,3 +377,31 @@ def test_a_sigterm_while_typer_parses_is_named_and_keeps_its_status(monkeypatch,
         cli.main()
     assert e.value.code == 143
     assert capsys.readouterr().err.strip() == "error: stopped by SIGTERM before the command began; nothing was done"
+
+
+def test_a_stop_while_typer_builds_the_command_or_while_a_module_first_loads_is_one_line(monkeypatch, capsys):
+    """A stop while typer builds the command (before it parses) was a traceback; one inside a compiled module's first
+    import (matplotlib's) surfaces as ImportError("initialization failed") and was a traceback too."""
+    import typer
+
+    from reptile_fn import cli, cli_options
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["reptile-fn", "info"])
+    monkeypatch.setattr(typer.main, "get_command", stopped)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130 and capsys.readouterr().err.startswith("error: stopped by Ctrl-C (SIGINT) before")
+
+    @cli_options.errors_to_exit
+    def drawing():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed")
+
+    with pytest.raises(SystemExit) as e:
+        drawing()
+    assert e.value.code == 130 and "stopped by Ctrl-C" in capsys.readouterr().err

@@ -68,12 +68,12 @@ def card(name_or_path: str | Path) -> dict | None:
         shipped = is_shipped(resolve(name_or_path))
     except CheckpointError:  # nothing there: no card (the caller says what is missing)
         return None
-    if not (shipped and path.is_file()):
+    if not shipped or not path.exists():
         return None
     try:
         c = json.loads(path.read_text(encoding="utf-8"))
         format_card(c)  # every field it shows is there
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         raise CheckpointError(f"the model card {path} of the shipped {path.stem} is damaged; reinstall reptile_fn "
                               "(pip install --force-reinstall reptile-fn, or git checkout in a clone)") from None
     return c

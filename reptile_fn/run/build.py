@@ -9,6 +9,7 @@ branch on the algorithm again.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from functools import cached_property, partial
 from pathlib import Path
@@ -316,7 +317,8 @@ def load(checkpoint_path: str | Path, overrides: list[str] = (), *, with_tasks: 
             C.checks.same_split(stored, cfg, f"evaluating {checkpoint_path} with {' '.join(overrides)}")
             if idle := C.checks.training_only(stored, cfg):
                 warnings.warn(f"--set {', '.join(idle)}: only meta-training reads {'it' if len(idle) == 1 else 'them'}, "
-                              "and this run is trained, so the results are the trained run's as it was")
+                              "and this run is trained; the run's own value is used and recorded")
+                cfg = C.with_overrides(cfg, [f"{k}={json.dumps(C.get(stored, k))}" for k in idle])
     if data is None and with_tasks and cfg.tasks.dataset in ("images", "csv") and cfg.tasks.path == trained.tasks.path \
             and cfg.tasks.path and not Path(cfg.tasks.path).expanduser().exists():
         raise DataError(f"{checkpoint_path} meta-trained on {cfg.tasks.path} (its tasks.path), which is not there any "

@@ -70,7 +70,8 @@ class Saved:
         """A ConfigError naming the keys where ``cfg`` (if given), or the run folder's config.yaml, differs from
         the run's own config (the checkpoint's: editing config.yaml changes nothing, so it must not look as if)."""
         written = self.path.parent / CONFIG
-        if written.is_file() and written.stat().st_size < 4096 and not written.read_bytes().strip():
+        if written.is_file() and written.stat().st_size < 4096 and not any(
+                line.strip() and not line.lstrip().startswith(b"#") for line in written.read_bytes().splitlines()):
             raise ConfigError(f"--resume: {written} is empty, but a run's config is the one in its checkpoint; delete "
                               "the file and --resume writes it back")
         if written.is_file():
@@ -132,9 +133,9 @@ def config_edits(run_dir: Path, cfg: C.Config) -> list[str]:
 def check_results_out(out_dir: Path, checkpoint: Path) -> None:
     """Refuse an ``eval --out`` that is another run's folder or its ``eval/`` (what ``compare`` reads as that run's
     results): the results of ``checkpoint`` would be shown under the other run's name."""
-    for folder in (out_dir, Path(os.path.abspath(out_dir)).parent):
-        if (folder / CHECKPOINT).is_file() and folder.resolve() != checkpoint.resolve().parent:
-            raise ConfigError(f"--out {out_dir} is {'another run' if folder is out_dir else 'in another run'}'s folder "
+    for folder in (out_dir.resolve(), out_dir.resolve().parent):  # through links too
+        if (folder / CHECKPOINT).is_file() and folder != checkpoint.resolve().parent:
+            raise ConfigError(f"--out {out_dir} is {'another run' if folder == out_dir.resolve() else 'in another run'}'s folder "
                               f"({folder.resolve()} holds {CHECKPOINT}), and `compare` would read these results as that "
                               f"run's; pass another folder, e.g. {Path('runs', 'eval', checkpoint.parent.name)}")
 
@@ -184,6 +185,7 @@ def truncate_metrics(path: Path, iteration: int, *, eval_due: bool = False) -> N
     rather than wiped."""
     if not path.exists():
         return
+    io.check_log_size(path)
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     bad = next((n for n, line in enumerate(lines[:-1], 1) if line.strip() and not _is_record(line)), None)
     if bad is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -18,7 +19,7 @@ from reptile_fn import config as C
 from reptile_fn import io
 from reptile_fn import tree as T
 from reptile_fn.baselines import Init, make_baselines, steps_to_reach
-from reptile_fn.errors import ConfigError, TrainingDivergedError
+from reptile_fn.errors import ConfigError, ReptileFnError, TrainingDivergedError
 from reptile_fn.evaluate import per_episode_curves, recorded_steps, summarize
 from reptile_fn.inner import InnerLoop, adapt
 from reptile_fn.models import HEAD
@@ -286,7 +287,8 @@ def save_results(run: Run, params, state, ev: dict, out_dir: Path, *, checkpoint
     payload = {"checkpoint": str(checkpoint), "iteration": iteration, "config": C.to_dict(run.cfg), **ev}
     if getattr(run.tasks, "inverted", 0):  # tasks.invert turned these images over (eval --data of an Omniglot run)
         payload["inverted_images"] = run.tasks.inverted
-    with io.staged(out_dir, FIGURES) as stage:  # results.json and its figures replace the last ones together
+    stale = FIGURES if (Path(out_dir) / "results.json").is_file() else ()  # a user's own figure stays
+    with io.staged(out_dir, stale) as stage:  # results.json and its figures replace the last ones together
         figures = write_figures(run, params, state, ev, stage, Path(checkpoint).parent / METRICS, baselines)
         io.write_json(stage / "results.json", payload)
     if json_out is not None:
@@ -336,7 +338,11 @@ def write_figures(run: Run, params, state, ev: dict, out_dir: Path, metrics_path
 
     out = [plots.adaptation_curves(ev, out_dir / "curves.png")]
     if metrics_path is not None and metrics_path.is_file():  # a pipe or a device there would never end
-        out.append(plots.training_curve(metrics_path, out_dir / "training.png"))
+        try:
+            io.check_log_size(metrics_path)
+            out.append(plots.training_curve(metrics_path, out_dir / "training.png"))
+        except ReptileFnError as e:  # the evaluation's own files are still written
+            warnings.warn(f"no training.png: {e}")
     if run.cfg.tasks.dataset == "synthetic" and run.cfg.tasks.families == ("sine",):
         keys = run_keys(run.cfg.seed)
         inits = {"meta-learned": (params, run.meta.inner(state)._replace(start=None))}

@@ -80,9 +80,9 @@ def _checked_shapes(shapes, kind: str) -> tuple:
     rank = {"conv4": 3, "text": 2}.get(kind)
     in_dim, out_dim = shapes if isinstance(shapes, list) and len(shapes) == 2 else (None, None)
     if isinstance(in_dim, list) and len(in_dim) == rank and all(size(d, 4096) for d in in_dim) and size(out_dim, 100_000) \
-            and (kind != "conv4" or min(in_dim) >= 1):
+            and out_dim >= 1 and (kind != "conv4" or min(in_dim) >= 1):
         return tuple(in_dim), out_dim
-    if rank is None and size(in_dim, 10_000_000) and in_dim >= 1 and size(out_dim, 10_000_000):
+    if rank is None and size(in_dim, 10_000_000) and in_dim >= 1 and size(out_dim, 10_000_000) and out_dim >= 1:
         return in_dim, out_dim
     raise CheckpointError(f"the checkpoint's shapes metadata ({json.dumps(shapes)[:60]}) is not the input and output "
                           f"sizes of a {kind} model: the file was edited or damaged; use a checkpoint written by "
