@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -81,6 +82,9 @@ def staged(folder: str | os.PathLike, names: tuple[str, ...] = ()) -> Iterator[P
     leaves ``folder`` as it was: never a new results file beside the last run's figures."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for left in folder.glob(".staged.*"):  # what a killed (SIGKILL) writer left, long enough ago not to be live
+        if left.is_dir() and time.time() - left.stat().st_mtime > 6 * 3600:
+            shutil.rmtree(left, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=".staged.", dir=folder))
     try:
         try:

@@ -219,6 +219,13 @@ def test_staged_files_replace_their_namesakes_together_and_stale_ones_go(tmp_pat
         io.write_text(stage / "results.json", "newer")
         raise RuntimeError("stopped")
     assert (folder / "results.json").read_text() == "new" and len(list(folder.iterdir())) == 3
+    killed = folder / ".staged.abc123"  # what a SIGKILL left a day ago; a recent one may be a live writer's
+    recent = folder / ".staged.def456"
+    killed.mkdir(), recent.mkdir()
+    os.utime(killed, (time.time() - 86400, time.time() - 86400))
+    with io.staged(folder):
+        pass
+    assert not killed.exists() and recent.exists()
 
 
 def test_eval_warns_of_an_edited_config_yaml_and_of_training_only_settings(runs, tmp_path):
@@ -405,3 +412,26 @@ def test_a_stop_while_typer_builds_the_command_or_while_a_module_first_loads_is_
     with pytest.raises(SystemExit) as e:
         drawing()
     assert e.value.code == 130 and "stopped by Ctrl-C" in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_summary_says_the_training_is_kept(tmp_path, monkeypatch):
+    from reptile_fn.run import loop
+
+    real = loop.io.write_text
+
+    def full(path, text):
+        if Path(path).name == "summary.json":
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(loop.io, "write_text", full)
+    out = tmp_path / "s"
+    result = runner.invoke(app, ["train", "--out", str(out), "--no-progress", *_sets(TINY)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    for needle in ("No space left", "checkpoint is saved", "--resume", str(out / "summary.json")):
+        assert needle in errors[0], (needle, errors[0])
+    assert (out / CHECKPOINT).is_file()
+    monkeypatch.setattr(loop.io, "write_text", real)
+    again = runner.invoke(app, ["train", "--out", str(out), "--resume", "--no-progress"])
+    assert again.exit_code == 0 and (out / "summary.json").is_file(), again.output

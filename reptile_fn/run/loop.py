@@ -201,7 +201,11 @@ def finish(run: Run, out: Path, at: Progress, *, seconds: float, done: int, w: d
                         if isinstance(previous, dict) and k in previous})
     if at.iteration == cfg.meta_iterations:
         summary["eval"] = final_evaluation(run, at.params, at.state)
-        io.write_text(out / SUMMARY, json.dumps(summary, indent=2))
+        try:
+            io.write_text(out / SUMMARY, json.dumps(summary, indent=2))
+        except OSError as e:  # a full disk: the training is kept, only the summary is missing
+            raise OSError(e.errno, f"{e.strerror} (the run's checkpoint is saved; once there is space, `reptile-fn train "
+                                   f"--out {out} --resume` writes the summary)", e.filename) from e
     return summary
 
 
